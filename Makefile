@@ -1,0 +1,37 @@
+# orderpipe — `make run` starts everything on local services, `make test` runs the suite.
+# Both create the virtualenv and install what they need on first use.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+export DJANGO_DEBUG ?= true
+
+.PHONY: install run test lint format bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) manage.py ensure_database
+	$(PY) manage.py migrate --no-input -v0
+	$(PY) manage.py seed_demo
+	PORT=$(PORT) PYTHON=$(PY) bin/run-all
+
+test: install
+	DJANGO_DEBUG=false $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean-venv:
+	rm -rf $(VENV)

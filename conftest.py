@@ -1,0 +1,61 @@
+"""Shared fixtures. Tests talk to the real PostgreSQL, RabbitMQ and Redis, under this run's own prefix (see
+orderpipe/testing.py), and remove the queues and keys they created."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from orders import cache
+from orders.tests.factories import ProductFactory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_up_broker_and_redis():
+    yield
+    from worker.broker import connect
+    from worker.topology import topology
+
+    try:
+        conn = connect()
+        topology().delete(conn.channel())
+        conn.close()
+    except Exception as exc:  # cleanup must not hide a test's own failure
+        print(f"broker cleanup failed: {exc}")
+    cache.delete_prefix(settings.ORDERPIPE_PREFIX)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redis_keys():
+    cache.delete_prefix(settings.ORDERPIPE_PREFIX)
+    yield
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def product():
+    return ProductFactory(sku="BOOK-001", price="25.00", stock=10)
+
+
+@pytest.fixture
+def broker():
+    """A confirmed publisher on this run's topology; every queue is purged before and after the test."""
+    from worker.broker import Publisher, connect
+
+    publisher = Publisher(connect())
+    publisher.declare_topology()
+
+    def purge() -> None:
+        for name, _role in publisher.topology.queues():
+            publisher.channel.queue_purge(name)
+
+    purge()
+    yield publisher
+    if publisher.connection.is_open:
+        purge()
+    publisher.close()

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import json
+
+from django.contrib import admin
+from django.utils.html import format_html
+
+from orders.models import (
+    Notification,
+    Order,
+    OrderEvent,
+    OrderLine,
+    OutboxMessage,
+    Payment,
+    Product,
+    QueueStat,
+    WorkerHeartbeat,
+)
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = ["sku", "name", "price", "stock"]
+    search_fields = ["sku", "name"]
+    list_editable = ["price", "stock"]
+
+
+class OrderLineInline(admin.TabularInline):
+    model = OrderLine
+    extra = 0
+    fields = ["sku", "quantity", "unit_price"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class OrderEventInline(admin.TabularInline):
+    model = OrderEvent
+    extra = 0
+    fields = ["seq", "kind", "at", "message", "snapshot_pretty"]
+    readonly_fields = fields
+    can_delete = False
+    ordering = ["seq"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="snapshot (db / queue / cache)")
+    def snapshot_pretty(self, obj: OrderEvent) -> str:
+        return format_html(
+            "<pre style='white-space:pre-wrap;max-width:60em'>{}</pre>", json.dumps(obj.snapshot, indent=2)
+        )
+
+
+@admin.register(Order)
+class OrderAdmin(admin.ModelAdmin):
+    list_display = ["id", "status", "step", "customer_email", "total", "attempts", "created_at"]
+    list_filter = ["status", "step"]
+    search_fields = ["id", "customer_email"]
+    date_hierarchy = "created_at"
+    inlines = [OrderLineInline, OrderEventInline]
+    # Statuses only change through the pipeline's guarded transitions, never by hand.
+    readonly_fields = [
+        "id",
+        "status",
+        "step",
+        "customer_email",
+        "total",
+        "note",
+        "failure_reason",
+        "attempts",
+        "version",
+        "result",
+        "created_at",
+        "updated_at",
+        "completed_at",
+    ]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def get_search_results(self, request, queryset, search_term):
+        # Searching a UUID column with icontains would fail on a partial id; match the id exactly or by text.
+        term = search_term.strip()
+        if term:
+            queryset_by_id = queryset.extra(where=["orders_order.id::text LIKE %s"], params=[f"{term.lower()}%"])
+            by_email = queryset.filter(customer_email__icontains=term)
+            return (queryset_by_id | by_email), False
+        return queryset, False
+
+
+@admin.register(OrderEvent)
+class OrderEventAdmin(admin.ModelAdmin):
+    list_display = ["order", "seq", "kind", "at", "message"]
+    list_filter = ["kind"]
+    search_fields = ["order__id"]
+    readonly_fields = ["order", "seq", "kind", "at", "message", "snapshot"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(admin.ModelAdmin):
+    list_display = ["id", "order", "message_type", "created_at", "sent_at", "publish_attempts"]
+    list_filter = [("sent_at", admin.EmptyFieldListFilter)]
+    readonly_fields = [
+        "order",
+        "message_type",
+        "routing_key",
+        "payload",
+        "created_at",
+        "sent_at",
+        "publish_attempts",
+        "last_error",
+    ]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(Payment)
+class PaymentAdmin(admin.ModelAdmin):
+    list_display = ["gateway_reference", "order", "amount", "created_at"]
+    search_fields = ["gateway_reference", "order__id"]
+    readonly_fields = ["order", "amount", "gateway_reference", "created_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(Notification)
+class NotificationAdmin(admin.ModelAdmin):
+    list_display = ["order", "channel", "recipient", "subject", "sent_at"]
+    readonly_fields = ["order", "channel", "recipient", "subject", "body", "sent_at"]
+
+
+@admin.register(QueueStat)
+class QueueStatAdmin(admin.ModelAdmin):
+    list_display = ["name", "role", "ready", "consumers", "observed_at"]
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(admin.ModelAdmin):
+    list_display = ["name", "hostname", "pid", "current_order", "processed", "unacked", "last_seen"]

@@ -1,0 +1,184 @@
+"""The Redis side of an order: every Redis key name the project uses lives in this module.
+
+Entries are plain JSON (readable with `redis-cli GET`), written through after each committed change and read
+first by `GET /api/orders/<id>/`. Redis is an accelerator, never a source of truth: every call here swallows
+Redis errors (short socket timeouts are set in settings) and reports them in the returned state instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, TypedDict
+
+from django.conf import settings
+from django_redis import get_redis_connection
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+
+class CacheState(TypedDict, total=False):
+    key: str
+    present: bool
+    ttl: int | None
+    value: dict[str, Any] | None
+    written: bool
+    error: str
+
+
+def _prefix() -> str:
+    return settings.ORDERPIPE_PREFIX
+
+
+def order_key(order_id: object) -> str:
+    return f"{_prefix()}:order:{order_id}"
+
+
+def _stats_key(name: str) -> str:
+    return f"{_prefix()}:stats:cache:{name}"
+
+
+def _client():
+    return get_redis_connection("default")
+
+
+# Write only if the entry is absent or carries an older version: the relay and several workers may write the same
+# order after their own commits, and a write delayed by scheduling must not bring back an older status.
+_WRITE_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and decoded['version'] and tonumber(decoded['version']) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
+
+
+def write_order(representation: dict[str, Any]) -> CacheState:
+    """Write-through after a commit: store the order's public representation unless a newer one is there."""
+    key = order_key(representation["id"])
+    ttl = settings.ORDER_CACHE_TTL
+    try:
+        written = _client().eval(_WRITE_IF_NEWER, 1, key, json.dumps(representation), representation["version"], ttl)
+    except RedisError as exc:
+        log.warning("cache write skipped for %s: %s", key, exc)
+        return {"key": key, "present": False, "written": False, "error": f"Redis unavailable: {exc}"}
+    return {"key": key, "present": True, "ttl": ttl, "value": representation, "written": bool(written)}
+
+
+def fill_order(representation: dict[str, Any]) -> None:
+    """Cache-aside fill after a miss. SET NX: never overwrite what a worker wrote meanwhile."""
+    try:
+        _client().set(order_key(representation["id"]), json.dumps(representation), ex=settings.ORDER_CACHE_TTL, nx=True)
+    except RedisError as exc:
+        log.warning("cache fill skipped: %s", exc)
+
+
+def read_order(order_id: object) -> dict[str, Any] | None:
+    """The cached representation, or None on a miss or when Redis is unavailable. Counts hits and misses."""
+    key = order_key(order_id)
+    try:
+        client = _client()
+        raw = client.get(key)
+        client.incr(_stats_key("hits" if raw is not None else "misses"))
+    except RedisError as exc:
+        log.warning("cache read failed for %s: %s", key, exc)
+        return None
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def order_state(order_id: object) -> CacheState:
+    """What Redis holds for an order right now: key, TTL, value (or absent)."""
+    key = order_key(order_id)
+    try:
+        pipe = _client().pipeline()
+        pipe.get(key)
+        pipe.ttl(key)
+        raw, ttl = pipe.execute()
+    except RedisError as exc:
+        return {"key": key, "present": False, "error": f"Redis unavailable: {exc}"}
+    if raw is None:
+        return {"key": key, "present": False, "ttl": None, "value": None}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    return {"key": key, "present": True, "ttl": ttl if ttl >= 0 else None, "value": value}
+
+
+def evict_order(order_id: object) -> None:
+    try:
+        _client().delete(order_key(order_id))
+    except RedisError as exc:
+        log.warning("cache evict failed: %s", exc)
+
+
+class CacheStats(TypedDict, total=False):
+    available: bool
+    keys: int
+    hits: int
+    misses: int
+    hit_ratio: float | None
+    error: str
+
+
+def stats(*, max_scan: int = 100_000) -> CacheStats:
+    """Order keys cached (counted with SCAN, bounded), and the hit/miss counters."""
+    try:
+        client = _client()
+        hits, misses = client.mget(_stats_key("hits"), _stats_key("misses"))
+        keys = 0
+        for _ in client.scan_iter(match=f"{_prefix()}:order:*", count=1000):
+            keys += 1
+            if keys >= max_scan:
+                break
+    except RedisError as exc:
+        return {"available": False, "keys": 0, "hits": 0, "misses": 0, "hit_ratio": None, "error": str(exc)}
+    hits_n, misses_n = int(hits or 0), int(misses or 0)
+    total = hits_n + misses_n
+    return {
+        "available": True,
+        "keys": keys,
+        "hits": hits_n,
+        "misses": misses_n,
+        "hit_ratio": round(hits_n / total, 3) if total else None,
+    }
+
+
+def flush() -> int:
+    """Delete every order entry and the counters of this instance's prefix. Returns the number of keys removed."""
+    try:
+        client = _client()
+        keys = list(client.scan_iter(match=f"{_prefix()}:order:*", count=1000))
+        keys += [_stats_key("hits"), _stats_key("misses")]
+        removed = 0
+        for start in range(0, len(keys), 500):
+            removed += client.delete(*keys[start : start + 500])
+        return removed
+    except RedisError as exc:
+        log.warning("cache flush failed: %s", exc)
+        return 0
+
+
+def delete_prefix(prefix: str) -> int:
+    """Remove every key under a prefix (used by tests to clean up their own key space)."""
+    client = _client()
+    removed = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            removed += client.delete(*batch)
+            batch = []
+    if batch:
+        removed += client.delete(*batch)
+    return removed

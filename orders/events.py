@@ -1,0 +1,84 @@
+"""An order's journey: every transition appends an OrderEvent with a snapshot of the database row, the message
+and queue state, and the Redis entry at that moment."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from django.db.models import Max
+
+from orders.cache import CacheState
+from orders.models import EventKind, Order, OrderEvent
+
+
+class DbSnapshot(TypedDict):
+    table: str
+    id: str
+    status: str
+    step: str
+    attempts: int
+    version: int
+    total: str
+    failure_reason: str
+    updated_at: str
+
+
+class QueueSnapshot(TypedDict, total=False):
+    exchange: str
+    routing_key: str
+    queue: str
+    message_id: str
+    delivery_tag: int | None
+    redelivered: bool
+    delivery_count: int
+    queue_ready: int | None
+    outbox_id: int
+    note: str
+
+
+class Snapshot(TypedDict):
+    db: DbSnapshot
+    queue: QueueSnapshot | dict[str, Any]
+    cache: CacheState | dict[str, Any]
+
+
+def db_snapshot(order: Order) -> DbSnapshot:
+    return {
+        "table": "orders_order",
+        "id": str(order.id),
+        "status": order.status,
+        "step": order.step,
+        "attempts": order.attempts,
+        "version": order.version,
+        "total": str(order.total),
+        "failure_reason": order.failure_reason,
+        "updated_at": order.updated_at.isoformat() if order.updated_at else "",
+    }
+
+
+def record_event(
+    order: Order,
+    kind: EventKind,
+    message: str,
+    *,
+    queue: QueueSnapshot | dict[str, Any] | None = None,
+    cache: CacheState | dict[str, Any] | None = None,
+) -> OrderEvent:
+    """Append an event to the order's journey.
+
+    Call inside the transaction that made the change, with the order row locked (select_for_update or a guarded
+    UPDATE): the lock is what keeps `seq` gap-free and unique when a relay and a worker touch the same order.
+    """
+    last = OrderEvent.objects.filter(order_id=order.id).aggregate(m=Max("seq"))["m"] or 0
+    snapshot: Snapshot = {
+        "db": db_snapshot(order),
+        "queue": queue or {},
+        "cache": cache or {"note": "written after the transaction commits"},
+    }
+    return OrderEvent.objects.create(order=order, seq=last + 1, kind=kind, message=message, snapshot=snapshot)
+
+
+def attach_cache_state(event: OrderEvent, state: CacheState) -> None:
+    """Fill in the cache part of an event's snapshot once the post-commit cache write has happened."""
+    event.snapshot["cache"] = state
+    OrderEvent.objects.filter(pk=event.pk).update(snapshot=event.snapshot)

@@ -1,0 +1,240 @@
+"""The order pipeline's state in PostgreSQL: catalog, orders, outbox, journey events, payments, notifications."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+class Product(models.Model):
+    sku = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    price = models.DecimalField(max_digits=10, decimal_places=2, validators=[MinValueValidator(Decimal("0"))])
+    stock = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["sku"]
+        constraints = [models.CheckConstraint(condition=Q(stock__gte=0), name="product_stock_not_negative")]
+
+    def __str__(self) -> str:
+        return f"{self.sku} — {self.name}"
+
+
+class OrderStatus(models.TextChoices):
+    PENDING = "pending", "pending (in the outbox)"
+    QUEUED = "queued", "queued (published to RabbitMQ)"
+    PROCESSING = "processing", "processing"
+    RETRYING = "retrying", "retrying (waiting in a delay queue)"
+    COMPLETED = "completed", "completed"
+    FAILED = "failed", "failed"
+    DEAD_LETTERED = "dead_lettered", "dead-lettered"
+
+    @classmethod
+    def terminal(cls) -> frozenset[OrderStatus]:
+        return frozenset({cls.COMPLETED, cls.FAILED, cls.DEAD_LETTERED})
+
+
+# The allowed status transitions. Every guarded status update in the code names its expected source statuses
+# from this table (see `allowed_sources`), so a transition that is not listed here cannot happen.
+# A worker may receive a message whose order the relay has not yet marked `queued` (the relay commits after the
+# broker's confirm, which can come after delivery), hence pending -> processing.
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.PENDING: frozenset({OrderStatus.QUEUED, OrderStatus.PROCESSING, OrderStatus.DEAD_LETTERED}),
+    OrderStatus.QUEUED: frozenset({OrderStatus.PROCESSING, OrderStatus.DEAD_LETTERED}),
+    OrderStatus.PROCESSING: frozenset(
+        {
+            OrderStatus.PROCESSING,  # a redelivery after a crash resumes the same attempt's status
+            OrderStatus.RETRYING,
+            OrderStatus.COMPLETED,
+            OrderStatus.FAILED,
+            OrderStatus.DEAD_LETTERED,
+        }
+    ),
+    OrderStatus.RETRYING: frozenset({OrderStatus.PROCESSING, OrderStatus.DEAD_LETTERED}),
+    OrderStatus.COMPLETED: frozenset(),
+    OrderStatus.FAILED: frozenset(),
+    OrderStatus.DEAD_LETTERED: frozenset({OrderStatus.QUEUED}),
+}
+
+
+def allowed_sources(target: OrderStatus) -> list[str]:
+    """The statuses from which an order may move to `target`."""
+    return [source.value for source, targets in TRANSITIONS.items() if target in targets]
+
+
+class OrderStep(models.TextChoices):
+    """The last processing step that committed. Steps run in this order; each is done at most once."""
+
+    NONE = "", "not started"
+    INVENTORY_RESERVED = "inventory_reserved", "inventory reserved"
+    PAYMENT_CHARGED = "payment_charged", "payment charged"
+    CUSTOMER_NOTIFIED = "customer_notified", "customer notified"
+
+
+class Order(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    status = models.CharField(max_length=20, choices=OrderStatus.choices, default=OrderStatus.PENDING)
+    step = models.CharField(max_length=32, choices=OrderStep.choices, default=OrderStep.NONE, blank=True)
+    customer_email = models.EmailField()
+    total = models.DecimalField(max_digits=12, decimal_places=2)
+    note = models.CharField(max_length=500, blank=True, default="")
+    failure_reason = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0, help_text="Deliveries the worker has started.")
+    # Bumped by every committed change; the Redis entry carries it so an older write never overwrites a newer.
+    version = models.PositiveIntegerField(default=1)
+    result = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "-created_at"], name="order_status_created")]
+
+    def __str__(self) -> str:
+        return f"order {self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in OrderStatus.terminal()
+
+
+class OrderLine(models.Model):
+    order = models.ForeignKey(Order, related_name="lines", on_delete=models.CASCADE)
+    product = models.ForeignKey(Product, related_name="+", on_delete=models.PROTECT)
+    sku = models.CharField(max_length=64)
+    quantity = models.PositiveIntegerField()
+    unit_price = models.DecimalField(max_digits=10, decimal_places=2)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["order", "product"], name="order_line_unique_product")]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} × {self.sku}"
+
+    @property
+    def line_total(self) -> Decimal:
+        return self.unit_price * self.quantity
+
+
+class OutboxMessage(models.Model):
+    """A message committed with the order, waiting for the relay to publish it to RabbitMQ."""
+
+    id = models.BigAutoField(primary_key=True)
+    order = models.ForeignKey(Order, related_name="outbox_messages", on_delete=models.CASCADE)
+    message_type = models.CharField(max_length=64, default="order.placed")
+    routing_key = models.CharField(max_length=128, default="order.placed")
+    payload = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    publish_attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["id"], name="outbox_unsent", condition=Q(sent_at__isnull=True)),
+        ]
+
+    def __str__(self) -> str:
+        return f"outbox #{self.id} {self.message_type} ({'sent' if self.sent_at else 'pending'})"
+
+
+class EventKind(models.TextChoices):
+    ACCEPTED = "accepted", "accepted by the API"
+    PUBLISHED = "published", "published to RabbitMQ"
+    RECEIVED = "received", "received by a worker"
+    REDELIVERED = "redelivered", "redelivered to a worker"
+    INVENTORY_RESERVED = "inventory_reserved", "inventory reserved"
+    PAYMENT_CHARGED = "payment_charged", "payment charged"
+    CUSTOMER_NOTIFIED = "customer_notified", "customer notified"
+    COMPLETED = "completed", "completed"
+    FAILED = "failed", "failed"
+    RETRY_SCHEDULED = "retry_scheduled", "retry scheduled"
+    DEAD_LETTERED = "dead_lettered", "dead-lettered"
+    REPLAYED = "replayed", "replayed from the dead-letter queue"
+    DUPLICATE_IGNORED = "duplicate_ignored", "duplicate delivery ignored"
+    STEP_WAITING = "step_waiting", "waiting for the next step"
+    CONTROL = "control", "control action"
+
+
+class OrderEvent(models.Model):
+    """One step of an order's journey, with what the database, the queue and the cache held at that moment."""
+
+    id = models.BigAutoField(primary_key=True)
+    order = models.ForeignKey(Order, related_name="events", on_delete=models.CASCADE)
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    at = models.DateTimeField(auto_now_add=True)
+    message = models.CharField(max_length=500)
+    snapshot = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["order", "seq"]
+        constraints = [models.UniqueConstraint(fields=["order", "seq"], name="order_event_unique_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.order_id} #{self.seq} {self.kind}"
+
+
+class Payment(models.Model):
+    """A simulated charge. The one-to-one key is what makes a double charge impossible, not the code's care."""
+
+    order = models.OneToOneField(Order, related_name="payment", on_delete=models.PROTECT)
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    gateway_reference = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"payment {self.gateway_reference} {self.amount}"
+
+
+class Notification(models.Model):
+    order = models.OneToOneField(Order, related_name="notification", on_delete=models.CASCADE)
+    channel = models.CharField(max_length=16, default="email")
+    recipient = models.EmailField()
+    subject = models.CharField(max_length=200)
+    body = models.TextField()
+    sent_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.channel} to {self.recipient}: {self.subject}"
+
+
+class QueueStat(models.Model):
+    """The last observed depth of one RabbitMQ queue, written by relays and workers (which hold AMQP
+    connections) so that web requests never open one."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    role = models.CharField(max_length=16)  # main, retry, dead
+    position = models.PositiveSmallIntegerField(default=0)
+    ready = models.PositiveIntegerField(default=0)
+    consumers = models.PositiveIntegerField(default=0)
+    observed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["position", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.ready} ready, {self.consumers} consumers"
+
+
+class WorkerHeartbeat(models.Model):
+    """A worker process, as it last reported itself."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    current_order = models.UUIDField(null=True, blank=True)
+    processed = models.PositiveIntegerField(default=0)
+    unacked = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.name

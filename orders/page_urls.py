@@ -1,0 +1,8 @@
+from django.urls import path
+
+from orders import pages
+
+urlpatterns = [
+    path("", pages.dashboard, name="dashboard"),
+    path("orders/<uuid:order_id>/", pages.journey, name="journey"),
+]

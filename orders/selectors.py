@@ -1,0 +1,105 @@
+"""Reads of the pipeline's state, each gathered in a fixed, small number of queries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, TypedDict
+
+from django.db.models import Count, QuerySet
+from django.utils import timezone
+
+from orders import cache
+from orders.models import Order, OrderEvent, OrderStatus, OutboxMessage, Product, QueueStat, WorkerHeartbeat
+from orders.serializers import order_representation
+
+WORKER_STALE_AFTER = timedelta(seconds=15)
+
+
+def order_list(*, status: str | None = None) -> QuerySet[Order]:
+    qs = Order.objects.prefetch_related("lines").order_by("-created_at", "-id")
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def order_read(order_id: object) -> tuple[dict[str, Any], bool]:
+    """The order's representation, from Redis when present. Returns (representation, cache_hit).
+    Raises Order.DoesNotExist."""
+    cached = cache.read_order(order_id)
+    if cached is not None:
+        return cached, True
+    order = Order.objects.prefetch_related("lines").get(pk=order_id)
+    representation = order_representation(order)
+    cache.fill_order(representation)
+    return representation, False
+
+
+def order_events(order_id: object) -> QuerySet[OrderEvent]:
+    return OrderEvent.objects.filter(order_id=order_id).order_by("seq")
+
+
+def product_list() -> QuerySet[Product]:
+    return Product.objects.order_by("sku")
+
+
+class QueueState(TypedDict):
+    name: str
+    role: str
+    ready: int
+    unacked: int
+    consumers: int
+    observed_at: str
+
+
+class WorkerState(TypedDict):
+    name: str
+    hostname: str
+    pid: int
+    current_order: str | None
+    processed: int
+    unacked: int
+    last_seen: str
+    alive: bool
+
+
+def pipeline_state() -> dict[str, Any]:
+    """Everything the dashboard shows about the pipeline, in five queries and one Redis round trip or two."""
+    now = timezone.now()
+    by_status = {status.value: 0 for status in OrderStatus}
+    for row in Order.objects.values("status").annotate(n=Count("id")).order_by():
+        by_status[row["status"]] = row["n"]
+    backlog = OutboxMessage.objects.filter(sent_at__isnull=True).count()
+    workers: list[WorkerState] = [
+        {
+            "name": w.name,
+            "hostname": w.hostname,
+            "pid": w.pid,
+            "current_order": str(w.current_order) if w.current_order else None,
+            "processed": w.processed,
+            "unacked": w.unacked,
+            "last_seen": w.last_seen.isoformat(),
+            "alive": now - w.last_seen < WORKER_STALE_AFTER,
+        }
+        for w in WorkerHeartbeat.objects.order_by("name")
+    ]
+    # Passive queue declarations count ready messages only; a worker reports the deliveries it holds unacked.
+    unacked_main = sum(w["unacked"] for w in workers if w["alive"])
+    queues: list[QueueState] = [
+        {
+            "name": q.name,
+            "role": q.role,
+            "ready": q.ready,
+            "unacked": unacked_main if q.role == "main" else 0,
+            "consumers": q.consumers,
+            "observed_at": q.observed_at.isoformat(),
+        }
+        for q in QueueStat.objects.all()
+    ]
+    return {
+        "at": now.isoformat(),
+        "outbox": {"backlog": backlog},
+        "orders": {"by_status": by_status, "total": sum(by_status.values())},
+        "queues": queues,
+        "cache": cache.stats(),
+        "workers": workers,
+    }

@@ -1,0 +1,130 @@
+"""Writes to the order pipeline's state. Each service owns its transaction; none talks to RabbitMQ or Redis inside
+it (the outbox carries the message, and cache writes happen after commit)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from orders import cache
+from orders.events import attach_cache_state, record_event
+from orders.models import (
+    EventKind,
+    Order,
+    OrderEvent,
+    OrderLine,
+    OrderStatus,
+    OutboxMessage,
+    Product,
+    allowed_sources,
+)
+from orders.serializers import order_representation
+
+MESSAGE_VERSION = 1
+
+
+def outbox_channel() -> str:
+    """The PostgreSQL NOTIFY channel that wakes the relay (prefixed, like every shared name)."""
+    return f"{settings.ORDERPIPE_PREFIX}_outbox".replace(".", "_").replace("-", "_")
+
+
+def order_message(order: Order) -> dict[str, Any]:
+    """The body of an `order.placed` message. The worker treats PostgreSQL as the source of truth; the body only
+    names the order and carries what a reader of the queue wants to see."""
+    return {
+        "order_id": str(order.id),
+        "version": MESSAGE_VERSION,
+        "placed_at": order.created_at.isoformat(),
+        "customer_email": order.customer_email,
+        "total": str(order.total),
+    }
+
+
+@transaction.atomic
+def order_create(*, customer_email: str, items: list[dict[str, Any]], note: str = "") -> Order:
+    """Accept an order: price its lines from the catalog and store the order, its lines, an outbox message and
+    the first journey event in one transaction. The commit's NOTIFY wakes the relay."""
+    products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
+    total = sum((products[i["sku"]].price * i["quantity"] for i in items), Decimal("0.00"))
+    order = Order.objects.create(customer_email=customer_email, note=note, total=total)
+    OrderLine.objects.bulk_create(
+        OrderLine(
+            order=order,
+            product=products[item["sku"]],
+            sku=item["sku"],
+            quantity=item["quantity"],
+            unit_price=products[item["sku"]].price,
+        )
+        for item in items
+    )
+    outbox = OutboxMessage.objects.create(order=order, payload=order_message(order))
+    record_event(
+        order,
+        EventKind.ACCEPTED,
+        f"Accepted by the API: {len(items)} line(s), total {total}. Stored with outbox message #{outbox.id}.",
+        queue={"outbox_id": outbox.id, "note": "not published yet: waiting in the outbox table"},
+        cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"},
+    )
+    with connection.cursor() as cursor:
+        # Delivered at commit, and only if the transaction commits.
+        cursor.execute("SELECT pg_notify(%s, %s)", [outbox_channel(), str(outbox.id)])
+    return order
+
+
+def load_order(order_id: object) -> Order:
+    return Order.objects.prefetch_related("lines").get(pk=order_id)
+
+
+@dataclass
+class Transition:
+    """A committed status change and the event that recorded it."""
+
+    order: Order
+    event: OrderEvent
+
+
+def transition_order(
+    order: Order,
+    *,
+    to: OrderStatus,
+    kind: EventKind,
+    message: str,
+    queue: dict[str, Any] | None = None,
+    **changes: Any,
+) -> Transition:
+    """Move a locked order to `to` with a guarded UPDATE and record the event. Call inside a transaction with the
+    row locked; `changes` are plain values (the lock makes read-modify-write safe). Raises InvalidTransition when
+    the table of allowed transitions forbids it."""
+    if order.status not in allowed_sources(to):
+        raise InvalidTransition(f"{order.status} -> {to} is not an allowed transition")
+    now = timezone.now()
+    updated = Order.objects.filter(pk=order.pk, status=order.status, version=order.version).update(
+        status=to, version=F("version") + 1, updated_at=now, **changes
+    )
+    if updated != 1:
+        raise InvalidTransition(f"order {order.pk} changed under us")
+    order.status = to
+    order.version += 1
+    order.updated_at = now
+    for field, value in changes.items():
+        setattr(order, field, value)
+    event = record_event(order, kind, message, queue=queue)
+    return Transition(order=order, event=event)
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+def cache_after_commit(transitions: list[Transition]) -> None:
+    """Write-through: after the commit, store each order's new representation in Redis and note in its event
+    what the cache then held. Runs outside any transaction; the orders must have their lines prefetched."""
+    for item in transitions:
+        state = cache.write_order(order_representation(item.order))
+        attach_cache_state(item.event, state)

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from orders import api
+
+urlpatterns = [
+    path("orders/", api.OrderListCreateApi.as_view(), name="api-order-list"),
+    path("orders/<str:order_id>/", api.OrderDetailApi.as_view(), name="api-order-detail"),
+    path("orders/<str:order_id>/events/", api.OrderEventsApi.as_view(), name="api-order-events"),
+    path("products/", api.ProductListApi.as_view(), name="api-product-list"),
+    path("pipeline/", api.PipelineApi.as_view(), name="api-pipeline"),
+]

@@ -1,0 +1,231 @@
+"""The outbox relay: moves committed outbox rows to RabbitMQ with publisher confirms.
+
+`relay_once` is the unit of work (tests call it directly); `run_relay` is a small loop around it that sleeps on
+PostgreSQL LISTEN/NOTIFY with a polling fallback and reconnects to a lost broker with capped backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import psycopg
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.utils import timezone
+
+from orders.events import QueueSnapshot
+from orders.models import EventKind, Order, OrderStatus, OutboxMessage
+from orders.services import Transition, cache_after_commit, outbox_channel, record_event, transition_order
+from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect
+from worker.monitor import QueueMonitor
+
+log = logging.getLogger(__name__)
+
+
+def relay_once(publisher: Publisher, *, batch_size: int | None = None) -> int:
+    """Publish up to one batch of pending outbox messages. Returns how many were published.
+
+    Rows are claimed with FOR UPDATE SKIP LOCKED, so any number of relays share the backlog without publishing a
+    row twice while both are alive. The claimed orders are locked too, for the length of the batch: a worker that
+    receives a message before this transaction commits waits on that lock and then sees the order `queued`, so
+    the journey reads in the order things happened. If the relay dies after publishing but before commit, the
+    rows are published again; the worker's guarded steps make the duplicate harmless.
+    """
+    topo = publisher.topology
+    published: list[OutboxMessage] = []
+    transitions: list[Transition] = []
+    failure: BaseException | None = None
+    with transaction.atomic():
+        rows = list(
+            OutboxMessage.objects.select_for_update(skip_locked=True)
+            .filter(sent_at__isnull=True)
+            .order_by("id")[: batch_size or settings.RELAY_BATCH_SIZE]
+        )
+        if not rows:
+            return 0
+        orders = {
+            o.pk: o
+            for o in Order.objects.select_for_update(of=("self",))
+            .filter(pk__in={row.order_id for row in rows})
+            .prefetch_related("lines")
+        }
+        for row in rows:
+            try:
+                publisher.publish(
+                    exchange=topo.exchange,
+                    routing_key=row.routing_key,
+                    body=row.payload,
+                    message_id=str(row.id),
+                    message_type=row.message_type,
+                )
+            except (PublishFailed, *BROKER_ERRORS) as exc:
+                # Keep what was confirmed so far; this row stays pending and is tried again.
+                row.publish_attempts += 1
+                row.last_error = str(exc)[:1000] or exc.__class__.__name__
+                row.save(update_fields=["publish_attempts", "last_error"])
+                failure = exc
+                break
+            row.sent_at = timezone.now()
+            row.publish_attempts += 1
+            row.last_error = ""
+            published.append(row)
+        OutboxMessage.objects.bulk_update(published, ["sent_at", "publish_attempts", "last_error"])
+        for row in published:
+            order = orders[row.order_id]
+            queue: QueueSnapshot = {
+                "exchange": topo.exchange,
+                "routing_key": row.routing_key,
+                "queue": topo.process_queue,
+                "message_id": str(row.id),
+                "outbox_id": row.id,
+                "note": "confirmed by the broker (publisher confirm, mandatory routing)",
+            }
+            message = f"Published outbox message #{row.id} to exchange {topo.exchange}; the broker confirmed it."
+            if order.status == OrderStatus.PENDING:
+                transitions.append(
+                    transition_order(
+                        order, to=OrderStatus.QUEUED, kind=EventKind.PUBLISHED, message=message, queue=queue
+                    )
+                )
+            else:
+                # A replayed order is already `queued`; a worker may even have finished it from an earlier copy.
+                record_event(order, EventKind.PUBLISHED, message, queue=queue)
+    cache_after_commit(transitions)
+    if failure is not None and not isinstance(failure, PublishFailed):
+        raise failure
+    if failure is not None:
+        log.warning("outbox publish refused: %s", failure)
+    return len(published)
+
+
+class OutboxListener:
+    """Sleeps until PostgreSQL NOTIFYs a new outbox row, or a timeout passes (the polling fallback)."""
+
+    def __init__(self) -> None:
+        self.conn: psycopg.Connection | None = None
+
+    def _connect(self) -> psycopg.Connection:
+        params = connection.settings_dict
+        conn = psycopg.connect(
+            host=params["HOST"],
+            port=params["PORT"] or 5432,
+            user=params["USER"],
+            password=params["PASSWORD"] or None,
+            dbname=params["NAME"],
+            autocommit=True,
+            connect_timeout=3,
+        )
+        conn.execute(f'LISTEN "{outbox_channel()}"')
+        return conn
+
+    def wait(self, timeout: float) -> bool:
+        """True if woken by a notification, False on timeout or when the database is unreachable."""
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = self._connect()
+            woke = False
+            for _ in self.conn.notifies(timeout=timeout, stop_after=1):
+                woke = True
+            if woke:
+                # Drain notifications that arrived together: one relay_once takes them all.
+                for _ in self.conn.notifies(timeout=0):
+                    pass
+            return woke
+        except (psycopg.Error, OSError) as exc:
+            log.warning("outbox listener: %s", exc)
+            self.close()
+            time.sleep(min(timeout, 1.0))
+            return False
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+        self.conn = None
+
+
+class Backoff:
+    """Capped exponential backoff: 0.5 s, 1 s, 2 s ... up to `cap`."""
+
+    def __init__(self, base: float = 0.5, cap: float = 10.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * (2**self.failures))
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def run_relay(
+    should_stop: Callable[[], bool],
+    *,
+    poll_interval: float | None = None,
+    amqp_url: str | None = None,
+) -> None:
+    """Relay until `should_stop()` is true. A batch in hand is always finished before stopping."""
+    poll = poll_interval if poll_interval is not None else settings.RELAY_POLL_INTERVAL
+    listener = OutboxListener()
+    backoff = Backoff()
+    publisher: Publisher | None = None
+    monitor: QueueMonitor | None = None
+    try:
+        while not should_stop():
+            try:
+                if publisher is None:
+                    publisher = Publisher(connect(amqp_url))
+                    publisher.declare_topology()
+                    monitor = QueueMonitor(publisher.connection, publisher.topology)
+                    log.info("relay connected to RabbitMQ")
+                    monitor.observe()
+                published = relay_once(publisher)
+                backoff.reset()
+                if published == 0:
+                    _idle(poll, listener, publisher, monitor, should_stop)
+            except BROKER_ERRORS as exc:
+                delay = backoff.next_delay()
+                log.warning("relay: broker unavailable (%s); retrying in %.1fs", exc or exc.__class__.__name__, delay)
+                if publisher is not None:
+                    publisher.close()
+                publisher, monitor = None, None
+                _sleep(delay, should_stop)
+            except DatabaseError as exc:
+                delay = backoff.next_delay()
+                log.warning("relay: database unavailable (%s); retrying in %.1fs", exc, delay)
+                close_old_connections()
+                _sleep(delay, should_stop)
+    finally:
+        listener.close()
+        if publisher is not None:
+            publisher.close()
+        connection.close()
+
+
+def _idle(
+    poll: float,
+    listener: OutboxListener,
+    publisher: Publisher,
+    monitor: QueueMonitor | None,
+    should_stop: Callable[[], bool],
+) -> None:
+    """Wait for a NOTIFY or the polling interval, in short slices that keep pika's heartbeats serviced, the queue
+    monitor ticking and a stop request honoured within half a second."""
+    deadline = time.monotonic() + poll
+    while not should_stop():
+        publisher.connection.process_data_events(time_limit=0)
+        if monitor is not None:
+            monitor.maybe_observe()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or listener.wait(min(0.5, remaining)):
+            return
+
+
+def _sleep(seconds: float, should_stop: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not should_stop():
+        time.sleep(0.1)

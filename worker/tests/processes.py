@@ -1,0 +1,73 @@
+"""Start the real relay and worker as subprocesses against this test run's database, queues and keys."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def service_env(**overrides: str) -> dict[str, str]:
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
+        ORDERPIPE_PREFIX=settings.ORDERPIPE_PREFIX,
+        PYTHONUNBUFFERED="1",
+        LOG_LEVEL="INFO",
+    )
+    env.update(overrides)
+    return env
+
+
+class Service:
+    """One manage.py command as a subprocess; its output goes to a log file for post-mortems."""
+
+    def __init__(self, command: str, *args: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.command, self.args = command, args
+        self.env = env or service_env()
+        self.log_path = log_dir / f"{command}-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Service:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess for its lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", self.command, *self.args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM and wait; returns the exit code (SIGKILL after the timeout, which then fails the caller)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            return -9
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")

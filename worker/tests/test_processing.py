@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from django.core import mail
+
+from orders import cache
+from orders.models import Notification, OrderEvent, OrderStatus, OrderStep, Payment, Product
+from orders.tests.factories import ProductFactory
+from worker import processing
+from worker.processing import Delivery, Outcome, PaymentDeclined
+from worker.tests.conftest import delivery_for
+
+pytestmark = pytest.mark.django_db
+
+
+def kinds(order) -> list[str]:
+    return list(OrderEvent.objects.filter(order=order).order_by("seq").values_list("kind", flat=True))
+
+
+def test_it_runs_every_step_and_completes(place_order, product):
+    order = place_order(quantity=3)
+    assert processing.process(delivery_for(order)) is Outcome.ACK
+    order.refresh_from_db()
+    assert (order.status, order.step, order.attempts) == ("completed", "customer_notified", 1)
+    product.refresh_from_db()
+    assert product.stock == 7
+    payment = Payment.objects.get(order=order)
+    assert payment.amount == order.total
+    assert order.result == {
+        "payment_reference": payment.gateway_reference,
+        "charged": "75.00",
+        "notified": "ada@example.com",
+    }
+    assert Notification.objects.get(order=order).recipient == "ada@example.com"
+    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["ada@example.com"]
+    assert kinds(order) == [
+        "accepted",
+        "received",
+        "inventory_reserved",
+        "payment_charged",
+        "customer_notified",
+        "completed",
+    ]
+    # Every event after acceptance carries what the cache held once its transaction committed.
+    for event in OrderEvent.objects.filter(order=order, seq__gt=1):
+        assert event.snapshot["cache"]["present"] is True
+        assert event.snapshot["cache"]["value"]["version"] == event.snapshot["db"]["version"]
+        assert event.snapshot["queue"]["delivery_tag"] == 1
+    assert cache.read_order(order.id)["status"] == "completed"
+
+
+def test_a_redelivery_resumes_after_the_last_finished_step(place_order, product):
+    order = place_order(quantity=2)
+    first = delivery_for(order)
+    # The worker died right after the payment committed.
+    processing.start(order.id, first)
+    processing.reserve_inventory(order.id, first)
+    processing.charge_payment(order.id, first)
+    redelivered = delivery_for(order, redelivered=True, headers={"x-delivery-count": 1})
+    assert processing.process(redelivered) is Outcome.ACK
+    order.refresh_from_db()
+    assert order.status == "completed"
+    assert order.attempts == 2
+    assert Payment.objects.filter(order=order).count() == 1
+    product.refresh_from_db()
+    assert product.stock == 8
+    assert kinds(order) == [
+        "accepted",
+        "received",
+        "inventory_reserved",
+        "payment_charged",
+        "redelivered",
+        "customer_notified",
+        "completed",
+    ]
+    assert OrderEvent.objects.get(order=order, kind="redelivered").snapshot["queue"]["delivery_count"] == 2
+
+
+def test_a_duplicate_of_a_finished_order_is_acked_and_changes_nothing(place_order, product):
+    order = place_order()
+    processing.process(delivery_for(order))
+    assert processing.process(delivery_for(order, redelivered=True)) is Outcome.ACK
+    assert Payment.objects.filter(order=order).count() == 1
+    product.refresh_from_db()
+    assert product.stock == 9
+    assert kinds(order)[-1] == "duplicate_ignored"
+
+
+def test_out_of_stock_fails_without_reserving_anything(place_order, product):
+    mug = ProductFactory(sku="MUG-002", stock=1)
+    from orders import services
+
+    order = services.order_create(
+        customer_email="a@example.com",
+        items=[{"sku": "BOOK-001", "quantity": 2}, {"sku": "MUG-002", "quantity": 3}],
+    )
+    assert processing.process(delivery_for(order)) is Outcome.ACK
+    order.refresh_from_db()
+    assert order.status == OrderStatus.FAILED
+    assert "out of stock: MUG-002" in order.failure_reason
+    product.refresh_from_db()
+    mug.refresh_from_db()
+    assert (product.stock, mug.stock) == (10, 1)
+    assert not Payment.objects.filter(order=order).exists()
+    assert kinds(order)[-1] == "failed"
+    assert cache.read_order(order.id)["status"] == "failed"
+
+
+def test_a_declined_payment_fails_and_releases_the_reserved_stock(place_order, product):
+    order = place_order(quantity=4)
+
+    def decline(_order):
+        raise PaymentDeclined("payment declined by the card issuer")
+
+    assert processing.process(delivery_for(order), gateway=decline) is Outcome.ACK
+    order.refresh_from_db()
+    assert order.status == "failed"
+    assert order.failure_reason == "payment declined by the card issuer"
+    product.refresh_from_db()
+    assert product.stock == 10
+    assert not Payment.objects.exists()
+    assert "Reserved stock released" in OrderEvent.objects.get(order=order, kind="failed").message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xfe not json",
+        b"[1, 2]",
+        json.dumps({"order_id": "nope", "version": 1}).encode(),
+        json.dumps({"order_id": str(uuid.uuid4()), "version": 1}).encode(),
+        json.dumps({"order_id": str(uuid.uuid4()), "version": 99}).encode(),
+    ],
+)
+def test_poison_messages_are_rejected(body):
+    assert processing.process(Delivery(body=body)) is Outcome.REJECT
+
+
+def test_steps_refuse_to_run_out_of_order(place_order, product):
+    order = place_order()
+    delivery = delivery_for(order)
+    processing.start(order.id, delivery)
+    assert processing.charge_payment(order.id, delivery) is None
+    assert processing.complete(order.id, delivery) is None
+    assert not Payment.objects.exists()
+    assert Product.objects.get(pk=product.pk).stock == 10
+    order.refresh_from_db()
+    assert order.step == OrderStep.NONE

@@ -1,0 +1,103 @@
+"""The RabbitMQ topology, declared in this one place, idempotently, by relays and workers alike.
+
+    exchange <prefix>.orders (direct) --order.placed--> quorum queue <prefix>.orders.process
+        x-delivery-limit: a message that keeps crashing workers is dead-lettered instead of looping forever
+        x-dead-letter-exchange <prefix>.dlx, at-least-once dead-lettering (needs x-overflow=reject-publish)
+    retry tiers <prefix>.orders.retry.<delay>: per-queue TTL, dead-lettered back to <prefix>.orders
+    exchange <prefix>.dlx (fanout) --> quorum queue <prefix>.orders.dead (the parking lot, replayable)
+
+Every name carries the configured prefix, so tests never touch a running instance's queues.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+ROUTING_KEY = "order.placed"
+MESSAGE_TYPE = "order.placed"
+
+
+def _delay_label(ms: int) -> str:
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+@dataclass(frozen=True)
+class RetryTier:
+    queue: str
+    delay_ms: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+    delivery_limit: int
+    retry_delays_ms: tuple[int, ...]
+    exchange: str = field(init=False)
+    process_queue: str = field(init=False)
+    dead_letter_exchange: str = field(init=False)
+    dead_queue: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exchange", f"{self.prefix}.orders")
+        object.__setattr__(self, "process_queue", f"{self.prefix}.orders.process")
+        object.__setattr__(self, "dead_letter_exchange", f"{self.prefix}.dlx")
+        object.__setattr__(self, "dead_queue", f"{self.prefix}.orders.dead")
+
+    @property
+    def retry_tiers(self) -> list[RetryTier]:
+        return [RetryTier(f"{self.prefix}.orders.retry.{_delay_label(ms)}", ms) for ms in self.retry_delays_ms]
+
+    def queues(self) -> list[tuple[str, str]]:
+        """(name, role) of every queue, in the order the dashboard draws them."""
+        return (
+            [(self.process_queue, "main")]
+            + [(tier.queue, "retry") for tier in self.retry_tiers]
+            + [(self.dead_queue, "dead")]
+        )
+
+    def process_queue_arguments(self) -> dict:
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def retry_queue_arguments(self, tier: RetryTier) -> dict:
+        return {
+            "x-queue-type": "quorum",
+            "x-message-ttl": tier.delay_ms,
+            "x-dead-letter-exchange": self.exchange,
+            "x-dead-letter-routing-key": ROUTING_KEY,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def declare(self, channel) -> None:
+        """Declare everything (idempotent: same names and arguments are a no-op on the broker)."""
+        channel.exchange_declare(self.exchange, exchange_type="direct", durable=True)
+        channel.exchange_declare(self.dead_letter_exchange, exchange_type="fanout", durable=True)
+        channel.queue_declare(self.process_queue, durable=True, arguments=self.process_queue_arguments())
+        channel.queue_bind(self.process_queue, self.exchange, routing_key=ROUTING_KEY)
+        for tier in self.retry_tiers:
+            channel.queue_declare(tier.queue, durable=True, arguments=self.retry_queue_arguments(tier))
+        channel.queue_declare(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.queue_bind(self.dead_queue, self.dead_letter_exchange)
+
+    def delete(self, channel) -> None:
+        """Remove every queue and exchange of this prefix (tests clean up with this)."""
+        for name, _role in self.queues():
+            channel.queue_delete(name)
+        channel.exchange_delete(self.exchange)
+        channel.exchange_delete(self.dead_letter_exchange)
+
+
+def topology() -> Topology:
+    return Topology(
+        prefix=settings.ORDERPIPE_PREFIX,
+        delivery_limit=settings.AMQP_DELIVERY_LIMIT,
+        retry_delays_ms=tuple(settings.RETRY_DELAYS_MS),
+    )
