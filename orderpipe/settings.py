@@ -143,6 +143,8 @@ DATABASES = {"default": database_from_url(DATABASE_URL)}
 # Under ASGI every request runs in a fresh thread, so persistent connections (CONN_MAX_AGE > 0) leak one
 # connection per request. Django's psycopg pool hands connections back instead.
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+# pytest gives every run its own test database (see orderpipe/testing.py), so runs never trip over each other.
+DATABASES["default"]["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "") or None}
 DATABASES["default"]["OPTIONS"] = {
     "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 3),
 }

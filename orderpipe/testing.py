@@ -1,14 +1,16 @@
 """Loaded by pytest before Django (`-p orderpipe.testing` in pyproject.toml).
 
 Gives the test run its own queue-name prefix, Redis key space and NOTIFY channel, so tests never touch the
-queues or keys of a `make run` instance on the same machine. (The database is already separate: pytest-django
-creates `test_<name>`.)
+queues or keys of a `make run` instance on the same machine, and its own test database, so two runs at once do
+not collide either.
 """
 
 import os
 import uuid
 
-os.environ["ORDERPIPE_PREFIX"] = f"test-{uuid.uuid4().hex[:8]}"
+RUN_ID = uuid.uuid4().hex[:8]
+os.environ["ORDERPIPE_PREFIX"] = f"test-{RUN_ID}"
+os.environ["DATABASE_TEST_NAME"] = f"test_orderpipe_{RUN_ID}"
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-" + uuid.uuid4().hex)
 os.environ.setdefault("DJANGO_DEBUG", "false")
 # Fast retry tiers for tests; the real ones are 1 s, 5 s, 30 s.
