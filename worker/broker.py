@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from typing import Any
@@ -39,6 +40,63 @@ def connect(url: str | None = None) -> BlockingConnection:
     return pika.BlockingConnection(connection_parameters(url))
 
 
+# A failed probe is an answer (the caller reports it in one line), not an error: pika's own ERROR logs and
+# tracebacks for that connection attempt are dropped, on the probing thread only.
+_probing: contextvars.ContextVar[bool] = contextvars.ContextVar("orderpipe_amqp_probing", default=False)
+
+
+class _DropWhileProbing(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _probing.get()
+
+
+for _name in (
+    "pika.connection",
+    "pika.channel",
+    "pika.adapters.base_connection",
+    "pika.adapters.blocking_connection",
+    "pika.adapters.select_connection",
+    "pika.adapters.utils.connection_workflow",
+    "pika.adapters.utils.io_services_utils",
+    "pika.adapters.utils.selector_ioloop_adapter",
+):
+    logging.getLogger(_name).addFilter(_DropWhileProbing())
+
+
+def probe(url: str | None = None, timeout: float = 2.0) -> None:
+    """Open and close a short-lived connection to prove the broker answers the AMQP handshake within `timeout`
+    seconds. Raises one of BROKER_ERRORS otherwise (see `describe_error`)."""
+    params = pika.URLParameters(url or settings.AMQP_URL)
+    params.connection_attempts = 1
+    params.socket_timeout = timeout
+    params.stack_timeout = timeout
+    params.blocked_connection_timeout = timeout
+    params.client_properties = {"connection_name": f"orderpipe:{settings.ORDERPIPE_PREFIX}:probe"}
+    token = _probing.set(True)
+    try:
+        conn = pika.BlockingConnection(params)
+    finally:
+        _probing.reset(token)
+    try:
+        conn.close()
+    except BROKER_ERRORS:
+        pass
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason for a connection failure (pika's AMQPConnectionError often has an empty message)."""
+    cause: BaseException = exc
+    # AMQPConnectionError(AMQPConnectionWorkflowFailed(exceptions=[..., AMQPConnectorSocketConnectError(...)]))
+    if cause.args and isinstance(cause.args[0], BaseException):
+        cause = cause.args[0]
+    if getattr(cause, "exceptions", None):
+        cause = cause.exceptions[-1]
+    name = type(cause).__name__
+    # Some pika exceptions carry their reason only in repr().
+    text = " ".join((str(cause) or repr(cause)).split())
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
 class Publisher:
     """Publishes persistent JSON messages with publisher confirms and mandatory routing on one channel."""
 
@@ -62,6 +120,26 @@ class Publisher:
         headers: dict[str, Any] | None = None,
     ) -> None:
         """Return once the broker has confirmed the message; raise PublishFailed if it refused it."""
+        self.publish_raw(
+            exchange=exchange,
+            routing_key=routing_key,
+            body=json.dumps(body).encode(),
+            message_id=message_id,
+            message_type=message_type,
+            headers=headers,
+        )
+
+    def publish_raw(
+        self,
+        *,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        message_type: str,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Like `publish`, for a body already encoded (a message passed on to a retry tier or the dead letters)."""
         properties = pika.BasicProperties(
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
@@ -73,7 +151,7 @@ class Publisher:
             self.channel.basic_publish(
                 exchange=exchange,
                 routing_key=routing_key,
-                body=json.dumps(body).encode(),
+                body=body,
                 properties=properties,
                 mandatory=True,
             )
