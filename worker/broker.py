@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -77,10 +78,8 @@ def probe(url: str | None = None, timeout: float = 2.0) -> None:
         conn = pika.BlockingConnection(params)
     finally:
         _probing.reset(token)
-    try:
+    with contextlib.suppress(BROKER_ERRORS):
         conn.close()
-    except BROKER_ERRORS:
-        pass
 
 
 def describe_error(exc: BaseException) -> str:
