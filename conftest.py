@@ -51,7 +51,7 @@ def broker():
     publisher.declare_topology()
 
     def purge() -> None:
-        for name, _role in publisher.topology.queues():
+        for name in publisher.topology.all_queues():
             publisher.channel.queue_purge(name)
 
     purge()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -238,3 +238,80 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class IdempotencyKey(models.Model):
+    """The first response to a POST that carried an `Idempotency-Key`, stored in the order's own transaction."""
+
+    key = models.CharField(max_length=255, primary_key=True)
+    request_hash = models.CharField(max_length=64)
+    order = models.ForeignKey(Order, related_name="+", on_delete=models.CASCADE)
+    response_status = models.PositiveSmallIntegerField()
+    response_body = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class SandboxSettings(models.Model):
+    """The fault injector: one row, read by every worker within a second. All faults are off by default."""
+
+    step_delay_ms = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(60_000)])
+    decline_rate = models.FloatField(default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    transient_failure_rate = models.FloatField(default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    crash_rate = models.FloatField(default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    paused = models.BooleanField(default=False, help_text="Workers stop consuming (messages wait in the queue).")
+    step_mode = models.BooleanField(
+        default=False, help_text="Workers wait before each step of an order until 'Next step' is pressed."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    FIELDS = ("step_delay_ms", "decline_rate", "transient_failure_rate", "crash_rate", "paused", "step_mode")
+
+    class Meta:
+        verbose_name = "sandbox settings"
+        verbose_name_plural = "sandbox settings"
+
+    def __str__(self) -> str:
+        return "sandbox settings"
+
+    @classmethod
+    def load(cls) -> SandboxSettings:
+        obj, _ = cls.objects.get_or_create(pk=1)
+        return obj
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+
+class SandboxChange(models.Model):
+    """Every change to the sandbox settings: who, through what, from what to what."""
+
+    field = models.CharField(max_length=64)
+    old_value = models.JSONField(null=True)
+    new_value = models.JSONField(null=True)
+    changed_by = models.CharField(max_length=150, blank=True, default="")
+    via = models.CharField(max_length=32)  # api, admin, command, dashboard
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.old_value} -> {self.new_value} ({self.via})"
+
+
+class StepGrant(models.Model):
+    """In step-by-step mode, one press of 'Next step' on an order's journey: lets a waiting worker run one step."""
+
+    order = models.ForeignKey(Order, related_name="step_grants", on_delete=models.CASCADE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["order"], name="step_grant_unused", condition=Q(used_at__isnull=True))]
+
+    def __str__(self) -> str:
+        return f"step grant for {self.order_id}"

@@ -1,9 +1,9 @@
-"""The worker process: consumes `order.placed` messages and hands each to `processing.process`.
+"""The worker process: consumes `order.placed` messages and hands each to the Processor.
 
 pika's BlockingConnection is not thread-safe and does no background I/O, so the main thread does nothing but
-service the connection (heartbeats, deliveries, acks) while the steps run on a small thread pool. Workers hand
-their verdict back with `add_callback_threadsafe`, and the ack is sent from the connection's own thread, only
-after the last step's commit.
+service the connection (heartbeats, deliveries, acks, republishing) while the steps run on a small thread pool.
+Step threads hand their verdict back with `add_callback_threadsafe`; the ack (or the republish to a retry tier or
+the dead letters, confirmed before the ack) is done on the connection's own thread, after the step's commit.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
@@ -25,16 +26,33 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from pika.spec import Basic, BasicProperties
 
 from orders.models import WorkerHeartbeat
-from worker import processing
-from worker.broker import BROKER_ERRORS, connect
+from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect
+from worker.faults import Faults
 from worker.monitor import QueueMonitor
-from worker.processing import Delivery, Outcome
+from worker.processing import (
+    REASON_HEADER,
+    RETRIES_HEADER,
+    Action,
+    Delivery,
+    Interrupted,
+    Processor,
+    Verdict,
+    peek_order_id,
+)
 from worker.relay import Backoff
-from worker.topology import Topology, topology
+from worker.topology import MESSAGE_TYPE, Topology, topology
 
 log = logging.getLogger(__name__)
 
 DB_ERRORS = (OperationalError, InterfaceError)
+# Headers the broker manages; a republished copy starts fresh.
+_BROKER_HEADERS = {
+    "x-delivery-count",
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+}
 
 
 class Worker:
@@ -46,22 +64,28 @@ class Worker:
         name: str | None = None,
         amqp_url: str | None = None,
         topo: Topology | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.prefetch = prefetch or settings.WORKER_PREFETCH
         self.concurrency = concurrency
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
         self.amqp_url = amqp_url
         self.topology = topo or topology()
+        self.faults = faults or Faults()
         self.stopping = threading.Event()
+        self.processor = Processor(faults=self.faults, topo=self.topology, should_stop=self.stopping.is_set)
         self.connection: BlockingConnection | None = None
         self.channel: BlockingChannel | None = None
+        self.publisher: Publisher | None = None
         self.monitor: QueueMonitor | None = None
+        self.consumer_tag: str | None = None
         self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="step")
         self.in_flight: set[Future] = set()
         self.processed = 0
         self.current_order: str | None = None
         self.started_at = timezone.now()
         self.last_heartbeat = 0.0
+        self.last_sandbox_check = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -94,7 +118,11 @@ class Worker:
         self.channel = self.connection.channel()
         self.topology.declare(self.channel)
         self.channel.basic_qos(prefetch_count=self.prefetch)
-        self.consumer_tag = self.channel.basic_consume(self.topology.process_queue, self._on_message)
+        # Retries and dead letters are published on their own confirm channel, from this thread only.
+        self.publisher = Publisher(self.connection, self.topology)
+        self.channel.basic_consume(self.topology.dead_watch_queue, self._on_dead_letter)
+        self.consumer_tag = None
+        self._apply_pause()
         self.monitor = QueueMonitor(self.connection, self.topology)
         log.info("worker %s consuming %s (prefetch %d)", self.name, self.topology.process_queue, self.prefetch)
 
@@ -104,7 +132,8 @@ class Worker:
             self.connection.process_data_events(time_limit=0.2)
             self._periodic()
         # Graceful stop: no new deliveries; finish what is in hand, flush its acks, then close.
-        self.channel.basic_cancel(self.consumer_tag)
+        if self.consumer_tag:
+            self.channel.basic_cancel(self.consumer_tag)
         deadline = time.monotonic() + 30
         while self.in_flight and time.monotonic() < deadline:
             self.connection.process_data_events(time_limit=0.1)
@@ -120,52 +149,91 @@ class Worker:
                     self.connection.close()
             except BROKER_ERRORS:
                 pass
-        self.connection, self.channel, self.monitor = None, None, None
+        self.connection, self.channel, self.publisher, self.monitor = None, None, None, None
+
+    def _apply_pause(self) -> None:
+        """Sandbox 'pause consumption': cancel the consumer (messages wait in the queue), resume when unpaused."""
+        try:
+            paused = self.faults.paused()
+        except DatabaseError:
+            close_old_connections()
+            return
+        if paused and self.consumer_tag:
+            self.channel.basic_cancel(self.consumer_tag)
+            self.consumer_tag = None
+            log.info("worker %s paused by the sandbox", self.name)
+        elif not paused and not self.consumer_tag:
+            self.consumer_tag = self.channel.basic_consume(self.topology.process_queue, self._on_message)
 
     # ------------------------------------------------------------ deliveries
 
-    def _on_message(self, channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
-        delivery = Delivery(
+    def _delivery(self, queue: str, method: Basic.Deliver, props: BasicProperties, body: bytes) -> Delivery:
+        return Delivery(
             body=body,
             delivery_tag=method.delivery_tag,
             redelivered=bool(method.redelivered),
             exchange=method.exchange,
             routing_key=method.routing_key,
-            queue=self.topology.process_queue,
+            queue=queue,
             message_id=props.message_id or "",
             headers=dict(props.headers or {}),
-            queue_ready=self.monitor.depth(self.topology.process_queue) if self.monitor else None,
+            queue_ready=self.monitor.depth(queue) if self.monitor else None,
         )
-        future = self.executor.submit(self._handle, channel, delivery)
+
+    def _submit(self, channel: BlockingChannel, delivery: Delivery, work: Callable[[Delivery], Verdict | None]) -> None:
+        future = self.executor.submit(self._handle, channel, delivery, work)
         self.in_flight.add(future)
         future.add_done_callback(self.in_flight.discard)
 
-    def _handle(self, channel: BlockingChannel, delivery: Delivery) -> None:
-        """Runs on a step thread. Never acks itself: the verdict goes back to the connection's thread."""
-        connection_ = channel.connection
-        if self.stopping.is_set():
-            outcome = None  # not started: leave it unacked, it returns to the queue when we close
-        else:
-            outcome = self._process_until_database_answers(delivery)
-        close_old_connections()
-        if outcome is None:
-            return
+    def _on_message(self, channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
+        self._submit(channel, self._delivery(self.topology.process_queue, method, props, body), self._process)
+
+    def _on_dead_letter(
+        self, channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes
+    ) -> None:
+        self._submit(channel, self._delivery(self.topology.dead_watch_queue, method, props, body), self._watch)
+
+    def _process(self, delivery: Delivery) -> Verdict | None:
+        self.current_order = None
         try:
-            connection_.add_callback_threadsafe(functools.partial(self._settle, channel, delivery, outcome))
+            self.current_order = peek_order_id(delivery.body)
+            return self.processor.process(delivery)
+        finally:
+            self.current_order = None
+
+    def _watch(self, delivery: Delivery) -> Verdict | None:
+        if REASON_HEADER in delivery.headers:
+            return Verdict(Action.ACK)  # dead-lettered by a worker, which already marked the order
+        reason = str(delivery.headers.get("x-first-death-reason") or "dead-lettered by the broker")
+        if reason == "delivery_limit":
+            reason = (
+                f"delivery limit reached: delivered {settings.AMQP_DELIVERY_LIMIT}+ times without an ack "
+                "(it crashed workers repeatedly)"
+            )
+        self.processor.record_dead_letter(delivery, reason)
+        return Verdict(Action.ACK)
+
+    def _handle(self, channel: BlockingChannel, delivery: Delivery, work: Callable[[Delivery], Verdict | None]) -> None:
+        """Runs on a step thread. Never touches the channel itself: the verdict goes to the connection's thread."""
+        verdict = None if self.stopping.is_set() else self._until_database_answers(delivery, work)
+        close_old_connections()
+        if verdict is None:
+            return  # left unacked: it returns to the queue when the channel closes
+        try:
+            channel.connection.add_callback_threadsafe(functools.partial(self._settle, channel, delivery, verdict))
         except BROKER_ERRORS:
             log.warning("connection closed before settling delivery %s; it will be redelivered", delivery.delivery_tag)
 
-    def _process_until_database_answers(self, delivery: Delivery) -> Outcome | None:
+    def _until_database_answers(self, delivery: Delivery, work: Callable[[Delivery], Verdict | None]) -> Verdict | None:
         """A database outage must not ack, reject or requeue the message: keep it in hand, unacked, and try again
         until the database answers. With every prefetch slot held this way, consumption stops by itself."""
         backoff = Backoff(cap=5.0)
         while True:
             try:
-                try:
-                    self.current_order = processing.peek_order_id(delivery.body)
-                    return processing.process(delivery)
-                finally:
-                    self.current_order = None
+                return work(delivery)
+            except Interrupted as exc:
+                log.info("%s; leaving the message unacked", exc)
+                return None
             except DB_ERRORS as exc:
                 delay = backoff.next_delay()
                 log.warning("worker: database unavailable (%s); retrying delivery in %.1fs", exc, delay)
@@ -173,26 +241,51 @@ class Worker:
                 if self.stopping.wait(delay):
                     return None
             except DatabaseError:
-                log.exception("worker: database error on delivery %s; will be redelivered", delivery.message_id)
+                log.exception("worker: database error on delivery %s; it will be redelivered", delivery.message_id)
                 connection.close()
                 return None
 
-    def _settle(self, channel: BlockingChannel, delivery: Delivery, outcome: Outcome) -> None:
-        """Runs on the connection's thread."""
+    def _settle(self, channel: BlockingChannel, delivery: Delivery, verdict: Verdict) -> None:
+        """Runs on the connection's thread. A retry or dead letter is confirmed by the broker before the original
+        is acked, so the message exists somewhere at every instant."""
         if not channel.is_open:
             return
-        if outcome is Outcome.ACK:
-            channel.basic_ack(delivery.delivery_tag)
+        if verdict.action is not Action.ACK:
+            headers = {k: v for k, v in delivery.headers.items() if k not in _BROKER_HEADERS}
+            if verdict.action is Action.RETRY:
+                exchange, routing_key = "", verdict.retry_queue
+                headers[RETRIES_HEADER] = verdict.retries
+            else:
+                exchange, routing_key = self.topology.dead_letter_exchange, delivery.routing_key
+                headers[REASON_HEADER] = verdict.reason[:1000]
+            try:
+                assert self.publisher is not None
+                self.publisher.publish_raw(
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    body=delivery.body,
+                    message_id=delivery.message_id,
+                    message_type=MESSAGE_TYPE,
+                    headers=headers,
+                )
+            except PublishFailed as exc:
+                log.warning("could not hand delivery %s on (%s); requeueing it", delivery.message_id, exc)
+                channel.basic_nack(delivery.delivery_tag, requeue=True)
+                return
+        channel.basic_ack(delivery.delivery_tag)
+        if delivery.queue == self.topology.process_queue:
             self.processed += 1
-        else:
-            channel.basic_reject(delivery.delivery_tag, requeue=False)
 
     # ------------------------------------------------------------ periodic
 
     def _periodic(self) -> None:
         if self.monitor:
             self.monitor.maybe_observe()
-        if time.monotonic() - self.last_heartbeat >= 1.0:
+        now = time.monotonic()
+        if now - self.last_sandbox_check >= 1.0:
+            self.last_sandbox_check = now
+            self._apply_pause()
+        if now - self.last_heartbeat >= 1.0:
             self._write_heartbeat()
 
     def _write_heartbeat(self, *, final: bool = False) -> None:

@@ -5,6 +5,8 @@
         x-dead-letter-exchange <prefix>.dlx, at-least-once dead-lettering (needs x-overflow=reject-publish)
     retry tiers <prefix>.orders.retry.<delay>: per-queue TTL, dead-lettered back to <prefix>.orders
     exchange <prefix>.dlx (fanout) --> quorum queue <prefix>.orders.dead (the parking lot, replayable)
+                                   --> quorum queue <prefix>.orders.dead.watch (a copy the worker consumes to mark
+                                       orders the broker dead-lettered by itself, e.g. at the delivery limit)
 
 Every name carries the configured prefix, so tests never touch a running instance's queues.
 """
@@ -38,12 +40,14 @@ class Topology:
     process_queue: str = field(init=False)
     dead_letter_exchange: str = field(init=False)
     dead_queue: str = field(init=False)
+    dead_watch_queue: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exchange", f"{self.prefix}.orders")
         object.__setattr__(self, "process_queue", f"{self.prefix}.orders.process")
         object.__setattr__(self, "dead_letter_exchange", f"{self.prefix}.dlx")
         object.__setattr__(self, "dead_queue", f"{self.prefix}.orders.dead")
+        object.__setattr__(self, "dead_watch_queue", f"{self.prefix}.orders.dead.watch")
 
     @property
     def retry_tiers(self) -> list[RetryTier]:
@@ -56,6 +60,9 @@ class Topology:
             + [(tier.queue, "retry") for tier in self.retry_tiers]
             + [(self.dead_queue, "dead")]
         )
+
+    def all_queues(self) -> list[str]:
+        return [name for name, _role in self.queues()] + [self.dead_watch_queue]
 
     def process_queue_arguments(self) -> dict:
         return {
@@ -86,10 +93,12 @@ class Topology:
             channel.queue_declare(tier.queue, durable=True, arguments=self.retry_queue_arguments(tier))
         channel.queue_declare(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
         channel.queue_bind(self.dead_queue, self.dead_letter_exchange)
+        channel.queue_declare(self.dead_watch_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.queue_bind(self.dead_watch_queue, self.dead_letter_exchange)
 
     def delete(self, channel) -> None:
         """Remove every queue and exchange of this prefix (tests clean up with this)."""
-        for name, _role in self.queues():
+        for name in self.all_queues():
             channel.queue_delete(name)
         channel.exchange_delete(self.exchange)
         channel.exchange_delete(self.dead_letter_exchange)

@@ -9,11 +9,13 @@ from django.core import mail
 from orders import cache
 from orders.models import Notification, OrderEvent, OrderStatus, OrderStep, Payment, Product
 from orders.tests.factories import ProductFactory
-from worker import processing
-from worker.processing import Delivery, Outcome, PaymentDeclined
+from worker.faults import NoFaults
+from worker.processing import ACK, Action, Delivery, PaymentDeclined, Processor
 from worker.tests.conftest import delivery_for
 
 pytestmark = pytest.mark.django_db
+
+processing = Processor(faults=NoFaults())
 
 
 def kinds(order) -> list[str]:
@@ -22,7 +24,7 @@ def kinds(order) -> list[str]:
 
 def test_it_runs_every_step_and_completes(place_order, product):
     order = place_order(quantity=3)
-    assert processing.process(delivery_for(order)) is Outcome.ACK
+    assert processing.process(delivery_for(order)) == ACK
     order.refresh_from_db()
     assert (order.status, order.step, order.attempts) == ("completed", "customer_notified", 1)
     product.refresh_from_db()
@@ -60,7 +62,7 @@ def test_a_redelivery_resumes_after_the_last_finished_step(place_order, product)
     processing.reserve_inventory(order.id, first)
     processing.charge_payment(order.id, first)
     redelivered = delivery_for(order, redelivered=True, headers={"x-delivery-count": 1})
-    assert processing.process(redelivered) is Outcome.ACK
+    assert processing.process(redelivered) == ACK
     order.refresh_from_db()
     assert order.status == "completed"
     assert order.attempts == 2
@@ -82,7 +84,7 @@ def test_a_redelivery_resumes_after_the_last_finished_step(place_order, product)
 def test_a_duplicate_of_a_finished_order_is_acked_and_changes_nothing(place_order, product):
     order = place_order()
     processing.process(delivery_for(order))
-    assert processing.process(delivery_for(order, redelivered=True)) is Outcome.ACK
+    assert processing.process(delivery_for(order, redelivered=True)) == ACK
     assert Payment.objects.filter(order=order).count() == 1
     product.refresh_from_db()
     assert product.stock == 9
@@ -97,7 +99,7 @@ def test_out_of_stock_fails_without_reserving_anything(place_order, product):
         customer_email="a@example.com",
         items=[{"sku": "BOOK-001", "quantity": 2}, {"sku": "MUG-002", "quantity": 3}],
     )
-    assert processing.process(delivery_for(order)) is Outcome.ACK
+    assert processing.process(delivery_for(order)) == ACK
     order.refresh_from_db()
     assert order.status == OrderStatus.FAILED
     assert "out of stock: MUG-002" in order.failure_reason
@@ -112,10 +114,10 @@ def test_out_of_stock_fails_without_reserving_anything(place_order, product):
 def test_a_declined_payment_fails_and_releases_the_reserved_stock(place_order, product):
     order = place_order(quantity=4)
 
-    def decline(_order):
+    def decline(_order, _faults):
         raise PaymentDeclined("payment declined by the card issuer")
 
-    assert processing.process(delivery_for(order), gateway=decline) is Outcome.ACK
+    assert Processor(faults=NoFaults(), gateway=decline).process(delivery_for(order)) == ACK
     order.refresh_from_db()
     assert order.status == "failed"
     assert order.failure_reason == "payment declined by the card issuer"
@@ -135,8 +137,10 @@ def test_a_declined_payment_fails_and_releases_the_reserved_stock(place_order, p
         json.dumps({"order_id": str(uuid.uuid4()), "version": 99}).encode(),
     ],
 )
-def test_poison_messages_are_rejected(body):
-    assert processing.process(Delivery(body=body)) is Outcome.REJECT
+def test_poison_messages_are_dead_lettered_with_a_reason(body):
+    verdict = processing.process(Delivery(body=body))
+    assert verdict.action is Action.DEAD_LETTER
+    assert verdict.reason.startswith("poison message: ")
 
 
 def test_steps_refuse_to_run_out_of_order(place_order, product):

@@ -1,0 +1,79 @@
+"""Fault injection for the sandbox: what the learner switches on to watch the pipeline fail and recover.
+
+Every knob is read from the sandbox settings (refreshed within a second); all are off by default, so a
+production deployment with ORDERPIPE_SANDBOX=false and untouched settings behaves normally.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from orders import sandbox
+
+log = logging.getLogger(__name__)
+
+CRASH_EXIT_CODE = 70
+
+
+class TransientFailure(Exception):
+    """A failure worth retrying later (a gateway timeout, a dropped connection)."""
+
+
+def _crash(step: str) -> None:
+    # The real thing: the process dies mid-step, inside the step's transaction, without acking or committing.
+    log.error("sandbox crash: worker exits in the middle of step %s", step)
+    logging.shutdown()
+    os._exit(CRASH_EXIT_CODE)
+
+
+class Faults:
+    def __init__(
+        self,
+        reader: sandbox.SandboxReader | None = None,
+        rng: random.Random | None = None,
+        crash: Callable[[str], None] = _crash,
+    ) -> None:
+        self.reader = reader or sandbox.reader
+        self.rng = rng or random.Random()
+        self.crash = crash
+
+    def settings(self) -> dict[str, Any]:
+        return self.reader.get()
+
+    def delay(self, should_stop: Callable[[], bool]) -> None:
+        """The configured step delay, cut short when the worker is asked to stop."""
+        deadline = time.monotonic() + self.settings()["step_delay_ms"] / 1000
+        while not should_stop():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(remaining, 0.1))
+
+    def maybe_fail_transiently(self, step: str) -> None:
+        if self.rng.random() < self.settings()["transient_failure_rate"]:
+            raise TransientFailure(f"simulated timeout in step '{step}'")
+
+    def maybe_crash(self, step: str) -> None:
+        if self.rng.random() < self.settings()["crash_rate"]:
+            self.crash(step)
+
+    def declined(self) -> bool:
+        return self.rng.random() < self.settings()["decline_rate"]
+
+    def step_mode(self) -> bool:
+        return bool(self.settings()["step_mode"])
+
+    def paused(self) -> bool:
+        return bool(self.settings()["paused"])
+
+
+class NoFaults(Faults):
+    """For tests of the plain pipeline: never consults the database."""
+
+    def settings(self) -> dict[str, Any]:
+        return dict(sandbox.DEFAULTS)
