@@ -5,6 +5,7 @@ import logging
 from django.core.management.base import BaseCommand
 
 from worker.consumer import Worker
+from worker.startup import DEFAULT_STARTUP_TIMEOUT, require_dependencies, serve_metrics
 
 
 class Command(BaseCommand):
@@ -14,8 +15,18 @@ class Command(BaseCommand):
         parser.add_argument("--prefetch", type=int, default=None, help="unacked messages in hand (WORKER_PREFETCH)")
         parser.add_argument("--concurrency", type=int, default=1, help="orders processed at once (threads)")
         parser.add_argument("--name", default=None, help="name shown on the dashboard (default host:pid)")
+        parser.add_argument(
+            "--startup-timeout",
+            type=float,
+            default=DEFAULT_STARTUP_TIMEOUT,
+            help="seconds to wait for PostgreSQL and RabbitMQ before giving up with exit code 1 (Redis is optional)",
+        )
+        parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
 
     def handle(self, *args, **options) -> None:
+        # Redis is an accelerator: a worker without it skips cache writes and live events but processes orders.
+        require_dependencies("worker", timeout=options["startup_timeout"], redis_optional=True)
+        serve_metrics(options["metrics_port"])
         worker = Worker(prefetch=options["prefetch"], concurrency=options["concurrency"], name=options["name"])
         worker.install_signal_handlers()
         logging.getLogger(__name__).info("worker %s starting", worker.name)

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db import connection
+
+from orderpipe import health
+
+CLOSED_AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
+CLOSED_REDIS = "redis://127.0.0.1:1/0"
+
+
+def test_healthz_answers_without_touching_any_dependency(client, settings):
+    # No django_db mark: any database query would raise, and the broker and Redis point at a closed port.
+    settings.AMQP_URL = CLOSED_AMQP
+    settings.REDIS_URL = CLOSED_REDIS
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "alive"}
+
+
+@pytest.mark.django_db
+def test_readyz_is_200_when_every_dependency_answers(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["failed"] == []
+    assert set(body["checks"]) == {"postgresql", "rabbitmq", "redis"}
+    assert all(check["ok"] for check in body["checks"].values())
+
+
+@pytest.mark.django_db
+def test_readyz_is_503_and_names_what_is_down(client, settings):
+    settings.AMQP_URL = CLOSED_AMQP
+    settings.REDIS_URL = CLOSED_REDIS
+    started = time.monotonic()
+    response = client.get("/readyz")
+    assert time.monotonic() - started < 3  # checks run at once, each bounded by its timeout
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["failed"] == ["rabbitmq", "redis"]
+    assert body["checks"]["postgresql"]["ok"] is True
+    assert "RabbitMQ unreachable at amqp://guest:***@127.0.0.1:1/" in body["checks"]["rabbitmq"]["error"]
+    assert "Redis unreachable at redis://127.0.0.1:1/0" in body["checks"]["redis"]["error"]
+
+
+@pytest.mark.django_db
+def test_the_postgresql_check_fails_when_the_server_does_not_answer():
+    health.check_postgresql(connection.settings_dict)
+    with pytest.raises(health.DependencyUnavailable, match=r"PostgreSQL unreachable at 127\.0\.0\.1:1"):
+        health.check_postgresql({**connection.settings_dict, "HOST": "127.0.0.1", "PORT": "1"})
+
+
+@pytest.mark.django_db
+def test_the_postgresql_check_fails_on_a_missing_database():
+    with pytest.raises(health.DependencyUnavailable, match="does not exist"):
+        health.check_postgresql({**connection.settings_dict, "NAME": "orderpipe_no_such_database"})
+
+
+def test_the_rabbitmq_and_redis_checks_pass_against_the_real_services():
+    health.check_rabbitmq()
+    health.check_redis()
+
+
+def test_passwords_are_redacted_from_messages():
+    assert health.redact("amqp://guest:s3cret@host:5672/%2F") == "amqp://guest:***@host:5672/%2F"
+    assert health.redact("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_waiting_gives_up_after_the_timeout_and_retries_meanwhile():
+    calls = []
+
+    def down() -> None:
+        calls.append(time.monotonic())
+        raise health.DependencyUnavailable("thing unreachable")
+
+    with pytest.raises(health.DependencyUnavailable, match=r"thing unreachable \(gave up after 1 s\)"):
+        health.wait_for_dependencies({"thing": down}, timeout=1, interval=0.25)
+    assert len(calls) >= 3
+
+
+def test_waiting_returns_once_a_slow_dependency_comes_up():
+    attempts = iter([health.DependencyUnavailable("booting"), None])
+
+    def booting() -> None:
+        error = next(attempts)
+        if error:
+            raise error
+
+    health.wait_for_dependencies({"thing": booting}, timeout=5, interval=0.1)

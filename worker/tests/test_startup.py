@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from worker.tests.processes import ROOT, Service, service_env
+
+CLOSED_AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
+CLOSED_REDIS = "redis://127.0.0.1:1/0"
+
+
+def run_command(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *argv],
+        cwd=ROOT,
+        env=service_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("command", ["run_relay", "run_worker"])
+def test_it_refuses_to_start_with_one_line_when_rabbitmq_is_unreachable(command):
+    started = time.monotonic()
+    result = run_command(command, "--startup-timeout", "2", AMQP_URL=CLOSED_AMQP)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot start" in lines[0]
+    assert "RabbitMQ unreachable at amqp://guest:***@127.0.0.1:1/" in lines[0]
+    assert "ConnectionRefusedError" in lines[0]
+    assert "PostgreSQL" not in lines[0]  # it names only what is down
+    # It retried for the window, not much longer.
+    assert 1.5 < elapsed < 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_relay_names_every_dependency_that_is_down():
+    result = run_command(
+        "run_relay", "--startup-timeout", "1", AMQP_URL=CLOSED_AMQP, DATABASE_URL="postgres://postgres@127.0.0.1:1/x"
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "PostgreSQL unreachable at 127.0.0.1:1" in line
+    assert "RabbitMQ unreachable" in line
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_starts_without_redis(tmp_path):
+    worker = Service(
+        "run_worker", "--startup-timeout", "2", log_dir=tmp_path, env=service_env(REDIS_URL=CLOSED_REDIS)
+    ).start()
+    try:
+        deadline = time.monotonic() + 30
+        while "consuming" not in worker.output() and time.monotonic() < deadline:
+            assert worker.proc.poll() is None, worker.output()
+            time.sleep(0.2)
+        assert "consuming" in worker.output(), worker.output()
+        assert "starting without Redis" in worker.output()
+    finally:
+        assert worker.stop() == 0, worker.output()
