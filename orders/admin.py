@@ -5,6 +5,7 @@ import json
 from django.contrib import admin
 from django.utils.html import format_html
 
+from orders import sandbox
 from orders.models import (
     Notification,
     Order,
@@ -14,6 +15,8 @@ from orders.models import (
     Payment,
     Product,
     QueueStat,
+    SandboxChange,
+    SandboxSettings,
     WorkerHeartbeat,
 )
 
@@ -145,3 +148,35 @@ class QueueStatAdmin(admin.ModelAdmin):
 @admin.register(WorkerHeartbeat)
 class WorkerHeartbeatAdmin(admin.ModelAdmin):
     list_display = ["name", "hostname", "pid", "current_order", "processed", "unacked", "last_seen"]
+
+
+@admin.register(SandboxSettings)
+class SandboxSettingsAdmin(admin.ModelAdmin):
+    list_display = ["__str__", *SandboxSettings.FIELDS, "updated_at"]
+    fields = list(SandboxSettings.FIELDS)
+
+    def has_add_permission(self, request) -> bool:
+        return not SandboxSettings.objects.exists()
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change) -> None:
+        # Through the service, so the change is validated and recorded like one made from the API.
+        sandbox.sandbox_update(
+            changes={name: form.cleaned_data[name] for name in form.changed_data},
+            changed_by=request.user.get_username(),
+            via="admin",
+        )
+
+
+@admin.register(SandboxChange)
+class SandboxChangeAdmin(admin.ModelAdmin):
+    list_display = ["at", "field", "old_value", "new_value", "changed_by", "via"]
+    list_filter = ["field", "via"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

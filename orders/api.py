@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orders import selectors, services
-from orders.models import Order, OrderStatus
+from orders import sandbox, selectors, services
+from orders.models import Order, OrderStatus, SandboxSettings
 from orders.serializers import (
     OrderEventSerializer,
     OrderInputSerializer,
@@ -24,6 +27,12 @@ from orders.serializers import (
 )
 
 ERROR = inline_serializer("Error", fields={"detail": serializers.CharField()})
+
+
+class IdempotencyKeyReused(APIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_detail = "This Idempotency-Key was already used with a different request body."
+    default_code = "idempotency_key_reused"
 
 
 def parse_order_id(raw: str) -> uuid.UUID:
@@ -60,17 +69,37 @@ class OrderListCreateApi(generics.ListAPIView):
             202: OrderSerializer,
             400: OpenApiResponse(description="Field errors"),
             415: ERROR,
+            422: ERROR,
             503: ERROR,
         },
+        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER)],
     )
     def post(self, request: Request) -> Response:
-        """Accept an order. It is stored with an outbox message and processed asynchronously."""
+        """Accept an order. It is stored with an outbox message and processed asynchronously.
+
+        With an `Idempotency-Key` header, a retried request returns the first response again (with
+        `Idempotent-Replayed: true`) instead of creating a second order."""
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= 255:
+            raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 characters."]})
         data = OrderInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        order = services.order_create(**data.validated_data)
-        order = services.load_order(order.pk)
-        location = request.build_absolute_uri(reverse("api-order-detail", args=[order.pk]))
-        return Response(order_representation(order), status=status.HTTP_202_ACCEPTED, headers={"Location": location})
+        headers = {}
+        if key is None:
+            order = services.load_order(services.order_create(**data.validated_data).pk)
+            body, code = order_representation(order), status.HTTP_202_ACCEPTED
+        else:
+            try:
+                record, replayed = services.order_create_idempotent(
+                    key=key, fingerprint=services.request_fingerprint(request.data), **data.validated_data
+                )
+            except services.IdempotencyMismatch as exc:
+                raise IdempotencyKeyReused(str(exc)) from None
+            body, code = record.response_body, record.response_status
+            if replayed:
+                headers["Idempotent-Replayed"] = "true"
+        headers["Location"] = request.build_absolute_uri(reverse("api-order-detail", args=[body["id"]]))
+        return Response(body, status=code, headers=headers)
 
 
 class OrderDetailApi(APIView):
@@ -109,3 +138,59 @@ class PipelineApi(APIView):
     def get(self, request: Request) -> Response:
         """The live state: outbox backlog, orders by status, queues, cache, workers."""
         return Response(selectors.pipeline_state())
+
+
+# ---------------------------------------------------------------- sandbox (the fault injector)
+
+
+class SandboxEnabled(BasePermission):
+    """With ORDERPIPE_SANDBOX=false every control disappears: the endpoints answer 404."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        if not settings.ORDERPIPE_SANDBOX:
+            raise NotFound("The sandbox controls are disabled (ORDERPIPE_SANDBOX=false).")
+        return True
+
+
+class SandboxApi(APIView):
+    permission_classes = [SandboxEnabled, IsAdminUser]
+
+    class SandboxSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = SandboxSettings
+            fields = [*SandboxSettings.FIELDS, "updated_at"]
+            read_only_fields = ["updated_at"]
+
+    @extend_schema(responses={200: SandboxSerializer, 403: ERROR})
+    def get(self, request: Request) -> Response:
+        """The fault injector's settings (staff only)."""
+        return Response(self.SandboxSerializer(SandboxSettings.load()).data)
+
+    @extend_schema(request=SandboxSerializer, responses={200: SandboxSerializer, 400: ERROR, 403: ERROR})
+    def patch(self, request: Request) -> Response:
+        """Change some settings; every change is recorded. Workers see it within a second."""
+        data = self.SandboxSerializer(SandboxSettings.load(), data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        unknown = sorted(set(request.data) - set(SandboxSettings.FIELDS))
+        if unknown:
+            raise ValidationError({name: ["Unknown sandbox setting."] for name in unknown})
+        try:
+            updated = sandbox.sandbox_update(
+                changes=dict(data.validated_data), changed_by=request.user.get_username(), via="api"
+            )
+        except DjangoValidationError as exc:
+            raise ValidationError(exc.message_dict) from None
+        return Response(self.SandboxSerializer(updated).data)
+
+
+class NextStepApi(APIView):
+    permission_classes = [SandboxEnabled, IsAdminUser]
+
+    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT, 404: ERROR})
+    def post(self, request: Request, order_id: str) -> Response:
+        """Step-by-step mode: let the worker run the next step of this order."""
+        try:
+            grant = sandbox.step_grant(order_id=parse_order_id(order_id), granted_by=request.user.get_username())
+        except Order.DoesNotExist:
+            raise NotFound("No order with this id.") from None
+        return Response({"order_id": str(grant.order_id), "granted_at": grant.created_at}, status=202)

@@ -3,12 +3,15 @@ it (the outbox carries the message, and cache writes happen after commit)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -16,6 +19,7 @@ from orders import cache
 from orders.events import attach_cache_state, record_event
 from orders.models import (
     EventKind,
+    IdempotencyKey,
     Order,
     OrderEvent,
     OrderLine,
@@ -128,3 +132,86 @@ def cache_after_commit(transitions: list[Transition]) -> None:
     for item in transitions:
         state = cache.write_order(order_representation(item.order))
         attach_cache_state(item.event, state)
+
+
+@transaction.atomic
+def order_replay(*, order_id: object, replayed_by: str = "", via: str) -> Transition | None:
+    """Send a dead-lettered order through the pipeline again: a new outbox message in the same transaction as
+    the move to `queued`. The order keeps its finished steps, so it resumes where it stopped (no double charge).
+    Returns None if the order is not dead-lettered (anymore)."""
+    order = Order.objects.select_for_update(of=("self",)).prefetch_related("lines").get(pk=order_id)
+    if order.status != OrderStatus.DEAD_LETTERED:
+        return None
+    outbox = OutboxMessage.objects.create(order=order, payload=order_message(order))
+    who = f" by {replayed_by}" if replayed_by else ""
+    transition = transition_order(
+        order,
+        to=OrderStatus.QUEUED,
+        kind=EventKind.REPLAYED,
+        message=f"Replayed from the dead letters{who} (via {via}); outbox message #{outbox.id} will carry it.",
+        queue={"outbox_id": outbox.id, "note": "back in the outbox; the relay publishes it"},
+        failure_reason="",
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, %s)", [outbox_channel(), str(outbox.id)])
+    return transition
+
+
+# ---------------------------------------------------------------- idempotency
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+class IdempotencyMismatch(Exception):
+    """The key was used before with a different request body."""
+
+
+def request_fingerprint(data: object) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def _live_key(key: str) -> IdempotencyKey | None:
+    return IdempotencyKey.objects.filter(key=key, expires_at__gt=timezone.now()).first()
+
+
+def _replay(record: IdempotencyKey, fingerprint: str) -> IdempotencyKey:
+    if record.request_hash != fingerprint:
+        raise IdempotencyMismatch("This Idempotency-Key was already used with a different request body.")
+    return record
+
+
+def order_create_idempotent(
+    *, key: str, fingerprint: str, customer_email: str, items: list[dict[str, Any]], note: str = ""
+) -> tuple[IdempotencyKey, bool]:
+    """Create the order once per key: returns (the stored first response, whether this call is a replay).
+
+    The key row is inserted in the order's own transaction. A concurrent request with the same key blocks on the
+    key's primary-key index until the first commits, then fails with IntegrityError and rolls back its own order:
+    two requests can never both create an order. Keys live 24 hours."""
+    existing = _live_key(key)
+    if existing is not None:
+        return _replay(existing, fingerprint), True
+    try:
+        with transaction.atomic():
+            IdempotencyKey.objects.filter(key=key, expires_at__lte=timezone.now()).delete()
+            order = load_order(order_create(customer_email=customer_email, items=items, note=note).pk)
+            record = IdempotencyKey.objects.create(
+                key=key,
+                request_hash=fingerprint,
+                order=order,
+                response_status=202,
+                response_body=order_representation(order),
+                expires_at=timezone.now() + IDEMPOTENCY_TTL,
+            )
+        return record, False
+    except IntegrityError:
+        existing = _live_key(key)
+        if existing is None:
+            raise
+        return _replay(existing, fingerprint), True
+
+
+def idempotency_keys_purge() -> int:
+    """Delete expired keys (the relay calls this now and then)."""
+    deleted, _ = IdempotencyKey.objects.filter(expires_at__lte=timezone.now()).delete()
+    return deleted

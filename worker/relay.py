@@ -18,7 +18,14 @@ from django.utils import timezone
 
 from orders.events import QueueSnapshot
 from orders.models import EventKind, Order, OrderStatus, OutboxMessage
-from orders.services import Transition, cache_after_commit, outbox_channel, record_event, transition_order
+from orders.services import (
+    Transition,
+    cache_after_commit,
+    idempotency_keys_purge,
+    outbox_channel,
+    record_event,
+    transition_order,
+)
 from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect
 from worker.monitor import QueueMonitor
 
@@ -206,6 +213,9 @@ def run_relay(
         connection.close()
 
 
+_last_purge = float("-inf")
+
+
 def _idle(
     poll: float,
     listener: OutboxListener,
@@ -216,6 +226,10 @@ def _idle(
     """Wait for a NOTIFY or the polling interval, in short slices that keep pika's heartbeats serviced, the queue
     monitor ticking and a stop request honoured within half a second."""
     deadline = time.monotonic() + poll
+    global _last_purge
+    if time.monotonic() - _last_purge > 60:
+        _last_purge = time.monotonic()
+        idempotency_keys_purge()
     while not should_stop():
         publisher.connection.process_data_events(time_limit=0)
         if monitor is not None:

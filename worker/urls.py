@@ -1,0 +1,7 @@
+from django.urls import path
+
+from worker import api
+
+urlpatterns = [
+    path("dead-letters/replay/", api.ReplayDeadLettersApi.as_view(), name="api-dead-letters-replay"),
+]
