@@ -253,14 +253,18 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # ---------------------------------------------------------------- logging
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# text (human-readable) or json (one JSON object per line, for log shippers).
 LOG_FORMAT = env_str("LOG_FORMAT", "text")
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "orderpipe.logformat.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "text"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "pika": {"level": "WARNING"},

@@ -3,10 +3,13 @@ and queue state, and the Redis entry at that moment."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, TypedDict
 
+from django.db import transaction
 from django.db.models import Max
 
+from orders import metrics
 from orders.cache import CacheState
 from orders.models import EventKind, Order, OrderEvent
 
@@ -69,13 +72,30 @@ def record_event(
     Call inside the transaction that made the change, with the order row locked (select_for_update or a guarded
     UPDATE): the lock is what keeps `seq` gap-free and unique when a relay and a worker touch the same order.
     """
-    last = OrderEvent.objects.filter(order_id=order.id).aggregate(m=Max("seq"))["m"] or 0
+    # The latest `at` is the previous event's time (the row lock orders the appends), read in the same query.
+    previous = OrderEvent.objects.filter(order_id=order.id).aggregate(m=Max("seq"), at=Max("at"))
+    last = previous["m"] or 0
     snapshot: Snapshot = {
         "db": db_snapshot(order),
         "queue": queue or {},
         "cache": cache or {"note": "written after the transaction commits"},
     }
-    return OrderEvent.objects.create(order=order, seq=last + 1, kind=kind, message=message, snapshot=snapshot)
+    event = OrderEvent.objects.create(order=order, seq=last + 1, kind=kind, message=message, snapshot=snapshot)
+    # Counted and logged only once the transaction commits, so rolled-back work never shows up; robust: a metrics
+    # or logging failure must not turn a committed transition into an error for the caller.
+    transaction.on_commit(
+        partial(
+            metrics.event_committed,
+            order_id=str(order.id),
+            kind=str(kind),
+            seq=event.seq,
+            at=event.at,
+            previous_at=previous["at"] or order.created_at or event.at,
+            created_at=order.created_at,
+        ),
+        robust=True,
+    )
+    return event
 
 
 def attach_cache_state(event: OrderEvent, state: CacheState) -> None:

@@ -1,0 +1,124 @@
+"""Prometheus metrics: what every process counts, and what the web process reads at scrape time.
+
+Pipeline events are counted in one place, `orders.events.record_event`, after the transaction that recorded them
+commits (`event_committed`), so rolled-back work is never counted. Each process (web, relays, workers) exposes its
+own counters; Prometheus sums them across processes. Shared state (outbox backlog, queue depths, cache hit/miss
+counters) is not counted by anyone: the web process reads it when scraped (`PipelineStateCollector`), once per
+scrape, so N workers do not report the same backlog N times.
+
+Useful series (all counters are `orderpipe_order_events_total{kind=...}`):
+accepted, completed, failed, dead_lettered, retry_scheduled (retried), redelivered (redeliveries).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+
+from django.db import DatabaseError
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from orders import cache
+from orders.models import EventKind, OutboxMessage, QueueStat
+
+log = logging.getLogger(__name__)
+# One line per committed pipeline event; its name is stable so log pipelines can route on it.
+event_log = logging.getLogger("orderpipe.events")
+
+# From a few milliseconds (an in-process step) to minutes (the last retry tier and a dead-letter replay).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+ORDER_EVENTS = Counter(
+    "orderpipe_order_events",
+    "Committed pipeline events by kind: accepted, completed, failed, dead_lettered, retry_scheduled, redelivered ...",
+    ["kind"],
+)
+STEP_DURATION = Histogram(
+    "orderpipe_order_step_duration_seconds",
+    "Time from an order's previous event to this one, by the kind of this event",
+    ["kind"],
+    buckets=DURATION_BUCKETS,
+)
+END_TO_END_DURATION = Histogram(
+    "orderpipe_order_end_to_end_duration_seconds",
+    "Time from acceptance (order created) to completion",
+    buckets=DURATION_BUCKETS,
+)
+
+# Every kind exists from the start at 0, so rate() and alerts see a series before its first event.
+for _kind in EventKind.values:
+    ORDER_EVENTS.labels(kind=_kind)
+    STEP_DURATION.labels(kind=_kind)
+
+
+def event_committed(
+    *,
+    order_id: str,
+    kind: str,
+    seq: int,
+    at: datetime,
+    previous_at: datetime,
+    created_at: datetime | None,
+) -> None:
+    """Count one committed event, observe its durations and log it. Runs from `transaction.on_commit`."""
+    step_seconds = max((at - previous_at).total_seconds(), 0.0)
+    ORDER_EVENTS.labels(kind=kind).inc()
+    STEP_DURATION.labels(kind=kind).observe(step_seconds)
+    extra: dict[str, object] = {
+        "order_id": order_id,
+        "kind": kind,
+        "seq": seq,
+        "duration_ms": round(step_seconds * 1000, 1),
+    }
+    if kind == EventKind.COMPLETED and created_at is not None:
+        total_seconds = max((at - created_at).total_seconds(), 0.0)
+        END_TO_END_DURATION.observe(total_seconds)
+        extra["end_to_end_ms"] = round(total_seconds * 1000, 1)
+    event_log.info("order %s %s after %.1f ms", order_id, kind, extra["duration_ms"], extra=extra)
+
+
+class PipelineStateCollector:
+    """Gauges of shared state, read at scrape time: two queries and one Redis round trip per scrape."""
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            backlog = OutboxMessage.objects.filter(sent_at__isnull=True).count()
+            queues = list(QueueStat.objects.values_list("name", "role", "ready"))
+        except DatabaseError as exc:
+            # A scrape during a database outage still returns the process metrics and the cache counters.
+            log.warning("metrics: pipeline state unavailable: %s", exc)
+        else:
+            yield GaugeMetricFamily(
+                "orderpipe_outbox_backlog", "Outbox messages committed but not yet published", value=backlog
+            )
+            ready = GaugeMetricFamily(
+                "orderpipe_queue_ready_messages",
+                "Messages ready in each RabbitMQ queue, as last observed by a relay or worker",
+                labels=["queue", "role"],
+            )
+            for name, role, count in queues:
+                ready.add_metric([name, role], count)
+            yield ready
+        stats = cache.stats()
+        yield GaugeMetricFamily("orderpipe_cache_up", "1 if Redis answered this scrape", value=int(stats["available"]))
+        yield GaugeMetricFamily("orderpipe_cache_keys", "Order entries in Redis", value=stats["keys"])
+        yield CounterMetricFamily("orderpipe_cache_hits", "Order reads served from Redis", value=stats["hits"])
+        yield CounterMetricFamily(
+            "orderpipe_cache_misses", "Order reads that fell back to PostgreSQL", value=stats["misses"]
+        )
+
+
+# Only the web process serves this registry (relays and workers expose the default one on --metrics-port), so the
+# shared state is reported once.
+PIPELINE_STATE = CollectorRegistry(auto_describe=False)
+PIPELINE_STATE.register(PipelineStateCollector())
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def render_web() -> bytes:
+    """The web process's scrape: its own counters and histograms, then the shared pipeline state."""
+    return generate_latest(REGISTRY) + generate_latest(PIPELINE_STATE)
