@@ -20,6 +20,7 @@ run: install
 	$(PY) manage.py ensure_database
 	$(PY) manage.py migrate --no-input -v0
 	$(PY) manage.py seed_demo
+	$(PY) manage.py ensure_demo_staff
 	PORT=$(PORT) PYTHON=$(PY) bin/run-all
 
 test: install

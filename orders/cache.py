@@ -39,6 +39,21 @@ def _stats_key(name: str) -> str:
     return f"{_prefix()}:stats:cache:{name}"
 
 
+def live_producer_lock_key() -> str:
+    """Held by the one web process that produces the dashboard's live updates (see orders/broadcaster.py)."""
+    return f"{_prefix()}:live:producer"
+
+
+def live_watched_key() -> str:
+    """Sorted set of order ids whose journey page is open, scored by when that interest expires."""
+    return f"{_prefix()}:live:watched"
+
+
+def live_controls_key() -> str:
+    """Stream of recent control actions (burst, purge, flush...), shown in the dashboard's live feed."""
+    return f"{_prefix()}:live:controls"
+
+
 def _client():
     return get_redis_connection("default")
 

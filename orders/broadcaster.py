@@ -1,0 +1,168 @@
+"""The one producer of live updates: reads what changed and pushes it to the dashboard and journey sockets.
+
+Why an asyncio task inside the web process (and not a thread in the relay): it only runs while someone is
+watching (it starts with the first socket and stops ~10 s after the last one leaves), it needs no extra process to
+deploy, and it uses the channel layer from an event loop it already has, so `group_send` never spins up a new loop
+and Redis connection per call. Several web processes may run: each starts a task, but only the holder of a Redis
+lock (`SET NX PX`, renewed every tick) produces; the others wait and take over if the holder dies.
+
+Each tick (every `INTERVAL` seconds) costs one query for the new events, plus `pipeline_state()` at most twice a
+second and at least once a second, plus one query for the events of orders whose journey page is open. Whatever
+the event rate, a tab therefore receives at most ~1/INTERVAL messages per second, each carrying a batch; a burst of
+5,000 orders cannot fill a socket's channel (capacity 1000 in settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django_redis import get_redis_connection
+
+from orders import cache, live, selectors
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 0.4
+STATE_MIN_INTERVAL = 0.5  # recompute the pipeline picture at most this often while events flow...
+STATE_MAX_INTERVAL = 1.0  # ...and at least this often (queue depths and workers change without events)
+LOCK_TTL_MS = 5_000
+IDLE_STOP_SECONDS = 10.0
+EVENT_BATCH = 2_000
+
+# Renew or release the lock only if we still hold it (another process may have taken it after an expiry).
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+@dataclass
+class Producer:
+    """The state of one producing run; `tick` is the unit of work, called from a thread (it does blocking I/O)."""
+
+    token: str = field(default_factory=live.new_token)
+    last_event_id: int | None = None
+    last_control_id: str | None = None
+    last_state_at: float = 0.0
+
+    def acquire(self) -> bool:
+        return bool(
+            get_redis_connection("default").set(cache.live_producer_lock_key(), self.token, nx=True, px=LOCK_TTL_MS)
+        )
+
+    def renew(self) -> bool:
+        return bool(
+            get_redis_connection("default").eval(_RENEW, 1, cache.live_producer_lock_key(), self.token, LOCK_TTL_MS)
+        )
+
+    def release(self) -> None:
+        get_redis_connection("default").eval(_RELEASE, 1, cache.live_producer_lock_key(), self.token)
+
+    def tick(self) -> list[tuple[str, dict[str, Any]]]:
+        """Read what changed since the last tick; return the (group, message) pairs to send."""
+        if self.last_event_id is None:
+            self.last_event_id = live.latest_event_id()
+            self.last_control_id = live.last_control_id()
+        rows = live.events_after(self.last_event_id, limit=EVENT_BATCH)
+        controls = live.controls_after(self.last_control_id or "0-0")
+        messages: list[tuple[str, dict[str, Any]]] = []
+        first_id = self.last_event_id
+        if rows:
+            self.last_event_id = rows[-1]["id"]
+            watched = live.watched_orders() & {str(row["order_id"]) for row in rows}
+            if watched:
+                by_order = live.journey_events_for(watched, after_id=first_id, up_to_id=self.last_event_id)
+                for order_id, events in by_order.items():
+                    messages.append((live.order_group(order_id), {"type": "order.events", "events": events}))
+        if controls:
+            self.last_control_id = controls[-1]["id"]
+        now = time.monotonic()
+        since_state = now - self.last_state_at
+        state = None
+        if ((rows or controls) and since_state >= STATE_MIN_INTERVAL) or since_state >= STATE_MAX_INTERVAL:
+            self.last_state_at = now
+            state = {"pipeline": selectors.pipeline_state(), "latest_orders": live.latest_orders()}
+        if rows or controls or state:
+            messages.append(
+                (
+                    live.PIPELINE_GROUP,
+                    {
+                        "type": "pipeline.update",
+                        "events": [live.feed_event(row) for row in rows[-live.FEED_LENGTH :]],
+                        "event_count": len(rows),
+                        "rates": live.rates_of(rows),
+                        "controls": controls,
+                        "state": state,
+                    },
+                )
+            )
+        return messages
+
+
+class Broadcaster:
+    """Starts the producing task in this process's event loop when the first socket connects."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.listeners = 0
+
+    def attach(self) -> None:
+        self.listeners += 1
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
+            self.task = loop.create_task(self.run(), name="orderpipe-live-producer")
+
+    def detach(self) -> None:
+        self.listeners = max(0, self.listeners - 1)
+
+    async def stop(self) -> None:
+        """Cancel the task and wait for it to release the lock (tests call this)."""
+        task, self.task = self.task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run(self) -> None:
+        layer = get_channel_layer()
+        producer = Producer()
+        holding = False
+        idle_since: float | None = None
+        try:
+            while True:
+                if self.listeners == 0:
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since > IDLE_STOP_SECONDS:
+                        return
+                else:
+                    idle_since = None
+                try:
+                    # Off the shared sync thread (thread_sensitive=False) so a tick never queues behind HTTP views.
+                    holding = await database_sync_to_async(
+                        producer.renew if holding else producer.acquire, thread_sensitive=False
+                    )()
+                    if not holding:
+                        await asyncio.sleep(LOCK_TTL_MS / 2000)  # someone else produces; check back later
+                        continue
+                    for group, message in await database_sync_to_async(producer.tick, thread_sensitive=False)():
+                        await layer.group_send(group, message)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a database or Redis outage must not kill live updates for good
+                    log.exception("live producer tick failed; retrying")
+                    producer.last_event_id = None if not holding else producer.last_event_id
+                    await asyncio.sleep(2)
+                    continue
+                await asyncio.sleep(INTERVAL)
+        finally:
+            if holding:
+                with contextlib.suppress(Exception):
+                    await database_sync_to_async(producer.release)()
+
+
+broadcaster = Broadcaster()

@@ -1,0 +1,227 @@
+"""The WebSocket consumers through the real ASGI stack (origin check, sessions), the real channel layer (Redis) and
+the real producer task. Each test runs its own event loop and stops the producer before that loop closes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.test import Client
+
+from orderpipe.asgi import application
+from orders import services
+from orders.broadcaster import broadcaster
+from orders.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND
+from orders.models import EventKind, Order, OrderStatus
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = b"http://127.0.0.1:8000"
+
+
+def session_cookie(*, staff: bool) -> bytes:
+    user = get_user_model().objects.create_user(
+        username=f"{'staff' if staff else 'viewer'}-{get_user_model().objects.count()}", password="x", is_staff=staff
+    )
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+def communicator(path: str, *, cookie: bytes | None = None, origin: bytes = ORIGIN) -> WebsocketCommunicator:
+    headers = [(b"origin", origin), (b"host", b"127.0.0.1:8000")]
+    if cookie:
+        headers.append((b"cookie", cookie))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+def run(body: Callable[[], Awaitable[None]]) -> None:
+    """Run an async test body in its own loop and always stop the producer it started."""
+
+    async def wrapped() -> None:
+        try:
+            await body()
+        finally:
+            await broadcaster.stop()
+
+    async_to_sync(wrapped)()
+
+
+def place_order(product) -> Order:
+    return services.order_create(customer_email="ws@example.com", items=[{"sku": product.sku, "quantity": 1}])
+
+
+def publish(order_id) -> None:
+    """What the relay does once the broker confirmed: pending -> queued, with a `published` event."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update().get(pk=order_id)
+        services.transition_order(
+            order,
+            to=OrderStatus.QUEUED,
+            kind=EventKind.PUBLISHED,
+            message="Published (test).",
+            queue={"exchange": "x", "routing_key": "order.placed"},
+        )
+
+
+async def receive_until(ws: WebsocketCommunicator, predicate, *, timeout: float = 10.0) -> list[dict]:
+    """Messages received until one satisfies `predicate` (that one included)."""
+    received = []
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.receive_json_from(timeout=timeout)
+            received.append(message)
+            if predicate(message):
+                return received
+
+
+def test_it_sends_the_pipeline_snapshot_on_connect(product):
+    cookie = session_cookie(staff=False)
+    place_order(product)
+
+    async def body() -> None:
+        ws = communicator("/ws/pipeline/", cookie=cookie)
+        connected, _ = await ws.connect()
+        assert connected
+        snapshot = await ws.receive_json_from(timeout=5)
+        assert snapshot["type"] == "snapshot"
+        assert snapshot["state"]["pipeline"]["orders"]["by_status"]["pending"] == 1
+        assert snapshot["state"]["latest_orders"][0]["status"] == "pending"
+        assert [e["kind"] for e in snapshot["events"]] == ["accepted"]
+        assert snapshot["rates"][-1][1:] == [1, 0]  # one accepted, none completed, in the last second
+        await ws.disconnect()
+
+    run(body)
+
+
+def test_it_pushes_new_events_to_the_dashboard_and_the_journey(product):
+    cookie = session_cookie(staff=False)
+    order = place_order(product)
+
+    async def body() -> None:
+        dashboard = communicator("/ws/pipeline/", cookie=cookie)
+        journey = communicator(f"/ws/orders/{order.pk}/", cookie=cookie)
+        assert (await dashboard.connect())[0]
+        assert (await journey.connect())[0]
+        assert (await dashboard.receive_json_from(timeout=5))["type"] == "snapshot"
+        first = await journey.receive_json_from(timeout=5)
+        assert first["type"] == "snapshot"
+        assert first["order"]["status"] == "pending"
+        assert [e["kind"] for e in first["events"]] == ["accepted"]
+        assert set(first["events"][0]["snapshot"]) == {"db", "queue", "cache"}
+
+        await sync_to_async(publish, thread_sensitive=False)(order.pk)
+
+        update = (await receive_until(journey, lambda m: m["type"] == "events"))[-1]
+        assert [(e["seq"], e["kind"]) for e in update["events"]] == [(2, "published")]
+        assert update["events"][0]["snapshot"]["db"]["status"] == "queued"
+        assert update["events"][0]["snapshot"]["queue"]["routing_key"] == "order.placed"
+        pushed = await receive_until(
+            dashboard, lambda m: m["type"] == "update" and any(e["kind"] == "published" for e in m["events"])
+        )
+        event = next(e for e in pushed[-1]["events"] if e["kind"] == "published")
+        assert (event["order_id"], event["status"]) == (str(order.pk), "queued")
+        await dashboard.disconnect()
+        await journey.disconnect()
+
+    run(body)
+
+
+def test_it_batches_a_burst_into_a_few_messages(product):
+    """300 orders committed at once reach a tab as a handful of batched messages, not 300."""
+    cookie = session_cookie(staff=False)
+
+    async def body() -> None:
+        ws = communicator("/ws/pipeline/", cookie=cookie)
+        assert (await ws.connect())[0]
+        await ws.receive_json_from(timeout=5)
+
+        def burst() -> None:
+            with transaction.atomic():
+                for _ in range(300):
+                    place_order(product)
+
+        await sync_to_async(burst, thread_sensitive=False)()
+        seen = 0
+
+        def all_seen(message: dict) -> bool:
+            nonlocal seen
+            seen += message.get("event_count", 0)
+            return seen >= 300
+
+        messages = await receive_until(ws, all_seen, timeout=20)
+        assert seen == 300
+        assert len(messages) <= 5
+        assert all(len(m["events"]) <= 40 for m in messages)  # the feed part stays small, whatever the burst
+        await ws.disconnect()
+
+    run(body)
+
+
+def test_it_rejects_a_foreign_origin():
+    cookie = session_cookie(staff=True)
+
+    async def body() -> None:
+        ws = communicator("/ws/pipeline/", cookie=cookie, origin=b"http://evil.example.com")
+        connected, _ = await ws.connect()
+        assert not connected
+
+    run(body)
+
+
+def test_it_refuses_anonymous_watchers_outside_debug():
+    async def body() -> None:
+        ws = communicator("/ws/pipeline/")
+        connected, code = await ws.connect()
+        assert (connected, code) == (False, CLOSE_FORBIDDEN)
+
+    run(body)
+
+
+def test_it_refuses_control_attempts_from_non_staff_and_closes(settings, product):
+    settings.DEBUG = True  # anonymous may watch in DEBUG, but never steer
+    order = place_order(product)
+
+    async def body() -> None:
+        ws = communicator(f"/ws/orders/{order.pk}/")
+        assert (await ws.connect())[0]
+        await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"action": "next_step", "order_id": str(order.pk)})
+        refused = await ws.receive_json_from(timeout=5)
+        assert refused == {"type": "refused", "reason": "controls need a staff login"}
+        assert (await ws.receive_output(timeout=5)) == {"type": "websocket.close", "code": CLOSE_FORBIDDEN}
+
+    run(body)
+
+
+def test_staff_control_messages_are_pointed_to_the_http_endpoints(product):
+    cookie = session_cookie(staff=True)
+
+    async def body() -> None:
+        ws = communicator("/ws/pipeline/", cookie=cookie)
+        assert (await ws.connect())[0]
+        await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"action": "flush_cache"})
+        reply = await ws.receive_json_from(timeout=5)
+        assert reply["type"] == "refused"
+        assert "HTTP" in reply["reason"]
+        await ws.send_json_to({"action": "resync"})
+        assert (await ws.receive_json_from(timeout=5))["type"] == "snapshot"
+        await ws.disconnect()
+
+    run(body)
+
+
+def test_it_closes_the_journey_socket_of_an_unknown_order():
+    cookie = session_cookie(staff=False)
+
+    async def body() -> None:
+        ws = communicator("/ws/orders/00000000-0000-0000-0000-000000000000/", cookie=cookie)
+        assert await ws.connect() == (False, CLOSE_NOT_FOUND)
+
+    run(body)

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from worker import controls
+
+urlpatterns = [
+    path("burst/", controls.BurstApi.as_view(), name="control-burst"),
+    path("purge-queue/", controls.PurgeQueueApi.as_view(), name="control-purge-queue"),
+    path("flush-cache/", controls.FlushCacheApi.as_view(), name="control-flush-cache"),
+]

@@ -1,0 +1,165 @@
+"""Sandbox controls that are not about one order: place a burst of orders, purge a queue, flush the cache.
+
+They live in the worker app because purging needs an AMQP connection, and pika is only imported here (orders never
+imports worker). Each view opens a short-lived connection and closes it in `finally`: never a connection kept per
+thread, which under ASGI would leak one per request thread. Every action is recorded in the live feed and the log.
+Staff only, session auth with CSRF; with ORDERPIPE_SANDBOX=false every endpoint answers 404.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+
+from django.db import connection, transaction
+from django.http import Http404
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from orders import cache, live
+from orders.access import can_control
+from orders.models import Product
+from orders.services import order_create
+from worker.broker import BROKER_ERRORS, connect
+from worker.topology import topology
+
+log = logging.getLogger(__name__)
+
+BURST_MAX = 10_000
+BURST_CHUNK = 100
+
+
+class IsSandboxStaff(BasePermission):
+    def has_permission(self, request, view) -> bool:
+        return can_control(request.user)
+
+
+class ControlApi(APIView):
+    permission_classes = [IsSandboxStaff]
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        from django.conf import settings
+
+        if not settings.ORDERPIPE_SANDBOX:
+            raise Http404  # the controls do not exist outside the sandbox
+        super().initial(request, *args, **kwargs)
+
+
+# ---------------------------------------------------------------- burst
+
+
+def burst_create(*, count: int, by: str, burst_id: str) -> int:
+    """Create `count` orders through `order_create`, one transaction per chunk of BURST_CHUNK (each order keeps its
+    own savepoint and outbox row; the chunk's commit wakes the relay once). Returns the number created."""
+    products = list(Product.objects.filter(stock__gt=0).order_by("sku").values_list("sku", flat=True))
+    if not products:
+        live.record_control("burst", f"burst {burst_id}: no product in stock, nothing created", by=by)
+        return 0
+    skus = itertools.cycle(products)
+    created = 0
+    started = time.monotonic()
+    for start in range(0, count, BURST_CHUNK):
+        with transaction.atomic():
+            for n in range(start, min(count, start + BURST_CHUNK)):
+                order_create(
+                    customer_email=f"burst-{burst_id}-{n}@example.com",
+                    items=[{"sku": next(skus), "quantity": 1}],
+                    note=f"burst {burst_id}",
+                )
+                created += 1
+    live.record_control(
+        "burst", f"burst {burst_id}: {created} orders accepted in {time.monotonic() - started:.1f} s", by=by
+    )
+    return created
+
+
+def _run_burst(count: int, by: str, burst_id: str) -> None:
+    try:
+        burst_create(count=count, by=by, burst_id=burst_id)
+    except Exception:
+        log.exception("burst %s failed", burst_id)
+        live.record_control("burst", f"burst {burst_id} stopped by an error (see the web log)", by=by)
+    finally:
+        connection.close()  # this thread's connection goes back to the pool
+
+
+class BurstApi(ControlApi):
+    class InputSerializer(serializers.Serializer):
+        count = serializers.IntegerField(min_value=1, max_value=BURST_MAX)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            202: inline_serializer(
+                "BurstAccepted", {"burst_id": serializers.CharField(), "count": serializers.IntegerField()}
+            )
+        },
+    )
+    def post(self, request: Request) -> Response:
+        """Create N orders (1 to 10,000) in a background thread; answers 202 at once."""
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        count = data.validated_data["count"]
+        burst_id = uuid.uuid4().hex[:6]
+        by = request.user.get_username()
+        live.record_control("burst", f"burst {burst_id}: placing {count} orders", by=by)
+        threading.Thread(target=_run_burst, args=(count, by, burst_id), name=f"burst-{burst_id}", daemon=True).start()
+        return Response({"burst_id": burst_id, "count": count}, status=status.HTTP_202_ACCEPTED)
+
+
+# ---------------------------------------------------------------- queues and cache
+
+
+def queue_purge(queue: str) -> int:
+    """Drop every ready message of one of this instance's queues. Returns how many were dropped."""
+    conn = connect()
+    try:
+        return conn.channel().queue_purge(queue).method.message_count
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+class PurgeQueueApi(ControlApi):
+    class InputSerializer(serializers.Serializer):
+        queue = serializers.CharField()
+
+        def validate_queue(self, value: str) -> str:
+            names = [name for name, _role in topology().queues()]
+            if value not in names:
+                raise serializers.ValidationError(f"Must be one of: {', '.join(names)}.")
+            return value
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer("Purged", {"queue": serializers.CharField(), "purged": serializers.IntegerField()})
+        },
+    )
+    def post(self, request: Request) -> Response:
+        """Purge the ready messages of one queue (messages held unacked by a worker are not touched)."""
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        queue = data.validated_data["queue"]
+        try:
+            purged = queue_purge(queue)
+        except BROKER_ERRORS as exc:
+            return Response({"detail": f"RabbitMQ unavailable: {exc}"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        live.record_control("purge queue", f"{queue}: {purged} message(s) dropped", by=request.user.get_username())
+        return Response({"queue": queue, "purged": purged})
+
+
+class FlushCacheApi(ControlApi):
+    @extend_schema(request=None, responses={200: inline_serializer("Flushed", {"removed": serializers.IntegerField()})})
+    def post(self, request: Request) -> Response:
+        """Delete every cached order and the hit/miss counters; the next reads are misses served by PostgreSQL."""
+        removed = cache.flush()
+        live.record_control("flush cache", f"{removed} Redis key(s) removed", by=request.user.get_username())
+        return Response({"removed": removed})
