@@ -1,0 +1,83 @@
+"""The dashboard and journey pages: who may read them, and that controls appear only for staff in the sandbox."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+from orders import services
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff_client(client):
+    client.force_login(get_user_model().objects.create_user("staff", password="x", is_staff=True))
+    return client
+
+
+@pytest.fixture
+def order(product):
+    return services.order_create(customer_email="page@example.com", items=[{"sku": product.sku, "quantity": 1}])
+
+
+def test_pages_need_a_login_outside_debug(client, order):
+    for url in ["/", f"/orders/{order.pk}/"]:
+        response = client.get(url)
+        assert response.status_code == 302
+        assert response["Location"].startswith("/admin/login/?next=")
+
+
+def test_pages_are_readable_without_login_in_debug(client, settings, order):
+    settings.DEBUG = True
+    dashboard = client.get("/")
+    assert dashboard.status_code == 200
+    assert b'id="initial-state"' in dashboard.content
+    assert b"need a staff login" in dashboard.content
+    assert b'id="burst-count"' not in dashboard.content
+    journey = client.get(f"/orders/{order.pk}/")
+    assert journey.status_code == 200
+    assert str(order.pk).encode() in journey.content
+    assert b'id="next-step"' not in journey.content
+
+
+def test_staff_see_every_labelled_control(staff_client, order):
+    content = staff_client.get("/").content.decode()
+    for control in [
+        "order-email",
+        "order-sku",
+        "order-quantity",
+        "burst-count",
+        "sandbox-step-delay",
+        "sandbox-decline-rate",
+        "sandbox-transient-rate",
+        "sandbox-crash-rate",
+        "sandbox-paused",
+        "sandbox-step-mode",
+        "purge-queue",
+    ]:
+        assert f'<label for="{control}">' in content
+        assert f'id="{control}"' in content
+    assert 'id="next-step"' in staff_client.get(f"/orders/{order.pk}/").content.decode()
+
+
+def test_no_control_is_rendered_outside_the_sandbox(staff_client, settings, order):
+    settings.ORDERPIPE_SANDBOX = False
+    assert b'id="burst-count"' not in staff_client.get("/").content
+    assert b'id="next-step"' not in staff_client.get(f"/orders/{order.pk}/").content
+
+
+def test_the_journey_of_an_unknown_order_is_404(staff_client):
+    assert staff_client.get("/orders/00000000-0000-0000-0000-000000000000/").status_code == 404
+
+
+def test_ensure_demo_staff_is_idempotent_and_debug_only(settings, capsys):
+    call_command("ensure_demo_staff")
+    assert not get_user_model().objects.exists()
+    settings.DEBUG = True
+    call_command("ensure_demo_staff")
+    call_command("ensure_demo_staff")
+    user = get_user_model().objects.get()
+    assert user.is_staff and user.check_password("orderpipe-demo")
+    assert "username 'demo' password 'orderpipe-demo'" in capsys.readouterr().out

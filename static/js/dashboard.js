@@ -1,0 +1,320 @@
+// The dashboard: renders the pipeline snapshot, then applies the batches the server pushes (see orders/live.py
+// for the message shapes). Rendering is coalesced to one animation frame, so a busy pipeline never queues work.
+import { ago, api, clock, el, errorText, fmt, openLive, shortId } from "./live.js";
+
+const WINDOW_SECONDS = 180;
+const FEED_MAX = 60;
+const rates = new Map(); // epoch second -> [accepted, completed]
+let pipeline = null;
+let latestOrders = [];
+let feed = []; // newest last
+let dirty = false;
+
+const $ = (id) => document.getElementById(id);
+
+function addRates(rows) {
+  for (const [second, accepted, completed] of rows) {
+    const bucket = rates.get(second) || [0, 0];
+    bucket[0] += accepted;
+    bucket[1] += completed;
+    rates.set(second, bucket);
+  }
+  const oldest = Math.floor(Date.now() / 1000) - WINDOW_SECONDS - 5;
+  for (const second of rates.keys()) if (second < oldest) rates.delete(second);
+}
+
+function addFeed(events, controls) {
+  for (const event of events || []) feed.push({ ...event, feedType: "event" });
+  for (const control of controls || []) feed.push({ ...control, feedType: "control" });
+  feed.sort((a, b) => new Date(a.at) - new Date(b.at));
+  if (feed.length > FEED_MAX) feed = feed.slice(feed.length - FEED_MAX);
+}
+
+function onMessage(message) {
+  if (message.type === "snapshot") {
+    rates.clear();
+    feed = [];
+    addRates(message.rates || []);
+    addFeed(message.events, message.controls);
+    applyState(message.state);
+  } else if (message.type === "update") {
+    addRates(message.rates || []);
+    addFeed(message.events, message.controls);
+    if (message.state) applyState(message.state);
+  }
+  schedule();
+}
+
+function applyState(state) {
+  if (!state) return;
+  pipeline = state.pipeline;
+  latestOrders = state.latest_orders;
+}
+
+function schedule() {
+  if (dirty) return;
+  dirty = true;
+  requestAnimationFrame(() => {
+    dirty = false;
+    render();
+  });
+}
+
+function render() {
+  if (pipeline) renderPipeline(pipeline);
+  renderOrders();
+  renderFeed();
+  drawChart();
+}
+
+function renderPipeline(p) {
+  $("n-accepted").textContent = fmt(p.orders.total);
+  for (const [status, count] of Object.entries(p.orders.by_status)) {
+    const node = $(`count-${status}`);
+    if (node) node.textContent = fmt(count);
+  }
+  $("n-outbox").textContent = fmt(p.outbox.backlog);
+  $("stage-db").classList.toggle("busy", p.outbox.backlog > 0);
+  const main = p.queues.find((q) => q.role === "main");
+  if (main) $("exchange-name").textContent = main.name.replace(/\.process$/, "");
+  const queueRows = $("queue-rows");
+  if (p.queues.length) {
+    queueRows.replaceChildren(
+      ...p.queues.map((q) =>
+        el(
+          "tr",
+          { class: `q-${q.role}${q.ready > 0 ? " has-ready" : ""}`, "data-queue": q.name },
+          el("td", {}, el("span", { class: `role role-${q.role}`, text: roleLabel(q.role) }), " ", el("span", { class: "mono", text: q.name.split(".").slice(-2).join(".") })),
+          el("td", { class: "num", text: fmt(q.ready) }),
+          el("td", { class: "num", text: fmt(q.unacked) }),
+          el("td", { class: "num", text: fmt(q.consumers) }),
+        ),
+      ),
+    );
+    fillPurgeSelect(p.queues);
+  }
+  const workers = $("worker-list");
+  if (p.workers.length) {
+    workers.replaceChildren(
+      ...p.workers.map((w) =>
+        el(
+          "li",
+          { class: w.alive ? "alive" : "stale" },
+          el("span", { class: "dot", title: w.alive ? "alive" : "not seen for a while" }),
+          el("span", { class: "mono wname", text: w.name, title: `${w.hostname} pid ${w.pid}` }),
+          el("span", { class: "wstat", text: `${fmt(w.processed)} done · ${w.unacked} held · ${ago(w.last_seen)}` }),
+          w.current_order
+            ? el("a", { class: "mono current", href: `/orders/${w.current_order}/`, text: `on ${shortId(w.current_order)}` })
+            : el("span", { class: "muted current", text: "idle" }),
+        ),
+      ),
+    );
+  }
+  const c = p.cache;
+  $("n-cache-keys").textContent = c.available === false ? "down" : fmt(c.keys);
+  $("n-cache-hits").textContent = fmt(c.hits);
+  $("n-cache-misses").textContent = fmt(c.misses);
+  $("n-cache-ratio").textContent = c.hit_ratio === null || c.hit_ratio === undefined ? "–" : `${Math.round(c.hit_ratio * 100)}%`;
+}
+
+function roleLabel(role) {
+  return { main: "main", retry: "retry", dead: "dead letters" }[role] || role;
+}
+
+let purgeFilled = "";
+function fillPurgeSelect(queues) {
+  const select = $("purge-queue");
+  const names = queues.map((q) => q.name).join(",");
+  if (!select || names === purgeFilled) return;
+  purgeFilled = names;
+  select.replaceChildren(...queues.map((q) => el("option", { value: q.name, text: `${q.name} (${roleLabel(q.role)})` })));
+}
+
+function renderOrders() {
+  $("latest-orders").replaceChildren(
+    ...latestOrders.map((o) =>
+      el(
+        "tr",
+        { "data-order": o.id },
+        el("td", {}, el("a", { class: "mono", href: `/orders/${o.id}/`, text: shortId(o.id) })),
+        el("td", {}, el("span", { class: `status-chip s-${o.status}`, text: o.status })),
+        el("td", { text: o.customer_email }),
+        el("td", { class: "num", text: o.total }),
+        el("td", { class: "muted", text: clock(o.created_at) }),
+      ),
+    ),
+  );
+}
+
+function renderFeed() {
+  $("feed").replaceChildren(
+    ...feed
+      .slice()
+      .reverse()
+      .map((item) =>
+        item.feedType === "control"
+          ? el("li", { class: "control" }, el("span", { class: "time", text: clock(item.at) }), el("span", { class: "kind", text: "control" }), el("span", { class: "msg", text: `${item.action}: ${item.detail}${item.by ? ` (by ${item.by})` : ""}` }))
+          : el(
+              "li",
+              { class: `k-${item.kind}` },
+              el("span", { class: "time", text: clock(item.at) }),
+              el("span", { class: `kind k-${item.kind}`, text: item.kind.replace(/_/g, " ") }),
+              el("a", { class: "mono", href: `/orders/${item.order_id}/`, text: shortId(item.order_id) }),
+              el("span", { class: "msg", text: item.message }),
+            ),
+      ),
+  );
+}
+
+function drawChart() {
+  const canvas = $("throughput");
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  if (canvas.width !== width * ratio) {
+    canvas.width = width * ratio;
+    canvas.height = height * ratio;
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  const now = Math.floor(Date.now() / 1000);
+  const series = [];
+  for (let s = now - WINDOW_SECONDS; s <= now; s++) series.push(rates.get(s) || [0, 0]);
+  const peak = Math.max(5, ...series.map(([a, c]) => Math.max(a, c)));
+  const top = niceCeil(peak);
+  const left = 44;
+  const bottom = height - 20;
+  const plotW = width - left - 8;
+  const plotH = bottom - 8;
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#6b7280";
+  ctx.strokeStyle = "#e5e7eb";
+  ctx.lineWidth = 1;
+  for (let i = 0; i <= 4; i++) {
+    const y = bottom - (plotH * i) / 4;
+    ctx.beginPath();
+    ctx.moveTo(left, y);
+    ctx.lineTo(width - 8, y);
+    ctx.stroke();
+    ctx.fillText(fmt(Math.round((top * i) / 4)), 4, y + 4);
+  }
+  for (const [label, offset] of [["-3m", 0], ["-2m", 60], ["-1m", 120], ["now", 180]]) {
+    ctx.fillText(label, left + (plotW * offset) / WINDOW_SECONDS - (label === "now" ? 20 : 0), height - 4);
+  }
+  const line = (index, colour) => {
+    ctx.beginPath();
+    ctx.strokeStyle = colour;
+    ctx.lineWidth = 2;
+    series.forEach((point, i) => {
+      const x = left + (plotW * i) / WINDOW_SECONDS;
+      const y = bottom - (plotH * point[index]) / top;
+      if (i === 0) ctx.moveTo(x, y);
+      else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  };
+  line(0, "#2563eb");
+  line(1, "#16a34a");
+  // The last full second is the current rate.
+  const last = series[series.length - 2] || [0, 0];
+  $("n-accepted-rate").textContent = fmt(last[0]);
+}
+
+function niceCeil(n) {
+  const power = 10 ** Math.floor(Math.log10(n));
+  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= n) return step * power;
+  return 10 * power;
+}
+
+// ------------------------------------------------------------------ controls (rendered for staff only)
+
+function say(id, text, ok = true) {
+  const node = $(id);
+  node.textContent = text;
+  node.dataset.ok = ok ? "yes" : "no";
+}
+
+function wireControls() {
+  const orderForm = $("order-form");
+  if (!orderForm) return;
+  orderForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const result = await api("POST", "/api/orders/", {
+      customer_email: $("order-email").value,
+      items: [{ sku: $("order-sku").value, quantity: Number($("order-quantity").value) }],
+    });
+    if (result.ok) {
+      const link = el("a", { href: `/orders/${result.data.id}/`, class: "mono", text: shortId(result.data.id) });
+      $("order-result").replaceChildren("Accepted (202): order ", link, ` is ${result.data.status}.`);
+      $("order-result").dataset.ok = "yes";
+      $("order-result").dataset.order = result.data.id;
+    } else say("order-result", `Refused (${result.status}): ${errorText(result)}`, false);
+  });
+
+  $("burst-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const count = Number($("burst-count").value);
+    const result = await api("POST", "/api/controls/burst/", { count });
+    say("burst-result", result.ok ? `Accepted: ${fmt(count)} orders are being created in the background.` : `Refused (${result.status}): ${errorText(result)}`, result.ok);
+  });
+
+  loadSandbox();
+  $("sandbox-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = {
+      step_delay_ms: Number($("sandbox-step-delay").value),
+      decline_rate: Number($("sandbox-decline-rate").value),
+      transient_failure_rate: Number($("sandbox-transient-rate").value),
+      crash_rate: Number($("sandbox-crash-rate").value),
+      paused: $("sandbox-paused").checked,
+      step_mode: $("sandbox-step-mode").checked,
+    };
+    const result = await api("PATCH", "/api/sandbox/", body);
+    if (result.ok) {
+      fillSandbox(result.data);
+      say("sandbox-result", "Applied. Workers pick it up within a second.");
+    } else say("sandbox-result", `Refused (${result.status}): ${errorText(result)}`, false);
+  });
+
+  $("replay-dead").addEventListener("click", async () => {
+    const result = await api("POST", "/api/dead-letters/replay/", {});
+    say("ops-result", result.ok ? `Replay: ${JSON.stringify(result.data)}` : `Refused (${result.status}): ${errorText(result)}`, result.ok);
+  });
+  $("purge").addEventListener("click", async () => {
+    const queue = $("purge-queue").value;
+    if (!queue || !confirm(`Purge every ready message from ${queue}? They are gone for good.`)) return;
+    const result = await api("POST", "/api/controls/purge-queue/", { queue });
+    say("ops-result", result.ok ? `Purged ${fmt(result.data.purged)} message(s) from ${queue}.` : `Refused (${result.status}): ${errorText(result)}`, result.ok);
+  });
+  $("flush-cache").addEventListener("click", async () => {
+    const result = await api("POST", "/api/controls/flush-cache/", {});
+    say("ops-result", result.ok ? `Flushed ${fmt(result.data.removed)} Redis key(s).` : `Refused (${result.status}): ${errorText(result)}`, result.ok);
+  });
+}
+
+function fillSandbox(data) {
+  $("sandbox-step-delay").value = data.step_delay_ms;
+  $("sandbox-decline-rate").value = data.decline_rate;
+  $("sandbox-transient-rate").value = data.transient_failure_rate;
+  $("sandbox-crash-rate").value = data.crash_rate;
+  $("sandbox-paused").checked = data.paused;
+  $("sandbox-step-mode").checked = data.step_mode;
+}
+
+async function loadSandbox() {
+  const result = await api("GET", "/api/sandbox/");
+  if (result.ok) fillSandbox(result.data);
+  else {
+    say("sandbox-result", `Fault injection is not available (${result.status}).`, false);
+    $("apply-sandbox").disabled = true;
+  }
+}
+
+// ------------------------------------------------------------------ start
+
+onMessage({ type: "snapshot", ...JSON.parse($("initial-state").textContent) });
+wireControls();
+openLive("/ws/pipeline/", onMessage);
+// Keep "last seen" texts and the chart's time axis moving even when nothing happens.
+setInterval(schedule, 1000);

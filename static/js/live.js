@@ -1,0 +1,103 @@
+// Shared by dashboard.js and journey.js: the WebSocket with reconnects, the CSRF-protected fetch, small helpers.
+
+const statusEl = () => document.getElementById("live-status");
+
+function showStatus(state, text) {
+  const el = statusEl();
+  if (!el) return;
+  el.dataset.state = state;
+  el.textContent = text;
+}
+
+// Opens a socket to `path`; every (re)connect makes the server send a fresh snapshot first, so a tab that was
+// offline never shows stale numbers. Exposes counters on window.orderpipeLive for the benchmark in bench/.
+export function openLive(path, onMessage) {
+  const stats = (window.orderpipeLive = window.orderpipeLive || { messages: 0, bytes: 0, connects: 0 });
+  let delay = 500;
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}${path}`);
+    socket.addEventListener("open", () => {
+      delay = 500;
+      stats.connects += 1;
+      showStatus("live", "live");
+    });
+    socket.addEventListener("message", (event) => {
+      stats.messages += 1;
+      stats.bytes += event.data.length;
+      onMessage(JSON.parse(event.data));
+    });
+    socket.addEventListener("close", (event) => {
+      if (event.code === 4403) {
+        showStatus("down", "not allowed: log in");
+        return;
+      }
+      showStatus("down", "reconnecting…");
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 8000);
+    });
+  }
+  connect();
+}
+
+function cookie(name) {
+  const match = document.cookie.match(new RegExp(`(?:^|; )${name}=([^;]*)`));
+  return match ? decodeURIComponent(match[1]) : "";
+}
+
+// JSON request with the session's CSRF token. Resolves to {ok, status, data}.
+export async function api(method, url, body) {
+  const response = await fetch(url, {
+    method,
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": cookie("csrftoken") },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  return { ok: response.ok, status: response.status, data };
+}
+
+export function errorText(result) {
+  if (!result.data) return `HTTP ${result.status}`;
+  if (result.data.detail) return result.data.detail;
+  return Object.entries(result.data)
+    .map(([field, errors]) => `${field}: ${[].concat(errors).map((e) => (typeof e === "object" ? JSON.stringify(e) : e)).join(" ")}`)
+    .join("; ");
+}
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+export function shortId(id) {
+  return String(id).slice(0, 8);
+}
+
+export function clock(iso) {
+  const d = new Date(iso);
+  return d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+export function ago(iso) {
+  const seconds = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
+  if (seconds < 60) return `${seconds}s ago`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)}m ago`;
+  return `${Math.round(seconds / 3600)}h ago`;
+}
+
+export function fmt(n) {
+  return n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US");
+}
