@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -51,10 +53,23 @@ def test_the_relay_names_every_dependency_that_is_down():
     assert "RabbitMQ unreachable" in line
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_starts_without_redis(tmp_path):
+def test_a_worker_starts_without_redis_and_serves_its_metrics(tmp_path):
+    port = free_port()
     worker = Service(
-        "run_worker", "--startup-timeout", "2", log_dir=tmp_path, env=service_env(REDIS_URL=CLOSED_REDIS)
+        "run_worker",
+        "--startup-timeout",
+        "2",
+        "--metrics-port",
+        str(port),
+        log_dir=tmp_path,
+        env=service_env(REDIS_URL=CLOSED_REDIS),
     ).start()
     try:
         deadline = time.monotonic() + 30
@@ -63,5 +78,11 @@ def test_a_worker_starts_without_redis(tmp_path):
             time.sleep(0.2)
         assert "consuming" in worker.output(), worker.output()
         assert "starting without Redis" in worker.output()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert 'orderpipe_order_events_total{kind="completed"} 0.0' in text
+        assert "orderpipe_order_step_duration_seconds_bucket" in text
+        # Shared state is the web's to report, once; a worker never runs those queries.
+        assert "orderpipe_outbox_backlog" not in text
     finally:
         assert worker.stop() == 0, worker.output()
