@@ -6,7 +6,7 @@ import uuid
 from decimal import Decimal
 
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import IntegrityError, models
 from django.db.models import Q
 
 
@@ -279,7 +279,10 @@ class SandboxSettings(models.Model):
 
     @classmethod
     def load(cls) -> SandboxSettings:
-        obj, _ = cls.objects.get_or_create(pk=1)
+        try:
+            obj, _ = cls.objects.get_or_create(pk=1)
+        except IntegrityError:  # two processes created the row at the same moment; the other one won
+            obj = cls.objects.get(pk=1)
         return obj
 
     def as_dict(self) -> dict[str, object]:

@@ -263,11 +263,14 @@ class Processor:
             if order.status == OrderStatus.RETRYING or delivery.retries:
                 kind = EventKind.RECEIVED
                 message = f"Retry {delivery.retries} received back from the delay queue; resuming."
-            elif order.status == OrderStatus.PROCESSING or order.step != OrderStep.NONE:
+            elif delivery.redelivered or order.status == OrderStatus.PROCESSING or order.step != OrderStep.NONE:
+                # The broker handed this message out before without an ack (a worker died or lost its channel).
                 kind = EventKind.REDELIVERED
                 message = (
                     f"Redelivered (delivery #{delivery.delivery_count}); resuming after step "
                     f"'{order.get_step_display()}'."
+                    if order.step != OrderStep.NONE
+                    else f"Redelivered (delivery #{delivery.delivery_count}); no step had finished yet."
                 )
             else:
                 kind, message = EventKind.RECEIVED, f"Received by a worker from {delivery.queue}."

@@ -65,6 +65,7 @@ def test_a_poison_message_goes_to_the_dead_letter_queue_and_the_worker_carries_o
     assert wait_until(lambda: found.append(dead_message()) or found[-1] is not None, 10)
     props, body = found[-1]
     assert props.message_id == "poison-1"
+    assert props.headers["x-orderpipe-reason"] == "poison message: unknown order 00000000-0000-0000-0000-000000000000"
     assert json.loads(body)["order_id"] == "00000000-0000-0000-0000-000000000000"
 
 

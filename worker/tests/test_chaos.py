@@ -1,0 +1,140 @@
+"""Crash safety with real processes: SIGKILL the worker at random moments, SIGTERM it mid-order."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+from django.db.models import Count, Sum
+
+from orders import sandbox, services
+from orders.models import EventKind, Order, OrderEvent, OrderLine, OrderStatus, Payment, Product
+from orders.tests.factories import ProductFactory
+from worker.tests.processes import Service
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+TERMINAL = list(OrderStatus.terminal())
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def all_terminal(ids) -> bool:
+    return Order.objects.filter(pk__in=ids, status__in=TERMINAL).count() == len(ids)
+
+
+def test_sigkill_chaos_loses_no_order_and_charges_none_twice(tmp_path, broker):
+    seed = int(os.environ.get("CHAOS_SEED", random.randrange(1_000_000)))
+    rng = random.Random(seed)
+    products = [ProductFactory(sku=f"CHAOS-{i}", price=f"{5 + i}.00", stock=10_000) for i in range(3)]
+    # Slow steps so that kills land mid-order; a few declines so failed orders (stock released) are in the mix.
+    sandbox.sandbox_update(changes={"step_delay_ms": 25, "decline_rate": 0.05}, via="test")
+    ids = []
+    for i in range(200):
+        chosen = rng.sample(products, rng.randint(1, 2))
+        items = [{"sku": p.sku, "quantity": rng.randint(1, 3)} for p in chosen]
+        ids.append(services.order_create(customer_email=f"chaos{i}@example.com", items=items).pk)
+
+    worker_args = ("--concurrency", "2", "--prefetch", "10")
+    relay = Service("run_relay", log_dir=tmp_path).start()
+    worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()
+    kills = 0
+    try:
+        while not all_terminal(ids) and kills < 6:
+            time.sleep(rng.uniform(1.0, 2.5))
+            if all_terminal(ids):
+                break
+            worker.kill()
+            kills += 1
+            worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()
+        finished = wait_until(lambda: all_terminal(ids), timeout=180)
+    finally:
+        codes = (worker.stop(), relay.stop())
+    assert finished, f"seed {seed}: not every order is terminal\n" + worker.output()[-3000:]
+    assert codes == (0, 0)
+
+    redeliveries = OrderEvent.objects.filter(order_id__in=ids, kind=EventKind.REDELIVERED).count()
+    completed = Order.objects.filter(pk__in=ids, status=OrderStatus.COMPLETED)
+    failed = Order.objects.filter(pk__in=ids, status=OrderStatus.FAILED)
+    per_order = Payment.objects.filter(order_id__in=ids).values("order_id").annotate(n=Count("id"))
+    duplicate_payments = sum(row["n"] - 1 for row in per_order)
+    lost = len(ids) - Order.objects.filter(pk__in=ids, status__in=TERMINAL).count()
+    print(
+        f"\nchaos: seed={seed} orders={len(ids)} kills={kills} redeliveries={redeliveries} "
+        f"completed={completed.count()} failed={failed.count()} "
+        f"dead_lettered={Order.objects.filter(pk__in=ids, status=OrderStatus.DEAD_LETTERED).count()} "
+        f"lost={lost} duplicate_payments={duplicate_payments}"
+    )
+    assert kills >= 3, f"seed {seed}: the orders finished before three kills; slow the steps down"
+    assert lost == 0
+    assert duplicate_payments == 0
+    assert Payment.objects.filter(order__in=completed).count() == completed.count()
+    assert not Payment.objects.filter(order__in=failed).exists()
+    for product in products:
+        sold = OrderLine.objects.filter(product=product, order__in=completed).aggregate(q=Sum("quantity"))["q"] or 0
+        assert Product.objects.get(pk=product.pk).stock == 10_000 - sold, f"seed {seed}: stock of {product.sku}"
+
+
+def test_sigterm_finishes_the_order_in_hand_acks_it_and_exits_0(tmp_path, broker):
+    ProductFactory(sku="BOOK-001", stock=10)
+    sandbox.sandbox_update(changes={"step_delay_ms": 400}, via="test")
+    order = services.order_create(customer_email="term@example.com", items=[{"sku": "BOOK-001", "quantity": 1}])
+    relay = Service("run_relay", log_dir=tmp_path).start()
+    worker = Service("run_worker", log_dir=tmp_path).start()
+    try:
+        assert wait_until(lambda: Order.objects.get(pk=order.pk).status == OrderStatus.PROCESSING, 30)
+        worker.signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = worker.proc.wait(30)
+        took = time.monotonic() - started
+    finally:
+        worker.stop()
+        relay.stop()
+    assert code == 0, worker.output()
+    order.refresh_from_db()
+    assert order.status == OrderStatus.COMPLETED, f"took {took:.1f}s\n" + worker.output()
+    # Acked before exit: the queue does not hold it any more, so no other worker will see it again.
+    ready = broker.channel.queue_declare(broker.topology.process_queue, passive=True).method.message_count
+    assert ready == 0
+    assert not OrderEvent.objects.filter(order=order, kind=EventKind.REDELIVERED).exists()
+
+
+def test_a_message_that_crashes_every_worker_is_dead_lettered_by_the_delivery_limit(tmp_path, broker, settings):
+    ProductFactory(sku="BOOK-001", stock=10)
+    # Every delivery kills the worker in the middle of its first step (a crash loop on one message).
+    sandbox.sandbox_update(changes={"crash_rate": 1.0}, via="test")
+    order = services.order_create(customer_email="loop@example.com", items=[{"sku": "BOOK-001", "quantity": 1}])
+    relay = Service("run_relay", log_dir=tmp_path).start()
+    crashes = 0
+    try:
+        assert wait_until(lambda: Order.objects.get(pk=order.pk).status != OrderStatus.PENDING, 20)
+        parked = 0
+        while crashes < settings.AMQP_DELIVERY_LIMIT + 3 and parked == 0:
+            worker = Service("run_worker", "--prefetch", "1", log_dir=tmp_path).start()
+            code = worker.proc.wait(60)
+            assert code == 70, worker.output()  # the sandbox's crash exit code
+            crashes += 1
+            parked = broker.channel.queue_declare(broker.topology.dead_queue, passive=True).method.message_count
+        assert parked == 1, f"not dead-lettered after {crashes} crashes"
+        # With crashes switched off, a worker reads the broker's dead-letter copy and marks the order.
+        sandbox.sandbox_update(changes={"crash_rate": 0.0}, via="test")
+        worker = Service("run_worker", log_dir=tmp_path).start()
+        assert wait_until(lambda: Order.objects.get(pk=order.pk).status == OrderStatus.DEAD_LETTERED, 30)
+        order.refresh_from_db()
+        assert order.failure_reason.startswith("delivery limit reached")
+        assert not Payment.objects.filter(order=order).exists()
+        assert Product.objects.get(sku="BOOK-001").stock == 10  # each crash rolled its step back
+        assert worker.stop() == 0
+    finally:
+        relay.stop()
+    print(f"\ncrash loop: {crashes} crashes before the quorum queue dead-lettered the message")

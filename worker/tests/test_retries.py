@@ -1,0 +1,149 @@
+"""Retries through the delay tiers, dead letters and replay, step-by-step mode and pause, on real RabbitMQ."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from orders import sandbox
+from orders.models import EventKind, Order, OrderEvent, OrderStatus, OrderStep, Payment, Product
+from worker.consumer import Worker
+from worker.faults import Faults, NoFaults, TransientFailure
+from worker.processing import REASON_HEADER
+from worker.relay import relay_once
+from worker.replay import replay_dead_letters
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class FlakyPayments(NoFaults):
+    """The payment gateway times out the first `failures` times it is called, then works."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.calls = 0
+
+    def maybe_fail_transiently(self, step: str) -> None:
+        if step == "charge payment":
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise TransientFailure(f"simulated gateway timeout #{self.calls}")
+
+
+def wait_until(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def status_of(order) -> str:
+    return Order.objects.get(pk=order.pk).status
+
+
+def kinds(order) -> list[str]:
+    return list(OrderEvent.objects.filter(order=order).order_by("seq").values_list("kind", flat=True))
+
+
+@pytest.fixture
+def start_worker(broker):
+    started = []
+
+    def start(faults: Faults) -> Worker:
+        worker = Worker(prefetch=5, name=f"retry-worker-{len(started)}", faults=faults)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in started:
+        worker.stop()
+        thread.join(20)
+        assert not thread.is_alive()
+
+
+def test_transient_failures_are_retried_through_the_delay_tiers_then_complete(broker, place_order, start_worker):
+    start_worker(FlakyPayments(failures=2))
+    order = place_order(quantity=2)
+    relay_once(broker)
+    assert wait_until(lambda: status_of(order) == OrderStatus.COMPLETED)
+    journey = kinds(order)
+    assert journey.count("retry_scheduled") == 2
+    assert journey[-1] == "completed"
+    retries = OrderEvent.objects.filter(order=order, kind=EventKind.RETRY_SCHEDULED).order_by("seq")
+    tiers = broker.topology.retry_tiers
+    assert [tiers[0].queue in e.message for e in retries] == [True, False]
+    assert tiers[1].queue in retries[1].message
+    assert Payment.objects.filter(order=order).count() == 1
+    # Inventory was reserved once, before the first timeout, and never again.
+    assert Product.objects.get(sku="BOOK-001").stock == 8
+
+
+def test_an_order_that_keeps_failing_is_dead_lettered_then_replayed(broker, place_order, start_worker):
+    tiers = len(broker.topology.retry_tiers)
+    faults = FlakyPayments(failures=tiers + 1)
+    start_worker(faults)
+    order = place_order(quantity=1)
+    relay_once(broker)
+    assert wait_until(lambda: status_of(order) == OrderStatus.DEAD_LETTERED, 30)
+    order.refresh_from_db()
+    assert order.failure_reason.startswith(f"gave up after {tiers} retries")
+    assert order.step == OrderStep.INVENTORY_RESERVED
+    assert not Payment.objects.filter(order=order).exists()
+
+    def parked():
+        return broker.channel.queue_declare(broker.topology.dead_queue, passive=True).method.message_count
+
+    assert wait_until(lambda: parked() == 1, 10)
+    method, props, _body = broker.channel.basic_get(broker.topology.dead_queue, auto_ack=False)
+    assert props.headers[REASON_HEADER].startswith("gave up after")
+    broker.channel.basic_nack(method.delivery_tag, requeue=True)
+
+    # The fault is gone (the flaky gateway has used up its failures): replay.
+    assert replay_dead_letters(order.pk, via="test") == 1
+    assert parked() == 0
+    relay_once(broker)
+    assert wait_until(lambda: status_of(order) == OrderStatus.COMPLETED)
+    assert "replayed" in kinds(order)
+    assert Payment.objects.filter(order=order).count() == 1
+    assert Product.objects.get(sku="BOOK-001").stock == 9
+
+
+def test_step_mode_waits_for_next_step_before_each_step(broker, place_order, start_worker):
+    sandbox.sandbox_update(changes={"step_mode": True}, via="test")
+    sandbox.reader.invalidate()
+    start_worker(Faults())
+    order = place_order()
+    relay_once(broker)
+    assert wait_until(lambda: "step_waiting" in kinds(order))
+    time.sleep(0.5)
+    assert Order.objects.get(pk=order.pk).step == OrderStep.NONE
+    expected = [OrderStep.INVENTORY_RESERVED, OrderStep.PAYMENT_CHARGED, OrderStep.CUSTOMER_NOTIFIED]
+    for step in expected:
+        sandbox.step_grant(order_id=order.pk)
+        assert wait_until(lambda step=step: Order.objects.get(pk=order.pk).step == step)
+        time.sleep(0.3)
+        assert Order.objects.get(pk=order.pk).step == step  # one press, one step
+    sandbox.step_grant(order_id=order.pk)
+    assert wait_until(lambda: status_of(order) == OrderStatus.COMPLETED)
+    assert kinds(order).count("step_waiting") == 4
+
+
+def test_pause_stops_consumption_until_resumed(broker, place_order, start_worker):
+    sandbox.sandbox_update(changes={"paused": True}, via="test")
+    sandbox.reader.invalidate()
+    start_worker(Faults())
+    order = place_order()
+    relay_once(broker)
+    time.sleep(2)
+    assert status_of(order) == OrderStatus.QUEUED
+    ready = broker.channel.queue_declare(broker.topology.process_queue, passive=True).method.message_count
+    assert ready == 1
+    sandbox.sandbox_update(changes={"paused": False}, via="test")
+    assert wait_until(lambda: status_of(order) == OrderStatus.COMPLETED)
