@@ -154,6 +154,9 @@ if env_bool("DATABASE_POOL", True):
         "max_size": env_int("DATABASE_POOL_MAX", 20),
         "timeout": env_float("DATABASE_POOL_TIMEOUT", 5.0),
     }
+# After a database restart every idle pooled connection is dead; with health checks the pool checks each one as
+# it is handed out (one cheap round trip), which turns that into a reconnect instead of one 503 per stale one.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ---------------------------------------------------------------- RabbitMQ
