@@ -27,6 +27,7 @@ from orders.serializers import (
 )
 
 ERROR = inline_serializer("Error", fields={"detail": serializers.CharField()})
+FIELD_ERRORS = OpenApiResponse(OpenApiTypes.OBJECT, description="Field errors: {field: [messages]}")
 
 
 class IdempotencyKeyReused(APIException):
@@ -57,7 +58,7 @@ class OrderListCreateApi(generics.ListAPIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("status", OpenApiTypes.STR, enum=OrderStatus.values)],
-        responses={200: OrderSerializer(many=True), 400: ERROR},
+        responses={200: OrderSerializer(many=True), 400: FIELD_ERRORS, 404: ERROR},
     )
     def get(self, request: Request, *args, **kwargs) -> Response:
         """Orders, newest first, optionally filtered by status."""
@@ -67,7 +68,7 @@ class OrderListCreateApi(generics.ListAPIView):
         request=OrderInputSerializer,
         responses={
             202: OrderSerializer,
-            400: OpenApiResponse(description="Field errors"),
+            400: FIELD_ERRORS,
             415: ERROR,
             422: ERROR,
             503: ERROR,
@@ -166,7 +167,7 @@ class SandboxApi(APIView):
         """The fault injector's settings (staff only)."""
         return Response(self.SandboxSerializer(SandboxSettings.load()).data)
 
-    @extend_schema(request=SandboxSerializer, responses={200: SandboxSerializer, 400: ERROR, 403: ERROR})
+    @extend_schema(request=SandboxSerializer, responses={200: SandboxSerializer, 400: FIELD_ERRORS, 403: ERROR})
     def patch(self, request: Request) -> Response:
         """Change some settings; every change is recorded. Workers see it within a second."""
         data = self.SandboxSerializer(SandboxSettings.load(), data=request.data, partial=True)

@@ -18,11 +18,11 @@ from worker.replay import replay_dead_letters
 class ReplayDeadLettersApi(APIView):
     permission_classes = [IsAdminUser]
 
-    class InputSerializer(serializers.Serializer):
+    class ReplayInputSerializer(serializers.Serializer):
         order_id = serializers.UUIDField(required=False, allow_null=True)
 
     @extend_schema(
-        request=InputSerializer,
+        request=ReplayInputSerializer,
         responses={
             200: inline_serializer("ReplayResult", fields={"replayed": serializers.IntegerField()}),
             404: OpenApiTypes.OBJECT,
@@ -31,7 +31,7 @@ class ReplayDeadLettersApi(APIView):
     )
     def post(self, request: Request) -> Response:
         """Replay one dead-lettered order (`order_id`), or all of them (no body)."""
-        data = self.InputSerializer(data=request.data)
+        data = self.ReplayInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         order_id = data.validated_data.get("order_id")
         if order_id is not None:
