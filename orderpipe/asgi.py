@@ -15,12 +15,16 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from orders.routing import websocket_urlpatterns  # noqa: E402
 
+# daphne serves no static files by itself (only `manage.py runserver` does). The pages' few CSS/JS files are served
+# from the app's static directories by Django's own handler, so the dashboard works offline with no extra server;
+# behind a real front (nginx, a CDN) `collectstatic` + that front would take over.
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": ASGIStaticFilesHandler(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

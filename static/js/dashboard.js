@@ -4,10 +4,12 @@ import { ago, api, clock, el, errorText, fmt, openLive, shortId } from "./live.j
 
 const WINDOW_SECONDS = 180;
 const FEED_MAX = 60;
+const CONTROLS_MAX = 6;
 const rates = new Map(); // epoch second -> [accepted, completed]
 let pipeline = null;
 let latestOrders = [];
 let feed = []; // newest last
+let controlLog = []; // newest last
 let dirty = false;
 
 const $ = (id) => document.getElementById(id);
@@ -23,17 +25,19 @@ function addRates(rows) {
   for (const second of rates.keys()) if (second < oldest) rates.delete(second);
 }
 
+// Control actions are kept apart from order events, so a burst's thousands of events cannot push them out.
 function addFeed(events, controls) {
-  for (const event of events || []) feed.push({ ...event, feedType: "event" });
-  for (const control of controls || []) feed.push({ ...control, feedType: "control" });
-  feed.sort((a, b) => new Date(a.at) - new Date(b.at));
+  feed.push(...(events || []));
   if (feed.length > FEED_MAX) feed = feed.slice(feed.length - FEED_MAX);
+  controlLog.push(...(controls || []));
+  if (controlLog.length > CONTROLS_MAX) controlLog = controlLog.slice(controlLog.length - CONTROLS_MAX);
 }
 
 function onMessage(message) {
   if (message.type === "snapshot") {
     rates.clear();
     feed = [];
+    controlLog = [];
     addRates(message.rates || []);
     addFeed(message.events, message.controls);
     applyState(message.state);
@@ -152,16 +156,28 @@ function renderFeed() {
       .slice()
       .reverse()
       .map((item) =>
-        item.feedType === "control"
-          ? el("li", { class: "control" }, el("span", { class: "time", text: clock(item.at) }), el("span", { class: "kind", text: "control" }), el("span", { class: "msg", text: `${item.action}: ${item.detail}${item.by ? ` (by ${item.by})` : ""}` }))
-          : el(
-              "li",
-              { class: `k-${item.kind}` },
-              el("span", { class: "time", text: clock(item.at) }),
-              el("span", { class: `kind k-${item.kind}`, text: item.kind.replace(/_/g, " ") }),
-              el("a", { class: "mono", href: `/orders/${item.order_id}/`, text: shortId(item.order_id) }),
-              el("span", { class: "msg", text: item.message }),
-            ),
+        el(
+          "li",
+          { class: `k-${item.kind}` },
+          el("span", { class: "time", text: clock(item.at) }),
+          el("span", { class: `kind k-${item.kind}`, text: item.kind.replace(/_/g, " ") }),
+          el("a", { class: "mono", href: `/orders/${item.order_id}/`, text: shortId(item.order_id) }),
+          el("span", { class: "msg", text: item.message }),
+        ),
+      ),
+  );
+  if (!controlLog.length) return;
+  $("control-log").replaceChildren(
+    ...controlLog
+      .slice()
+      .reverse()
+      .map((item) =>
+        el(
+          "li",
+          {},
+          el("span", { class: "time", text: clock(item.at) }),
+          el("span", { class: "msg", text: `${item.action}: ${item.detail}${item.by ? ` (by ${item.by})` : ""}` }),
+        ),
       ),
   );
 }
@@ -181,7 +197,7 @@ function drawChart() {
   const now = Math.floor(Date.now() / 1000);
   const series = [];
   for (let s = now - WINDOW_SECONDS; s <= now; s++) series.push(rates.get(s) || [0, 0]);
-  const peak = Math.max(5, ...series.map(([a, c]) => Math.max(a, c)));
+  const peak = Math.max(4, ...series.map(([a, c]) => Math.max(a, c)));
   const top = niceCeil(peak);
   const left = 44;
   const bottom = height - 20;
@@ -197,7 +213,8 @@ function drawChart() {
     ctx.moveTo(left, y);
     ctx.lineTo(width - 8, y);
     ctx.stroke();
-    ctx.fillText(fmt(Math.round((top * i) / 4)), 4, y + 4);
+    const tick = (top * i) / 4;
+    ctx.fillText(Number.isInteger(tick) ? fmt(tick) : tick.toFixed(1), 4, y + 4);
   }
   for (const [label, offset] of [["-3m", 0], ["-2m", 60], ["-1m", 120], ["now", 180]]) {
     ctx.fillText(label, left + (plotW * offset) / WINDOW_SECONDS - (label === "now" ? 20 : 0), height - 4);

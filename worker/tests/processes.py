@@ -1,12 +1,15 @@
-"""Start the real relay and worker as subprocesses against this test run's database, queues and keys."""
+"""Start the real web (daphne), relay and worker as subprocesses against this test run's database, queues and keys."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from django.conf import settings
@@ -40,7 +43,7 @@ class Service:
     def start(self) -> Service:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", self.command, *self.args],
+            self.argv(),
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -48,6 +51,9 @@ class Service:
         )
         log.close()
         return self
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "manage.py", self.command, *self.args]
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -71,3 +77,37 @@ class Service:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Web(Service):
+    """The web process as `make run` starts it: daphne serving orderpipe.asgi, here on a free local port."""
+
+    def __init__(self, *, log_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        super().__init__("daphne", log_dir=log_dir, env=env)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        daphne = str(Path(sys.executable).parent / "daphne")
+        return [daphne, "-b", "127.0.0.1", "-p", str(self.port), "orderpipe.asgi:application"]
+
+    def wait_ready(self, timeout: float = 30) -> Web:
+        """Wait until daphne answers HTTP (any status), or fail with its log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"daphne exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
+                return self
+            except urllib.error.HTTPError:
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"daphne did not answer within {timeout} s:\n{self.output()}")

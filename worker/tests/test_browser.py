@@ -1,0 +1,198 @@
+"""The dashboard and journey pages in a real browser (Debian's Chromium, headless) against the real web (daphne),
+relay and worker processes, on this test run's database, queues and keys. Screenshots go to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from orders.tests.factories import ProductFactory
+from worker.tests.processes import ROOT, Service, Web
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+PASSWORD = "browser-test-password"
+TIMEOUT_MS = 30_000
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup, django_db_blocker, tmp_path_factory):
+    """One web, relay and worker for the module; each test's data is still its own (transactional flush)."""
+    log_dir = tmp_path_factory.mktemp("browser-services")
+    with django_db_blocker.unblock():
+        web = Web(log_dir=log_dir).start()
+        relay = Service("run_relay", log_dir=log_dir).start()
+        worker = Service("run_worker", "--prefetch", "20", log_dir=log_dir).start()
+    try:
+        web.wait_ready()
+        yield web
+    finally:
+        for service in (web, relay, worker):
+            service.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # Playwright's sync API keeps an event loop in this thread, which makes Django refuse synchronous ORM calls
+    # (the tests' own and the database flush between tests). They are still synchronous, so allow them here.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        yield from _chromium()
+
+
+def _chromium():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(stack, browser):
+    ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=5000)
+    get_user_model().objects.create_user("browser-staff", password=PASSWORD, is_staff=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=stack.url)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto("/admin/login/?next=/")
+    page.get_by_label("Username").fill("browser-staff")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{stack.url}/")
+    page.locator("#live-status[data-state=live]").wait_for()
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def place_order_from_the_form(page) -> str:
+    page.get_by_label("Customer email").fill("browser@example.com")
+    page.get_by_label("Product").select_option("BOOK-001")
+    page.get_by_label("Quantity").fill("2")
+    page.get_by_role("button", name="Place order").click()
+    result = page.locator("#order-result[data-order]")
+    result.wait_for()
+    return result.get_attribute("data-order")
+
+
+def test_an_order_placed_from_the_dashboard_completes_live_and_its_journey_shows_each_step(page):
+    order_id = place_order_from_the_form(page)
+
+    # No reload: the row arrives and turns `completed` through the WebSocket.
+    row = page.locator(f"#latest-orders tr[data-order='{order_id}']")
+    row.locator(".status-chip", has_text="completed").wait_for()
+    page.locator("#feed li.k-completed").first.wait_for()
+    assert page.locator("#count-completed").inner_text() == "1"
+    assert page.locator("#worker-list li.alive").count() == 1
+    assert page.locator("#queue-rows tr[data-queue$='.orders.process']").count() == 1
+    screenshot(page, "dashboard")
+
+    row.get_by_role("link").click()
+    page.wait_for_url(re.compile(f"/orders/{order_id}/$"))
+    page.locator("#live-status[data-state=live]").wait_for()
+    kinds = page.locator("#timeline li").evaluate_all("items => items.map(i => i.dataset.kind)")
+    assert kinds == [
+        "accepted",
+        "published",
+        "received",
+        "inventory_reserved",
+        "payment_charged",
+        "customer_notified",
+        "completed",
+    ]
+    assert page.locator("#order-status").inner_text() == "completed"
+
+    def select(kind: str) -> tuple[str, str, str]:
+        page.locator(f"#timeline li[data-kind={kind}] button").click()
+        page.locator(f"#timeline li.selected[data-kind={kind}]").wait_for()
+        return tuple(page.locator(f"#panel-{part}").inner_text() for part in ("db", "queue", "cache"))
+
+    db, queue, cache = select("accepted")
+    assert "pending" in db
+    assert "outbox row" in queue and "waiting in the outbox" in queue
+    assert "not cached yet" in cache
+
+    db, queue, cache = select("received")
+    assert "processing" in db
+    assert re.search(r"delivery tag\s+\d+", queue)
+    assert re.search(r"redelivered\s+no", queue)
+    assert re.search(r"delivery count\s+1", queue)
+    assert ".orders.process" in queue and "order.placed" in queue
+    assert re.search(r"entry\s+present", cache)
+
+    db, queue, cache = select("completed")
+    assert "completed" in db and "customer_notified" in db
+    assert re.search(r"entry\s+present", cache) and "TTL" in cache and '"status": "completed"' in cache
+    screenshot(page, "journey")
+
+
+def test_step_by_step_mode_advances_one_step_per_click(page):
+    page.get_by_label("Step-by-step mode").check()
+    page.get_by_role("button", name="Apply").click()
+    page.locator("#sandbox-result[data-ok=yes]").wait_for()
+    page.wait_for_timeout(1_500)  # workers re-read the sandbox settings at most once a second
+    order_id = place_order_from_the_form(page)
+    page.goto(f"/orders/{order_id}/")
+    page.locator("#live-status[data-state=live]").wait_for()
+    timeline = page.locator("#timeline li")
+    next_step = page.get_by_role("button", name="Next step", exact=True)
+    try:
+        for expected in ["inventory_reserved", "payment_charged", "customer_notified", "completed"]:
+            timeline.last.and_(page.locator("[data-kind=step_waiting]")).wait_for()
+            assert next_step.is_enabled()
+            if expected == "payment_charged":
+                screenshot(page, "journey-step-mode")
+            before = timeline.count()
+            next_step.click()
+            page.locator(f"#timeline li[data-kind={expected}]").wait_for()
+            kinds = timeline.evaluate_all("items => items.map(i => i.dataset.kind)")
+            # exactly one step ran (after the `control` event that records the click), then the worker waits again
+            assert [kind for kind in kinds[before:] if kind != "control"][:1] == [expected]
+            assert "control" in kinds[before:]
+            assert kinds.count(expected) == 1
+        page.locator("#order-status", has_text="completed").wait_for()
+        assert next_step.is_disabled()
+    finally:
+        page.goto("/")
+        page.get_by_label("Step-by-step mode").uncheck()
+        page.get_by_role("button", name="Apply").click()
+        page.locator("#sandbox-result[data-ok=yes]").wait_for()
+
+
+def test_a_burst_updates_the_counters_live(page):
+    """Last in the module: the worker may still be draining the burst when the test ends (services stop after)."""
+    accepted = page.locator("#n-accepted")
+    assert accepted.inner_text() == "0"
+    page.get_by_label("Orders in burst").fill("500")
+    page.get_by_role("button", name="Place burst").click()
+    page.locator("#burst-result[data-ok=yes]").wait_for()
+
+    # Generous waits: on a loaded machine creating and processing 500 orders can take a while.
+    page.wait_for_function("() => document.getElementById('n-accepted').textContent === '500'", timeout=90_000)
+    page.locator("#control-log li", has_text="500 orders accepted").wait_for(timeout=90_000)
+    completed = "() => Number(document.getElementById('count-completed').textContent)"
+    page.wait_for_function(f"() => ({completed})() > 0", timeout=90_000)
+    first = page.evaluate(completed)
+    screenshot(page, "dashboard-burst")
+    # The counters keep moving without a reload while the worker drains the queue.
+    page.wait_for_function(f"() => ({completed})() >= {first + 25}", timeout=90_000)
+    page.wait_for_function("() => document.getElementById('n-outbox').textContent === '0'", timeout=90_000)
+    # Batches, not one message per event: by now the orders have made well over 1,000 events.
+    assert page.evaluate("() => window.orderpipeLive.messages") < 500
