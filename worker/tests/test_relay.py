@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+from django.db import connection
 
 from orders.models import Order, OrderEvent, OutboxMessage
 from worker.broker import Publisher, connect
@@ -74,7 +75,13 @@ def test_notify_wakes_the_listener(place_order):
     listener = OutboxListener()
     try:
         assert listener.wait(0.2) is False
-        threading.Timer(0.3, place_order).start()
+        def place_from_another_thread() -> None:
+            try:
+                place_order()
+            finally:
+                connection.close()  # a thread's own connection is not closed for it
+
+        threading.Timer(0.3, place_from_another_thread).start()
         started = time.monotonic()
         assert listener.wait(10) is True
         assert time.monotonic() - started < 10
