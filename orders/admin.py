@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin
+from django.db.models import CharField, Q
+from django.db.models.functions import Cast
 from django.utils.html import format_html
 
 from orders import sandbox
@@ -85,13 +87,14 @@ class OrderAdmin(admin.ModelAdmin):
         return False
 
     def get_search_results(self, request, queryset, search_term):
-        # Searching a UUID column with icontains would fail on a partial id; match the id exactly or by text.
-        term = search_term.strip()
-        if term:
-            queryset_by_id = queryset.extra(where=["orders_order.id::text LIKE %s"], params=[f"{term.lower()}%"])
-            by_email = queryset.filter(customer_email__icontains=term)
-            return (queryset_by_id | by_email), False
-        return queryset, False
+        # A UUID column cannot be searched with icontains; match the id by its text prefix, or the email.
+        term = search_term.strip().lower()
+        if not term:
+            return queryset, False
+        by_id_or_email = queryset.annotate(id_text=Cast("id", CharField())).filter(
+            Q(id_text__startswith=term) | Q(customer_email__icontains=term)
+        )
+        return by_id_or_email, False
 
 
 @admin.register(OrderEvent)
