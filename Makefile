@@ -34,5 +34,11 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Not part of `make test` (its 50-order smoke is): several minutes, and it wants a quiet machine.
+bench: install
+	$(VENV)/bin/pip install -q ".[dev,bench]"
+	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
+	DJANGO_DEBUG=false $(PY) -m bench.run $(BENCH_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)

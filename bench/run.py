@@ -1,0 +1,740 @@
+"""`make bench`: how fast orderpipe accepts and processes orders on this machine, beside raw baselines.
+
+One run measures, on the local PostgreSQL, RabbitMQ and Redis, in its own database (`orderpipe_bench`) and under its
+own prefix (`bench-<random>`, removed afterwards), so it never touches a dev instance or a test run:
+
+- API accept: POST /api/orders/ (every request a real, unique order) with wrk at 16 and 64 connections against
+  daphne, uvicorn (2 workers) and gunicorn (2 workers x 4 threads), production settings (DEBUG off, real key);
+- pipeline: a backlog of orders drained by the relay and 1 or 2 workers (zero simulated delay);
+- end to end at a steady 20 orders/s through the API, relay and one worker (accepted -> completed);
+- raw baselines: the order + lines + outbox + event INSERT transaction straight through psycopg at the same
+  concurrency, and pika publish-with-confirm and consume-with-ack rates on a quorum queue.
+
+Every project figure is printed beside its baseline as a ratio. The table also goes to bench/results/<date>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+LUA_SCRIPT = ROOT / "bench" / "wrk_order.lua"
+BIN = Path(sys.executable).parent
+SKUS = ("BENCH-001", "BENCH-002")
+ITEMS = [{"sku": SKUS[0], "quantity": 1}, {"sku": SKUS[1], "quantity": 2}]
+DEFAULT_DATABASE = "orderpipe_bench"
+
+# The HTTP servers compared, each as production would start it (the web process in Compose is daphne today).
+SERVERS: dict[str, Callable[[int], list[str]]] = {
+    "daphne": lambda port: [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "orderpipe.asgi:application"],
+    "uvicorn": lambda port: [
+        *(str(BIN / "uvicorn"), "orderpipe.asgi:application", "--host", "127.0.0.1", "--port", str(port)),
+        *("--workers", "2", "--no-access-log", "--log-level", "warning"),
+    ],
+    "gunicorn": lambda port: [
+        *(str(BIN / "gunicorn"), "orderpipe.wsgi", "-w", "2", "--threads", "4"),
+        *("-b", f"127.0.0.1:{port}", "--log-level", "warning"),
+    ],
+}
+SERVER_LABELS = {
+    "daphne": "daphne (ASGI)",
+    "uvicorn": "uvicorn --workers 2 (ASGI)",
+    "gunicorn": "gunicorn -w 2 --threads 4 (WSGI)",
+}
+
+
+@dataclass(frozen=True)
+class Scale:
+    api_seconds: int
+    connections: tuple[int, ...]
+    pipeline_orders: int
+    workers: tuple[int, ...]
+    paced_rate: float
+    paced_seconds: float
+    raw_seconds: float
+    raw_messages: int
+    warmup: bool = True
+
+
+FULL = Scale(
+    api_seconds=10,
+    connections=(16, 64),
+    pipeline_orders=5000,
+    workers=(1, 2),
+    paced_rate=20,
+    paced_seconds=10,
+    raw_seconds=5,
+    raw_messages=3000,
+)
+# The smoke test's scale: every row of the table, in seconds, with few database connections.
+SMOKE = Scale(
+    api_seconds=1,
+    connections=(2, 4),
+    pipeline_orders=50,
+    workers=(1, 2),
+    paced_rate=20,
+    paced_seconds=1,
+    raw_seconds=0.5,
+    raw_messages=50,
+    warmup=False,
+)
+
+
+@dataclass
+class Row:
+    measurement: str
+    setting: str
+    rate: float | None
+    unit: str
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    baseline: str = ""
+    baseline_rate: float | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.rate is None or not self.baseline_rate:
+            return None
+        return self.rate / self.baseline_rate
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        print(f"  {row.measurement} | {row.setting}: {_num(row.rate)} {row.unit}", flush=True)
+        return row
+
+
+# ---------------------------------------------------------------- environment
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the bench runs: the database URL and prefix handed to every process it starts."""
+
+    database_url: str
+    prefix: str
+    log_dir: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=self.database_url,
+            ORDERPIPE_PREFIX=self.prefix,
+            DJANGO_DEBUG="false",
+            DJANGO_SETTINGS_MODULE="orderpipe.settings",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+
+def current_target(log_dir: Path) -> Target:
+    """The database and prefix the configured Django settings point at (the smoke test's own test database)."""
+    from django.conf import settings
+    from django.db import connection
+
+    db = connection.settings_dict
+    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
+    url = f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+    return Target(database_url=url, prefix=settings.ORDERPIPE_PREFIX, log_dir=log_dir)
+
+
+def configure_standalone(database: str) -> None:
+    """Before Django starts: point this process at the bench's own database and a fresh prefix, production mode."""
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/orderpipe")
+    os.environ["DATABASE_URL"] = base.rsplit("/", 1)[0] + "/" + database
+    os.environ["ORDERPIPE_PREFIX"] = f"bench-{uuid.uuid4().hex[:8]}"
+    os.environ["DJANGO_DEBUG"] = "false"
+    if os.environ.get("DJANGO_SECRET_KEY", "") in {"", "dev-only-insecure-secret-key-change-me"}:
+        os.environ["DJANGO_SECRET_KEY"] = "bench-" + secrets.token_urlsafe(48)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orderpipe.settings")
+
+
+def prepare_database() -> None:
+    from django.core.management import call_command
+
+    call_command("ensure_database")
+    call_command("migrate", interactive=False, verbosity=0)
+
+
+def reset_orders() -> None:
+    """Empty the order tables (the bench database is the bench's own; the smoke test's is a throwaway)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE orders_order, orders_orderline, orders_outboxmessage, orders_orderevent, orders_payment, "
+            "orders_notification, orders_idempotencykey CASCADE"
+        )
+
+
+def seed_products() -> None:
+    from orders.models import Product
+
+    for sku, price in zip(SKUS, (Decimal("12.50"), Decimal("3.20")), strict=True):
+        Product.objects.update_or_create(sku=sku, defaults={"name": f"Bench {sku}", "price": price, "stock": 2**31 - 1})
+
+
+def other_pytest_runs() -> int:
+    """How many other pytest processes share the machine (they make the figures noisy)."""
+    out = subprocess.run(["pgrep", "-f", "python.* -m pytest"], capture_output=True, text=True).stdout.split()
+    return len([pid for pid in out if int(pid) != os.getpid()])
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A subprocess in its own process group, with its output in a log file; stop() ends the whole group."""
+
+    def __init__(self, name: str, argv: list[str], target: Target, **env: str) -> None:
+        self.name, self.argv = name, argv
+        self.env = target.env(**env)
+        self.log_path = target.log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Process:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def manage(name: str, *args: str, target: Target) -> Process:
+    return Process(name, [sys.executable, "manage.py", name, *args], target)
+
+
+@contextlib.contextmanager
+def running(*processes: Process) -> Iterator[None]:
+    try:
+        for process in processes:
+            process.start()
+        yield
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def wait_http(url: str, process: Process, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.proc is not None and process.proc.poll() is not None:
+            raise RuntimeError(f"{process.name} exited with {process.proc.returncode}:\n{process.output()}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{process.name} did not answer within {timeout} s:\n{process.output()}")
+
+
+# ---------------------------------------------------------------- raw baselines
+
+
+async def _raw_insert_client(dsn: str, deadline: float, latencies: list[float]) -> None:
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = conn.cursor()
+        await cur.execute("SELECT id, price FROM orders_product WHERE sku = ANY(%s) ORDER BY sku", [list(SKUS)])
+        products = await cur.fetchall()
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            order_id, now = uuid.uuid4(), dt.datetime.now(dt.UTC)
+            async with conn.transaction():
+                await cur.execute(
+                    "INSERT INTO orders_order (id, status, step, customer_email, total, note, failure_reason, "
+                    "attempts, version, created_at, updated_at) "
+                    "VALUES (%s, 'pending', '', %s, %s, '', '', 0, 1, %s, %s)",
+                    [order_id, f"raw-{order_id.hex[:12]}@example.com", Decimal("18.90"), now, now],
+                )
+                await cur.executemany(
+                    "INSERT INTO orders_orderline (order_id, product_id, sku, quantity, unit_price) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    [
+                        (order_id, pid, sku, item["quantity"], price)
+                        for (pid, price), sku, item in zip(products, SKUS, ITEMS, strict=True)
+                    ],
+                )
+                await cur.execute(
+                    "INSERT INTO orders_outboxmessage (order_id, message_type, routing_key, payload, created_at, "
+                    "publish_attempts, last_error) VALUES (%s, 'order.placed', 'order.placed', %s, %s, 0, '') "
+                    "RETURNING id",
+                    [order_id, Jsonb({"order_id": str(order_id), "version": 1}), now],
+                )
+                await cur.execute(
+                    "INSERT INTO orders_orderevent (order_id, seq, kind, at, message, snapshot) "
+                    "VALUES (%s, 1, 'accepted', %s, 'raw', %s)",
+                    [order_id, now, Jsonb({"db": {}, "queue": {}, "cache": {}})],
+                )
+            latencies.append(time.perf_counter() - started)
+
+
+def raw_insert_rate(dsn: str, concurrency: int, seconds: float) -> tuple[float, float, float]:
+    """The order + lines + outbox + event INSERT transaction issued directly with psycopg (asyncio, one connection
+    per concurrent client): transactions/s, p50 and p99 in ms."""
+    latencies: list[float] = []
+
+    async def main() -> float:
+        started = time.monotonic()
+        deadline = started + seconds
+        await asyncio.gather(*(_raw_insert_client(dsn, deadline, latencies) for _ in range(concurrency)))
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(main())
+    return len(latencies) / elapsed, *percentiles_ms(latencies)
+
+
+def raw_broker_rates(count: int, prefix: str) -> tuple[float, float]:
+    """pika, one message at a time like the relay and the worker: publish with confirm (persistent, mandatory) to
+    a quorum queue, then consume with a manual ack each at the worker's prefetch. Returns (publish/s, consume/s)."""
+    import pika
+    from django.conf import settings
+
+    from worker.broker import connect
+
+    queue = f"{prefix}.bench.raw"
+    conn = connect()
+    try:
+        channel = conn.channel()
+        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.queue_purge(queue)
+        channel.confirm_delivery()
+        body = json.dumps({"order_id": str(uuid.uuid4()), "version": 1, "total": "18.90"}).encode()
+        props = pika.BasicProperties(
+            content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent, type="order.placed"
+        )
+        started = time.perf_counter()
+        for _ in range(count):
+            channel.basic_publish("", queue, body, props, mandatory=True)
+        publish_rate = count / (time.perf_counter() - started)
+
+        channel.basic_qos(prefetch_count=settings.WORKER_PREFETCH)
+        received = 0
+        started = time.perf_counter()
+        for method, _props, _body in channel.consume(queue, inactivity_timeout=10):
+            if method is None:
+                break
+            channel.basic_ack(method.delivery_tag)
+            received += 1
+            if received == count:
+                break
+        consume_rate = received / (time.perf_counter() - started)
+        channel.cancel()
+        channel.queue_delete(queue)
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+    return publish_rate, consume_rate
+
+
+# ---------------------------------------------------------------- API accept
+
+
+def run_wrk(url: str, connections: int, seconds: int) -> tuple[dict[str, Any], float]:
+    """wrk with one thread (C, event loop: a small share of a core next to the server). Returns its summary and
+    the CPU seconds it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA_SCRIPT), url, "--", *SKUS],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next((x for x in out.splitlines() if x.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{out}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return json.loads(line.removeprefix("WRK_JSON ")), cpu
+
+
+def orders_count() -> int:
+    from orders.models import Order
+
+    return Order.objects.count()
+
+
+def bench_api(report: Report, target: Target, scale: Scale, baselines: dict[int, float], servers: list[str]) -> None:
+    for server in servers:
+        port = free_port()
+        process = Process(server, SERVERS[server](port), target)
+        with running(process):
+            wait_http(f"http://127.0.0.1:{port}/healthz", process)
+            url = f"http://127.0.0.1:{port}/api/orders/"
+            if scale.warmup:
+                run_wrk(url, max(scale.connections), 1)  # imports, pools, first queries
+            for connections in scale.connections:
+                before = orders_count()
+                summary, wrk_cpu = run_wrk(url, connections, scale.api_seconds)
+                stored = orders_count() - before
+                seconds = summary["duration_us"] / 1e6
+                accepted = summary["requests"] - summary["status_errors"]
+                errors = sum(summary[k] for k in ("status_errors", "connect_errors", "read_errors", "timeouts"))
+                if stored < accepted:
+                    raise RuntimeError(f"{server}: wrk counted {accepted} accepted orders, the database has {stored}")
+                report.add(
+                    Row(
+                        "API accept (POST /api/orders/)",
+                        f"{SERVER_LABELS[server]}, {connections} conns",
+                        accepted / seconds,
+                        "orders/s",
+                        summary["p50_us"] / 1000,
+                        summary["p99_us"] / 1000,
+                        f"raw psycopg INSERT tx, {connections} conns",
+                        baselines.get(connections),
+                        note=f"wrk CPU {100 * wrk_cpu / seconds:.0f}% of a core"
+                        + (f"; {errors} errors" if errors else ""),
+                    )
+                )
+            reset_orders()
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def preload_orders(count: int, threads: int = 4) -> None:
+    """Accept `count` orders through the real service (order + lines + outbox + event), from a few threads."""
+    from django.db import connection
+
+    from orders import services
+
+    def place(n: int) -> None:
+        try:
+            for i in range(n):
+                services.order_create(customer_email=f"drain-{uuid.uuid4().hex[:10]}-{i}@example.com", items=ITEMS)
+        finally:
+            connection.close()
+
+    share = [count // threads + (1 if i < count % threads else 0) for i in range(threads)]
+    workers = [threading.Thread(target=place, args=(n,)) for n in share]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+
+
+def declare_and_purge() -> None:
+    from worker.broker import Publisher, connect
+
+    publisher = Publisher(connect())
+    try:
+        publisher.declare_topology()
+        for name in publisher.topology.all_queues():
+            publisher.channel.queue_purge(name)
+    finally:
+        publisher.close()
+
+
+def wait_terminal(expected: int, timeout: float, processes: list[Process]) -> None:
+    from orders.models import Order, OrderStatus
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if Order.objects.filter(status__in=list(OrderStatus.terminal())).count() >= expected:
+            return
+        for process in processes:
+            if process.proc is not None and process.proc.poll() is not None:
+                raise RuntimeError(f"{process.name} exited:\n{process.output()}")
+        time.sleep(0.2)
+    logs = "\n".join(p.output() for p in processes)
+    raise RuntimeError(f"orders not all terminal after {timeout:.0f} s:\n{logs}")
+
+
+def journey_times() -> tuple[list[float], dt.datetime | None, dt.datetime | None, int]:
+    """(accepted -> completed seconds per completed order, first publish, last completion, orders not completed)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT EXTRACT(EPOCH FROM c.at - a.at)
+            FROM orders_orderevent a JOIN orders_orderevent c ON c.order_id = a.order_id AND c.kind = 'completed'
+            WHERE a.kind = 'accepted'
+            """
+        )
+        durations = [float(r[0]) for r in cursor.fetchall()]
+        cursor.execute("SELECT min(at) FROM orders_orderevent WHERE kind = 'published'")
+        first = cursor.fetchone()[0]
+        cursor.execute("SELECT max(at) FROM orders_orderevent WHERE kind = 'completed'")
+        last = cursor.fetchone()[0]
+        cursor.execute("SELECT count(*) FROM orders_order WHERE status <> 'completed'")
+        not_completed = cursor.fetchone()[0]
+    return durations, first, last, not_completed
+
+
+def bench_pipeline(report: Report, target: Target, scale: Scale, broker_baseline: float) -> None:
+    for workers in scale.workers:
+        reset_orders()
+        declare_and_purge()
+        preload_orders(scale.pipeline_orders)
+        processes = [manage("run_relay", target=target)] + [manage("run_worker", target=target) for _ in range(workers)]
+        with running(*processes):
+            wait_terminal(scale.pipeline_orders, 60 + scale.pipeline_orders / 20, processes)
+        durations, first, last, not_completed = journey_times()
+        if not_completed:
+            raise RuntimeError(f"{not_completed} orders did not complete")
+        rate = len(durations) / max((last - first).total_seconds(), 1e-3)
+        p50, p99 = percentiles_ms(durations)
+        report.add(
+            Row(
+                f"pipeline: drain {scale.pipeline_orders:,} queued orders",
+                f"relay + {workers} worker{'s' if workers > 1 else ''}",
+                rate,
+                "orders/s",
+                p50,
+                p99,
+                "raw pika (slower of publish-confirm, consume-ack)",
+                broker_baseline,
+                note="rate: first publish to last completion; latency accepted→completed includes the backlog wait",
+            )
+        )
+
+
+def bench_paced(report: Report, target: Target, scale: Scale, server: str) -> None:
+    """Orders through the API at a steady rate, with relay and one worker: accepted -> completed latency."""
+    reset_orders()
+    declare_and_purge()
+    port = free_port()
+    web = Process(server, SERVERS[server](port), target)
+    relay, worker = manage("run_relay", target=target), manage("run_worker", target=target)
+    total = max(1, round(scale.paced_rate * scale.paced_seconds))
+    with running(web, relay, worker):
+        wait_http(f"http://127.0.0.1:{port}/healthz", web)
+        time.sleep(2)  # relay and worker connected (their startup is not what is measured)
+        body = {"customer_email": "", "items": ITEMS}
+        started = time.monotonic()
+        for i in range(total):
+            time.sleep(max(0.0, started + i / scale.paced_rate - time.monotonic()))
+            body["customer_email"] = f"paced-{i}-{uuid.uuid4().hex[:8]}@example.com"
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/orders/",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+            )
+            urllib.request.urlopen(request, timeout=10).close()
+        sent_for = time.monotonic() - started
+        wait_terminal(total, 60, [web, relay, worker])
+    durations, _first, _last, not_completed = journey_times()
+    if not_completed:
+        raise RuntimeError(f"{not_completed} paced orders did not complete")
+    p50, p99 = percentiles_ms(durations)
+    report.add(
+        Row(
+            f"end to end at {scale.paced_rate:g} orders/s",
+            f"API ({server}) + relay + 1 worker",
+            len(durations) / sent_for,
+            "orders/s",
+            p50,
+            p99,
+            note="accepted→completed, from the events' timestamps",
+        )
+    )
+
+
+# ---------------------------------------------------------------- the run
+
+
+def percentiles_ms(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    if len(values) == 1:
+        return values[0] * 1000, values[0] * 1000
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
+def run(
+    *,
+    scale: Scale,
+    target: Target,
+    servers: list[str] | None = None,
+    paced_server: str = "daphne",
+) -> Report:
+    """Run every measurement against `target` (database already migrated) and return the table's rows."""
+    from django.db import connection
+
+    from orders import cache
+    from worker.broker import connect
+    from worker.topology import topology
+
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (`apt-get install -y wrk`; `make bench` installs it)")
+    servers = servers or list(SERVERS)
+    report = Report()
+    reset_orders()
+    seed_products()
+    connection.close()
+    try:
+        print("raw baselines", flush=True)
+        raw_inserts: dict[int, float] = {}
+        raw_rows = []
+        dsn = target.database_url.replace("postgres://", "postgresql://", 1)
+        for connections in scale.connections:
+            rate, p50, p99 = raw_insert_rate(dsn, connections, scale.raw_seconds)
+            raw_inserts[connections] = rate
+            raw_rows.append(
+                Row(
+                    "baseline: raw psycopg INSERT tx",
+                    f"{connections} conns",
+                    rate,
+                    "tx/s",
+                    p50,
+                    p99,
+                    note="order + 2 lines + outbox + event, one transaction",
+                )
+            )
+        reset_orders()
+        publish_rate, consume_rate = raw_broker_rates(scale.raw_messages, target.prefix)
+        raw_rows.append(
+            Row("baseline: raw pika publish", "confirm each, persistent, quorum queue", publish_rate, "msg/s")
+        )
+        raw_rows.append(Row("baseline: raw pika consume", "ack each, prefetch as the worker", consume_rate, "msg/s"))
+
+        print("API accept", flush=True)
+        bench_api(report, target, scale, raw_inserts, servers)
+        print("pipeline", flush=True)
+        bench_pipeline(report, target, scale, min(publish_rate, consume_rate))
+        print("end to end", flush=True)
+        bench_paced(report, target, scale, paced_server)
+        for row in raw_rows:
+            report.add(row)
+    finally:
+        with contextlib.suppress(Exception):
+            conn = connect()
+            topology().delete(conn.channel())
+            conn.close()
+        with contextlib.suppress(Exception):
+            cache.delete_prefix(target.prefix)
+        with contextlib.suppress(Exception):
+            reset_orders()
+    return report
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def render(report: Report) -> str:
+    lines = [
+        "| measurement | setting | rate | p50 ms | p99 ms | baseline | baseline rate | ratio | note |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |",
+    ]
+    for row in report.rows:
+        ratio = f"{row.ratio:.2f}" if row.ratio is not None else "–"
+        lines.append(
+            f"| {row.measurement} | {row.setting} | {_num(row.rate)} {row.unit} | {_num(row.p50_ms, 1)} | "
+            f"{_num(row.p99_ms, 1)} | {row.baseline or '–'} | {_num(row.baseline_rate)} | {ratio} | {row.note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def header(scale: Scale, started: dt.datetime, others: int) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    load = os.getloadavg()
+    return (
+        f"# orderpipe benchmark, {started:%Y-%m-%d %H:%M} UTC\n\n"
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
+        f"commit {commit.stdout.strip() or '?'}\n"
+        f"- load average at start {load[0]:.2f}; other pytest runs at start: {others}\n"
+        f"- API: wrk -t1, {scale.api_seconds} s per row after a 1 s warm-up, unique 2-line orders; "
+        f"pipeline: {scale.pipeline_orders:,} orders; raw inserts {scale.raw_seconds:g} s per row, "
+        f"raw broker {scale.raw_messages:,} messages\n\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny scale (seconds), as the test suite runs it")
+    parser.add_argument("--database", default=DEFAULT_DATABASE, help="database the bench creates and uses")
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help="comma-separated subset of daphne,uvicorn,gunicorn"
+    )
+    parser.add_argument("--paced-server", default="daphne", help="web server for the end-to-end row")
+    parser.add_argument("--output", type=Path, default=None, help="results file (default bench/results/<date>.md)")
+    args = parser.parse_args(argv)
+
+    configure_standalone(args.database)
+    import django
+
+    django.setup()
+    logging.getLogger("orderpipe.events").setLevel(logging.WARNING)  # the preloaded orders' lines
+    prepare_database()
+    scale = SMOKE if args.smoke else FULL
+    started = dt.datetime.now(dt.UTC)
+    others = other_pytest_runs()
+    with tempfile.TemporaryDirectory(prefix="orderpipe-bench-") as log_dir:
+        target = current_target(Path(log_dir))
+        report = run(scale=scale, target=target, servers=args.servers.split(","), paced_server=args.paced_server)
+    table = header(scale, started, others) + render(report)
+    output = args.output or RESULTS_DIR / f"{started:%Y-%m-%d-%H%M}.md"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(table)
+    print()
+    print(table)
+    print(f"written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
