@@ -87,12 +87,15 @@ class OrderListCreateApi(generics.ListAPIView):
         data.is_valid(raise_exception=True)
         headers = {}
         if key is None:
-            order = services.load_order(services.order_create(**data.validated_data).pk)
+            order = services.order_create(**data.validated_data, products=data.products)
             body, code = order_representation(order), status.HTTP_202_ACCEPTED
         else:
             try:
                 record, replayed = services.order_create_idempotent(
-                    key=key, fingerprint=services.request_fingerprint(request.data), **data.validated_data
+                    key=key,
+                    fingerprint=services.request_fingerprint(request.data),
+                    products=data.products,
+                    **data.validated_data,
                 )
             except services.IdempotencyMismatch as exc:
                 raise IdempotencyKeyReused(str(exc)) from None

@@ -73,12 +73,21 @@ return 1
 """
 
 
+_scripts: dict[int, Any] = {}
+
+
 def write_order(representation: dict[str, Any]) -> CacheState:
     """Write-through after a commit: store the order's public representation unless a newer one is there."""
     key = order_key(representation["id"])
     ttl = settings.ORDER_CACHE_TTL
     try:
-        written = _client().eval(_WRITE_IF_NEWER, 1, key, json.dumps(representation), representation["version"], ttl)
+        client = _client()
+        # EVALSHA: the script is sent once per connection pool, not with every write (redis-py reloads it if the
+        # server forgot it).
+        script = _scripts.get(id(client))
+        if script is None:
+            script = _scripts[id(client)] = client.register_script(_WRITE_IF_NEWER)
+        written = script(keys=[key], args=[json.dumps(representation), representation["version"], ttl], client=client)
     except RedisError as exc:
         log.warning("cache write skipped for %s: %s", key, exc)
         return {"key": key, "present": False, "written": False, "error": f"Redis unavailable: {exc}"}

@@ -3,11 +3,12 @@ and queue state, and the Redis entry at that moment."""
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from typing import Any, TypedDict
 
-from django.db import transaction
-from django.db.models import Max
+from django.db import connection, transaction
+from django.utils import timezone
 
 from orders import metrics
 from orders.cache import CacheState
@@ -59,6 +60,18 @@ def db_snapshot(order: Order) -> DbSnapshot:
     }
 
 
+# One round trip per event: the next `seq` and the previous event's time (for the step-duration metric) are read
+# by the INSERT itself. The caller's lock on the order row orders concurrent appends (see record_event).
+_APPEND = f"""
+WITH previous AS (
+    SELECT COALESCE(MAX(seq), 0) AS seq, MAX(at) AS at FROM {OrderEvent._meta.db_table} WHERE order_id = %(order)s
+)
+INSERT INTO {OrderEvent._meta.db_table} (order_id, seq, kind, at, message, snapshot)
+SELECT %(order)s, previous.seq + 1, %(kind)s, %(at)s, %(message)s, %(snapshot)s::jsonb FROM previous
+RETURNING id, seq, (SELECT at FROM previous)
+"""
+
+
 def record_event(
     order: Order,
     kind: EventKind,
@@ -72,15 +85,20 @@ def record_event(
     Call inside the transaction that made the change, with the order row locked (select_for_update or a guarded
     UPDATE): the lock is what keeps `seq` gap-free and unique when a relay and a worker touch the same order.
     """
-    # The latest `at` is the previous event's time (the row lock orders the appends), read in the same query.
-    previous = OrderEvent.objects.filter(order_id=order.id).aggregate(m=Max("seq"), at=Max("at"))
-    last = previous["m"] or 0
     snapshot: Snapshot = {
         "db": db_snapshot(order),
         "queue": queue or {},
         "cache": cache or {"note": "written after the transaction commits"},
     }
-    event = OrderEvent.objects.create(order=order, seq=last + 1, kind=kind, message=message, snapshot=snapshot)
+    at = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _APPEND,
+            {"order": order.id, "kind": str(kind), "at": at, "message": message, "snapshot": json.dumps(snapshot)},
+        )
+        pk, seq, previous_at = cursor.fetchone()
+    event = OrderEvent(id=pk, order=order, seq=seq, kind=kind, at=at, message=message, snapshot=snapshot)
+    event._state.adding, event._state.db = False, connection.alias
     # Counted and logged only once the transaction commits, so rolled-back work never shows up; robust: a metrics
     # or logging failure must not turn a committed transition into an error for the caller.
     transaction.on_commit(
@@ -90,7 +108,7 @@ def record_event(
             kind=str(kind),
             seq=event.seq,
             at=event.at,
-            previous_at=previous["at"] or order.created_at or event.at,
+            previous_at=previous_at or order.created_at or event.at,
             created_at=order.created_at,
         ),
         robust=True,
@@ -101,4 +119,10 @@ def record_event(
 def attach_cache_state(event: OrderEvent, state: CacheState) -> None:
     """Fill in the cache part of an event's snapshot once the post-commit cache write has happened."""
     event.snapshot["cache"] = state
-    OrderEvent.objects.filter(pk=event.pk).update(snapshot=event.snapshot)
+    # Only the cache part travels (jsonb_set), not the whole snapshot again.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {OrderEvent._meta.db_table} SET snapshot = jsonb_set(snapshot, '{{cache}}', %s::jsonb) "
+            "WHERE id = %s",
+            [json.dumps(state), event.pk],
+        )

@@ -51,22 +51,33 @@ def order_message(order: Order) -> dict[str, Any]:
 
 
 @transaction.atomic
-def order_create(*, customer_email: str, items: list[dict[str, Any]], note: str = "") -> Order:
+def order_create(
+    *,
+    customer_email: str,
+    items: list[dict[str, Any]],
+    note: str = "",
+    products: dict[str, Product] | None = None,
+) -> Order:
     """Accept an order: price its lines from the catalog and store the order, its lines, an outbox message and
-    the first journey event in one transaction. The commit's NOTIFY wakes the relay."""
-    products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
+    the first journey event in one transaction. The commit's NOTIFY wakes the relay.
+
+    `products` (sku -> Product) are the catalog rows the caller already read while validating, if it did; the
+    returned order carries its lines, so it can be represented without reading it back."""
+    if products is None:
+        products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
     total = sum((products[i["sku"]].price * i["quantity"] for i in items), Decimal("0.00"))
     order = Order.objects.create(customer_email=customer_email, note=note, total=total)
-    OrderLine.objects.bulk_create(
+    lines = OrderLine.objects.bulk_create(
         OrderLine(
             order=order,
-            product=products[item["sku"]],
+            product_id=products[item["sku"]].pk,
             sku=item["sku"],
             quantity=item["quantity"],
             unit_price=products[item["sku"]].price,
         )
         for item in items
     )
+    attach_lines(order, lines)
     outbox = OutboxMessage.objects.create(order=order, payload=order_message(order))
     record_event(
         order,
@@ -83,6 +94,16 @@ def order_create(*, customer_email: str, items: list[dict[str, Any]], note: str 
 
 def load_order(order_id: object) -> Order:
     return Order.objects.prefetch_related("lines").get(pk=order_id)
+
+
+def attach_lines(order: Order, lines: list[OrderLine]) -> Order:
+    """Make `order.lines.all()` return `lines` without a query, exactly as prefetch_related("lines") would have.
+    An order's lines never change after it is created, so lines read once serve every later step."""
+    queryset = order.lines.all()
+    queryset._result_cache = list(lines)
+    queryset._prefetch_done = True
+    order._prefetched_objects_cache = {"lines": queryset}
+    return order
 
 
 @dataclass
@@ -181,7 +202,13 @@ def _replay(record: IdempotencyKey, fingerprint: str) -> IdempotencyKey:
 
 
 def order_create_idempotent(
-    *, key: str, fingerprint: str, customer_email: str, items: list[dict[str, Any]], note: str = ""
+    *,
+    key: str,
+    fingerprint: str,
+    customer_email: str,
+    items: list[dict[str, Any]],
+    note: str = "",
+    products: dict[str, Product] | None = None,
 ) -> tuple[IdempotencyKey, bool]:
     """Create the order once per key: returns (the stored first response, whether this call is a replay).
 
@@ -194,7 +221,7 @@ def order_create_idempotent(
     try:
         with transaction.atomic():
             IdempotencyKey.objects.filter(key=key, expires_at__lte=timezone.now()).delete()
-            order = load_order(order_create(customer_email=customer_email, items=items, note=note).pk)
+            order = order_create(customer_email=customer_email, items=items, note=note, products=products)
             record = IdempotencyKey.objects.create(
                 key=key,
                 request_hash=fingerprint,

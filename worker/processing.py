@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -26,8 +27,8 @@ from django.utils import timezone
 
 from orders import sandbox
 from orders.events import QueueSnapshot, record_event
-from orders.models import EventKind, Notification, Order, OrderStatus, OrderStep, Payment, Product
-from orders.services import MESSAGE_VERSION, Transition, cache_after_commit, transition_order
+from orders.models import EventKind, Notification, Order, OrderLine, OrderStatus, OrderStep, Payment, Product
+from orders.services import MESSAGE_VERSION, Transition, attach_lines, cache_after_commit, transition_order
 from worker.faults import Faults, TransientFailure
 from worker.topology import Topology, topology
 
@@ -186,6 +187,7 @@ class Processor:
     def process(self, delivery: Delivery) -> Verdict:
         """Handle one delivery end to end. Database errors propagate (the caller keeps the message unacked);
         Interrupted means the worker is stopping and the message must stay unacked too."""
+        _lines.entry = None
         try:
             order_id = decode(delivery.body)
             started = self.start(order_id, delivery)
@@ -461,5 +463,15 @@ class Processor:
         return transition
 
 
+# The lines of the order this thread is working on. A delivery runs start to finish on one step thread, and an
+# order's lines never change after it is accepted, so each delivery reads them once instead of once per step.
+_lines = threading.local()
+
+
 def _locked(order_id: uuid.UUID) -> Order:
-    return Order.objects.select_for_update(of=("self",)).prefetch_related("lines").get(pk=order_id)
+    """The order, its row locked until the step's transaction ends, with its lines."""
+    order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
+    cached = getattr(_lines, "entry", None)
+    if cached is None or cached[0] != order_id:
+        cached = _lines.entry = (order_id, list(OrderLine.objects.filter(order_id=order_id).order_by("pk")))
+    return attach_lines(order, cached[1])
