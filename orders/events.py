@@ -85,11 +85,7 @@ def record_event(
     Call inside the transaction that made the change, with the order row locked (select_for_update or a guarded
     UPDATE): the lock is what keeps `seq` gap-free and unique when a relay and a worker touch the same order.
     """
-    snapshot: Snapshot = {
-        "db": db_snapshot(order),
-        "queue": queue or {},
-        "cache": cache or {"note": "written after the transaction commits"},
-    }
+    snapshot = make_snapshot(order, queue=queue, cache=cache)
     at = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
@@ -97,15 +93,41 @@ def record_event(
             {"order": order.id, "kind": str(kind), "at": at, "message": message, "snapshot": json.dumps(snapshot)},
         )
         pk, seq, previous_at = cursor.fetchone()
+    event = stored_event(order, pk=pk, seq=seq, kind=kind, at=at, message=message, snapshot=snapshot)
+    count_on_commit(order, event, previous_at=previous_at)
+    return event
+
+
+def make_snapshot(
+    order: Order,
+    *,
+    queue: QueueSnapshot | dict[str, Any] | None = None,
+    cache: CacheState | dict[str, Any] | None = None,
+) -> Snapshot:
+    return {
+        "db": db_snapshot(order),
+        "queue": queue or {},
+        "cache": cache or {"note": "written after the transaction commits"},
+    }
+
+
+def stored_event(
+    order: Order, *, pk: int, seq: int, kind: EventKind, at: Any, message: str, snapshot: Any
+) -> OrderEvent:
+    """The OrderEvent instance for a row just inserted with SQL."""
     event = OrderEvent(id=pk, order=order, seq=seq, kind=kind, at=at, message=message, snapshot=snapshot)
     event._state.adding, event._state.db = False, connection.alias
-    # Counted and logged only once the transaction commits, so rolled-back work never shows up; robust: a metrics
-    # or logging failure must not turn a committed transition into an error for the caller.
+    return event
+
+
+def count_on_commit(order: Order, event: OrderEvent, *, previous_at: Any = None) -> None:
+    """Count and log the event once its transaction commits, so rolled-back work never shows up; robust: a metrics
+    or logging failure must not turn a committed transition into an error for the caller."""
     transaction.on_commit(
         partial(
             metrics.event_committed,
             order_id=str(order.id),
-            kind=str(kind),
+            kind=str(event.kind),
             seq=event.seq,
             at=event.at,
             previous_at=previous_at or order.created_at or event.at,
@@ -113,7 +135,6 @@ def record_event(
         ),
         robust=True,
     )
-    return event
 
 
 def attach_cache_state(event: OrderEvent, state: CacheState) -> None:

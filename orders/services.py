@@ -16,7 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from orders import cache
-from orders.events import attach_cache_state, record_event
+from orders.events import attach_cache_state, count_on_commit, make_snapshot, record_event, stored_event
 from orders.models import (
     EventKind,
     IdempotencyKey,
@@ -50,7 +50,43 @@ def order_message(order: Order) -> dict[str, Any]:
     }
 
 
-@transaction.atomic
+# The whole acceptance in one statement, so one round trip: the order, its lines, the outbox message, the first
+# journey event (which names the outbox id, known only here) and the NOTIFY. A single statement is a transaction of
+# its own, or part of the caller's if there is one (the idempotent path adds its key in the same transaction); the
+# NOTIFY is delivered at commit, and only if it commits. Foreign keys are checked at commit (Django declares them
+# DEFERRABLE INITIALLY DEFERRED), after every row exists.
+_ACCEPT = f"""
+WITH new_order AS (
+    INSERT INTO {Order._meta.db_table} (id, status, step, customer_email, total, note, failure_reason, attempts,
+                                         version, created_at, updated_at)
+    VALUES (%(id)s, %(status)s, %(step)s, %(email)s, %(total)s, %(note)s, '', %(attempts)s, %(version)s, %(now)s,
+            %(now)s)
+    RETURNING id
+), new_lines AS (
+    INSERT INTO {OrderLine._meta.db_table} (order_id, product_id, sku, quantity, unit_price)
+    SELECT new_order.id, line.product_id, line.sku, line.quantity, line.unit_price
+    FROM new_order, unnest(%(product_ids)s::bigint[], %(skus)s::varchar[], %(quantities)s::integer[],
+                           %(prices)s::numeric[]) WITH ORDINALITY AS line(product_id, sku, quantity, unit_price, n)
+    ORDER BY line.n
+    RETURNING id
+), new_outbox AS (
+    INSERT INTO {OutboxMessage._meta.db_table} (order_id, message_type, routing_key, payload, created_at,
+                                                 publish_attempts, last_error)
+    SELECT new_order.id, %(message_type)s, %(routing_key)s, %(payload)s::jsonb, %(now)s, 0, '' FROM new_order
+    RETURNING id
+), accepted AS (
+    INSERT INTO {OrderEvent._meta.db_table} (order_id, seq, kind, at, message, snapshot)
+    SELECT %(id)s, 1, %(kind)s, %(now)s, %(message)s || new_outbox.id || '.',
+           jsonb_set(%(snapshot)s::jsonb, '{{queue,outbox_id}}', to_jsonb(new_outbox.id))
+    FROM new_outbox
+    RETURNING id
+)
+SELECT new_outbox.id, accepted.id, ARRAY(SELECT id FROM new_lines ORDER BY id),
+       pg_notify(%(channel)s, new_outbox.id::text)
+FROM new_outbox, accepted
+"""
+
+
 def order_create(
     *,
     customer_email: str,
@@ -59,15 +95,16 @@ def order_create(
     products: dict[str, Product] | None = None,
 ) -> Order:
     """Accept an order: price its lines from the catalog and store the order, its lines, an outbox message and
-    the first journey event in one transaction. The commit's NOTIFY wakes the relay.
+    the first journey event in one transaction (one statement, see _ACCEPT). The commit's NOTIFY wakes the relay.
 
     `products` (sku -> Product) are the catalog rows the caller already read while validating, if it did; the
     returned order carries its lines, so it can be represented without reading it back."""
     if products is None:
         products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
     total = sum((products[i["sku"]].price * i["quantity"] for i in items), Decimal("0.00"))
-    order = Order.objects.create(customer_email=customer_email, note=note, total=total)
-    lines = OrderLine.objects.bulk_create(
+    now = timezone.now()
+    order = Order(customer_email=customer_email, note=note, total=total, created_at=now, updated_at=now)
+    lines = [
         OrderLine(
             order=order,
             product_id=products[item["sku"]].pk,
@@ -76,19 +113,56 @@ def order_create(
             unit_price=products[item["sku"]].price,
         )
         for item in items
+    ]
+    outbox = OutboxMessage(order=order, payload=order_message(order), created_at=now)
+    queue = {"note": "not published yet: waiting in the outbox table"}  # + outbox_id, filled in by the statement
+    snapshot = make_snapshot(
+        order, queue=queue, cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"}
     )
-    attach_lines(order, lines)
-    outbox = OutboxMessage.objects.create(order=order, payload=order_message(order))
-    record_event(
-        order,
-        EventKind.ACCEPTED,
-        f"Accepted by the API: {len(items)} line(s), total {total}. Stored with outbox message #{outbox.id}.",
-        queue={"outbox_id": outbox.id, "note": "not published yet: waiting in the outbox table"},
-        cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"},
-    )
+    message = f"Accepted by the API: {len(items)} line(s), total {total}. Stored with outbox message #"
     with connection.cursor() as cursor:
-        # Delivered at commit, and only if the transaction commits.
-        cursor.execute("SELECT pg_notify(%s, %s)", [outbox_channel(), str(outbox.id)])
+        cursor.execute(
+            _ACCEPT,
+            {
+                "id": order.id,
+                "status": str(order.status),
+                "step": str(order.step),
+                "email": order.customer_email,
+                "total": order.total,
+                "note": order.note,
+                "attempts": order.attempts,
+                "version": order.version,
+                "now": now,
+                "product_ids": [line.product_id for line in lines],
+                "skus": [line.sku for line in lines],
+                "quantities": [line.quantity for line in lines],
+                "prices": [line.unit_price for line in lines],
+                "message_type": outbox.message_type,
+                "routing_key": outbox.routing_key,
+                "payload": json.dumps(outbox.payload),
+                "kind": str(EventKind.ACCEPTED),
+                "message": message,
+                "snapshot": json.dumps(snapshot),
+                "channel": outbox_channel(),
+            },
+        )
+        outbox.id, event_id, line_ids, _ = cursor.fetchone()
+    for instance in (order, outbox, *lines):
+        instance._state.adding, instance._state.db = False, connection.alias
+    for line, pk in zip(lines, line_ids, strict=True):
+        line.id = pk
+    attach_lines(order, lines)
+    queue["outbox_id"] = outbox.id
+    event = stored_event(
+        order,
+        pk=event_id,
+        seq=1,
+        kind=EventKind.ACCEPTED,
+        at=now,
+        message=f"{message}{outbox.id}.",
+        snapshot=snapshot,
+    )
+    count_on_commit(order, event)
     return order
 
 
