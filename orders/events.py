@@ -141,9 +141,12 @@ def attach_cache_state(event: OrderEvent, state: CacheState) -> None:
     """Fill in the cache part of an event's snapshot once the post-commit cache write has happened."""
     event.snapshot["cache"] = state
     # Only the cache part travels (jsonb_set), not the whole snapshot again.
+    update = f"UPDATE {OrderEvent._meta.db_table} SET snapshot = jsonb_set(snapshot, '{{cache}}', %s::jsonb)"
+    if not connection.in_atomic_block:
+        # On its own this UPDATE is its own transaction, and what it records is informative only: a database crash
+        # that lost it would leave the event's "written after the transaction commits" note. So its commit does not
+        # wait for the disk (synchronous_commit off, for this statement's transaction only); every commit that
+        # carries pipeline state still does.
+        update += " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS this_transaction_only"
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {OrderEvent._meta.db_table} SET snapshot = jsonb_set(snapshot, '{{cache}}', %s::jsonb) "
-            "WHERE id = %s",
-            [json.dumps(state), event.pk],
-        )
+        cursor.execute(f"{update} WHERE id = %s", [json.dumps(state), event.pk])

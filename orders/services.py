@@ -12,11 +12,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from orders import cache
-from orders.events import attach_cache_state, count_on_commit, make_snapshot, record_event, stored_event
+from orders.events import attach_cache_state, count_on_commit, make_snapshot, stored_event
 from orders.models import (
     EventKind,
     IdempotencyKey,
@@ -188,6 +187,22 @@ class Transition:
     event: OrderEvent
 
 
+# The guarded UPDATE and its event in one statement: the event row exists only if the guard matched (the order is
+# still in the state and version the caller read under its lock), and `seq` follows the last event.
+_TRANSITION = f"""
+WITH moved AS (
+    UPDATE {Order._meta.db_table} SET status = %(status)s, version = version + 1, updated_at = %(now)s{{changes}}
+    WHERE id = %(id)s AND status = %(from_status)s AND version = %(from_version)s
+    RETURNING id
+), previous AS (
+    SELECT COALESCE(MAX(seq), 0) AS seq, MAX(at) AS at FROM {OrderEvent._meta.db_table} WHERE order_id = %(id)s
+)
+INSERT INTO {OrderEvent._meta.db_table} (order_id, seq, kind, at, message, snapshot)
+SELECT moved.id, previous.seq + 1, %(kind)s, %(now)s, %(message)s, %(snapshot)s::jsonb FROM moved, previous
+RETURNING id, seq, (SELECT at FROM previous)
+"""
+
+
 def transition_order(
     order: Order,
     *,
@@ -197,23 +212,35 @@ def transition_order(
     queue: dict[str, Any] | None = None,
     **changes: Any,
 ) -> Transition:
-    """Move a locked order to `to` with a guarded UPDATE and record the event. Call inside a transaction with the
-    row locked; `changes` are plain values (the lock makes read-modify-write safe). Raises InvalidTransition when
-    the table of allowed transitions forbids it."""
+    """Move a locked order to `to` with a guarded UPDATE and record the event (one statement). Call inside a
+    transaction with the row locked; `changes` are plain values (the lock makes read-modify-write safe). Raises
+    InvalidTransition when the table of allowed transitions forbids it or the row changed under us."""
     if order.status not in allowed_sources(to):
         raise InvalidTransition(f"{order.status} -> {to} is not an allowed transition")
     now = timezone.now()
-    updated = Order.objects.filter(pk=order.pk, status=order.status, version=order.version).update(
-        status=to, version=F("version") + 1, updated_at=now, **changes
-    )
-    if updated != 1:
+    params: dict[str, Any] = {"id": order.pk, "from_status": str(order.status), "from_version": order.version}
+    assignments = ""
+    for name, value in changes.items():
+        field = Order._meta.get_field(name)
+        assignments += f", {connection.ops.quote_name(field.column)} = %(set_{name})s"
+        params[f"set_{name}"] = field.get_db_prep_save(value, connection)
+    before = {name: getattr(order, name) for name in ("status", "version", "updated_at", *changes)}
+    # The snapshot shows the row as this statement leaves it.
+    order.status, order.version, order.updated_at = to, order.version + 1, now
+    for name, value in changes.items():
+        setattr(order, name, value)
+    snapshot = make_snapshot(order, queue=queue)
+    params.update(status=str(to), now=now, kind=str(kind), message=message, snapshot=json.dumps(snapshot))
+    with connection.cursor() as cursor:
+        cursor.execute(_TRANSITION.format(changes=assignments), params)
+        row = cursor.fetchone()
+    if row is None:
+        for name, value in before.items():
+            setattr(order, name, value)
         raise InvalidTransition(f"order {order.pk} changed under us")
-    order.status = to
-    order.version += 1
-    order.updated_at = now
-    for field, value in changes.items():
-        setattr(order, field, value)
-    event = record_event(order, kind, message, queue=queue)
+    pk, seq, previous_at = row
+    event = stored_event(order, pk=pk, seq=seq, kind=kind, at=now, message=message, snapshot=snapshot)
+    count_on_commit(order, event, previous_at=previous_at)
     return Transition(order=order, event=event)
 
 

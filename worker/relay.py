@@ -16,14 +16,13 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from orders.events import QueueSnapshot
+from orders.events import QueueSnapshot, record_event
 from orders.models import EventKind, Order, OrderStatus, OutboxMessage
 from orders.services import (
     Transition,
     cache_after_commit,
     idempotency_keys_purge,
     outbox_channel,
-    record_event,
     transition_order,
 )
 from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect
