@@ -11,6 +11,7 @@ let latestOrders = [];
 let feed = []; // newest last
 let controlLog = []; // newest last
 let dirty = false;
+let listsChanged = true; // the feed and the latest orders are rebuilt only when new data arrived
 
 const $ = (id) => document.getElementById(id);
 
@@ -26,9 +27,14 @@ function addRates(rows) {
 }
 
 // Control actions are kept apart from order events, so a burst's thousands of events cannot push them out.
+// `feedPending` holds events not drawn yet: the feed is updated by prepending them, never rebuilt whole.
+let feedPending = [];
+let feedReset = true;
 function addFeed(events, controls) {
   feed.push(...(events || []));
+  feedPending.push(...(events || []));
   if (feed.length > FEED_MAX) feed = feed.slice(feed.length - FEED_MAX);
+  if (feedPending.length > FEED_MAX) feedPending = feedPending.slice(feedPending.length - FEED_MAX);
   controlLog.push(...(controls || []));
   if (controlLog.length > CONTROLS_MAX) controlLog = controlLog.slice(controlLog.length - CONTROLS_MAX);
 }
@@ -37,6 +43,8 @@ function onMessage(message) {
   if (message.type === "snapshot") {
     rates.clear();
     feed = [];
+    feedPending = [];
+    feedReset = true;
     controlLog = [];
     addRates(message.rates || []);
     addFeed(message.events, message.controls);
@@ -46,6 +54,7 @@ function onMessage(message) {
     addFeed(message.events, message.controls);
     if (message.state) applyState(message.state);
   }
+  listsChanged = true;
   schedule();
 }
 
@@ -65,10 +74,17 @@ function schedule() {
 }
 
 function render() {
+  const started = performance.now();
   if (pipeline) renderPipeline(pipeline);
-  renderOrders();
-  renderFeed();
+  if (listsChanged) {
+    listsChanged = false;
+    renderOrders();
+    renderFeed();
+  }
   drawChart();
+  const live = (window.orderpipeLive = window.orderpipeLive || { messages: 0, bytes: 0, connects: 0 });
+  live.renders = (live.renders || 0) + 1;
+  live.renderMs = (live.renderMs || 0) + (performance.now() - started);
 }
 
 function renderPipeline(p) {
@@ -150,22 +166,24 @@ function renderOrders() {
   );
 }
 
-function renderFeed() {
-  $("feed").replaceChildren(
-    ...feed
-      .slice()
-      .reverse()
-      .map((item) =>
-        el(
-          "li",
-          { class: `k-${item.kind}` },
-          el("span", { class: "time", text: clock(item.at) }),
-          el("span", { class: `kind k-${item.kind}`, text: item.kind.replace(/_/g, " ") }),
-          el("a", { class: "mono", href: `/orders/${item.order_id}/`, text: shortId(item.order_id) }),
-          el("span", { class: "msg", text: item.message }),
-        ),
-      ),
+function feedItem(item) {
+  return el(
+    "li",
+    { class: `k-${item.kind}` },
+    el("span", { class: "time", text: clock(item.at) }),
+    el("span", { class: `kind k-${item.kind}`, text: item.kind.replace(/_/g, " ") }),
+    el("a", { class: "mono", href: `/orders/${item.order_id}/`, text: shortId(item.order_id) }),
+    el("span", { class: "msg", text: item.message }),
   );
+}
+
+function renderFeed() {
+  const list = $("feed");
+  if (feedReset) list.replaceChildren();
+  feedReset = false;
+  list.prepend(...feedPending.slice().reverse().map(feedItem));
+  feedPending = [];
+  while (list.children.length > FEED_MAX) list.lastElementChild.remove();
   if (!controlLog.length) return;
   $("control-log").replaceChildren(
     ...controlLog
@@ -182,11 +200,19 @@ function renderFeed() {
   );
 }
 
+const chartSize = { width: 0, height: 0 };
+function measureChart() {
+  const canvas = $("throughput");
+  chartSize.width = canvas.clientWidth;
+  chartSize.height = canvas.clientHeight;
+  schedule();
+}
+
 function drawChart() {
   const canvas = $("throughput");
   const ratio = window.devicePixelRatio || 1;
-  const width = canvas.clientWidth;
-  const height = canvas.clientHeight;
+  // Measured on resize only: reading clientWidth here would force a layout of the whole page on every frame.
+  const { width, height } = chartSize;
   if (canvas.width !== width * ratio) {
     canvas.width = width * ratio;
     canvas.height = height * ratio;
@@ -198,7 +224,7 @@ function drawChart() {
   const series = [];
   for (let s = now - WINDOW_SECONDS; s <= now; s++) series.push(rates.get(s) || [0, 0]);
   const peak = Math.max(4, ...series.map(([a, c]) => Math.max(a, c)));
-  const top = niceCeil(peak);
+  const top = niceCeil(peak / 4) * 4; // four gridlines at round values
   const left = 44;
   const bottom = height - 20;
   const plotW = width - left - 8;
@@ -330,6 +356,8 @@ async function loadSandbox() {
 
 // ------------------------------------------------------------------ start
 
+measureChart();
+window.addEventListener("resize", measureChart);
 onMessage({ type: "snapshot", ...JSON.parse($("initial-state").textContent) });
 wireControls();
 openLive("/ws/pipeline/", onMessage);
