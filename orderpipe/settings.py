@@ -167,6 +167,9 @@ RABBITMQ_MANAGEMENT_URL = env_str("RABBITMQ_MANAGEMENT_URL", "")
 # (which picks its own) never touches the queues or keys of a running instance.
 ORDERPIPE_PREFIX = env_str("ORDERPIPE_PREFIX", "orderpipe")
 WORKER_PREFETCH = env_int("WORKER_PREFETCH", 10)
+# Orders a worker processes at once (threads). Each step waits for its commit to reach the disk, so one thread
+# leaves the CPU idle most of the time; a few overlap those waits (see bench/ and the README's Benchmark section).
+WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 4)
 AMQP_HEARTBEAT = env_int("AMQP_HEARTBEAT", 30)
 AMQP_DELIVERY_LIMIT = env_int("AMQP_DELIVERY_LIMIT", 5)
 RETRY_DELAYS_MS = [int(x) for x in env_list("ORDERPIPE_RETRY_DELAYS_MS", "1000,5000,30000")]

@@ -64,8 +64,8 @@ WITH new_order AS (
 ), new_lines AS (
     INSERT INTO {OrderLine._meta.db_table} (order_id, product_id, sku, quantity, unit_price)
     SELECT new_order.id, line.product_id, line.sku, line.quantity, line.unit_price
-    FROM new_order, unnest(%(product_ids)s::bigint[], %(skus)s::varchar[], %(quantities)s::integer[],
-                           %(prices)s::numeric[]) WITH ORDINALITY AS line(product_id, sku, quantity, unit_price, n)
+    FROM new_order, jsonb_to_recordset(%(lines)s::jsonb) AS line(n integer, product_id bigint, sku varchar,
+                                                                 quantity integer, unit_price numeric)
     ORDER BY line.n
     RETURNING id
 ), new_outbox AS (
@@ -132,10 +132,19 @@ def order_create(
                 "attempts": order.attempts,
                 "version": order.version,
                 "now": now,
-                "product_ids": [line.product_id for line in lines],
-                "skus": [line.sku for line in lines],
-                "quantities": [line.quantity for line in lines],
-                "prices": [line.unit_price for line in lines],
+                # One JSON parameter rather than four arrays: psycopg's array adaptation was a tenth of the request.
+                "lines": json.dumps(
+                    [
+                        {
+                            "n": n,
+                            "product_id": x.product_id,
+                            "sku": x.sku,
+                            "quantity": x.quantity,
+                            "unit_price": str(x.unit_price),
+                        }
+                        for n, x in enumerate(lines)
+                    ]
+                ),
                 "message_type": outbox.message_type,
                 "routing_key": outbox.routing_key,
                 "payload": json.dumps(outbox.payload),

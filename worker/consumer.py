@@ -60,14 +60,14 @@ class Worker:
         self,
         *,
         prefetch: int | None = None,
-        concurrency: int = 1,
+        concurrency: int | None = None,
         name: str | None = None,
         amqp_url: str | None = None,
         topo: Topology | None = None,
         faults: Faults | None = None,
     ) -> None:
         self.prefetch = prefetch or settings.WORKER_PREFETCH
-        self.concurrency = concurrency
+        self.concurrency = concurrency or settings.WORKER_CONCURRENCY
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
         self.amqp_url = amqp_url
         self.topology = topo or topology()
@@ -79,7 +79,7 @@ class Worker:
         self.publisher: Publisher | None = None
         self.monitor: QueueMonitor | None = None
         self.consumer_tag: str | None = None
-        self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="step")
+        self.executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="step")
         self.in_flight: set[Future] = set()
         self.processed = 0
         self.current_order: str | None = None

@@ -13,7 +13,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--prefetch", type=int, default=None, help="unacked messages in hand (WORKER_PREFETCH)")
-        parser.add_argument("--concurrency", type=int, default=1, help="orders processed at once (threads)")
+        parser.add_argument(
+            "--concurrency", type=int, default=None, help="orders processed at once (threads; WORKER_CONCURRENCY)"
+        )
         parser.add_argument("--name", default=None, help="name shown on the dashboard (default host:pid)")
         parser.add_argument(
             "--startup-timeout",
