@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import random
 import resource
 import secrets
 import shutil
@@ -48,8 +49,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 LUA_SCRIPT = ROOT / "bench" / "wrk_order.lua"
 BIN = Path(sys.executable).parent
-SKUS = ("BENCH-001", "BENCH-002")
-ITEMS = [{"sku": SKUS[0], "quantity": 1}, {"sku": SKUS[1], "quantity": 2}]
+# A catalog of 100 products; every order takes two different ones at random (one of them twice), so orders contend
+# for product rows as a real catalog's would, not all for the same two.
+CATALOG = 100
+SKUS = tuple(f"BENCH-{n:03d}" for n in range(1, CATALOG + 1))
+
+
+def random_items() -> list[dict[str, Any]]:
+    first, second = random.sample(SKUS, 2)
+    return [{"sku": first, "quantity": 1}, {"sku": second, "quantity": 2}]
+
+
 DEFAULT_DATABASE = "orderpipe_bench"
 # A drain slower than this is measured on the orders completed so far, so a slow machine still gets its table.
 DRAIN_CAP_SECONDS = 180
@@ -208,7 +218,8 @@ def reset_orders() -> None:
 def seed_products() -> None:
     from orders.models import Product
 
-    for sku, price in zip(SKUS, (Decimal("12.50"), Decimal("3.20")), strict=True):
+    for n, sku in enumerate(SKUS):
+        price = Decimal("3.20") + n
         Product.objects.update_or_create(sku=sku, defaults={"name": f"Bench {sku}", "price": price, "stock": 2**31 - 1})
 
 
@@ -298,8 +309,8 @@ async def _raw_insert_client(dsn: str, deadline: float, latencies: list[float]) 
 
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         cur = conn.cursor()
-        await cur.execute("SELECT id, price FROM orders_product WHERE sku = ANY(%s) ORDER BY sku", [list(SKUS)])
-        products = await cur.fetchall()
+        await cur.execute("SELECT sku, id, price FROM orders_product WHERE sku = ANY(%s)", [list(SKUS)])
+        products = {sku: (pid, price) for sku, pid, price in await cur.fetchall()}
         while time.monotonic() < deadline:
             started = time.perf_counter()
             order_id, now = uuid.uuid4(), dt.datetime.now(dt.UTC)
@@ -315,7 +326,9 @@ async def _raw_insert_client(dsn: str, deadline: float, latencies: list[float]) 
                     "VALUES (%s, %s, %s, %s, %s)",
                     [
                         (order_id, pid, sku, item["quantity"], price)
-                        for (pid, price), sku, item in zip(products, SKUS, ITEMS, strict=True)
+                        for item in random_items()
+                        for sku in [item["sku"]]
+                        for pid, price in [products[sku]]
                     ],
                 )
                 await cur.execute(
@@ -398,7 +411,19 @@ def run_wrk(url: str, connections: int, seconds: int) -> tuple[dict[str, Any], f
     the CPU seconds it used."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA_SCRIPT), url, "--", *SKUS],
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(LUA_SCRIPT),
+            url,
+            "--",
+            str(CATALOG),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -464,7 +489,9 @@ def preload_orders(count: int, threads: int = 4) -> None:
     def place(n: int) -> None:
         try:
             for i in range(n):
-                services.order_create(customer_email=f"drain-{uuid.uuid4().hex[:10]}-{i}@example.com", items=ITEMS)
+                services.order_create(
+                    customer_email=f"drain-{uuid.uuid4().hex[:10]}-{i}@example.com", items=random_items()
+                )
         finally:
             connection.close()
 
@@ -569,11 +596,12 @@ def bench_paced(report: Report, target: Target, scale: Scale, server: str) -> No
     with running(web, relay, worker):
         wait_http(f"http://127.0.0.1:{port}/healthz", web)
         time.sleep(2)  # relay and worker connected (their startup is not what is measured)
-        body = {"customer_email": "", "items": ITEMS}
+        body: dict[str, Any] = {"customer_email": ""}
         started = time.monotonic()
         for i in range(total):
             time.sleep(max(0.0, started + i / scale.paced_rate - time.monotonic()))
             body["customer_email"] = f"paced-{i}-{uuid.uuid4().hex[:8]}@example.com"
+            body["items"] = random_items()
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/api/orders/",
                 data=json.dumps(body).encode(),
@@ -703,16 +731,18 @@ def render(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def header(scale: Scale, started: dt.datetime, others: int) -> str:
+def header(scale: Scale, started: dt.datetime, others: int, load: tuple[float, float, float]) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    load = os.getloadavg()
+    end_load = os.getloadavg()
     return (
         f"# orderpipe benchmark, {started:%Y-%m-%d %H:%M} UTC\n\n"
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
         f"commit {commit.stdout.strip() or '?'}\n"
-        f"- load average at start {load[0]:.2f}; other pytest runs at start: {others}\n"
-        f"- API: wrk -t1, {scale.api_seconds} s per row after a 1 s warm-up, unique 2-line orders; "
-        f"pipeline: {scale.pipeline_orders:,} orders; raw inserts {scale.raw_seconds:g} s per row, "
+        f"- load average (1 min) at start {load[0]:.2f}, at the end {end_load[0]:.2f}; other pytest runs at start: "
+        f"{others}\n"
+        f"- API: wrk -t1, {scale.api_seconds} s per row after a 1 s warm-up; unique 2-line orders over a "
+        f"{CATALOG}-product catalog; pipeline: {scale.pipeline_orders:,} orders; "
+        f"raw inserts {scale.raw_seconds:g} s per row, "
         f"raw broker {scale.raw_messages:,} messages\n\n"
     )
 
@@ -741,6 +771,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = dataclasses.replace(scale, pipeline_orders=args.pipeline_orders)
     started = dt.datetime.now(dt.UTC)
     others = other_pytest_runs()
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="orderpipe-bench-") as log_dir:
         target = current_target(Path(log_dir))
         report = run(
@@ -750,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
             paced_server=args.paced_server,
             parts=frozenset(args.only.split(",")),
         )
-    table = header(scale, started, others) + render(report)
+    table = header(scale, started, others, load) + render(report)
     output = args.output or RESULTS_DIR / f"{started:%Y-%m-%d-%H%M}.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(table)

@@ -1,5 +1,6 @@
 -- wrk script for `make bench`: every request is a real, unique order (POST /api/orders/ with its own JSON body).
--- Usage: wrk -t1 -c64 -d10s -s bench/wrk_order.lua http://127.0.0.1:PORT/api/orders/ -- SKU_A SKU_B
+-- Usage: wrk -t1 -c64 -d10s -s bench/wrk_order.lua http://127.0.0.1:PORT/api/orders/ -- CATALOG_SIZE
+-- Each order takes two different products at random from BENCH-001 .. BENCH-<CATALOG_SIZE>.
 -- done() prints one WRK_JSON line that bench/run.py parses (latencies in microseconds).
 
 local threads = {}
@@ -10,9 +11,9 @@ function setup(thread)
 end
 
 function init(args)
-  sku_a = args[1] or "BENCH-001"
-  sku_b = args[2] or "BENCH-002"
+  catalog = tonumber(args[1] or "100")
   counter = 0
+  math.randomseed(os.time() + thread_id * 7919)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Accept"] = "application/json"
@@ -20,6 +21,11 @@ end
 
 function request()
   counter = counter + 1
+  local a = math.random(catalog)
+  local b = math.random(catalog - 1)
+  if b >= a then b = b + 1 end
+  local sku_a = string.format("BENCH-%03d", a)
+  local sku_b = string.format("BENCH-%03d", b)
   local body = string.format(
     '{"customer_email": "wrk-%d-%d@example.com", "items": [{"sku": "%s", "quantity": 1}, ' ..
     '{"sku": "%s", "quantity": 2}], "note": "wrk %d/%d"}',

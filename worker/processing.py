@@ -297,13 +297,6 @@ class Processor:
             if order.status != OrderStatus.PROCESSING or order.step != OrderStep.NONE:
                 return None
             self.faults.maybe_fail_transiently("reserve inventory")
-            # Lock products in a fixed order so two orders for the same products cannot deadlock.
-            for line in sorted(order.lines.all(), key=lambda item: item.product_id):
-                taken = Product.objects.filter(pk=line.product_id, stock__gte=line.quantity).update(
-                    stock=F("stock") - line.quantity
-                )
-                if not taken:
-                    raise OutOfStock(f"out of stock: {line.sku} (wanted {line.quantity})")
             transition = self._advance(
                 order,
                 step=OrderStep.INVENTORY_RESERVED,
@@ -311,6 +304,15 @@ class Processor:
                 message="Reserved " + ", ".join(f"{line.quantity} × {line.sku}" for line in order.lines.all()) + ".",
                 delivery=delivery,
             )
+            # The stock decrements come last, just before the commit: every order for a product waits on its row
+            # lock, so it is held for as short a time as possible. Out of stock rolls the step back with them. Lock
+            # products in a fixed order so two orders for the same products cannot deadlock.
+            for line in sorted(order.lines.all(), key=lambda item: item.product_id):
+                taken = Product.objects.filter(pk=line.product_id, stock__gte=line.quantity).update(
+                    stock=F("stock") - line.quantity
+                )
+                if not taken:
+                    raise OutOfStock(f"out of stock: {line.sku} (wanted {line.quantity})")
             self.faults.maybe_crash("reserve inventory")
             return transition
 
