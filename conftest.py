@@ -26,6 +26,20 @@ def _clean_up_broker_and_redis():
     cache.delete_prefix(settings.ORDERPIPE_PREFIX)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_leftover_test_db_sessions(django_db_setup, django_db_blocker):
+    """Thread-pool threads of the async tests (channels' database_sync_to_async) can still hold an idle connection
+    when the run ends, which would keep pytest-django from dropping this run's database. Torn down before it."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _fresh_redis_keys():
     cache.delete_prefix(settings.ORDERPIPE_PREFIX)
