@@ -7,6 +7,19 @@ import pytest
 from orders import services
 from orders.models import Order, OutboxMessage
 from worker.processing import Delivery
+from worker.tests.processes import RUNNING
+
+
+@pytest.fixture(autouse=True)
+def _no_service_outlives_its_test():
+    # Services of wider-scoped fixtures (a module's web stack) were started before this and are left alone.
+    before = set(RUNNING)
+    yield
+    for service in RUNNING - before:
+        RUNNING.discard(service)
+        if service.proc is not None and service.proc.poll() is None:
+            service.proc.kill()
+            service.proc.wait(10)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
@@ -31,8 +32,13 @@ def service_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+RUNNING: set[Service] = set()
+
+
 class Service:
-    """One manage.py command as a subprocess; its output goes to a log file for post-mortems."""
+    """One manage.py command as a subprocess; its output goes to a log file for post-mortems. Every started
+    service is recorded in `RUNNING`, and the autouse fixture in worker/tests/conftest.py kills what a test left
+    running, so a failed test cannot leave a worker consuming the next test's queues."""
 
     def __init__(self, command: str, *args: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.command, self.args = command, args
@@ -50,6 +56,7 @@ class Service:
             stderr=subprocess.STDOUT,
         )
         log.close()
+        RUNNING.add(self)
         return self
 
     def argv(self) -> list[str]:
@@ -111,3 +118,13 @@ class Web(Service):
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError(f"daphne did not answer within {timeout} s:\n{self.output()}")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> bool:
+    """Poll until `predicate()` holds or `timeout` seconds pass; returns its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import time
 
 import pytest
@@ -13,20 +14,11 @@ from django.db.models import Count, Sum
 from orders import sandbox, services
 from orders.models import EventKind, Order, OrderEvent, OrderLine, OrderStatus, Payment, Product
 from orders.tests.factories import ProductFactory
-from worker.tests.processes import Service
+from worker.tests.processes import Service, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 TERMINAL = list(OrderStatus.terminal())
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def all_terminal(ids) -> bool:
@@ -116,15 +108,25 @@ def test_a_message_that_crashes_every_worker_is_dead_lettered_by_the_delivery_li
     order = services.order_create(customer_email="loop@example.com", items=[{"sku": "BOOK-001", "quantity": 1}])
     relay = Service("run_relay", log_dir=tmp_path).start()
     crashes = 0
+
+    def ready(queue: str) -> int:
+        return broker.channel.queue_declare(queue, passive=True).method.message_count
+
     try:
         assert wait_until(lambda: Order.objects.get(pk=order.pk).status != OrderStatus.PENDING, 20)
         parked = 0
         while crashes < settings.AMQP_DELIVERY_LIMIT + 3 and parked == 0:
             worker = Service("run_worker", "--prefetch", "1", log_dir=tmp_path).start()
-            code = worker.proc.wait(60)
+            try:
+                code = worker.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the worker did not crash within 60 s:\n{worker.output()[-4000:]}")
             assert code == 70, worker.output()  # the sandbox's crash exit code
             crashes += 1
-            parked = broker.channel.queue_declare(broker.topology.dead_queue, passive=True).method.message_count
+            # The broker moves the returned message either back to ready or, past the delivery limit, to the dead
+            # letters, asynchronously (at-least-once dead-lettering): wait until it is in one of the two.
+            assert wait_until(lambda: ready(broker.topology.process_queue) + ready(broker.topology.dead_queue) == 1, 10)
+            parked = ready(broker.topology.dead_queue)
         assert parked == 1, f"not dead-lettered after {crashes} crashes"
         # With crashes switched off, a worker reads the broker's dead-letter copy and marks the order.
         sandbox.sandbox_update(changes={"crash_rate": 0.0}, via="test")

@@ -9,15 +9,7 @@ import pytest
 from orders.models import Order, OrderStatus, Payment, WorkerHeartbeat
 from worker.consumer import Worker
 from worker.relay import relay_once
-
-
-def wait_until(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+from worker.tests.processes import wait_until
 
 
 @pytest.fixture

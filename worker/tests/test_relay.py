@@ -75,6 +75,7 @@ def test_notify_wakes_the_listener(place_order):
     listener = OutboxListener()
     try:
         assert listener.wait(0.2) is False
+
         def place_from_another_thread() -> None:
             try:
                 place_order()

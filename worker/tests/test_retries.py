@@ -14,6 +14,7 @@ from worker.faults import Faults, NoFaults, TransientFailure
 from worker.processing import REASON_HEADER
 from worker.relay import relay_once
 from worker.replay import replay_dead_letters
+from worker.tests.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,15 +32,6 @@ class FlakyPayments(NoFaults):
             self.calls += 1
             if self.calls <= self.failures:
                 raise TransientFailure(f"simulated gateway timeout #{self.calls}")
-
-
-def wait_until(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def status_of(order) -> str:
