@@ -1,7 +1,13 @@
-"""ASGI entry point: HTTP goes to Django; WebSockets go through Channels (see orders/routing.py).
+"""ASGI entry point, served by daphne: WebSockets go through Channels (see orders/routing.py); HTTP goes to Django.
+
+In production daphne is there for the sockets (`/ws/...`, Compose's `ws` service); gunicorn serves HTTP
+(gunicorn.conf.py, orderpipe/wsgi.py). daphne still answers HTTP with the same Django stack, static files included
+(WhiteNoise is a middleware, so it serves /static/ under either server), which keeps a single-server setup working
+and gives the `ws` container its /healthz.
 
 Sockets pass the origin check first (only hosts in ALLOWED_HOSTS may open them, so another site cannot read the
-dashboard with a visitor's cookies), then get the session's user from AuthMiddlewareStack.
+dashboard with a visitor's cookies), then get the session's user from AuthMiddlewareStack. Both go by host, not
+port, so a page served by gunicorn on one port may open its socket to daphne on another.
 """
 
 import os
@@ -15,16 +21,12 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from orders.routing import websocket_urlpatterns  # noqa: E402
 
-# daphne serves no static files by itself (only `manage.py runserver` does). The pages' few CSS/JS files are served
-# from the app's static directories by Django's own handler, so the dashboard works offline with no extra server;
-# behind a real front (nginx, a CDN) `collectstatic` + that front would take over.
 application = ProtocolTypeRouter(
     {
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

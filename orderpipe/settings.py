@@ -8,6 +8,8 @@ configuration.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -108,6 +110,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves /static/ under gunicorn and daphne alike, before the rest of the stack touches the request.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -255,6 +259,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise serves what collectstatic put in STATIC_ROOT (the Docker image) and, with finders, the app's static
+# directories as they are, so `make run` and the tests need no collectstatic.
+WHITENOISE_USE_FINDERS = True
+# Without collectstatic STATIC_ROOT does not exist, which WhiteNoise reports at every start although the finders
+# serve everything (evansd/whitenoise#215). Only that one warning is silenced.
+warnings.filterwarnings("ignore", message=f"No directory at: {re.escape(str(STATIC_ROOT))}", category=UserWarning)
 
 # ---------------------------------------------------------------- logging
 

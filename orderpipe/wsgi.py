@@ -1,3 +1,6 @@
+"""WSGI entry point: the HTTP server in production is gunicorn serving this (gunicorn.conf.py). WebSockets need
+ASGI and go to daphne (orderpipe/asgi.py)."""
+
 import os
 
 from django.core.wsgi import get_wsgi_application

@@ -1,0 +1,70 @@
+"""gunicorn's configuration for orderpipe's HTTP server (`gunicorn -c gunicorn.conf.py`: Compose's `web`, the
+Dockerfile's CMD, `make run`). WebSockets are not served here: daphne runs beside it (Compose's `ws`).
+
+Why gunicorn with threads (WSGI) for HTTP: a request spends much of its time waiting for PostgreSQL to commit to
+disk, and threads overlap those waits at little cost. On the 2-core development machine, POST /api/orders/ at 64
+connections reached ~160-420 orders/s with 2 workers x 4 threads, against ~106/s for `uvicorn --workers 2` and
+~63-119/s for daphne (bench/run.py; the README's Benchmark section).
+
+The variables read here are gunicorn's alone (PORT, WEB_WORKERS, WEB_THREADS, WEB_ACCESS_LOG, LOG_LEVEL); Django's
+settings still come from orderpipe/settings.py. Options on the command line win over this file (the tests and the
+benchmark bind with `-b`).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SystemExit(f"{name} must be a boolean (true/false), got {raw!r}")
+
+
+wsgi_app = "orderpipe.wsgi:application"
+
+# All interfaces, on the port the platform gives (Compose, `make run`); 8000 otherwise.
+bind = f"0.0.0.0:{env_int('PORT', 8000)}"
+
+# One process per core (the measurements were made with 2 on 2 cores). Not preloaded: each worker imports the app
+# itself, so no database or Redis connection is ever shared across a fork.
+workers = env_int("WEB_WORKERS", 2)
+# gthread: each worker serves requests from a pool of threads. A request mostly waits on PostgreSQL (the commit
+# of the accepting transaction), which releases the GIL, so 4 threads keep a core busy where 1 would leave it idle.
+worker_class = "gthread"
+threads = env_int("WEB_THREADS", 4)
+
+# A worker that stops reporting to the master for this long is killed and replaced (requests take milliseconds;
+# only a wedged process gets near it).
+timeout = 30
+# On SIGTERM, workers finish their in-flight requests for up to this long: below Compose's default 10 s
+# stop_grace_period, so gunicorn exits by itself before Docker sends SIGKILL.
+graceful_timeout = 8
+
+# One line per request is a lot at hundreds of requests a second: off unless WEB_ACCESS_LOG=true (then to stdout).
+accesslog = "-" if env_bool("WEB_ACCESS_LOG", False) else None
+# gunicorn's own messages (start, worker exits, errors) to stderr, at the level the app logs at.
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
+
+# gunicorn 25.1+ opens a control socket for `gunicornc` at one fixed per-user path ($HOME/.gunicorn/gunicorn.ctl),
+# which every gunicorn of the user shares (tests, `make bench` and `make run` at once would take it from each
+# other) and which the image's user, with no home directory, cannot create. Nothing here uses it. (Older gunicorns
+# ignore the unknown name.)
+control_socket_disable = True
