@@ -91,6 +91,12 @@ if not DEBUG and SECRET_KEY == DEV_SECRET_KEY and not env_bool("ORDERPIPE_ALLOW_
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 PORT = env_int("PORT", 8000)
+# HTTP and WebSockets may be served on different ports of the same host (gunicorn for HTTP, daphne for /ws/: see
+# gunicorn.conf.py). Set, the pages open their sockets on this port of the host they were loaded from; empty, on the
+# page's own origin. The session cookie and the sockets' origin check go by host, not port, so both work across.
+WEBSOCKET_PORT = env_int("ORDERPIPE_WEBSOCKET_PORT", 0) or None
+if WEBSOCKET_PORT is not None and not 0 < WEBSOCKET_PORT < 65536:
+    raise ImproperlyConfigured(f"ORDERPIPE_WEBSOCKET_PORT must be a TCP port, got {WEBSOCKET_PORT}")
 
 INSTALLED_APPS = [
     "daphne",

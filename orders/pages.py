@@ -25,6 +25,8 @@ def _context(request: HttpRequest) -> dict[str, object]:
         "sandbox": settings.ORDERPIPE_SANDBOX,
         "login_url": f"{LOGIN_URL}?next={request.get_full_path()}",
         "statuses": OrderStatus.choices,
+        # static/js/live.js opens the page's socket on this port of the page's host (empty: the page's origin).
+        "websocket_port": settings.WEBSOCKET_PORT or "",
     }
 
 

@@ -68,6 +68,14 @@ def test_no_control_is_rendered_outside_the_sandbox(staff_client, settings, orde
     assert b'id="next-step"' not in staff_client.get(f"/orders/{order.pk}/").content
 
 
+def test_pages_tell_live_js_which_port_the_sockets_are_on(staff_client, settings, order):
+    for url in ["/", f"/orders/{order.pk}/"]:
+        assert b'<body data-websocket-port="">' in staff_client.get(url).content, url
+    settings.WEBSOCKET_PORT = 8001
+    for url in ["/", f"/orders/{order.pk}/"]:
+        assert b'<body data-websocket-port="8001">' in staff_client.get(url).content, url
+
+
 def test_the_journey_of_an_unknown_order_is_404(staff_client):
     assert staff_client.get("/orders/00000000-0000-0000-0000-000000000000/").status_code == 404
 

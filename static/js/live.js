@@ -9,14 +9,22 @@ function showStatus(state, text) {
   el.textContent = text;
 }
 
+// Where the sockets go: the page's own origin, or, when the server set data-websocket-port on <body> (HTTP and
+// WebSockets served by different processes, see gunicorn.conf.py), that port on the page's host. The session cookie
+// and the server's origin check go by host, not port, so a logged-in page keeps its user across the two.
+function socketUrl(path) {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const port = document.body.dataset.websocketPort;
+  return port ? `${scheme}://${location.hostname}:${port}${path}` : `${scheme}://${location.host}${path}`;
+}
+
 // Opens a socket to `path`; every (re)connect makes the server send a fresh snapshot first, so a tab that was
 // offline never shows stale numbers. Exposes counters on window.orderpipeLive for the benchmark in bench/.
 export function openLive(path, onMessage) {
   const stats = (window.orderpipeLive = window.orderpipeLive || { messages: 0, bytes: 0, connects: 0 });
   let delay = 500;
   function connect() {
-    const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const socket = new WebSocket(`${scheme}://${location.host}${path}`);
+    const socket = new WebSocket(socketUrl(path));
     socket.addEventListener("open", () => {
       delay = 500;
       stats.connects += 1;
