@@ -1,4 +1,5 @@
-# orderpipe: one image for every role (web, relay, worker, migrate); docker-compose.yml picks the command.
+# orderpipe: one image for every role (web, ws, relay, worker, migrate); docker-compose.yml picks the command.
+# Left to itself the image serves HTTP with gunicorn (gunicorn.conf.py); the WebSockets need daphne beside it.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -24,6 +25,7 @@ RUN DJANGO_SECRET_KEY=collectstatic-build-only python manage.py collectstatic --
 RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin orderpipe
 USER orderpipe
 
-EXPOSE 8000
-# exec: daphne replaces the shell, so it receives `docker stop`'s SIGTERM itself.
-CMD ["sh", "-c", "exec daphne --bind 0.0.0.0 --port \"$PORT\" orderpipe.asgi:application"]
+# 8000: HTTP (gunicorn, $PORT); 8001: WebSockets (daphne, Compose's `ws` service).
+EXPOSE 8000 8001
+# exec: gunicorn replaces the shell, so it receives `docker stop`'s SIGTERM itself. It binds 0.0.0.0:$PORT.
+CMD ["sh", "-c", "exec gunicorn -c gunicorn.conf.py"]

@@ -1,11 +1,15 @@
 """No Docker engine runs in CI, so the Compose file, the Dockerfile and .env.example are checked against the code
-they start: every command must exist and accept its options, every variable must be one that settings reads, and
-the services must start in the right order, with health checks, data volumes, and a worker that scales."""
+they start: every command must exist and accept its options, every variable must be one that settings (or
+gunicorn.conf.py) reads, and the services must start in the right order, with health checks, data volumes, and a
+worker that scales. HTTP is gunicorn (`web`), WebSockets daphne (`ws`), on the port the pages are told about."""
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -14,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from daphne.cli import CommandLineInterface
 from django.core.management import get_commands, load_command_class
 from django.urls import resolve
 
@@ -22,7 +27,8 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 # Services that run this project's image (the others are PostgreSQL, RabbitMQ and Redis).
 APP_SERVICES = sorted(name for name, service in SERVICES.items() if "build" in service)
-SERVERS = ["postgres", "rabbitmq", "redis", "web"]
+SERVERS = ["postgres", "rabbitmq", "redis", "web", "ws"]
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 ONE_SHOT = {"migrate"}
 
 # Variables the Python runtime or pip read, not the project.
@@ -34,6 +40,14 @@ def settings_variables() -> set[str]:
     source = (ROOT / "orderpipe" / "settings.py").read_text()
     names = set(re.findall(r"\benv_(?:str|bool|int|float|list)\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
     assert len(names) > 10, "the env_* helper calls were not found: did settings.py change how it reads env?"
+    return names
+
+
+def gunicorn_variables() -> set[str]:
+    """Every variable gunicorn.conf.py reads (through its env_* helpers or os.environ.get)."""
+    source = GUNICORN_CONF.read_text()
+    names = set(re.findall(r"\b(?:env_int|env_bool|os\.environ\.get)\(\s*[\"']([A-Z][A-Z0-9_]*)[\"']", source))
+    assert names, "no environment reads found in gunicorn.conf.py: did it change how it reads env?"
     return names
 
 
@@ -70,9 +84,37 @@ def shell_commands(service: dict[str, Any]) -> list[list[str]]:
     return [args]
 
 
+def expand(command: list[str]) -> list[str]:
+    """Substitute $NAME as the container's shell would, from .env.example and the image's ENV (PORT)."""
+    values = {"PORT": "8000", **env_example()}
+    return [re.sub(r"\$(\w+)", lambda m: values[m.group(1)], part) for part in command]
+
+
+def dockerfile_cmd() -> list[str]:
+    lines = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
+    assert len(lines) == 1, "the Dockerfile must have one CMD"
+    return json.loads(lines[0].removeprefix("CMD "))
+
+
+def check_gunicorn_command(name: str, options: list[str]) -> None:
+    """gunicorn's own parser accepts the options; the config file they name exists and names a WSGI app that
+    imports."""
+    from gunicorn.config import Config
+
+    args = Config().parser().parse_args(options)
+    assert args.config, f"{name}: gunicorn runs without its config file"
+    path = ROOT / args.config
+    assert path == GUNICORN_CONF and path.is_file(), f"{name}: no config file {args.config}"
+    target = runpy.run_path(str(path)).get("wsgi_app") or (args.args or [None])[0]
+    assert target, f"{name}: neither the command nor {args.config} names the WSGI app"
+    module, _, attribute = target.partition(":")
+    app = getattr(importlib.import_module(module), attribute or "application")
+    assert callable(app), target
+
+
 def test_the_compose_file_has_every_role():
-    assert set(SERVICES) >= {"postgres", "rabbitmq", "redis", "migrate", "web", "relay", "worker"}
-    assert APP_SERVICES == ["migrate", "relay", "web", "worker"]
+    assert set(SERVICES) >= {"postgres", "rabbitmq", "redis", "migrate", "web", "ws", "relay", "worker"}
+    assert APP_SERVICES == ["migrate", "relay", "web", "worker", "ws"]
     assert SERVICES["rabbitmq"]["image"].startswith("rabbitmq:") and "management" in SERVICES["rabbitmq"]["image"]
 
 
@@ -87,9 +129,11 @@ def test_every_command_exists_and_accepts_its_options(name):
             parser = load_command_class(known[subcommand], subcommand).create_parser("manage.py", subcommand)
             parser.parse_args(options)  # exits (SystemExit) on an unknown option
         elif command[0] == "daphne":
-            target = command[-1]
-            module, _, attribute = target.partition(":")
-            assert getattr(importlib.import_module(module), attribute) is not None, target
+            args = CommandLineInterface().parser.parse_args(expand(command[1:]))  # exits on an unknown option
+            module, _, attribute = args.application.partition(":")
+            assert getattr(importlib.import_module(module), attribute) is not None, args.application
+        elif command[0] == "gunicorn":
+            check_gunicorn_command(name, expand(command[1:]))
         else:
             pytest.fail(f"{name}: unexpected command {command}")
 
@@ -99,23 +143,63 @@ def test_each_role_runs_what_the_design_says():
         ["python", "manage.py", "migrate"],
         ["python", "manage.py", "seed_demo"],
     ]
-    assert shell_commands(SERVICES["web"])[0][-1] == "orderpipe.asgi:application"
-    assert "$PORT" in shell_commands(SERVICES["web"])[0]
+    # HTTP: gunicorn with the config file, which binds $PORT (see test_gunicorn_conf_reads_its_variables).
+    assert shell_commands(SERVICES["web"]) == [["exec", "gunicorn", "-c", "gunicorn.conf.py"]]
+    # WebSockets: daphne on the port the pages are told to open their sockets on.
+    ws = shell_commands(SERVICES["ws"])
+    assert len(ws) == 1 and ws[0][:2] == ["exec", "daphne"] and ws[0][-1] == "orderpipe.asgi:application"
+    assert "$ORDERPIPE_WEBSOCKET_PORT" in ws[0]
     assert argv(SERVICES["relay"])[:3] == ["python", "manage.py", "run_relay"]
     assert argv(SERVICES["worker"])[:3] == ["python", "manage.py", "run_worker"]
 
 
-def test_every_variable_is_one_that_settings_reads():
-    known = settings_variables()
+def test_every_variable_is_one_that_settings_or_gunicorn_reads():
+    known = settings_variables() | gunicorn_variables()
     example = env_example()
     unknown = set(example) - known
-    assert not unknown, f".env.example sets variables settings.py never reads: {sorted(unknown)}"
+    assert not unknown, f".env.example sets variables neither settings.py nor gunicorn.conf.py reads: {sorted(unknown)}"
     for name in APP_SERVICES:
         unknown = set(environment(SERVICES[name])) - known
-        assert not unknown, f"{name} sets variables settings.py never reads: {sorted(unknown)}"
+        assert not unknown, f"{name} sets variables neither settings.py nor gunicorn.conf.py reads: {sorted(unknown)}"
     dockerfile_env = set(re.findall(r"^\s*(?:ENV\s+)?([A-Z][A-Z0-9_]*)=", (ROOT / "Dockerfile").read_text(), re.M))
     unknown = dockerfile_env - known - RUNTIME_VARIABLES - {"DJANGO_SECRET_KEY"}
-    assert not unknown, f"the Dockerfile sets variables settings.py never reads: {sorted(unknown)}"
+    assert not unknown, (
+        f"the Dockerfile sets variables neither settings.py nor gunicorn.conf.py reads: {sorted(unknown)}"
+    )
+    # Every variable a command expands comes from .env.example or the image.
+    for name in APP_SERVICES:
+        for command in shell_commands(SERVICES[name]):
+            expand(command)  # KeyError on a variable nobody sets
+
+
+def test_gunicorn_conf_reads_its_variables():
+    """gunicorn itself resolves the config file (and loads the app) with the example's values and with others."""
+
+    def resolved(**env: str) -> dict[str, str]:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "--print-config"],
+            cwd=ROOT,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "orderpipe.settings", **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        lines = (line.partition(" = ") for line in result.stdout.splitlines() if " = " in line)
+        return {key.strip(): value.strip() for key, _, value in lines}
+
+    example = env_example()
+    config = resolved(**{k: example[k] for k in ("PORT", "WEB_WORKERS", "WEB_THREADS")})
+    assert config["wsgi_app"] == "orderpipe.wsgi:application"
+    assert config["worker_class"] == "gthread"
+    assert config["bind"] == f"['0.0.0.0:{example['PORT']}']"
+    assert (config["workers"], config["threads"]) == (example["WEB_WORKERS"], example["WEB_THREADS"])
+    assert config["accesslog"] == "None" and config["errorlog"] == "-"
+    assert int(config["graceful_timeout"]) < 10, "gunicorn must finish before Compose's 10 s stop grace period"
+
+    config = resolved(PORT="9123", WEB_WORKERS="3", WEB_THREADS="7", WEB_ACCESS_LOG="true")
+    assert config["bind"] == "['0.0.0.0:9123']"
+    assert (config["workers"], config["threads"], config["accesslog"]) == ("3", "7", "-")
 
 
 def test_every_app_service_reads_env_example():
@@ -139,7 +223,10 @@ def test_the_example_configuration_loads_and_points_at_the_compose_services():
     mq = environment(SERVICES["rabbitmq"])
     assert example["AMQP_URL"].startswith(f"amqp://{mq['RABBITMQ_DEFAULT_USER']}:{mq['RABBITMQ_DEFAULT_PASS']}@")
     # The settings accept these values as they are (a production-mode start refuses, e.g., the dev secret key).
-    code = "from django.conf import settings; assert not settings.DEBUG; print(settings.DATABASES['default']['HOST'])"
+    code = (
+        "from django.conf import settings; assert not settings.DEBUG; "
+        "print(settings.DATABASES['default']['HOST'], settings.WEBSOCKET_PORT)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -149,7 +236,7 @@ def test_the_example_configuration_loads_and_points_at_the_compose_services():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "postgres"
+    assert result.stdout.split() == ["postgres", example["ORDERPIPE_WEBSOCKET_PORT"]]
 
 
 @pytest.mark.parametrize("name", SERVERS)
@@ -159,15 +246,32 @@ def test_every_server_has_a_healthcheck(name):
     assert not check.get("disable")
 
 
-def test_the_web_healthcheck_calls_healthz_on_its_port():
-    test = " ".join(SERVICES["web"]["healthcheck"]["test"])
+@pytest.mark.parametrize(("name", "variable"), [("web", "PORT"), ("ws", "ORDERPIPE_WEBSOCKET_PORT")])
+def test_the_web_and_ws_healthchecks_call_healthz_on_their_port(name, variable):
+    test = " ".join(SERVICES[name]["healthcheck"]["test"])
     assert "/healthz" in test
+    assert f'os.environ["{variable}"]' in test
     assert resolve("/healthz").func.__name__ == "healthz"
 
 
 def test_the_web_port_is_published_on_the_port_it_listens_on():
     port = env_example()["PORT"]
     assert any(str(mapping).split(":")[-1] == port for mapping in SERVICES["web"]["ports"])
+
+
+def test_the_ws_port_is_the_one_the_pages_connect_to():
+    """The browser opens ws://<page's host>:ORDERPIPE_WEBSOCKET_PORT/..., so the host port must be that port too,
+    and daphne must listen on it inside the container."""
+    port = env_example()["ORDERPIPE_WEBSOCKET_PORT"]
+    assert port and port != env_example()["PORT"]
+    assert f"{port}:{port}" in [str(mapping) for mapping in SERVICES["ws"]["ports"]]
+    args = CommandLineInterface().parser.parse_args(expand(shell_commands(SERVICES["ws"])[0][2:]))
+    assert args.port == int(port)
+    assert re.search(rf"^EXPOSE\b.*\b{port}\b", (ROOT / "Dockerfile").read_text(), re.M)
+
+
+def test_the_image_runs_the_web_command_by_default():
+    assert dockerfile_cmd() == argv(SERVICES["web"])
 
 
 def test_services_start_in_dependency_order():
@@ -180,9 +284,10 @@ def test_services_start_in_dependency_order():
             if expected == "service_healthy":
                 assert SERVICES[target].get("healthcheck"), f"{name} waits for {target}, which has no healthcheck"
     assert "postgres" in SERVICES["migrate"]["depends_on"]
-    for name in ("web", "relay", "worker"):
+    for name in ("web", "ws", "relay", "worker"):
         assert "migrate" in SERVICES[name]["depends_on"], name
         assert "rabbitmq" in SERVICES[name]["depends_on"], name
+    assert SERVICES["ws"]["depends_on"] == SERVICES["web"]["depends_on"]
     assert SERVICES["migrate"].get("restart", "no") == "no"
 
 
