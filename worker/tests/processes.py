@@ -1,4 +1,5 @@
-"""Start the real web (daphne), relay and worker as subprocesses against this test run's database, queues and keys."""
+"""Start the real web (daphne, or gunicorn as production runs it), relay and worker as subprocesses against this test
+run's database, queues and keys."""
 
 from __future__ import annotations
 
@@ -93,10 +94,13 @@ def free_port() -> int:
 
 
 class Web(Service):
-    """The web process as `make run` starts it: daphne serving orderpipe.asgi, here on a free local port."""
+    """daphne serving orderpipe.asgi, HTTP and WebSockets in one process, here on a free local port. In production
+    (Compose's `ws`, `make run`) daphne serves the WebSockets beside gunicorn (GunicornWeb)."""
+
+    server = "daphne"
 
     def __init__(self, *, log_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
-        super().__init__("daphne", log_dir=log_dir, env=env)
+        super().__init__(self.server, log_dir=log_dir, env=env)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -105,11 +109,11 @@ class Web(Service):
         return [daphne, "-b", "127.0.0.1", "-p", str(self.port), "orderpipe.asgi:application"]
 
     def wait_ready(self, timeout: float = 30) -> Web:
-        """Wait until daphne answers HTTP (any status), or fail with its log."""
+        """Wait until the server answers HTTP (any status), or fail with its log."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"daphne exited with {self.proc.returncode}:\n{self.output()}")
+                raise RuntimeError(f"{self.server} exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
                 return self
@@ -117,7 +121,31 @@ class Web(Service):
                 return self
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError(f"daphne did not answer within {timeout} s:\n{self.output()}")
+        raise RuntimeError(f"{self.server} did not answer within {timeout} s:\n{self.output()}")
+
+
+class GunicornWeb(Web):
+    """The production HTTP server as Compose's `web` and `make run` start it, `gunicorn -c gunicorn.conf.py`, bound to
+    127.0.0.1 on a free port (`-b` overrides the file's bind). One worker with two threads by default, to stay
+    light. gunicorn's workers exit by themselves when the master is killed (they watch their parent)."""
+
+    server = "gunicorn"
+
+    def __init__(
+        self,
+        *,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        workers: int = 1,
+        threads: int = 2,
+    ) -> None:
+        env = {**(env or service_env()), "WEB_WORKERS": str(workers), "WEB_THREADS": str(threads)}
+        super().__init__(log_dir=log_dir, env=env, port=port)
+
+    def argv(self) -> list[str]:
+        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        return [gunicorn, "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> bool:

@@ -1,0 +1,144 @@
+"""The production split, with the real servers: gunicorn (gunicorn.conf.py) serves HTTP, pages and static files on
+one port; daphne serves the WebSockets on another; the pages are told that port (ORDERPIPE_WEBSOCKET_PORT). Relay
+and worker run too, so an order placed through gunicorn completes, and the dashboard loaded from gunicorn sees it
+complete live over its socket to daphne, with the staff session it logged in with on gunicorn."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from orders.tests.factories import ProductFactory
+from worker.tests.processes import ROOT, GunicornWeb, Service, Web, service_env, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "split-test-password"
+TIMEOUT_MS = 30_000
+PAGE_ASSETS = {"/static/css/base.css", "/static/css/dashboard.css", "/static/js/dashboard.js", "/static/js/live.js"}
+
+
+def served_by_whitenoise(headers: dict[str, str]) -> bool:
+    """WhiteNoise marks its responses (Django's own static view sets neither header)."""
+    return headers.get("access-control-allow-origin") == "*" and "max-age=" in headers.get("cache-control", "")
+
+
+@pytest.fixture(scope="module")
+def servers(django_db_setup, django_db_blocker, tmp_path_factory):
+    """gunicorn for HTTP, daphne for WebSockets, relay and worker, for the module."""
+    log_dir = tmp_path_factory.mktemp("production-servers")
+    with django_db_blocker.unblock():
+        ws = Web(log_dir=log_dir).start()
+        http = GunicornWeb(log_dir=log_dir, env=service_env(ORDERPIPE_WEBSOCKET_PORT=str(ws.port))).start()
+        relay = Service("run_relay", log_dir=log_dir).start()
+        worker = Service("run_worker", log_dir=log_dir).start()
+    try:
+        http.wait_ready()
+        ws.wait_ready()
+        yield http, ws
+    finally:
+        for service in (http, ws, relay, worker):
+            service.stop()
+
+
+def request(url: str, data: dict | None = None) -> tuple[int, dict[str, str], bytes]:
+    body = None if data is None else json.dumps(data).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", "Accept": "*/*"})
+    with urllib.request.urlopen(req, timeout=10) as response:
+        return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+
+
+def test_gunicorn_accepts_orders_and_serves_static_files(servers):
+    http, _ws = servers
+    ProductFactory(sku="BOOK-001", stock=10)
+
+    status, headers, body = request(
+        f"{http.url}/api/orders/",
+        {"customer_email": "split@example.com", "items": [{"sku": "BOOK-001", "quantity": 1}]},
+    )
+    assert status == 202
+    assert headers["server"] == "gunicorn"
+    order_id = json.loads(body)["id"]
+    assert headers["location"].endswith(f"/api/orders/{order_id}/")
+
+    for path in (*sorted(PAGE_ASSETS), "/static/admin/css/base.css"):  # the project's and an app's static files
+        status, headers, body = request(f"{http.url}{path}")
+        assert status == 200 and body, path
+        assert served_by_whitenoise(headers), (path, headers)
+    # The file as it is in the repository (found by WhiteNoise's finders: the tests run no collectstatic).
+    assert request(f"{http.url}/static/js/live.js")[2] == (ROOT / "static" / "js" / "live.js").read_bytes()
+
+    # The order goes all the way (and the worker is idle again before the test's database flush).
+    def completed() -> bool:
+        return json.loads(request(f"{http.url}/api/orders/{order_id}/")[2])["status"] == "completed"
+
+    assert wait_until(completed, timeout=30, interval=0.2), http.output()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    # As in test_browser.py: Playwright's sync API keeps an event loop in this thread; the ORM calls stay synchronous.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            yield chromium
+            chromium.close()
+
+
+@pytest.mark.browser
+def test_the_dashboard_from_gunicorn_goes_live_over_daphne_with_the_same_login(servers, browser):
+    http, ws = servers
+    ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=100)
+    get_user_model().objects.create_user("split-staff", password=PASSWORD, is_staff=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=http.url)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    assets: dict[str, tuple[int, dict[str, str]]] = {}
+    sockets: list[str] = []
+    page.on("response", lambda r: assets.__setitem__(r.url.removeprefix(http.url), (r.status, r.headers)))
+    page.on("websocket", lambda socket: sockets.append(socket.url))
+    try:
+        # Logged in on gunicorn's port: the session cookie is per host, so daphne's port gets it too.
+        page.goto("/admin/login/?next=/")
+        page.get_by_label("Username").fill("split-staff")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(f"{http.url}/")
+        page.locator("#live-status[data-state=live]").wait_for()  # a staff-only socket: the login crossed ports
+
+        assert sockets == [f"ws://127.0.0.1:{ws.port}/ws/pipeline/"]
+        assert page.locator("body").get_attribute("data-websocket-port") == str(ws.port)
+        assert set(assets) >= PAGE_ASSETS, sorted(assets)
+        for path in PAGE_ASSETS:
+            status, headers = assets[path]
+            assert status == 200, path
+            assert headers.get("server") == "gunicorn" and served_by_whitenoise(headers), (path, headers)
+        # The stylesheet applied (not merely fetched): the topbar is laid out as base.css says.
+        assert page.locator("header.topbar").evaluate("e => getComputedStyle(e).display") == "flex"
+
+        page.get_by_label("Customer email").fill("split@example.com")
+        page.get_by_label("Product").select_option("BOOK-001")
+        page.get_by_label("Quantity").fill("1")
+        page.get_by_role("button", name="Place order").click()
+        result = page.locator("#order-result[data-order]")
+        result.wait_for()
+        order_id = result.get_attribute("data-order")
+
+        # No reload: the row arrives and turns `completed` through the socket to daphne.
+        page.locator(f"#latest-orders tr[data-order='{order_id}'] .status-chip", has_text="completed").wait_for()
+        assert page.locator("#count-completed").inner_text() == "1"
+        assert sockets == [f"ws://127.0.0.1:{ws.port}/ws/pipeline/"], "the socket reconnected"
+    finally:
+        context.close()
