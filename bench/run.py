@@ -65,22 +65,20 @@ DEFAULT_DATABASE = "orderpipe_bench"
 DRAIN_CAP_SECONDS = 180
 PARTS = frozenset({"api", "pipeline", "e2e"})
 
-# The HTTP servers compared, each as production would start it (the web process in Compose is daphne today).
+# The HTTP servers compared. gunicorn is started exactly as production runs it (gunicorn.conf.py, the `web` service in
+# Compose); daphne, which serves the WebSockets in production, and uvicorn are the alternatives it was chosen over.
 SERVERS: dict[str, Callable[[int], list[str]]] = {
     "daphne": lambda port: [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "orderpipe.asgi:application"],
     "uvicorn": lambda port: [
         *(str(BIN / "uvicorn"), "orderpipe.asgi:application", "--host", "127.0.0.1", "--port", str(port)),
         *("--workers", "2", "--no-access-log", "--log-level", "warning"),
     ],
-    "gunicorn": lambda port: [
-        *(str(BIN / "gunicorn"), "orderpipe.wsgi", "-w", "2", "--threads", "4"),
-        *("-b", f"127.0.0.1:{port}", "--log-level", "warning"),
-    ],
+    "gunicorn": lambda port: [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}"],
 }
 SERVER_LABELS = {
     "daphne": "daphne (ASGI)",
     "uvicorn": "uvicorn --workers 2 (ASGI)",
-    "gunicorn": "gunicorn -w 2 --threads 4 (WSGI)",
+    "gunicorn": "gunicorn -w 2 --threads 4 (WSGI, production)",
 }
 
 
@@ -754,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers", default=",".join(SERVERS), help="comma-separated subset of daphne,uvicorn,gunicorn"
     )
-    parser.add_argument("--paced-server", default="daphne", help="web server for the end-to-end row")
+    parser.add_argument("--paced-server", default="gunicorn", help="web server for the end-to-end row")
     parser.add_argument("--output", type=Path, default=None, help="results file (default bench/results/<date>.md)")
     parser.add_argument("--pipeline-orders", type=int, default=None, help="orders per drain (default 5,000)")
     parser.add_argument("--only", default=",".join(sorted(PARTS)), help="comma-separated subset of api,pipeline,e2e")
