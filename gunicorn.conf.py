@@ -14,6 +14,9 @@ benchmark bind with `-b`).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 
 def env_int(name: str, default: int) -> int:
@@ -68,3 +71,29 @@ loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
 # other) and which the image's user, with no home directory, cannot create. Nothing here uses it. (Older gunicorns
 # ignore the unknown name.)
 control_socket_disable = True
+
+# Metrics from every worker in one scrape. prometheus_client counts in the process that runs the code, and a scrape
+# reaches one worker, so with 2 workers /metrics would show half the orders and Prometheus would see the counters
+# jump back and forth. In its multiprocess mode every worker writes its counters and histograms to files in one
+# directory and /metrics sums them (orders/metrics.py). The directory must be set before a worker imports
+# prometheus_client, and emptied when the server starts: a fresh temporary one unless the platform names one.
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="orderpipe-web-metrics-")
+
+
+def on_starting(server) -> None:
+    for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker) -> None:
+    # A replaced worker's counts stay in the sums (counters must not go down); its live-only values are dropped.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -13,11 +13,12 @@ accepted, completed, failed, dead_lettered, retry_scheduled (retried), redeliver
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from datetime import datetime
 
 from django.db import DatabaseError
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -120,5 +121,13 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 def render_web() -> bytes:
-    """The web process's scrape: its own counters and histograms, then the shared pipeline state."""
+    """The web server's scrape: its counters and histograms, then the shared pipeline state.
+
+    Under gunicorn (several worker processes) those are the sums over its workers, read from the files each one
+    writes (prometheus_client's multiprocess mode, set up in gunicorn.conf.py); under daphne or in-process, the one
+    process's own. Multiprocess mode has no per-process series (process_cpu_seconds_total and the like)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        workers = CollectorRegistry(auto_describe=False)
+        multiprocess.MultiProcessCollector(workers)
+        return generate_latest(workers) + generate_latest(PIPELINE_STATE)
     return generate_latest(REGISTRY) + generate_latest(PIPELINE_STATE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,45 @@ def test_the_dashboard_from_gunicorn_goes_live_over_daphne_with_the_same_login(s
         assert sockets == [f"ws://127.0.0.1:{ws.port}/ws/pipeline/"], "the socket reconnected"
     finally:
         context.close()
+
+
+def accepted_counter(metrics_text: str) -> float:
+    line = next(x for x in metrics_text.splitlines() if x.startswith('orderpipe_order_events_total{kind="accepted"}'))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def accepted_in_file(path: Path) -> float:
+    """What one worker counted, from the file it writes in multiprocess mode."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+        _metric, name, labels, _help = json.loads(key)
+        if name == "orderpipe_order_events_total" and labels == {"kind": "accepted"}:
+            return value
+    return 0.0
+
+
+def test_metrics_sum_the_counters_of_every_gunicorn_worker(tmp_path):
+    """A scrape reaches one worker; with prometheus_client's multiprocess mode (gunicorn.conf.py) it still reports
+    the orders all workers accepted, every time."""
+    ProductFactory(sku="METRIC-001", stock=1000)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_1.db").write_bytes(b"left over from an earlier run")  # emptied at start
+    http = GunicornWeb(
+        log_dir=tmp_path, workers=2, threads=1, env=service_env(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    ).start()
+    try:
+        http.wait_ready()
+        orders = 24
+        body = {"customer_email": "metrics@example.com", "items": [{"sku": "METRIC-001", "quantity": 1}]}
+        with ThreadPoolExecutor(8) as pool:  # concurrent requests, so both workers take some
+            statuses = list(pool.map(lambda _: request(f"{http.url}/api/orders/", body)[0], range(orders)))
+        assert statuses == [202] * orders
+        per_worker = {path.name: accepted_in_file(path) for path in metrics_dir.glob("counter_*.db")}
+        assert len(per_worker) == 2 and all(per_worker.values()), f"not every worker took orders: {per_worker}"
+        scrapes = [accepted_counter(request(f"{http.url}/metrics")[2].decode()) for _ in range(8)]
+        assert scrapes == [float(orders)] * 8
+    finally:
+        assert http.stop() == 0
+    assert not (metrics_dir / "counter_1.db").exists()
