@@ -78,7 +78,9 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
 SERVER_LABELS = {
     "daphne": "daphne (ASGI)",
     "uvicorn": "uvicorn --workers 2 (ASGI)",
-    "gunicorn": "gunicorn -w 2 --threads 4 (WSGI, production)",
+    # gunicorn.conf.py's defaults, or what the environment it inherits sets.
+    "gunicorn": f"gunicorn -w {os.environ.get('WEB_WORKERS') or 2} --threads {os.environ.get('WEB_THREADS') or 4} "
+    "(WSGI, production)",
 }
 
 
@@ -642,7 +644,7 @@ def run(
     scale: Scale,
     target: Target,
     servers: list[str] | None = None,
-    paced_server: str = "daphne",
+    paced_server: str = "gunicorn",
     parts: frozenset[str] = PARTS,
 ) -> Report:
     """Run the measurements (`parts`, default all) against `target` (database already migrated) and return the
