@@ -3,6 +3,8 @@ orderpipe/testing.py), and remove the queues and keys they created."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
@@ -33,6 +35,8 @@ def _drop_leftover_test_db_sessions(django_db_setup, django_db_blocker):
     yield
     from django.db import connection
 
+    if connection.settings_dict["NAME"] != os.environ["DATABASE_TEST_NAME"]:
+        return  # no test used the database, so pytest-django created none (settings still name the real one)
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
