@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +9,27 @@ from orders import services
 from orders.models import Order, OutboxMessage
 from worker.processing import Delivery
 from worker.tests.processes import RUNNING
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright (skips the test when either is missing)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    # Playwright's sync API keeps an event loop in this thread, which makes Django refuse synchronous ORM calls
+    # (the tests' own and the database flush between tests). They are still synchronous, so allow them here.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            yield chromium
+            chromium.close()
 
 
 @pytest.fixture(autouse=True)

@@ -11,19 +11,19 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from orders.tests.factories import ProductFactory
+from worker.tests.conftest import CHROMIUM
 from worker.tests.processes import ROOT, Service, Web
 from worker.topology import topology
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 PASSWORD = "browser-test-password"
 TIMEOUT_MS = 30_000
 
+# Without Chromium, skip before the module's web stack is started for nothing.
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
-sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
 
 @pytest.fixture(scope="module")
@@ -40,25 +40,6 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
     finally:
         for service in (web, relay, worker):
             service.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    # Playwright's sync API keeps an event loop in this thread, which makes Django refuse synchronous ORM calls
-    # (the tests' own and the database flush between tests). They are still synchronous, so allow them here.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield from _chromium()
-
-
-def _chromium():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

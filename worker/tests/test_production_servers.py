@@ -18,7 +18,6 @@ from worker.tests.processes import ROOT, GunicornWeb, Service, Web, service_env,
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "split-test-password"
 TIMEOUT_MS = 30_000
 PAGE_ASSETS = {"/static/css/base.css", "/static/css/dashboard.css", "/static/js/dashboard.js", "/static/js/live.js"}
@@ -79,23 +78,6 @@ def test_gunicorn_accepts_orders_and_serves_static_files(servers):
         return json.loads(request(f"{http.url}/api/orders/{order_id}/")[2])["status"] == "completed"
 
     assert wait_until(completed, timeout=30, interval=0.2), http.output()[-2000:]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    # As in test_browser.py: Playwright's sync API keeps an event loop in this thread; the ORM calls stay synchronous.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        with sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
-            yield chromium
-            chromium.close()
 
 
 @pytest.mark.browser
