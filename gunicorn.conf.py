@@ -75,16 +75,19 @@ control_socket_disable = True
 # Metrics from every worker in one scrape. prometheus_client counts in the process that runs the code, and a scrape
 # reaches one worker, so with 2 workers /metrics would show half the orders and Prometheus would see the counters
 # jump back and forth. In its multiprocess mode every worker writes its counters and histograms to files in one
-# directory and /metrics sums them (orders/metrics.py). The directory must be set before a worker imports
-# prometheus_client, and emptied when the server starts: a fresh temporary one unless the platform names one.
-_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-if _own_metrics_dir:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="orderpipe-web-metrics-")
+# directory and /metrics sums them (orders/metrics.py). The directory is set when the server starts (in the master,
+# before any worker imports prometheus_client) and emptied: a fresh temporary one unless the platform names one.
+# Not when this file is merely read (`gunicorn --print-config`), which would leave a directory behind each time.
+_own_metrics_dir = ""
 
 
 def on_starting(server) -> None:
-    for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
-        stale.unlink()
+    global _own_metrics_dir
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+            stale.unlink()
+    else:
+        _own_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="orderpipe-web-metrics-")
 
 
 def child_exit(server, worker) -> None:
@@ -96,4 +99,4 @@ def child_exit(server, worker) -> None:
 
 def on_exit(server) -> None:
     if _own_metrics_dir:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)
