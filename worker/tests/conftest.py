@@ -32,6 +32,17 @@ def browser():
             chromium.close()
 
 
+def place_order_from_the_form(page, *, email: str = "browser@example.com", quantity: int = 2) -> str:
+    """Place an order of BOOK-001 with the dashboard's form; returns the id the page shows for it."""
+    page.get_by_label("Customer email").fill(email)
+    page.get_by_label("Product").select_option("BOOK-001")
+    page.get_by_label("Quantity").fill(str(quantity))
+    page.get_by_role("button", name="Place order").click()
+    result = page.locator("#order-result[data-order]")
+    result.wait_for()
+    return result.get_attribute("data-order")
+
+
 @pytest.fixture(autouse=True)
 def _no_service_outlives_its_test():
     # Services of wider-scoped fixtures (a module's web stack) were started before this and are left alone.

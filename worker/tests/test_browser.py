@@ -11,7 +11,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from orders.tests.factories import ProductFactory
-from worker.tests.conftest import CHROMIUM
+from worker.tests.conftest import CHROMIUM, place_order_from_the_form
 from worker.tests.processes import ROOT, Service, Web
 from worker.topology import topology
 
@@ -62,16 +62,6 @@ def page(stack, browser):
 def screenshot(page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
-def place_order_from_the_form(page) -> str:
-    page.get_by_label("Customer email").fill("browser@example.com")
-    page.get_by_label("Product").select_option("BOOK-001")
-    page.get_by_label("Quantity").fill("2")
-    page.get_by_role("button", name="Place order").click()
-    result = page.locator("#order-result[data-order]")
-    result.wait_for()
-    return result.get_attribute("data-order")
 
 
 def test_an_order_placed_from_the_dashboard_completes_live_and_its_journey_shows_each_step(page):

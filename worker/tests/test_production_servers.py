@@ -14,6 +14,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from orders.tests.factories import ProductFactory
+from worker.tests.conftest import place_order_from_the_form
 from worker.tests.processes import ROOT, GunicornWeb, Service, Web, service_env, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -111,13 +112,7 @@ def test_the_dashboard_from_gunicorn_goes_live_over_daphne_with_the_same_login(s
         # The stylesheet applied (not merely fetched): the topbar is laid out as base.css says.
         assert page.locator("header.topbar").evaluate("e => getComputedStyle(e).display") == "flex"
 
-        page.get_by_label("Customer email").fill("split@example.com")
-        page.get_by_label("Product").select_option("BOOK-001")
-        page.get_by_label("Quantity").fill("1")
-        page.get_by_role("button", name="Place order").click()
-        result = page.locator("#order-result[data-order]")
-        result.wait_for()
-        order_id = result.get_attribute("data-order")
+        order_id = place_order_from_the_form(page, email="split@example.com", quantity=1)
 
         # No reload: the row arrives and turns `completed` through the socket to daphne.
         page.locator(f"#latest-orders tr[data-order='{order_id}'] .status-chip", has_text="completed").wait_for()
