@@ -149,14 +149,20 @@ def test_metrics_sum_the_counters_of_every_gunicorn_worker(tmp_path):
         log_dir=tmp_path, workers=2, threads=1, env=service_env(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     ).start()
     try:
-        http.wait_ready()
-        orders = 24
+        http.wait_ready()  # the first worker answers; the second may still be starting
         body = {"customer_email": "metrics@example.com", "items": [{"sku": "METRIC-001", "quantity": 1}]}
-        with ThreadPoolExecutor(8) as pool:  # concurrent requests, so both workers take some
-            statuses = list(pool.map(lambda _: request(f"{http.url}/api/orders/", body)[0], range(orders)))
-        assert statuses == [202] * orders
-        per_worker = {path.name: accepted_in_file(path) for path in metrics_dir.glob("counter_*.db")}
-        assert len(per_worker) == 2 and all(per_worker.values()), f"not every worker took orders: {per_worker}"
+        orders = 0
+
+        def every_worker_took_orders() -> bool:
+            nonlocal orders
+            with ThreadPoolExecutor(8) as pool:  # concurrent requests, so both workers take some once both run
+                statuses = list(pool.map(lambda _: request(f"{http.url}/api/orders/", body)[0], range(8)))
+            assert statuses == [202] * 8
+            orders += 8
+            per_worker = [accepted_in_file(path) for path in metrics_dir.glob("counter_*.db")]
+            return len(per_worker) == 2 and all(per_worker)
+
+        assert wait_until(every_worker_took_orders, timeout=30, interval=0.1), http.output()[-2000:]
         scrapes = [accepted_counter(request(f"{http.url}/metrics")[2].decode()) for _ in range(8)]
         assert scrapes == [float(orders)] * 8
     finally:
