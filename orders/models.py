@@ -240,6 +240,33 @@ class WorkerHeartbeat(models.Model):
         return self.name
 
 
+class SupervisedProcess(models.Model):
+    """One process that the supervisor of `make run` keeps alive (worker/supervisor.py), as it last reported it.
+
+    A worker's own heartbeat (WorkerHeartbeat) stops when the process dies; this row says what happened to it
+    (crashed with which exit status, restarted how often), which only the parent that restarts it can know."""
+
+    class State(models.TextChoices):
+        STARTING = "starting"
+        RUNNING = "running"
+        CRASHED = "crashed"  # exited on its own; restarted after a backoff
+        STOPPING = "stopping"
+        STOPPED = "stopped"  # stopped on purpose (scaled down, or the supervisor shut down)
+
+    name = models.CharField(max_length=50, primary_key=True)  # web, ws, relay, worker-1, worker-2, ...
+    role = models.CharField(max_length=20)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    state = models.CharField(max_length=20, choices=State.choices)
+    restarts = models.PositiveIntegerField(default=0)
+    last_exit = models.CharField(max_length=200, blank=True, default="")
+    last_exit_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class IdempotencyKey(models.Model):
     """The first response to a POST that carried an `Idempotency-Key`, stored in the order's own transaction."""
 
@@ -266,9 +293,31 @@ class SandboxSettings(models.Model):
     step_mode = models.BooleanField(
         default=False, help_text="Workers wait before each step of an order until 'Next step' is pressed."
     )
+    # Followed by the supervisor of `make run` (worker/supervisor.py); other deployments scale their own way.
+    workers = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(8)],
+        help_text="Worker processes the supervisor of `make run` keeps running.",
+    )
+    worker_concurrency = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(16)],
+        help_text="Orders each supervised worker processes at once (threads; empty: WORKER_CONCURRENCY). "
+        "A change restarts the workers.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
-    FIELDS = ("step_delay_ms", "decline_rate", "transient_failure_rate", "crash_rate", "paused", "step_mode")
+    FIELDS = (
+        "step_delay_ms",
+        "decline_rate",
+        "transient_failure_rate",
+        "crash_rate",
+        "paused",
+        "step_mode",
+        "workers",
+        "worker_concurrency",
+    )
 
     class Meta:
         verbose_name = "sandbox settings"

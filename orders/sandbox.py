@@ -21,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
     "crash_rate": 0.0,
     "paused": False,
     "step_mode": False,
+    "workers": 1,
+    "worker_concurrency": None,
 }
 
 

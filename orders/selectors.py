@@ -9,7 +9,16 @@ from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from orders import cache
-from orders.models import Order, OrderEvent, OrderStatus, OutboxMessage, Product, QueueStat, WorkerHeartbeat
+from orders.models import (
+    Order,
+    OrderEvent,
+    OrderStatus,
+    OutboxMessage,
+    Product,
+    QueueStat,
+    SupervisedProcess,
+    WorkerHeartbeat,
+)
 from orders.serializers import order_representation
 
 WORKER_STALE_AFTER = timedelta(seconds=15)
@@ -63,7 +72,7 @@ class WorkerState(TypedDict):
 
 
 def pipeline_state() -> dict[str, Any]:
-    """Everything the dashboard shows about the pipeline, in five queries and one Redis round trip or two."""
+    """Everything the dashboard shows about the pipeline, in six queries and one Redis round trip or two."""
     now = timezone.now()
     by_status = {status.value: 0 for status in OrderStatus}
     for row in Order.objects.values("status").annotate(n=Count("id")).order_by():
@@ -102,4 +111,17 @@ def pipeline_state() -> dict[str, Any]:
         "queues": queues,
         "cache": cache.stats(),
         "workers": workers,
+        # Only under `make run`'s supervisor: what each process it keeps alive went through (crashed, restarted).
+        "processes": [
+            {
+                "name": p.name,
+                "role": p.role,
+                "pid": p.pid,
+                "state": p.state,
+                "restarts": p.restarts,
+                "last_exit": p.last_exit,
+                "last_exit_at": p.last_exit_at.isoformat() if p.last_exit_at else None,
+            }
+            for p in SupervisedProcess.objects.order_by("name")
+        ],
     }

@@ -14,6 +14,8 @@ USAGE = "sandbox show | sandbox set key=value [key=value ...] | sandbox reset"
 def parse_value(name: str, raw: str) -> object:
     field = SandboxSettings._meta.get_field(name)
     internal = field.get_internal_type()
+    if field.null and raw.lower() in {"", "none", "default"}:
+        return None
     try:
         if internal == "BooleanField":
             if raw.lower() in {"1", "true", "yes", "on"}:

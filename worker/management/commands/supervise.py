@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from worker.supervisor import Supervisor
+
+ROLES = ("web", "ws", "relay", "worker")
+
+
+class Command(BaseCommand):
+    help = (
+        "Run web (gunicorn), ws (daphne), relay and workers, restarting any that dies (with backoff) and following "
+        "the sandbox's worker count and concurrency. What `make run` runs; Ctrl-C or SIGTERM stops everything."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--bind", default="127.0.0.1", help="address web and ws listen on (default 127.0.0.1)")
+        parser.add_argument("--port", type=int, default=8000, help="HTTP port (gunicorn); daphne listens on PORT+1")
+        parser.add_argument(
+            "--only", default=",".join(ROLES), help=f"comma-separated roles to run (default: {','.join(ROLES)})"
+        )
+        parser.add_argument(
+            "--workers", type=int, default=1, help="worker processes when the sandbox is off (ORDERPIPE_SANDBOX=false)"
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help="threads per worker when the sandbox is off (default WORKER_CONCURRENCY)",
+        )
+
+    def handle(self, *args, bind: str, port: int, only: str, workers: int, concurrency: int | None, **options) -> None:
+        roles = tuple(role.strip() for role in only.split(",") if role.strip())
+        unknown = sorted(set(roles) - set(ROLES))
+        if unknown or not roles:
+            raise CommandError(f"--only takes roles from {', '.join(ROLES)}; got {only!r}")
+        supervisor = Supervisor(
+            python=sys.executable,
+            bind=bind,
+            port=port,
+            roles=roles,
+            workers=workers,
+            concurrency=concurrency or settings.WORKER_CONCURRENCY,
+        )
+        stopping = False
+
+        def stop(signum, frame) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log = logging.getLogger(__name__)
+        log.info("supervisor: running %s", ", ".join(roles))
+        supervisor.run(lambda: stopping)
+        log.info("supervisor: everything stopped")

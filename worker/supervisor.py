@@ -1,0 +1,299 @@
+"""The supervisor of `make run`: keeps web, ws, relay and the workers running, on one machine, for the sandbox.
+
+A learner's crash injection kills a worker on purpose, so a dead worker must not take the stack down: it is
+restarted after a capped exponential backoff (a worker that crashes at once again waits longer each time; one that
+ran for a while starts over at the shortest delay), while web, ws and the relay keep running. The same holds for
+every other process it starts.
+
+The number of workers and their concurrency are read from the sandbox settings (the page, the admin or
+`manage.py sandbox set workers=3` change them) about once a second, and the supervisor follows: it starts
+workers, stops the highest-numbered ones with SIGTERM (they finish the orders in hand and ack them first), or
+restarts them with the new concurrency. With ORDERPIPE_SANDBOX=false the settings are ignored and the command line
+decides.
+
+What it sees is written to `SupervisedProcess` rows (state, pid, restarts, last exit status), which the dashboard
+shows: a worker's own heartbeat stops when it dies, only its parent knows it crashed and was restarted.
+
+Why not supervisord or circus: the desired state lives in the database and changes at run time from the page; with
+either of them that needs a second process translating database rows into their XML-RPC or ZeroMQ commands, and
+their restart policies (supervisord's startretries/FATAL, no backoff after startsecs) would still need a policy of
+ours on top. A loop that starts processes, reaps them and compares with the desired state is shorter than that glue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
+
+from orders.models import SandboxSettings, SupervisedProcess
+from worker.faults import CRASH_EXIT_CODE
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+State = SupervisedProcess.State
+
+# A process that stayed up this long before dying is restarted at the shortest delay again.
+HEALTHY_AFTER = 30.0
+BACKOFF_BASE, BACKOFF_CAP = 1.0, 30.0
+STOP_TIMEOUT = 15.0  # SIGTERM, then SIGKILL: a worker finishes its orders in hand first
+
+
+def describe_exit(returncode: int) -> str:
+    """'exit 70 (sandbox crash)', 'killed by SIGKILL', ... as a learner reads it."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    if returncode == CRASH_EXIT_CODE:
+        return f"exit {returncode} (sandbox crash)"
+    return f"exit {returncode}"
+
+
+def restart_delay(failures: int) -> float:
+    """1 s, 2 s, 4 s ... up to 30 s for the n-th crash in a row (failures counts from 1)."""
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1))
+
+
+@dataclass
+class Program:
+    name: str
+    role: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    failures: int = 0  # crashes in a row, for the backoff
+    start_at: float | None = 0.0  # when to (re)start it; None: do not
+    retiring: bool = False  # stopped on purpose: its exit is not a crash
+    replace_with: list[str] | None = None  # restart with these arguments once it has stopped
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Desired:
+    workers: int
+    concurrency: int
+
+
+@dataclass
+class Supervisor:
+    """`tick()` does one round of work: reap, restart, follow the desired state. `run()` loops it until stopped."""
+
+    python: str = sys.executable
+    bind: str = "127.0.0.1"
+    port: int = 8000
+    roles: tuple[str, ...] = ("web", "ws", "relay", "worker")
+    workers: int = 1
+    concurrency: int = field(default_factory=lambda: settings.WORKER_CONCURRENCY)
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    read_every: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    programs: dict[str, Program] = field(default_factory=dict)
+    _last_read: float = -1e9
+    _desired: Desired | None = None
+
+    # ------------------------------------------------------------ what to run
+
+    def ws_port(self) -> int:
+        return self.port + 1
+
+    def argv(self, role: str, *, concurrency: int | None = None) -> list[str]:
+        bindir = Path(self.python).parent
+        if role == "web":
+            return [str(bindir / "gunicorn"), "-c", "gunicorn.conf.py", "-b", f"{self.bind}:{self.port}"]
+        if role == "ws":
+            return [str(bindir / "daphne"), "-b", self.bind, "-p", str(self.ws_port()), "orderpipe.asgi:application"]
+        if role == "relay":
+            return [self.python, "manage.py", "run_relay"]
+        return [self.python, "manage.py", "run_worker", "--concurrency", str(concurrency or self.concurrency)]
+
+    def desired(self) -> Desired:
+        """The sandbox settings' worker count and concurrency (read at most once a second), else the command line's."""
+        now = self.clock()
+        if self._desired is None or now - self._last_read >= self.read_every:
+            self._last_read = now
+            desired = Desired(self.workers, self.concurrency)
+            if settings.ORDERPIPE_SANDBOX:
+                try:
+                    row = SandboxSettings.load()
+                    desired = Desired(row.workers, row.worker_concurrency or settings.WORKER_CONCURRENCY)
+                except DatabaseError as exc:  # keep the last known state while the database is away
+                    log.warning("supervisor: sandbox settings unreadable (%s); keeping the current workers", exc)
+                    desired = self._desired or desired
+            self._desired = desired
+        return self._desired
+
+    # ------------------------------------------------------------ one round
+
+    def start(self) -> None:
+        for role in self.roles:
+            if role != "worker":
+                self.programs[role] = Program(role, role, self.argv(role))
+        self.tick()
+
+    def tick(self) -> bool:
+        """Reap exits, start what is due, follow the desired workers. Returns whether anything changed."""
+        changed = self._reap()
+        if "worker" in self.roles:
+            changed |= self._follow(self.desired())
+        changed |= self._start_due()
+        return changed
+
+    def _reap(self) -> bool:
+        changed = False
+        for program in list(self.programs.values()):
+            if program.proc is None or program.proc.poll() is None:
+                continue
+            changed = True
+            how = describe_exit(program.proc.returncode)
+            program.proc = None
+            if program.retiring:
+                program.retiring = False
+                if program.replace_with is not None:  # a concurrency change: back at once with the new arguments
+                    program.argv, program.replace_with, program.start_at = program.replace_with, None, self.clock()
+                    program.started_at = 0.0  # a planned restart is a fresh start, not a restart after a crash
+                    log.info("supervisor: %s stopped (%s); restarting with %s", program.name, how, program.argv[3:])
+                    self._record(program, State.STARTING, last_exit=how)
+                else:
+                    log.info("supervisor: %s stopped (%s)", program.name, how)
+                    self._record(program, State.STOPPED, last_exit=how)
+                    del self.programs[program.name]
+                continue
+            ran_for = self.clock() - program.started_at
+            program.failures = 1 if ran_for >= HEALTHY_AFTER else program.failures + 1
+            delay = restart_delay(program.failures)
+            program.start_at = self.clock() + delay
+            log.warning(
+                "supervisor: %s crashed (%s) after %.1f s; restarting in %.0f s", program.name, how, ran_for, delay
+            )
+            self._record(program, State.CRASHED, last_exit=how)
+        return changed
+
+    def _follow(self, desired: Desired) -> bool:
+        changed = False
+        workers = sorted(
+            (p for p in self.programs.values() if p.role == "worker" and not (p.retiring and p.replace_with is None)),
+            key=lambda p: int(p.name.rsplit("-", 1)[1]),
+        )
+        for program in workers[desired.workers :]:  # scale down: the newest go first
+            self._retire(program)
+            changed = True
+        for number in range(1, desired.workers + 1):
+            name = f"worker-{number}"
+            if name not in self.programs:
+                self.programs[name] = Program(name, "worker", self.argv("worker", concurrency=desired.concurrency))
+                changed = True
+        wanted = self.argv("worker", concurrency=desired.concurrency)
+        for program in self.programs.values():
+            if program.role == "worker" and program.argv != wanted and program.replace_with != wanted:
+                if program.retiring and program.replace_with is None:
+                    continue
+                if program.running():
+                    self._retire(program, replace_with=wanted)
+                else:
+                    program.argv = wanted
+                changed = True
+        return changed
+
+    def _retire(self, program: Program, *, replace_with: list[str] | None = None) -> None:
+        program.replace_with = replace_with
+        if not program.running():
+            if replace_with is None:
+                self._record(program, State.STOPPED)
+                del self.programs[program.name]
+            else:
+                program.argv, program.replace_with = replace_with, None
+            return
+        if not program.retiring:
+            program.retiring = True
+            log.info("supervisor: stopping %s (pid %s)", program.name, program.pid)
+            program.proc.send_signal(signal.SIGTERM)
+            self._record(program, State.STOPPING)
+
+    def _start_due(self) -> bool:
+        changed = False
+        now = self.clock()
+        for program in self.programs.values():
+            if program.proc is None and program.start_at is not None and program.start_at <= now:
+                restarted = program.started_at > 0
+                program.proc = subprocess.Popen(program.argv, cwd=ROOT, env=self._env_for(program))
+                program.started_at, program.start_at = now, None
+                if restarted:
+                    program.restarts += 1
+                log.info(
+                    "supervisor: %s %s (pid %d)", program.name, "restarted" if restarted else "started", program.pid
+                )
+                self._record(program, State.RUNNING)
+                changed = True
+        return changed
+
+    def _env_for(self, program: Program) -> dict[str, str]:
+        env = dict(self.env)
+        if program.role == "web":
+            env["ORDERPIPE_WEBSOCKET_PORT"] = str(self.ws_port())  # the pages open their sockets on daphne
+        if program.role == "worker":
+            env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _record(self, program: Program, state: str, *, last_exit: str | None = None) -> None:
+        """Best effort: the supervisor keeps supervising while the database is down."""
+        values: dict[str, object] = {
+            "role": program.role,
+            "pid": program.pid,
+            "state": state,
+            "restarts": program.restarts,
+            "started_at": timezone.now() if state == State.RUNNING else None,
+        }
+        if state != State.RUNNING:
+            values.pop("started_at")
+        if last_exit is not None:
+            values["last_exit"] = last_exit
+            values["last_exit_at"] = timezone.now()
+        try:
+            SupervisedProcess.objects.update_or_create(name=program.name, defaults=values)
+        except DatabaseError as exc:
+            log.debug("supervisor: state of %s not recorded: %s", program.name, exc)
+
+    # ------------------------------------------------------------ lifetime
+
+    def run(self, should_stop: Callable[[], bool], *, interval: float = 0.25) -> None:
+        SupervisedProcess.objects.all().delete()  # rows of an earlier run describe processes that are gone
+        self.start()
+        while not should_stop():
+            self.tick()
+            time.sleep(interval)
+        self.stop()
+
+    def stop(self) -> None:
+        """SIGTERM to everything, wait, SIGKILL what is left. Workers finish and ack the orders they hold."""
+        running = [p for p in self.programs.values() if p.running()]
+        for program in running:
+            program.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for program in running:
+            try:
+                program.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("supervisor: %s did not stop within %.0f s; killing it", program.name, STOP_TIMEOUT)
+                program.proc.kill()
+                program.proc.wait()
+            self._record(program, State.STOPPED, last_exit=describe_exit(program.proc.returncode))

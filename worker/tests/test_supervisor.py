@@ -1,0 +1,138 @@
+"""The supervisor of `make run`, for real: a crashed or killed worker comes back while the relay stays up, and the
+number of workers and their concurrency follow the sandbox settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from orders import sandbox, services
+from orders.models import Order, OrderStatus, Payment, SandboxSettings, SupervisedProcess, WorkerHeartbeat
+from orders.tests.factories import ProductFactory
+from worker.supervisor import Supervisor, describe_exit, restart_delay
+from worker.tests.processes import Service, wait_until
+
+State = SupervisedProcess.State
+
+
+def test_restart_delays_grow_and_are_capped():
+    assert [restart_delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_exit_statuses_read_as_a_learner_reads_them():
+    assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
+    assert describe_exit(70) == "exit 70 (sandbox crash)"
+    assert describe_exit(1) == "exit 1"
+
+
+def row(name: str) -> SupervisedProcess | None:
+    return SupervisedProcess.objects.filter(name=name).first()
+
+
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child the supervisor has not reaped yet is a zombie: dead for our purposes.
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().rstrip("\0").split("\0")
+
+
+def running(name: str) -> SupervisedProcess | None:
+    found = row(name)
+    return found if found is not None and found.state == State.RUNNING and alive(found.pid) else None
+
+
+@pytest.fixture
+def supervised(tmp_path, broker):
+    """`manage.py supervise` for the relay and the workers (no HTTP servers), on this run's database and queues."""
+    service = Service("supervise", "--only", "relay,worker", log_dir=tmp_path).start()
+    yield service
+    assert service.stop() == 0, service.output()
+    assert SupervisedProcess.objects.exclude(state=State.STOPPED).count() == 0
+    pids = [p.pid for p in SupervisedProcess.objects.all()]
+    assert not any(alive(pid) for pid in pids), "a supervised process outlived its supervisor"
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_crashing_worker_is_restarted_and_the_order_still_completes(supervised):
+    ProductFactory(sku="BOOK-001", price="25.00", stock=10)
+    assert wait_until(lambda: running("worker-1") and running("relay"), timeout=30), supervised.output()
+    relay_pid = row("relay").pid
+    first_pid = row("worker-1").pid
+
+    # A learner sets the crash rate to 1 and places an order: the worker dies in the middle of a step.
+    sandbox.sandbox_update(changes={"crash_rate": 1.0}, via="test")
+    order = services.order_create(customer_email="crash@example.com", items=[{"sku": "BOOK-001", "quantity": 1}])
+    assert wait_until(lambda: (r := row("worker-1")) is not None and r.restarts >= 1, timeout=30), supervised.output()
+    crashed = row("worker-1")
+    assert crashed.last_exit == "exit 70 (sandbox crash)"
+    assert wait_until(lambda: running("worker-1") is not None and row("worker-1").pid != first_pid, timeout=30)
+
+    # The relay was never touched, and once the crash rate is back to 0 the order completes, charged once.
+    assert row("relay").pid == relay_pid and alive(relay_pid)
+    sandbox.sandbox_update(changes={"crash_rate": 0.0}, via="test")
+    assert wait_until(lambda: Order.objects.get(pk=order.pk).status in OrderStatus.terminal(), timeout=90), (
+        supervised.output()
+    )
+    assert Order.objects.get(pk=order.pk).status == OrderStatus.COMPLETED
+    assert Payment.objects.filter(order=order).count() == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_worker_comes_back_and_workers_follow_the_sandbox_settings(supervised):
+    assert wait_until(lambda: running("worker-1") and running("relay"), timeout=30), supervised.output()
+    relay_pid = row("relay").pid
+    victim = row("worker-1").pid
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: (r := running("worker-1")) is not None and r.pid != victim, timeout=30)
+    assert row("worker-1").last_exit == "killed by SIGKILL"
+    assert row("worker-1").restarts == 1
+
+    # Scale up from the settings (the page, the admin or `manage.py sandbox set workers=2`).
+    sandbox.sandbox_update(changes={"workers": 2}, via="test")
+    assert wait_until(lambda: running("worker-2") is not None, timeout=30), supervised.output()
+
+    # A new concurrency restarts the workers with it, on purpose: not counted as a crash.
+    sandbox.sandbox_update(changes={"worker_concurrency": 3}, via="test")
+
+    def both_use_three() -> bool:
+        rows = [running("worker-1"), running("worker-2")]
+        return all(r is not None and cmdline(r.pid)[-2:] == ["--concurrency", "3"] for r in rows)
+
+    assert wait_until(both_use_three, timeout=45), supervised.output()
+    assert row("worker-1").restarts == 1 and row("worker-2").restarts == 0
+
+    # Scale down: the newest worker stops cleanly (SIGTERM, exit 0) and its row says so. (Once it consumes: before
+    # its signal handlers are installed, a SIGTERM simply ends the process.)
+    worker_2 = row("worker-2").pid
+    assert wait_until(lambda: WorkerHeartbeat.objects.filter(pid=worker_2).exists(), timeout=30)
+    sandbox.sandbox_update(changes={"workers": 1}, via="test")
+    assert wait_until(lambda: (r := row("worker-2")) is not None and r.state == State.STOPPED, timeout=30)
+    assert row("worker-2").last_exit == "exit 0"
+    assert not alive(worker_2)
+    assert row("relay").pid == relay_pid and alive(relay_pid)
+
+
+@pytest.mark.django_db
+def test_with_the_sandbox_off_the_command_line_decides(settings):
+    settings.ORDERPIPE_SANDBOX = False
+    SandboxSettings.objects.update_or_create(pk=1, defaults={"workers": 5, "worker_concurrency": 9})
+    supervisor = Supervisor(workers=2, concurrency=3, roles=("worker",))
+    desired = supervisor.desired()
+    assert (desired.workers, desired.concurrency) == (2, 3)
+    settings.ORDERPIPE_SANDBOX = True
+    supervisor._desired = None
+    desired = supervisor.desired()
+    assert (desired.workers, desired.concurrency) == (5, 9)
