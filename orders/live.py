@@ -26,10 +26,15 @@ from orders.models import EventKind, Order, OrderEvent
 log = logging.getLogger(__name__)
 
 PIPELINE_GROUP = "pipeline"
+# The sockets' URL patterns (orders/routing.py); orders/pages.py hands them to the page scripts.
+PIPELINE_SOCKET_PATH = "ws/pipeline/"
+JOURNEY_SOCKET_PATH = "ws/orders/<str:order_id>/"
 # How long a journey page's interest in its order lasts without a refresh (the consumer refreshes it).
 WATCH_TTL_SECONDS = 90
+# Events in the dashboard's feed: the snapshot sends this many, and the page keeps this many (static/js/dashboard.js).
 FEED_LENGTH = 40
 LATEST_ORDERS = 12
+# The throughput chart's window: the snapshot's per-second rates cover it, and the chart draws it.
 RATE_WINDOW_SECONDS = 180
 
 

@@ -14,6 +14,12 @@ from django.utils import timezone
 from orders.events import record_event
 from orders.models import EventKind, Order, SandboxChange, SandboxSettings, StepGrant
 
+# A burst (the dashboard's "Burst" control, worker/controls.py) places at most this many orders, committed in
+# chunks of BURST_CHUNK. Here rather than beside the view, so the dashboard page can show the limit without
+# importing worker.
+BURST_MAX = 10_000
+BURST_CHUNK = 100
+
 DEFAULTS: dict[str, Any] = {
     "step_delay_ms": 0,
     "decline_rate": 0.0,

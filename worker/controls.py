@@ -26,14 +26,12 @@ from rest_framework.views import APIView
 from orders import cache, live
 from orders.access import can_control
 from orders.models import Product
+from orders.sandbox import BURST_CHUNK, BURST_MAX
 from orders.services import order_create
 from worker.broker import BROKER_ERRORS, connect
 from worker.topology import topology
 
 log = logging.getLogger(__name__)
-
-BURST_MAX = 10_000
-BURST_CHUNK = 100
 
 
 class IsSandboxStaff(BasePermission):
