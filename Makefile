@@ -39,6 +39,7 @@ lint: install node_modules/.installed
 	$(VENV)/bin/djlint templates --lint
 	$(VENV)/bin/djlint templates --check
 	node_modules/.bin/biome ci
+	$(VENV)/bin/mypy
 
 format: install node_modules/.installed
 	$(VENV)/bin/ruff format .

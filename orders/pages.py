@@ -9,21 +9,23 @@ it: the JS holds no copy of a server-side constant.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db.models import Field
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
+from rest_framework import serializers
 
 from orders import live, sandbox, selectors
 from orders.access import can_control, can_watch
 from orders.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, journey_snapshot, pipeline_snapshot
 from orders.models import Order, OrderStatus, SandboxSettings
-from orders.serializers import OrderInputSerializer, OrderItemInputSerializer
+from orders.serializers import MAX_LINES, OrderInputSerializer, OrderItemInputSerializer
 
 # URLs that take an order id are sent with this id in its place; static/js/live.js puts the real one in.
 ORDER_ID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
@@ -31,7 +33,9 @@ ORDER_ID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 
 def _bounds(field_name: str) -> dict[str, float]:
     """The range the sandbox settings row accepts for one field, read from the model's validators."""
-    validators = SandboxSettings._meta.get_field(field_name).validators
+    field = SandboxSettings._meta.get_field(field_name)
+    assert isinstance(field, Field)
+    validators = field.validators
     return {
         "min": max(v.limit_value for v in validators if isinstance(v, MinValueValidator)),
         "max": min(v.limit_value for v in validators if isinstance(v, MaxValueValidator)),
@@ -40,7 +44,8 @@ def _bounds(field_name: str) -> dict[str, float]:
 
 def page_config() -> dict[str, Any]:
     """What static/js/*.js needs from the server: limits, statuses, socket close codes, URLs."""
-    quantity = OrderItemInputSerializer().fields["quantity"]
+    quantity = cast(serializers.IntegerField, OrderItemInputSerializer().fields["quantity"])
+    order_fields = OrderInputSerializer().fields
     return {
         "feedLength": live.FEED_LENGTH,
         "rateWindowSeconds": live.RATE_WINDOW_SECONDS,
@@ -49,8 +54,8 @@ def page_config() -> dict[str, Any]:
         "orderIdPlaceholder": ORDER_ID_PLACEHOLDER,
         "limits": {
             "quantity": {"min": quantity.min_value, "max": quantity.max_value},
-            "lines": {"max": OrderInputSerializer().fields["items"].max_length},
-            "note": {"max": OrderInputSerializer().fields["note"].max_length},
+            "lines": {"max": MAX_LINES},
+            "note": {"max": cast(serializers.CharField, order_fields["note"]).max_length},
             "burst": {"min": 1, "max": sandbox.BURST_MAX, "chunk": sandbox.BURST_CHUNK},
             **{name: _bounds(name) for name in SandboxSettings.FIELDS if name not in {"paused", "step_mode"}},
         },

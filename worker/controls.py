@@ -119,7 +119,7 @@ def queue_purge(queue: str) -> int:
     """Drop every ready message of one of this instance's queues. Returns how many were dropped."""
     conn = connect()
     try:
-        return conn.channel().queue_purge(queue).method.message_count
+        return conn.channel().queue_purge(queue).method.message_count or 0
     finally:
         if conn.is_open:
             conn.close()

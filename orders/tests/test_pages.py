@@ -99,10 +99,18 @@ def test_ensure_demo_staff_is_idempotent_and_debug_only(settings, capsys):
     assert "username 'demo' password 'orderpipe-demo'" in capsys.readouterr().out
 
 
+def input_tag(html: str, input_id: str) -> str:
+    match = re.search(rf'<input id="{input_id}"[^>]*>', html)
+    assert match is not None, input_id
+    return match[0]
+
+
 def test_pages_hand_the_scripts_the_limits_and_urls_the_server_enforces(staff_client, order):
     for url in ["/", f"/orders/{order.pk}/"]:
         html = staff_client.get(url).content.decode()
-        config = json.loads(re.search(r'<script id="orderpipe-config" type="application/json">(.*?)</script>', html)[1])
+        script = re.search(r'<script id="orderpipe-config" type="application/json">(.*?)</script>', html)
+        assert script is not None
+        config = json.loads(script[1])
         assert config["limits"]["quantity"] == {"min": 1, "max": MAX_QUANTITY}
         assert config["limits"]["burst"]["max"] == BURST_MAX
         assert config["limits"]["step_delay_ms"] == {"min": 0, "max": 60_000}
@@ -114,10 +122,10 @@ def test_pages_hand_the_scripts_the_limits_and_urls_the_server_enforces(staff_cl
         socket = config["urls"]["journeySocket"].replace(config["orderIdPlaceholder"], str(order.pk))
         assert socket == f"/ws/orders/{order.pk}/"
     dashboard = staff_client.get("/").content.decode()
-    quantity_input = re.search(r'<input id="order-quantity"[^>]*>', dashboard)[0]
+    quantity_input = input_tag(dashboard, "order-quantity")
     assert 'min="1"' in quantity_input
     assert f'max="{MAX_QUANTITY}"' in quantity_input
-    assert f'max="{BURST_MAX}"' in re.search(r'<input id="burst-count"[^>]*>', dashboard)[0]
+    assert f'max="{BURST_MAX}"' in input_tag(dashboard, "burst-count")
 
 
 def test_the_page_scripts_hold_no_copy_of_a_server_constant():

@@ -53,7 +53,7 @@ def kinds(order) -> list[str]:
 
 @pytest.fixture
 def start_worker(broker):
-    started = []
+    started: list[tuple[Worker, threading.Thread]] = []
 
     def start(faults: Faults) -> Worker:
         worker = Worker(prefetch=5, name=f"retry-worker-{len(started)}", faults=faults)
@@ -129,7 +129,7 @@ def test_step_mode_waits_for_next_step_before_each_step(broker, place_order, sta
     expected = [OrderStep.INVENTORY_RESERVED, OrderStep.PAYMENT_CHARGED, OrderStep.CUSTOMER_NOTIFIED]
     for presses, step in enumerate(expected, start=1):
         sandbox.step_grant(order_id=order.pk)
-        assert wait_until(lambda presses=presses: kinds(order).count("step_waiting") == presses + 1)
+        assert wait_until(lambda n=presses + 1: kinds(order).count("step_waiting") == n)
         assert Order.objects.get(pk=order.pk).step == step  # one press, one step
         assert not StepGrant.objects.filter(order=order, used_at__isnull=True).exists()
     sandbox.step_grant(order_id=order.pk)
