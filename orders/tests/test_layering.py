@@ -1,4 +1,5 @@
-"""Dependency direction: `worker` imports `orders`, never the other way, and only the worker speaks AMQP (pika).
+"""Dependency direction: `worker` imports `orders`, never the other way, and only the worker speaks AMQP (pika);
+and the README names only files that exist.
 
 The tests under orders/tests are left out: some drive an order through the worker's Processor end to end.
 """
@@ -6,6 +7,7 @@ The tests under orders/tests are left out: some drive an order through the worke
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,10 @@ def test_the_check_catches_a_worker_import_wherever_it_is(tmp_path):
 @pytest.mark.parametrize("path", modules(), ids=lambda path: path.relative_to(ORDERS).as_posix())
 def test_no_module_in_orders_imports_worker_or_pika(path):
     assert forbidden(imported(path)) == [], f"orders/{path.relative_to(ORDERS)} imports the worker side"
+
+
+def test_the_readme_names_only_files_that_exist():
+    root = ORDERS.parent
+    named = set(re.findall(r"`([\w./-]+\.(?:py|yml|toml|html|js|css|md))`", (root / "README.md").read_text()))
+    assert "orders/steps.py" in named  # the code tour is read
+    assert sorted(name for name in named if not (root / name).exists()) == []
