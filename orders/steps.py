@@ -27,7 +27,9 @@ from django.utils import timezone
 from orders import gateway, notifications, sandbox
 from orders.events import QueueSnapshot, record_event
 from orders.failures import FaultInjector, Interrupted, OutOfStock, PermanentFailure, TransientFailure
+from orders.gateway import Gateway
 from orders.models import EventKind, Notification, Order, OrderLine, OrderStatus, OrderStep, Payment, Product
+from orders.notifications import Notifier
 from orders.services import Transition, attach_lines, cache_after_commit, transition_order
 
 
@@ -55,8 +57,8 @@ class Seams:
     """The outside world a step talks to: the sandbox's faults, the payment gateway, the email sender."""
 
     faults: FaultInjector
-    gateway: gateway.Gateway = gateway.charge
-    notify: notifications.Notifier = notifications.send_confirmation
+    charge: Gateway = gateway.charge
+    notify: Notifier = notifications.send_confirmation
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def call_gateway(order: Order, seams: Seams) -> str:
     # Before our transaction and outside it: the gateway is another system. A crash between this call and our
     # commit leaves the provider's charge and no Payment; the redelivery calls again with the same key and gets
     # the same charge back.
-    return seams.gateway(order, seams.faults)
+    return seams.charge(order, seams.faults)
 
 
 def record_payment(order: Order, seams: Seams, reference: str) -> Done:

@@ -134,7 +134,7 @@ class Processor:
         self.faults = faults or Faults()
         self.topology = topo or topology()
         self.pipeline = Pipeline(
-            seams=Seams(faults=self.faults, gateway=gateway, notify=notify), should_stop=should_stop
+            seams=Seams(faults=self.faults, charge=gateway, notify=notify), should_stop=should_stop
         )
 
     def process(self, delivery: Delivery) -> Verdict:
