@@ -1,5 +1,6 @@
 """An order's journey: every transition appends an OrderEvent with a snapshot of the database row, the message
-and queue state, and the Redis entry at that moment."""
+and queue state, and the Redis entry at that moment. This module builds the snapshots and counts committed events;
+the rows themselves are written by `orders.journal`."""
 
 from __future__ import annotations
 

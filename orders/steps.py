@@ -76,7 +76,7 @@ class Done:
 class Step:
     name: str
     requires: OrderStep  # the step the order must be at: the guard
-    then: OrderStep  # the step it is at after this one commits
+    then: OrderStep | None  # the step it is at after this one commits (None: the step stays, the status moves)
     kind: EventKind
     # Runs inside the step's transaction, the order row locked, after the guard passed.
     effect: Callable[[Order, Seams, Any], Done]
@@ -150,7 +150,7 @@ STEPS: tuple[Step, ...] = (
          record_payment, outside=call_gateway, transient_faults=False),
     Step("notify customer", OrderStep.PAYMENT_CHARGED, OrderStep.CUSTOMER_NOTIFIED, EventKind.CUSTOMER_NOTIFIED,
          notify_customer),
-    Step("complete", OrderStep.CUSTOMER_NOTIFIED, OrderStep.CUSTOMER_NOTIFIED, EventKind.COMPLETED,
+    Step("complete", OrderStep.CUSTOMER_NOTIFIED, None, EventKind.COMPLETED,
          complete, transient_faults=False, crash_point=False),
 )  # fmt: skip
 STEP_BY_NAME = {step.name: step for step in STEPS}
@@ -252,7 +252,7 @@ class Pipeline:
             if step.transient_faults:
                 self.seams.faults.maybe_fail_transiently(step.name)
             done = step.effect(order, self.seams, prepared)
-            changes = {"step": step.then, **done.changes} if step.then != order.step else done.changes
+            changes = done.changes if step.then is None else {"step": step.then, **done.changes}
             transition = transition_order(
                 order, to=done.to, kind=step.kind, message=done.message, queue=message.snapshot(), **changes
             )

@@ -211,3 +211,19 @@ def test_a_declined_payment_leaves_nothing_in_the_gateway_ledger(place_order, pr
     order.refresh_from_db()
     assert order.status == OrderStatus.FAILED
     assert not GatewayCharge.objects.exists()
+
+
+def test_the_email_sender_is_a_seam_a_test_can_swap(place_order, product):
+    order = place_order()
+    sent = []
+
+    def record(order_to_confirm):
+        sent.append(order_to_confirm.pk)
+        return "Subject from the seam", "Body from the seam"
+
+    assert Processor(faults=NoFaults(), notify=record).process(delivery_for(order)) == ACK
+    assert sent == [order.pk]
+    assert not mail.outbox
+    assert Notification.objects.get(order=order).subject == "Subject from the seam"
+    order.refresh_from_db()
+    assert order.status == OrderStatus.COMPLETED
