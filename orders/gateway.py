@@ -1,7 +1,8 @@
 """The payment gateway seam: a simulated external provider with a ledger of its own (`GatewayCharge`).
 
-It is another system: each call runs in a transaction of its own, never inside the step that records our
-`Payment`, because a real provider's charge does not roll back with our database. That leaves a window: the
+It is another system: each call runs in a transaction of its own (`durable=True`: calling it inside another
+transaction is an error), never inside the step that records our `Payment`, because a real provider's charge does
+not roll back with our database. That leaves a window: the
 gateway has charged and our step has not committed (a crash, a lost connection). Calling it again with the same
 idempotency key (the order id) is what closes the window: the second call returns the first charge's reference
 and adds nothing to the ledger, so the redelivered step records the one charge there is.
@@ -43,7 +44,7 @@ def charge_with_key(*, key: str, order_ref: str, amount: Decimal, faults: FaultI
     try:
         # Two workers racing on one key: the second INSERT waits on the unique index until the first commits, then
         # fails, and reads the charge the first one made.
-        with transaction.atomic():
+        with transaction.atomic(durable=True):
             return _insert(key=key, order_ref=order_ref, amount=amount)
     except IntegrityError:
         return GatewayCharge.objects.values_list("reference", flat=True).get(idempotency_key=key)
@@ -54,7 +55,7 @@ def charge_without_key(order: Order, faults: FaultInjector) -> str:
     faults.maybe_fail_transiently("charge payment")
     if faults.declined():
         raise PaymentDeclined("payment declined by the (simulated) card issuer")
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         return _insert(key=None, order_ref=str(order.id), amount=order.total)
 
 

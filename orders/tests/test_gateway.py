@@ -3,6 +3,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.db import transaction
 
 from orders import gateway, services
 from orders.failures import PaymentDeclined
@@ -55,3 +56,9 @@ def test_without_a_key_every_call_is_a_new_charge(product):
     references = {gateway.charge_without_key(order, Faults()) for _ in range(2)}
     assert len(references) == 2
     assert GatewayCharge.objects.filter(order_ref=str(order.id), idempotency_key=None).count() == 2
+
+
+def test_it_refuses_to_run_inside_our_transaction():
+    # Inside the step's transaction a crash would roll the "provider's" charge back, which no real provider does.
+    with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
+        gateway.charge_with_key(key="order-4", order_ref="order-4", amount=Decimal("5.00"), faults=Faults())
