@@ -1,7 +1,9 @@
 """Prometheus metrics: what every process counts, and what the web process reads at scrape time.
 
-Pipeline events are counted in one place, `orders.events.record_event`, after the transaction that recorded them
-commits (`event_committed`), so rolled-back work is never counted. Each process (web, relays, workers) exposes its
+Pipeline events are counted in one place: every write of an event (`orders.events.record_event`,
+`services.order_create`, `services.transition_order` and their readable twins, all writing through
+`orders.journal`) calls `orders.events.count_on_commit`, which calls `event_committed` once the transaction that
+recorded the event commits, so rolled-back work is never counted. Each process (web, relays, workers) exposes its
 own counters; Prometheus sums them across processes. Shared state (outbox backlog, queue depths, cache hit/miss
 counters) is not counted by anyone: the web process reads it when scraped (`PipelineStateCollector`), once per
 scrape, so N workers do not report the same backlog N times.

@@ -194,6 +194,23 @@ class Payment(models.Model):
         return f"payment {self.gateway_reference} {self.amount}"
 
 
+class GatewayCharge(models.Model):
+    """The payment provider's own ledger: what an external gateway would hold, simulated in our database.
+
+    Not ours to join with: it has no foreign key to `Order`, only the merchant's reference the charge was made for,
+    as a real provider keeps it in a charge's metadata. A unique idempotency key is what makes a repeated call
+    return the first charge instead of charging again; a charge made without a key is free to repeat."""
+
+    idempotency_key = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    order_ref = models.CharField(max_length=64, db_index=True)
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    reference = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"gateway charge {self.reference} {self.amount} for {self.order_ref}"
+
+
 class Notification(models.Model):
     order = models.OneToOneField(Order, related_name="notification", on_delete=models.CASCADE)
     channel = models.CharField(max_length=16, default="email")

@@ -12,10 +12,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from orders import cache
-from orders.events import attach_cache_state, count_on_commit, make_snapshot, stored_event
+from orders import cache, journal
+from orders.events import attach_cache_state, count_on_commit, make_snapshot, record_event_reference, stored_event
 from orders.models import (
     EventKind,
     IdempotencyKey,
@@ -49,41 +50,36 @@ def order_message(order: Order) -> dict[str, Any]:
     }
 
 
-# The whole acceptance in one statement, so one round trip: the order, its lines, the outbox message, the first
-# journey event (which names the outbox id, known only here) and the NOTIFY. A single statement is a transaction of
-# its own, or part of the caller's if there is one (the idempotent path adds its key in the same transaction); the
-# NOTIFY is delivered at commit, and only if it commits. Foreign keys are checked at commit (Django declares them
-# DEFERRABLE INITIALLY DEFERRED), after every row exists.
-_ACCEPT = f"""
-WITH new_order AS (
-    INSERT INTO {Order._meta.db_table} (id, status, step, customer_email, total, note, failure_reason, attempts,
-                                         version, created_at, updated_at)
-    VALUES (%(id)s, %(status)s, %(step)s, %(email)s, %(total)s, %(note)s, '', %(attempts)s, %(version)s, %(now)s,
-            %(now)s)
-    RETURNING id
-), new_lines AS (
-    INSERT INTO {OrderLine._meta.db_table} (order_id, product_id, sku, quantity, unit_price)
-    SELECT new_order.id, line.product_id, line.sku, line.quantity, line.unit_price
-    FROM new_order, jsonb_to_recordset(%(lines)s::jsonb) AS line(n integer, product_id bigint, sku varchar,
-                                                                 quantity integer, unit_price numeric)
-    ORDER BY line.n
-    RETURNING id
-), new_outbox AS (
-    INSERT INTO {OutboxMessage._meta.db_table} (order_id, message_type, routing_key, payload, created_at,
-                                                 publish_attempts, last_error)
-    SELECT new_order.id, %(message_type)s, %(routing_key)s, %(payload)s::jsonb, %(now)s, 0, '' FROM new_order
-    RETURNING id
-), accepted AS (
-    INSERT INTO {OrderEvent._meta.db_table} (order_id, seq, kind, at, message, snapshot)
-    SELECT %(id)s, 1, %(kind)s, %(now)s, %(message)s || new_outbox.id || '.',
-           jsonb_set(%(snapshot)s::jsonb, '{{queue,outbox_id}}', to_jsonb(new_outbox.id))
-    FROM new_outbox
-    RETURNING id
-)
-SELECT new_outbox.id, accepted.id, ARRAY(SELECT id FROM new_lines ORDER BY id),
-       pg_notify(%(channel)s, new_outbox.id::text)
-FROM new_outbox, accepted
-"""
+def order_create_reference(*, customer_email: str, items: list[dict[str, Any]], note: str = "") -> Order:
+    """Accept an order, the readable way: price its lines from the catalog and store the order, its lines, an
+    outbox message and the first journey event in one transaction, one ORM query per row. The commit's NOTIFY
+    wakes the relay. `order_create` does the same in one statement; orders/tests/test_journal.py pins the two."""
+    products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
+    total = sum((products[i["sku"]].price * i["quantity"] for i in items), Decimal("0.00"))
+    with transaction.atomic():
+        order = Order.objects.create(customer_email=customer_email, note=note, total=total)
+        lines = OrderLine.objects.bulk_create(
+            OrderLine(
+                order=order,
+                product=products[item["sku"]],
+                sku=item["sku"],
+                quantity=item["quantity"],
+                unit_price=products[item["sku"]].price,
+            )
+            for item in items
+        )
+        outbox = OutboxMessage.objects.create(order=order, payload=order_message(order))
+        record_event_reference(
+            order,
+            EventKind.ACCEPTED,
+            f"Accepted by the API: {len(items)} line(s), total {total}. Stored with outbox message #{outbox.id}.",
+            queue={"note": "not published yet: waiting in the outbox table", "outbox_id": outbox.id},
+            cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"},
+        )
+        with connection.cursor() as cursor:
+            # Delivered at commit, and only if the transaction commits.
+            cursor.execute("SELECT pg_notify(%s, %s)", [outbox_channel(), str(outbox.id)])
+    return attach_lines(order, lines)
 
 
 def order_create(
@@ -94,7 +90,8 @@ def order_create(
     products: dict[str, Product] | None = None,
 ) -> Order:
     """Accept an order: price its lines from the catalog and store the order, its lines, an outbox message and
-    the first journey event in one transaction (one statement, see _ACCEPT). The commit's NOTIFY wakes the relay.
+    the first journey event in one transaction (one statement, `journal.accept`). The commit's NOTIFY wakes the
+    relay. `order_create_reference` is the same, written the readable way.
 
     `products` (sku -> Product) are the catalog rows the caller already read while validating, if it did; the
     returned order carries its lines, so it can be represented without reading it back."""
@@ -119,55 +116,21 @@ def order_create(
         order, queue=queue, cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"}
     )
     message = f"Accepted by the API: {len(items)} line(s), total {total}. Stored with outbox message #"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _ACCEPT,
-            {
-                "id": order.id,
-                "status": str(order.status),
-                "step": str(order.step),
-                "email": order.customer_email,
-                "total": order.total,
-                "note": order.note,
-                "attempts": order.attempts,
-                "version": order.version,
-                "now": now,
-                # One JSON parameter rather than four arrays: psycopg's array adaptation was a tenth of the request.
-                "lines": json.dumps(
-                    [
-                        {
-                            "n": n,
-                            "product_id": x.product_id,
-                            "sku": x.sku,
-                            "quantity": x.quantity,
-                            "unit_price": str(x.unit_price),
-                        }
-                        for n, x in enumerate(lines)
-                    ]
-                ),
-                "message_type": outbox.message_type,
-                "routing_key": outbox.routing_key,
-                "payload": json.dumps(outbox.payload),
-                "kind": str(EventKind.ACCEPTED),
-                "message": message,
-                "snapshot": json.dumps(snapshot),
-                "channel": outbox_channel(),
-            },
-        )
-        outbox.id, event_id, line_ids, _ = cursor.fetchone()
-    for instance in (order, outbox, *lines):
-        instance._state.adding, instance._state.db = False, connection.alias
-    for line, pk in zip(lines, line_ids, strict=True):
-        line.id = pk
-    attach_lines(order, lines)
-    queue["outbox_id"] = outbox.id
+    accepted = journal.accept(
+        order=order, lines=lines, outbox=outbox, message=message, snapshot=snapshot, channel=outbox_channel()
+    )
+    for n, line in enumerate(lines):
+        line.id = accepted.line_ids[n]
+    # As if read back: saving them again would update, not insert.
+    order = attach_lines(journal.loaded(order), [journal.loaded(line) for line in lines])
+    queue["outbox_id"] = accepted.outbox_id
     event = stored_event(
         order,
-        pk=event_id,
+        pk=accepted.event_id,
         seq=1,
         kind=EventKind.ACCEPTED,
         at=now,
-        message=f"{message}{outbox.id}.",
+        message=f"{message}{accepted.outbox_id}.",
         snapshot=snapshot,
     )
     count_on_commit(order, event)
@@ -196,20 +159,30 @@ class Transition:
     event: OrderEvent
 
 
-# The guarded UPDATE and its event in one statement: the event row exists only if the guard matched (the order is
-# still in the state and version the caller read under its lock), and `seq` follows the last event.
-_TRANSITION = f"""
-WITH moved AS (
-    UPDATE {Order._meta.db_table} SET status = %(status)s, version = version + 1, updated_at = %(now)s{{changes}}
-    WHERE id = %(id)s AND status = %(from_status)s AND version = %(from_version)s
-    RETURNING id
-), previous AS (
-    SELECT COALESCE(MAX(seq), 0) AS seq, MAX(at) AS at FROM {OrderEvent._meta.db_table} WHERE order_id = %(id)s
-)
-INSERT INTO {OrderEvent._meta.db_table} (order_id, seq, kind, at, message, snapshot)
-SELECT moved.id, previous.seq + 1, %(kind)s, %(now)s, %(message)s, %(snapshot)s::jsonb FROM moved, previous
-RETURNING id, seq, (SELECT at FROM previous)
-"""
+def transition_reference(
+    order: Order,
+    *,
+    to: OrderStatus,
+    kind: EventKind,
+    message: str,
+    queue: dict[str, Any] | None = None,
+    **changes: Any,
+) -> Transition:
+    """Move a locked order to `to` and record the event, the readable way: a guarded ORM update, then the event.
+    `transition_order` does the same in one statement; orders/tests/test_journal.py pins the two."""
+    if order.status not in allowed_sources(to):
+        raise InvalidTransition(f"{order.status} -> {to} is not an allowed transition")
+    now = timezone.now()
+    updated = Order.objects.filter(pk=order.pk, status=order.status, version=order.version).update(
+        status=to, version=F("version") + 1, updated_at=now, **changes
+    )
+    if updated != 1:
+        raise InvalidTransition(f"order {order.pk} changed under us")
+    order.status, order.version, order.updated_at = to, order.version + 1, now
+    for name, value in changes.items():
+        setattr(order, name, value)
+    event = record_event_reference(order, kind, message, queue=queue)
+    return Transition(order=order, event=event)
 
 
 def transition_order(
@@ -221,35 +194,36 @@ def transition_order(
     queue: dict[str, Any] | None = None,
     **changes: Any,
 ) -> Transition:
-    """Move a locked order to `to` with a guarded UPDATE and record the event (one statement). Call inside a
-    transaction with the row locked; `changes` are plain values (the lock makes read-modify-write safe). Raises
-    InvalidTransition when the table of allowed transitions forbids it or the row changed under us."""
+    """Move a locked order to `to` with a guarded UPDATE and record the event (one statement, `journal.transition`).
+    Call inside a transaction with the row locked; `changes` are plain values (the lock makes read-modify-write
+    safe). Raises InvalidTransition when the table of allowed transitions forbids it or the row changed under us.
+    `transition_reference` is the same, written the readable way."""
     if order.status not in allowed_sources(to):
         raise InvalidTransition(f"{order.status} -> {to} is not an allowed transition")
     now = timezone.now()
-    params: dict[str, Any] = {"id": order.pk, "from_status": str(order.status), "from_version": order.version}
-    assignments = ""
-    for name, value in changes.items():
-        field = Order._meta.get_field(name)
-        assignments += f", {connection.ops.quote_name(field.column)} = %(set_{name})s"
-        params[f"set_{name}"] = field.get_db_prep_save(value, connection)
     before = {name: getattr(order, name) for name in ("status", "version", "updated_at", *changes)}
     # The snapshot shows the row as this statement leaves it.
     order.status, order.version, order.updated_at = to, order.version + 1, now
     for name, value in changes.items():
         setattr(order, name, value)
     snapshot = make_snapshot(order, queue=queue)
-    params.update(status=str(to), now=now, kind=str(kind), message=message, snapshot=json.dumps(snapshot))
-    with connection.cursor() as cursor:
-        cursor.execute(_TRANSITION.format(changes=assignments), params)
-        row = cursor.fetchone()
+    row = journal.transition(
+        order.pk,
+        from_status=str(before["status"]),
+        from_version=before["version"],
+        to=str(to),
+        at=now,
+        changes=changes,
+        kind=kind,
+        message=message,
+        snapshot=snapshot,
+    )
     if row is None:
         for name, value in before.items():
             setattr(order, name, value)
         raise InvalidTransition(f"order {order.pk} changed under us")
-    pk, seq, previous_at = row
-    event = stored_event(order, pk=pk, seq=seq, kind=kind, at=now, message=message, snapshot=snapshot)
-    count_on_commit(order, event, previous_at=previous_at)
+    event = stored_event(order, pk=row.pk, seq=row.seq, kind=kind, at=now, message=message, snapshot=snapshot)
+    count_on_commit(order, event, previous_at=row.previous_at)
     return Transition(order=order, event=event)
 
 

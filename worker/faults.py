@@ -14,14 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from orders import sandbox
+from orders.failures import TransientFailure
 
 log = logging.getLogger(__name__)
 
 CRASH_EXIT_CODE = 70
-
-
-class TransientFailure(Exception):
-    """A failure worth retrying later (a gateway timeout, a dropped connection)."""
 
 
 def _crash(step: str) -> None:
@@ -32,6 +29,8 @@ def _crash(step: str) -> None:
 
 
 class Faults:
+    """The sandbox's fault injector (`orders.failures.FaultInjector`), read from the sandbox settings."""
+
     def __init__(
         self,
         reader: sandbox.SandboxReader | None = None,

@@ -12,7 +12,7 @@ import pytest
 from django.db.models import Count, Sum
 
 from orders import sandbox, services
-from orders.models import EventKind, Order, OrderEvent, OrderLine, OrderStatus, Payment, Product
+from orders.models import EventKind, GatewayCharge, Order, OrderEvent, OrderLine, OrderStatus, Payment, Product
 from orders.tests.factories import ProductFactory
 from worker.tests.processes import Service, wait_until
 
@@ -60,16 +60,22 @@ def test_sigkill_chaos_loses_no_order_and_charges_none_twice(tmp_path, broker):
     failed = Order.objects.filter(pk__in=ids, status=OrderStatus.FAILED)
     per_order = Payment.objects.filter(order_id__in=ids).values("order_id").annotate(n=Count("id"))
     duplicate_payments = sum(row["n"] - 1 for row in per_order)
+    # What the payment provider holds: at most one charge per order, whatever the kills hit.
+    charges = (
+        GatewayCharge.objects.filter(order_ref__in=[str(pk) for pk in ids]).values("order_ref").annotate(n=Count("id"))
+    )
+    duplicate_charges = sum(row["n"] - 1 for row in charges)
     lost = len(ids) - Order.objects.filter(pk__in=ids, status__in=TERMINAL).count()
     print(
         f"\nchaos: seed={seed} orders={len(ids)} kills={kills} redeliveries={redeliveries} "
         f"completed={completed.count()} failed={failed.count()} "
         f"dead_lettered={Order.objects.filter(pk__in=ids, status=OrderStatus.DEAD_LETTERED).count()} "
-        f"lost={lost} duplicate_payments={duplicate_payments}"
+        f"lost={lost} duplicate_payments={duplicate_payments} duplicate_gateway_charges={duplicate_charges}"
     )
     assert kills >= 3, f"seed {seed}: the orders finished before three kills; slow the steps down"
     assert lost == 0
     assert duplicate_payments == 0
+    assert duplicate_charges == 0
     assert Payment.objects.filter(order__in=completed).count() == completed.count()
     assert not Payment.objects.filter(order__in=failed).exists()
     for product in products:

@@ -7,15 +7,22 @@ import pytest
 from django.core import mail
 
 from orders import cache
-from orders.models import Notification, OrderEvent, OrderStatus, OrderStep, Payment, Product
+from orders.failures import PaymentDeclined
+from orders.models import GatewayCharge, Notification, OrderEvent, OrderStatus, OrderStep, Payment, Product
+from orders.steps import STEP_BY_NAME
 from orders.tests.factories import ProductFactory
 from worker.faults import NoFaults
-from worker.processing import ACK, Action, Delivery, PaymentDeclined, Processor
+from worker.processing import ACK, Action, Delivery, Processor
 from worker.tests.conftest import delivery_for
 
 pytestmark = pytest.mark.django_db
 
 processing = Processor(faults=NoFaults())
+pipeline = processing.pipeline
+
+
+def run_step(name: str, order, delivery: Delivery):
+    return pipeline.run_step(STEP_BY_NAME[name], order.id, delivery)
 
 
 def kinds(order) -> list[str]:
@@ -58,9 +65,9 @@ def test_a_redelivery_resumes_after_the_last_finished_step(place_order, product)
     order = place_order(quantity=2)
     first = delivery_for(order)
     # The worker died right after the payment committed.
-    processing.start(order.id, first)
-    processing.reserve_inventory(order.id, first)
-    processing.charge_payment(order.id, first)
+    pipeline.receive(order.id, first)
+    run_step("reserve inventory", order, first)
+    run_step("charge payment", order, first)
     redelivered = delivery_for(order, redelivered=True, headers={"x-delivery-count": 1})
     assert processing.process(redelivered) == ACK
     order.refresh_from_db()
@@ -146,10 +153,77 @@ def test_poison_messages_are_dead_lettered_with_a_reason(body):
 def test_steps_refuse_to_run_out_of_order(place_order, product):
     order = place_order()
     delivery = delivery_for(order)
-    processing.start(order.id, delivery)
-    assert processing.charge_payment(order.id, delivery) is None
-    assert processing.complete(order.id, delivery) is None
+    pipeline.receive(order.id, delivery)
+    assert run_step("charge payment", order, delivery) is None
+    assert run_step("complete", order, delivery) is None
     assert not Payment.objects.exists()
     assert Product.objects.get(pk=product.pk).stock == 10
     order.refresh_from_db()
     assert order.step == OrderStep.NONE
+
+
+class SimulatedCrash(Exception):
+    """Stands in for the worker dying (os._exit) at the sandbox's crash point: the step's transaction rolls back."""
+
+
+class CrashOnceIn(NoFaults):
+    def __init__(self, step: str) -> None:
+        super().__init__()
+        self.step, self.crashed = step, False
+
+    def maybe_crash(self, step: str) -> None:
+        if step == self.step and not self.crashed:
+            self.crashed = True
+            raise SimulatedCrash(step)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_crash_after_the_gateway_charged_charges_once_on_redelivery(place_order, product):
+    order = place_order(quantity=2)
+    # The crash point of 'charge payment' is inside our step's transaction, after the gateway's own transaction
+    # has committed its charge: the window a real provider call leaves open.
+    with pytest.raises(SimulatedCrash):
+        Processor(faults=CrashOnceIn("charge payment")).process(delivery_for(order))
+    ledger = GatewayCharge.objects.filter(order_ref=str(order.id))
+    assert ledger.count() == 1
+    assert not Payment.objects.filter(order=order).exists()
+    order.refresh_from_db()
+    assert order.step == OrderStep.INVENTORY_RESERVED
+
+    redelivered = delivery_for(order, redelivered=True, headers={"x-delivery-count": 1})
+    assert processing.process(redelivered) == ACK
+    order.refresh_from_db()
+    assert order.status == OrderStatus.COMPLETED
+    charge = ledger.get()
+    assert charge.idempotency_key == str(order.id)
+    assert Payment.objects.get(order=order).gateway_reference == charge.reference
+    assert order.result["payment_reference"] == charge.reference
+
+
+def test_a_declined_payment_leaves_nothing_in_the_gateway_ledger(place_order, product):
+    order = place_order()
+
+    class Declining(NoFaults):
+        def declined(self) -> bool:
+            return True
+
+    assert Processor(faults=Declining()).process(delivery_for(order)) == ACK
+    order.refresh_from_db()
+    assert order.status == OrderStatus.FAILED
+    assert not GatewayCharge.objects.exists()
+
+
+def test_the_email_sender_is_a_seam_a_test_can_swap(place_order, product):
+    order = place_order()
+    sent = []
+
+    def record(order_to_confirm):
+        sent.append(order_to_confirm.pk)
+        return "Subject from the seam", "Body from the seam"
+
+    assert Processor(faults=NoFaults(), notify=record).process(delivery_for(order)) == ACK
+    assert sent == [order.pk]
+    assert not mail.outbox
+    assert Notification.objects.get(order=order).subject == "Subject from the seam"
+    order.refresh_from_db()
+    assert order.status == OrderStatus.COMPLETED

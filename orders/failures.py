@@ -1,0 +1,43 @@
+"""The ways a step can fail, and the fault injector the steps consult (the sandbox implements it in the worker).
+
+Kept apart from the steps so the seams (the gateway, the email sender) can raise them without importing the steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+
+class PermanentFailure(Exception):
+    """The order cannot succeed (out of stock, payment declined): it fails without retry."""
+
+
+class PaymentDeclined(PermanentFailure):
+    pass
+
+
+class OutOfStock(PermanentFailure):
+    pass
+
+
+class TransientFailure(Exception):
+    """A failure worth retrying later (a gateway timeout, a dropped connection)."""
+
+
+class Interrupted(Exception):
+    """The worker is stopping while this order waits (step mode, delay): leave the message unacked."""
+
+
+class FaultInjector(Protocol):
+    """What the steps ask the sandbox before and during each step; all answers are "no fault" in production."""
+
+    def delay(self, should_stop: Callable[[], bool]) -> None: ...
+
+    def maybe_fail_transiently(self, step: str) -> None: ...
+
+    def maybe_crash(self, step: str) -> None: ...
+
+    def declined(self) -> bool: ...
+
+    def step_mode(self) -> bool: ...

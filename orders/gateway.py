@@ -1,0 +1,65 @@
+"""The payment gateway seam: a simulated external provider with a ledger of its own (`GatewayCharge`).
+
+It is another system: each call runs in a transaction of its own (`durable=True`: calling it inside another
+transaction is an error), never inside the step that records our `Payment`, because a real provider's charge does
+not roll back with our database. That leaves a window: the
+gateway has charged and our step has not committed (a crash, a lost connection). Calling it again with the same
+idempotency key (the order id) is what closes the window: the second call returns the first charge's reference
+and adds nothing to the ledger, so the redelivered step records the one charge there is.
+
+Swap it by passing another `Gateway` to the worker's Processor (tests and lessons do).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+
+from orders.failures import FaultInjector, PaymentDeclined
+from orders.models import GatewayCharge, Order
+
+# What a step calls: the order to charge and the sandbox's faults -> the gateway's reference for the charge.
+Gateway = Callable[[Order, FaultInjector], str]
+
+
+def charge(order: Order, faults: FaultInjector) -> str:
+    """Charge the order's total once, whatever happens: the order id is the idempotency key."""
+    return charge_with_key(key=str(order.id), order_ref=str(order.id), amount=order.total, faults=faults)
+
+
+def charge_with_key(*, key: str, order_ref: str, amount: Decimal, faults: FaultInjector) -> str:
+    """The provider's side of an idempotent charge: the stored reference if the key was seen, else a new charge.
+
+    A timeout can happen before the provider sees the request, so it comes first; a decline is only for a new
+    charge (a replayed key answers what the first call answered)."""
+    faults.maybe_fail_transiently("charge payment")
+    existing = GatewayCharge.objects.filter(idempotency_key=key).values_list("reference", flat=True).first()
+    if existing is not None:
+        return existing
+    if faults.declined():
+        raise PaymentDeclined("payment declined by the (simulated) card issuer")
+    try:
+        # Two workers racing on one key: the second INSERT waits on the unique index until the first commits, then
+        # fails, and reads the charge the first one made.
+        with transaction.atomic(durable=True):
+            return _insert(key=key, order_ref=order_ref, amount=amount)
+    except IntegrityError:
+        return GatewayCharge.objects.values_list("reference", flat=True).get(idempotency_key=key)
+
+
+def charge_without_key(order: Order, faults: FaultInjector) -> str:
+    """The unsafe call, kept for the lesson that switches the step guards off: every call is a new charge."""
+    faults.maybe_fail_transiently("charge payment")
+    if faults.declined():
+        raise PaymentDeclined("payment declined by the (simulated) card issuer")
+    with transaction.atomic(durable=True):
+        return _insert(key=None, order_ref=str(order.id), amount=order.total)
+
+
+def _insert(*, key: str | None, order_ref: str, amount: Decimal) -> str:
+    reference = f"sim_{uuid.uuid4().hex[:20]}"
+    GatewayCharge.objects.create(idempotency_key=key, order_ref=order_ref, amount=amount, reference=reference)
+    return reference

@@ -1,0 +1,385 @@
+"""An order's processing steps, as one table and one runner.
+
+Each step is one transaction that locks the order row, checks that the order is at the step the table says it
+requires (a guarded update), does the step's effect and records an event. A redelivered message therefore resumes
+at the first unfinished step and never repeats a finished one; the unique payment row makes a double charge
+impossible even if this logic were wrong, and the gateway's idempotency key makes the provider charge once too.
+Redis writes happen after each commit.
+
+The worker hands each delivery here (`Pipeline.receive`, then `Pipeline.run`) and turns the outcome into an ack,
+a retry or a dead letter; nothing here knows about RabbitMQ beyond the facts a delivery carries (`Carrier`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from orders import gateway, notifications, sandbox
+from orders.events import QueueSnapshot, record_event
+from orders.failures import FaultInjector, Interrupted, OutOfStock, PermanentFailure, TransientFailure
+from orders.gateway import Gateway
+from orders.models import EventKind, Notification, Order, OrderLine, OrderStatus, OrderStep, Payment, Product
+from orders.notifications import Notifier
+from orders.services import Transition, attach_lines, cache_after_commit, transition_order
+
+
+class Carrier(Protocol):
+    """What the steps need to know about the message that brought the order (the worker's Delivery has it)."""
+
+    queue: str
+    redelivered: bool
+
+    @property
+    def delivery_count(self) -> int: ...
+
+    @property
+    def retries(self) -> int: ...
+
+    def snapshot(self, note: str = "") -> QueueSnapshot: ...
+
+
+class UnknownOrder(Exception):
+    """The message names an order that does not exist."""
+
+
+@dataclass(frozen=True)
+class Seams:
+    """The outside world a step talks to: the sandbox's faults, the payment gateway, the email sender."""
+
+    faults: FaultInjector
+    charge: Gateway = gateway.charge
+    notify: Notifier = notifications.send_confirmation
+
+
+@dataclass(frozen=True)
+class Done:
+    """What a step's effect did: the event's message, the order's new status and fields, and any work that must
+    come last before the commit."""
+
+    message: str
+    to: OrderStatus = OrderStatus.PROCESSING
+    changes: dict[str, Any] = field(default_factory=dict)
+    last: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    requires: OrderStep  # the step the order must be at: the guard
+    then: OrderStep | None  # the step it is at after this one commits (None: the step stays, the status moves)
+    kind: EventKind
+    # Runs inside the step's transaction, the order row locked, after the guard passed.
+    effect: Callable[[Order, Seams, Any], Done]
+    # Runs before the step's transaction, in its own: a call to another system, whose result `effect` receives.
+    outside: Callable[[Order, Seams], Any] | None = None
+    transient_faults: bool = True  # the sandbox's simulated timeouts may hit this step
+    crash_point: bool = True  # the sandbox's crash may kill the worker inside this step's transaction
+
+
+# ---------------------------------------------------------------- the effects
+
+
+def reserve_inventory(order: Order, seams: Seams, _: Any) -> Done:
+    """Decrement stock for every line, all or nothing. Out of stock is permanent."""
+
+    def take_stock() -> None:
+        # Lock products in a fixed order so two orders for the same products cannot deadlock. Out of stock rolls
+        # the whole step back with the decrements before it.
+        for line in sorted(order.lines.all(), key=lambda item: item.product_id):
+            taken = Product.objects.filter(pk=line.product_id, stock__gte=line.quantity).update(
+                stock=F("stock") - line.quantity
+            )
+            if not taken:
+                raise OutOfStock(f"out of stock: {line.sku} (wanted {line.quantity})")
+
+    reserved = ", ".join(f"{line.quantity} × {line.sku}" for line in order.lines.all())
+    # The decrements come last, just before the commit: every order for a product waits on its row lock, so it is
+    # held for as short a time as possible.
+    return Done(message=f"Reserved {reserved}.", last=take_stock)
+
+
+def call_gateway(order: Order, seams: Seams) -> str:
+    # Before our transaction and outside it: the gateway is another system. A crash between this call and our
+    # commit leaves the provider's charge and no Payment; the redelivery calls again with the same key and gets
+    # the same charge back.
+    return seams.charge(order, seams.faults)
+
+
+def record_payment(order: Order, seams: Seams, reference: str) -> Done:
+    Payment.objects.create(order=order, amount=order.total, gateway_reference=reference)
+    return Done(message=f"Charged {order.total} (gateway reference {reference}).")
+
+
+def notify_customer(order: Order, seams: Seams, _: Any) -> Done:
+    # Sent inside the transaction: if the commit then fails, the retry sends it again (at least once), which for a
+    # confirmation email is the right side to err on.
+    subject, body = seams.notify(order)
+    Notification.objects.create(order=order, recipient=order.customer_email, subject=subject, body=body)
+    return Done(message=f"Emailed {order.customer_email}: “{subject}”.")
+
+
+def complete(order: Order, seams: Seams, _: Any) -> Done:
+    payment = Payment.objects.get(order=order)
+    result = {
+        "payment_reference": payment.gateway_reference,
+        "charged": str(payment.amount),
+        "notified": order.customer_email,
+    }
+    return Done(
+        message="Completed. The message is acknowledged after this commit.",
+        to=OrderStatus.COMPLETED,
+        changes={"result": result, "completed_at": timezone.now()},
+    )
+
+
+STEPS: tuple[Step, ...] = (
+    Step("reserve inventory", OrderStep.NONE, OrderStep.INVENTORY_RESERVED, EventKind.INVENTORY_RESERVED,
+         reserve_inventory),
+    # The gateway injects its own timeouts and declines, outside our transaction.
+    Step("charge payment", OrderStep.INVENTORY_RESERVED, OrderStep.PAYMENT_CHARGED, EventKind.PAYMENT_CHARGED,
+         record_payment, outside=call_gateway, transient_faults=False),
+    Step("notify customer", OrderStep.PAYMENT_CHARGED, OrderStep.CUSTOMER_NOTIFIED, EventKind.CUSTOMER_NOTIFIED,
+         notify_customer),
+    Step("complete", OrderStep.CUSTOMER_NOTIFIED, None, EventKind.COMPLETED,
+         complete, transient_faults=False, crash_point=False),
+)  # fmt: skip
+STEP_BY_NAME = {step.name: step for step in STEPS}
+
+
+# ---------------------------------------------------------------- the runner
+
+
+class Ended(Enum):
+    DONE = "done"  # every step has finished (now or before)
+    FAILED = "failed"  # a permanent failure, recorded: the order is `failed`
+    TRANSIENT = "transient"  # a step failed in a way worth retrying: the caller schedules it or gives up
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ended: Ended
+    step: str = ""
+    error: Exception | None = None
+
+
+class Pipeline:
+    """Runs an order's steps for one delivery. One instance per worker; safe to share between its threads."""
+
+    def __init__(self, *, seams: Seams, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.seams = seams
+        self.should_stop = should_stop
+
+    def receive(self, order_id: uuid.UUID, message: Carrier) -> Transition | None:
+        """Take the order into `processing` and count the attempt; raises UnknownOrder. Returns None when the order
+        is already terminal (a duplicate delivery, recorded as such)."""
+        _lines.entry = None
+        with transaction.atomic():
+            try:
+                order = _locked(order_id)
+            except Order.DoesNotExist:
+                raise UnknownOrder(f"unknown order {order_id}") from None
+            if order.is_terminal:
+                record_event(
+                    order,
+                    EventKind.DUPLICATE_IGNORED,
+                    f"Delivery #{message.delivery_count} ignored: the order is already {order.status}.",
+                    queue=message.snapshot(),
+                )
+                return None
+            if order.status == OrderStatus.RETRYING or message.retries:
+                kind = EventKind.RECEIVED
+                text = f"Retry {message.retries} received back from the delay queue; resuming."
+            elif message.redelivered or order.status == OrderStatus.PROCESSING or order.step != OrderStep.NONE:
+                # The broker handed this message out before without an ack (a worker died or lost its channel).
+                kind = EventKind.REDELIVERED
+                text = (
+                    f"Redelivered (delivery #{message.delivery_count}); resuming after step "
+                    f"'{order.get_step_display()}'."
+                    if order.step != OrderStep.NONE
+                    else f"Redelivered (delivery #{message.delivery_count}); no step had finished yet."
+                )
+            else:
+                kind, text = EventKind.RECEIVED, f"Received by a worker from {message.queue}."
+            transition = transition_order(
+                order,
+                to=OrderStatus.PROCESSING,
+                kind=kind,
+                message=text,
+                queue=message.snapshot(),
+                attempts=order.attempts + 1,
+            )
+        cache_after_commit([transition])
+        return transition
+
+    def run(self, order_id: uuid.UUID, message: Carrier) -> Outcome:
+        """Every step the order has not finished, in order. A permanent failure fails the order (stock released);
+        a transient one is handed back to the caller with the step it hit."""
+        for step in STEPS:
+            self.wait_before_step(order_id, step.name, message)
+            try:
+                self.run_step(step, order_id, message)
+            except PermanentFailure as exc:
+                self.fail(order_id, str(exc), message)
+                return Outcome(Ended.FAILED, step.name, exc)
+            except TransientFailure as exc:
+                return Outcome(Ended.TRANSIENT, step.name, exc)
+        return Outcome(Ended.DONE)
+
+    def run_step(self, step: Step, order_id: uuid.UUID, message: Carrier) -> Transition | None:
+        """One guarded step. Returns None, changing nothing, when the order is not at the step this one requires."""
+        prepared = None
+        if step.outside is not None:
+            # An unlocked read is enough to skip a finished step; the guard under the lock below is the real check
+            # (a call made needlessly by a racing worker is harmless: it repeats an idempotent request).
+            order = _unlocked(order_id)
+            if not _at(order, step):
+                return None
+            prepared = step.outside(order, self.seams)
+        with transaction.atomic():
+            order = _locked(order_id)
+            if not _at(order, step):
+                return None
+            if step.transient_faults:
+                self.seams.faults.maybe_fail_transiently(step.name)
+            done = step.effect(order, self.seams, prepared)
+            changes = done.changes if step.then is None else {"step": step.then, **done.changes}
+            transition = transition_order(
+                order, to=done.to, kind=step.kind, message=done.message, queue=message.snapshot(), **changes
+            )
+            if done.last is not None:
+                done.last()
+            if step.crash_point:
+                # A crash here rolls the step back (stock, payment row, notification): the redelivery redoes it once.
+                self.seams.faults.maybe_crash(step.name)
+        cache_after_commit([transition])
+        return transition
+
+    def wait_before_step(self, order_id: uuid.UUID, step: str, message: Carrier) -> None:
+        """Sandbox: the step delay, and in step-by-step mode, wait for 'Next step' on the journey page."""
+        faults = self.seams.faults
+        faults.delay(self.should_stop)
+        if not faults.step_mode():
+            return
+        announced = False
+        while faults.step_mode():
+            if self.should_stop():
+                raise Interrupted(f"stopping while order {order_id} waits before '{step}'")
+            if sandbox.step_grant_take(order_id=order_id):
+                return
+            if not announced:
+                self._announce_wait(order_id, step, message)
+                announced = True
+            time.sleep(0.2)
+
+    def _announce_wait(self, order_id: uuid.UUID, step: str, message: Carrier) -> None:
+        with transaction.atomic():
+            order = _locked(order_id)
+            event = record_event(
+                order,
+                EventKind.STEP_WAITING,
+                f"Step-by-step mode: waiting for 'Next step' before '{step}'. The message is unacked meanwhile.",
+                queue=message.snapshot(),
+            )
+        cache_after_commit([Transition(order=order, event=event)])
+
+    # ------------------------------------------------------------ failures
+
+    def fail(self, order_id: uuid.UUID, reason: str, message: Carrier) -> Transition | None:
+        """Permanent failure: status `failed` with the reason; stock reserved by this order is released."""
+        with transaction.atomic():
+            order = _locked(order_id)
+            if order.status != OrderStatus.PROCESSING:
+                return None
+            released = ""
+            if order.step != OrderStep.NONE:
+                for line in sorted(order.lines.all(), key=lambda item: item.product_id):
+                    Product.objects.filter(pk=line.product_id).update(stock=F("stock") + line.quantity)
+                released = " Reserved stock released."
+            transition = transition_order(
+                order,
+                to=OrderStatus.FAILED,
+                kind=EventKind.FAILED,
+                message=f"Failed: {reason}.{released}",
+                queue=message.snapshot(),
+                failure_reason=reason,
+            )
+        cache_after_commit([transition])
+        return transition
+
+    def retry_scheduled(self, order_id: uuid.UUID, text: str, message: Carrier) -> Transition | None:
+        """A transient failure the caller will retry: the order waits as `retrying`, keeping its finished steps."""
+        return self._mark(order_id, OrderStatus.RETRYING, EventKind.RETRY_SCHEDULED, text, "", message)
+
+    def gave_up(self, order_id: uuid.UUID, reason: str, text: str, message: Carrier) -> Transition | None:
+        """The last retry failed: the order is `dead_lettered` (with its finished steps) until someone replays it."""
+        return self._mark(order_id, OrderStatus.DEAD_LETTERED, EventKind.DEAD_LETTERED, text, reason, message)
+
+    def _mark(
+        self, order_id: uuid.UUID, status: OrderStatus, kind: EventKind, text: str, reason: str, message: Carrier
+    ) -> Transition | None:
+        with transaction.atomic():
+            order = _locked(order_id)
+            if order.status != OrderStatus.PROCESSING:
+                return None
+            changes = {"failure_reason": reason} if reason else {}
+            transition = transition_order(
+                order, to=status, kind=kind, message=text, queue=message.snapshot(), **changes
+            )
+        cache_after_commit([transition])
+        return transition
+
+    def dead_lettered_by_broker(self, order_id: uuid.UUID, reason: str, message: Carrier) -> Transition | None:
+        """The broker dead-lettered the order's message by itself (its delivery limit: it crashed workers
+        repeatedly). Mark the order `dead_lettered` so it shows up for replay."""
+        with transaction.atomic():
+            try:
+                order = _locked(order_id)
+            except Order.DoesNotExist:
+                return None
+            if order.status not in (OrderStatus.PROCESSING, OrderStatus.QUEUED, OrderStatus.PENDING):
+                return None
+            transition = transition_order(
+                order,
+                to=OrderStatus.DEAD_LETTERED,
+                kind=EventKind.DEAD_LETTERED,
+                message=f"Dead-lettered by RabbitMQ: {reason}. Replay it once the fault is fixed.",
+                queue=message.snapshot(),
+                failure_reason=reason,
+            )
+        cache_after_commit([transition])
+        return transition
+
+
+def _at(order: Order, step: Step) -> bool:
+    return order.status == OrderStatus.PROCESSING and order.step == step.requires
+
+
+# The lines of the order this thread is working on. A delivery runs start to finish on one step thread, and an
+# order's lines never change after it is accepted, so each delivery reads them once instead of once per step.
+_lines = threading.local()
+
+
+def _with_lines(order: Order) -> Order:
+    cached = getattr(_lines, "entry", None)
+    if cached is None or cached[0] != order.pk:
+        cached = _lines.entry = (order.pk, list(OrderLine.objects.filter(order_id=order.pk).order_by("pk")))
+    return attach_lines(order, cached[1])
+
+
+def _locked(order_id: uuid.UUID) -> Order:
+    """The order, its row locked until the step's transaction ends, with its lines."""
+    return _with_lines(Order.objects.select_for_update(of=("self",)).get(pk=order_id))
+
+
+def _unlocked(order_id: uuid.UUID) -> Order:
+    return _with_lines(Order.objects.get(pk=order_id))

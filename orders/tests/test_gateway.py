@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.db import transaction
+
+from orders import gateway, services
+from orders.failures import PaymentDeclined
+from orders.models import GatewayCharge
+
+pytestmark = pytest.mark.django_db
+
+
+class Faults:
+    """Just the two answers the gateway asks for."""
+
+    def __init__(self, *, declined: bool = False) -> None:
+        self._declined = declined
+
+    def maybe_fail_transiently(self, step: str) -> None:
+        pass
+
+    def declined(self) -> bool:
+        return self._declined
+
+
+def test_the_same_key_returns_the_first_charge_and_adds_no_ledger_row():
+    first = gateway.charge_with_key(key="order-1", order_ref="order-1", amount=Decimal("12.50"), faults=Faults())
+    again = gateway.charge_with_key(key="order-1", order_ref="order-1", amount=Decimal("12.50"), faults=Faults())
+    assert again == first
+    charge = GatewayCharge.objects.get()
+    assert (charge.idempotency_key, charge.reference, charge.amount) == ("order-1", first, Decimal("12.50"))
+
+
+def test_a_replayed_key_is_not_declined_after_the_fact():
+    first = gateway.charge_with_key(key="order-2", order_ref="order-2", amount=Decimal("5.00"), faults=Faults())
+    assert (
+        gateway.charge_with_key(
+            key="order-2", order_ref="order-2", amount=Decimal("5.00"), faults=Faults(declined=True)
+        )
+        == first
+    )
+
+
+def test_a_decline_charges_nothing():
+    with pytest.raises(PaymentDeclined):
+        gateway.charge_with_key(
+            key="order-3", order_ref="order-3", amount=Decimal("5.00"), faults=Faults(declined=True)
+        )
+    assert not GatewayCharge.objects.exists()
+
+
+def test_without_a_key_every_call_is_a_new_charge(product):
+    order = services.order_create(customer_email="pay@example.com", items=[{"sku": product.sku, "quantity": 1}])
+    references = {gateway.charge_without_key(order, Faults()) for _ in range(2)}
+    assert len(references) == 2
+    assert GatewayCharge.objects.filter(order_ref=str(order.id), idempotency_key=None).count() == 2
+
+
+def test_it_refuses_to_run_inside_our_transaction():
+    # Inside the step's transaction a crash would roll the "provider's" charge back, which no real provider does.
+    with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
+        gateway.charge_with_key(key="order-4", order_ref="order-4", amount=Decimal("5.00"), faults=Faults())
