@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("orders", "0002_sandbox_idempotency"),
+        ("orders", "0003_supervised_processes"),
     ]
 
     operations = [
