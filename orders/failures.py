@@ -29,15 +29,19 @@ class Interrupted(Exception):
     """The worker is stopping while this order waits (step mode, delay): leave the message unacked."""
 
 
-class FaultInjector(Protocol):
+class GatewayFaults(Protocol):
+    """The two questions the simulated payment gateway asks the sandbox."""
+
+    def maybe_fail_transiently(self, step: str) -> None: ...
+
+    def declined(self) -> bool: ...
+
+
+class FaultInjector(GatewayFaults, Protocol):
     """What the steps ask the sandbox before and during each step; all answers are "no fault" in production."""
 
     def delay(self, should_stop: Callable[[], bool]) -> None: ...
 
-    def maybe_fail_transiently(self, step: str) -> None: ...
-
     def maybe_crash(self, step: str) -> None: ...
-
-    def declined(self) -> bool: ...
 
     def step_mode(self) -> bool: ...

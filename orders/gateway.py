@@ -18,19 +18,19 @@ from decimal import Decimal
 
 from django.db import IntegrityError, transaction
 
-from orders.failures import FaultInjector, PaymentDeclined
+from orders.failures import GatewayFaults, PaymentDeclined
 from orders.models import GatewayCharge, Order
 
 # What a step calls: the order to charge and the sandbox's faults -> the gateway's reference for the charge.
-Gateway = Callable[[Order, FaultInjector], str]
+Gateway = Callable[[Order, GatewayFaults], str]
 
 
-def charge(order: Order, faults: FaultInjector) -> str:
+def charge(order: Order, faults: GatewayFaults) -> str:
     """Charge the order's total once, whatever happens: the order id is the idempotency key."""
     return charge_with_key(key=str(order.id), order_ref=str(order.id), amount=order.total, faults=faults)
 
 
-def charge_with_key(*, key: str, order_ref: str, amount: Decimal, faults: FaultInjector) -> str:
+def charge_with_key(*, key: str, order_ref: str, amount: Decimal, faults: GatewayFaults) -> str:
     """The provider's side of an idempotent charge: the stored reference if the key was seen, else a new charge.
 
     A timeout can happen before the provider sees the request, so it comes first; a decline is only for a new
@@ -50,7 +50,7 @@ def charge_with_key(*, key: str, order_ref: str, amount: Decimal, faults: FaultI
         return GatewayCharge.objects.values_list("reference", flat=True).get(idempotency_key=key)
 
 
-def charge_without_key(order: Order, faults: FaultInjector) -> str:
+def charge_without_key(order: Order, faults: GatewayFaults) -> str:
     """The unsafe call, kept for the lesson that switches the step guards off: every call is a new charge."""
     faults.maybe_fail_transiently("charge payment")
     if faults.declined():

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.db import connection, models
-from django.db.models import Max
+from django.db.models import Field, Max
 from psycopg import sql
 
 from orders.models import EventKind, Order, OrderEvent, OrderLine, OutboxMessage
@@ -167,7 +167,7 @@ def accept(
 ) -> Accepted:
     """Insert a new order, its lines, its outbox message and its `accepted` event, and NOTIFY `channel` (_ACCEPT).
     `message` is the event's text up to the outbox id, which the statement appends."""
-    params = {
+    params: dict[str, Any] = {
         "id": order.id,
         "status": str(order.status),
         "step": str(order.step),
@@ -206,7 +206,13 @@ def accept(
 
 def append(order: Order, kind: EventKind, message: str, snapshot: dict[str, Any], *, at: datetime) -> Appended:
     """Append an event in one statement (_APPEND)."""
-    params = {"order": order.id, "kind": str(kind), "at": at, "message": message, "snapshot": json.dumps(snapshot)}
+    params: dict[str, Any] = {
+        "order": order.id,
+        "kind": str(kind),
+        "at": at,
+        "message": message,
+        "snapshot": json.dumps(snapshot),
+    }
     with connection.cursor() as cursor:
         cursor.execute(_APPEND, params)
         return Appended(*cursor.fetchone())
@@ -238,18 +244,31 @@ def transition(
         "snapshot": json.dumps(snapshot),
     }
     for name, value in changes.items():
-        params[f"set_{name}"] = Order._meta.get_field(name).get_db_prep_save(value, connection)
+        params[f"set_{name}"] = _order_field(name).get_db_prep_save(value, connection)
     with connection.cursor() as cursor:
         cursor.execute(_transition_statement(tuple(changes)), params)
         row = cursor.fetchone()
     return None if row is None else Appended(*row)
 
 
+def _order_field(name: str) -> Field:
+    """A concrete field of the order table (never a reverse relation: `changes` name the order's own fields)."""
+    field = Order._meta.get_field(name)
+    assert isinstance(field, Field), f"{name} is not a field of the order table"
+    return field
+
+
+def _order_column(name: str) -> str:
+    column = _order_field(name).column
+    assert column, f"{name} has no column"
+    return column
+
+
 @functools.cache
 def _transition_statement(names: tuple[str, ...]) -> str:
     """_TRANSITION setting the columns of these fields too, each from its own parameter `set_<name>`."""
     assignments = [
-        sql.SQL(", {} = {}").format(sql.Identifier(Order._meta.get_field(name).column), sql.Placeholder(f"set_{name}"))
+        sql.SQL(", {} = {}").format(sql.Identifier(_order_column(name)), sql.Placeholder(f"set_{name}"))
         for name in names
     ]
     return _render(_TRANSITION.format(order=ORDER, event=EVENT, previous=_PREVIOUS, changes=sql.Composed(assignments)))

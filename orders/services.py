@@ -16,7 +16,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from orders import cache, journal
-from orders.events import attach_cache_state, count_on_commit, make_snapshot, record_event_reference, stored_event
+from orders.events import (
+    QueueSnapshot,
+    attach_cache_state,
+    count_on_commit,
+    make_snapshot,
+    record_event_reference,
+    stored_event,
+)
 from orders.models import (
     EventKind,
     IdempotencyKey,
@@ -165,7 +172,7 @@ def transition_reference(
     to: OrderStatus,
     kind: EventKind,
     message: str,
-    queue: dict[str, Any] | None = None,
+    queue: QueueSnapshot | dict[str, Any] | None = None,
     **changes: Any,
 ) -> Transition:
     """Move a locked order to `to` and record the event, the readable way: a guarded ORM update, then the event.
@@ -191,7 +198,7 @@ def transition_order(
     to: OrderStatus,
     kind: EventKind,
     message: str,
-    queue: dict[str, Any] | None = None,
+    queue: QueueSnapshot | dict[str, Any] | None = None,
     **changes: Any,
 ) -> Transition:
     """Move a locked order to `to` with a guarded UPDATE and record the event (one statement, `journal.transition`).

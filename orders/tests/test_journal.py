@@ -21,7 +21,7 @@ QUEUE = {"exchange": "orders", "routing_key": "order.placed", "queue": "orders.p
 DONE_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 # Each journey: (what to do, its arguments). "move" is a transition, "note" an event without one.
-JOURNEYS = {
+JOURNEYS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "completed": [
         ("move", {"to": OrderStatus.QUEUED, "kind": EventKind.PUBLISHED, "message": "Published.", "queue": QUEUE}),
         ("move", {"to": OrderStatus.PROCESSING, "kind": EventKind.RECEIVED, "message": "In.", "attempts": 1}),
