@@ -326,9 +326,9 @@ function wireControls() {
   });
   $("purge").addEventListener("click", async () => {
     const queue = $("purge-queue").value;
-    if (!queue || !confirm(`Purge every ready message from ${queue}? They are gone for good.`)) return;
+    if (!queue || !confirm(`Purge every ready message from ${queue}? The messages are gone; the sweeper re-sends their orders after a while.`)) return;
     const result = await api("POST", "/api/controls/purge-queue/", { queue });
-    say("ops-result", result.ok ? `Purged ${fmt(result.data.purged)} message(s) from ${queue}.` : `Refused (${result.status}): ${errorText(result)}`, result.ok);
+    say("ops-result", result.ok ? `Purged ${fmt(result.data.purged)} message(s) from ${queue}. ${result.data.note}` : `Refused (${result.status}): ${errorText(result)}`, result.ok);
   });
   $("flush-cache").addEventListener("click", async () => {
     const result = await api("POST", "/api/controls/flush-cache/", {});
