@@ -13,6 +13,7 @@ rows are still unsent and are published again (a duplicate message, which the wo
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -119,6 +120,10 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None) -> int:
     return len(published)
 
 
+def _main_queue_ready(publisher: Publisher) -> int:
+    return publisher.channel.queue_declare(publisher.topology.process_queue, passive=True).method.message_count
+
+
 def _crash_point(point: str, rows: int) -> None:
     """Tests only (`ORDERPIPE_RELAY_CRASH_AT`): die by SIGKILL here, so a chaos test lands a relay kill exactly
     between claim and publish ("claimed") or between the broker's confirms and the commit ("published")."""
@@ -214,12 +219,7 @@ def run_relay(
                     monitor.observe()
                 published = relay_once(publisher)
                 backoff.reset()
-                if sweeper.due():
-                    # Counted just before the database is read: a message taken by a worker since then shows up
-                    # in its heartbeat or as an event, or at worst is re-sent, harmlessly.
-                    topo = publisher.topology
-                    ready = publisher.channel.queue_declare(topo.process_queue, passive=True).method.message_count
-                    sweeper.sweep(ready)
+                sweeper.tick(functools.partial(_main_queue_ready, publisher))
                 if published == 0:
                     _idle(poll, listener, publisher, monitor, should_stop)
             except BROKER_ERRORS as exc:

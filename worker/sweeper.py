@@ -7,7 +7,8 @@ the system can see:
 
 - its journey has not moved for `SWEEP_AFTER` seconds (every step, receipt and publish appends an event);
 - no live worker holds it: each worker's heartbeat lists the orders of its unacked deliveries (a worker waiting
-  out a database outage, a step delay or step-by-step mode holds its message without progress);
+  out a database outage, a step delay or step-by-step mode holds its message without progress), and the lists
+  are read only once every live worker has reported after the main queue was seen empty (see `Sweeper`);
 - it is not waiting in a retry tier: a `retry_scheduled` event is given the longest tier delay on top;
 - it is not waiting in the main queue: a passive declare counts ready messages but cannot tell whose they are, so
   while the main queue holds any, nothing is swept (under a standing backlog a lost message is re-sent once the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -40,6 +42,8 @@ from orders.services import order_message, outbox_channel
 log = logging.getLogger(__name__)
 
 SWEPT_STATUSES = (OrderStatus.QUEUED, OrderStatus.PROCESSING, OrderStatus.RETRYING)
+# Workers write their heartbeat every second; one silent for this long no longer holds anything we can count on.
+LIVE_WORKER = timedelta(seconds=10)
 
 
 def _stale(now: datetime, after: timedelta, retry_grace: timedelta) -> QuerySet[Order]:
@@ -55,20 +59,31 @@ def _stale(now: datetime, after: timedelta, retry_grace: timedelta) -> QuerySet[
     )
 
 
-def _held_by_workers(now: datetime, after: timedelta) -> set[str]:
-    """Orders that live workers hold unacked. A heartbeat older than `after` is a dead worker's: the broker has
-    returned its deliveries to the queue, where the next worker's receipt shows up as an event."""
+def _live_workers(now: datetime) -> QuerySet[WorkerHeartbeat]:
+    """Workers that have reported recently. One silent for longer is dead (the broker has returned its deliveries
+    to the queue) or cut off from the database (what it holds may be re-sent: harmless)."""
+    return WorkerHeartbeat.objects.filter(last_seen__gte=now - LIVE_WORKER)
+
+
+def _held_by_workers(now: datetime) -> set[str]:
     held: set[str] = set()
-    for holding in WorkerHeartbeat.objects.filter(last_seen__gte=now - after).values_list("holding", flat=True):
+    for holding in _live_workers(now).values_list("holding", flat=True):
         held.update(str(order_id) for order_id in holding or [])
     return held
 
 
+def workers_reported_since(moment: datetime) -> bool:
+    """True when every live worker has written its heartbeat after `moment`. A message that left the main queue
+    before `moment` is then either listed in its worker's heartbeat or already finished (a fresh event)."""
+    now = timezone.now()
+    return not _live_workers(now).filter(last_seen__lt=moment).exists()
+
+
 def orders_resend_stale(*, after: timedelta, retry_grace: timedelta, limit: int = 500) -> list[uuid.UUID]:
     """Re-send through the outbox up to `limit` orders whose message is nowhere to be found (see the module
-    docstring; the caller has checked that the main queue holds no ready message). Returns their ids."""
+    docstring; the caller has seen the main queue empty and every live worker report since). Returns their ids."""
     now = timezone.now()
-    held = _held_by_workers(now, after)
+    held = _held_by_workers(now)
     candidates = [
         pk for pk in _stale(now, after, retry_grace).values_list("pk", flat=True)[:limit] if str(pk) not in held
     ]
@@ -104,27 +119,47 @@ def orders_resend_stale(*, after: timedelta, retry_grace: timedelta, limit: int 
 
 
 class Sweeper:
-    """Runs `orders_resend_stale` every `every` seconds when the main queue holds no ready message."""
+    """One round in two phases, so the queue count and the workers' lists agree: first the main queue is seen
+    empty (at time T); then, once every live worker has reported after T (each lists what it took from the queue
+    before T), orders that are stale and held by no one are re-sent. Reading both at once would miss a message a
+    worker took a moment ago and has not listed yet."""
 
     def __init__(self, *, after: float | None = None, every: float | None = None) -> None:
         self.after = settings.SWEEP_AFTER if after is None else after
         self.every = settings.SWEEP_EVERY if every is None else every
         self.retry_grace = timedelta(milliseconds=max(settings.RETRY_DELAYS_MS, default=0))
-        self.last_run = time.monotonic()  # the first sweep waits a full interval: workers report in first
+        self.last_run = time.monotonic()  # the first round waits a full interval: workers report in first
+        self.queue_empty_at: datetime | None = None
         self.resent = 0
 
     @property
     def enabled(self) -> bool:
         return self.after > 0
 
-    def due(self) -> bool:
-        return self.enabled and time.monotonic() - self.last_run >= self.every
+    def tick(self, count_ready: Callable[[], int]) -> list[uuid.UUID]:
+        """Called by the relay on every loop: the second phase of a round under way, or a new round when due."""
+        if self.queue_empty_at is not None:
+            return self.sweep()
+        if self.enabled and time.monotonic() - self.last_run >= self.every:
+            self.observe(count_ready())
+        return []
 
-    def sweep(self, main_queue_ready: int | None) -> list[uuid.UUID]:
-        """One round. `main_queue_ready` is the main queue's ready count just observed (None: unknown)."""
+    def observe(self, main_queue_ready: int | None) -> None:
+        """Phase one: the main queue's ready count, just read (None: unknown). Only an empty queue starts a round."""
         self.last_run = time.monotonic()
-        if not self.enabled or main_queue_ready is None or main_queue_ready > 0:
+        self.queue_empty_at = timezone.now() if main_queue_ready == 0 else None
+
+    def sweep(self) -> list[uuid.UUID]:
+        """Phase two: re-send what is stale once every live worker has reported since the queue was seen empty
+        (until then, try again on the next call; after `every` seconds, give up and start a new round)."""
+        seen_empty = self.queue_empty_at
+        if seen_empty is None:
             return []
+        if not workers_reported_since(seen_empty):
+            if time.monotonic() - self.last_run >= self.every:
+                self.queue_empty_at = None
+            return []
+        self.queue_empty_at = None
         resent = orders_resend_stale(after=timedelta(seconds=self.after), retry_grace=self.retry_grace)
         self.resent += len(resent)
         return resent

@@ -54,7 +54,13 @@ def ready(broker, queue: str | None = None) -> int:
 def sweep_until(sweeper: Sweeper, broker, count: int) -> list:
     """Sweep until `count` orders were re-sent (they become stale once AFTER has passed)."""
     resent: list = []
-    assert wait_until(lambda: resent.extend(sweeper.sweep(ready(broker))) or len(resent) >= count, 10)
+
+    def one_round() -> bool:
+        sweeper.observe(ready(broker))
+        resent.extend(sweeper.sweep())
+        return len(resent) >= count
+
+    assert wait_until(one_round, 10)
     return resent
 
 
@@ -84,7 +90,7 @@ def test_purged_orders_are_resent_and_complete_once(broker, place_order, start_w
     assert events.count() == 3
     assert all(e.message.startswith("Re-sent: no message found after 0.5 s") for e in events)
     # Finished orders are never swept again.
-    assert Sweeper(after=AFTER, every=0).sweep(ready(broker)) == []
+    assert sweep_until(Sweeper(after=AFTER, every=0), broker, 0) == []
 
 
 def test_the_relay_runs_the_sweeper(broker, place_order, start_worker, settings):
@@ -141,13 +147,32 @@ def test_it_leaves_alone_what_is_in_a_workers_hands_a_retry_tier_the_outbox_or_t
 
     sweeper = Sweeper(after=AFTER, every=0)
     sweeper.retry_grace = timedelta(hours=1)  # the retry tier's delay has not passed yet
-    assert sweeper.sweep(main_queue_ready=1) == []  # a ready message might be any of them
-    assert sweeper.sweep(main_queue_ready=None) == []  # queue depth unknown
+    sweeper.observe(main_queue_ready=1)
+    assert sweeper.sweep() == []  # a ready message might be any of them
+    sweeper.observe(main_queue_ready=None)
+    assert sweeper.sweep() == []  # queue depth unknown
     assert sweep_until(sweeper, broker, 1) == [stale.pk]
     assert not OrderEvent.objects.filter(order__in=[held, retrying, unsent], kind=EventKind.RESENT).exists()
     # Once the retry tier's delay has passed, the message should have come back: it is lost.
     OrderEvent.objects.filter(order=retrying).update(at=F("at") - timedelta(hours=2))
-    assert sweeper.sweep(ready(broker)) == [retrying.pk]
+    assert sweep_until(sweeper, broker, 1) == [retrying.pk]
+
+
+def test_it_waits_until_every_live_worker_has_reported_since_the_queue_was_seen_empty(broker, place_order):
+    order = place_order()
+    relay_once(broker)
+    broker.channel.queue_purge(broker.topology.process_queue)
+    OrderEvent.objects.filter(order=order).update(at=F("at") - timedelta(minutes=5))  # long stale
+    # A live worker whose last report predates the observation may have taken the message just before it.
+    worker = WorkerHeartbeat.objects.create(
+        name="w", hostname="h", pid=1, started_at=timezone.now(), last_seen=timezone.now()
+    )
+    sweeper = Sweeper(after=AFTER, every=60)
+    sweeper.observe(ready(broker))
+    assert sweeper.sweep() == []
+    assert sweeper.sweep() == []  # still waiting for that report
+    WorkerHeartbeat.objects.filter(pk=worker.pk).update(last_seen=timezone.now())  # it reports: holding nothing
+    assert sweeper.sweep() == [order.pk]
 
 
 def test_two_sweepers_do_not_both_resend(place_order, broker, monkeypatch):
