@@ -8,6 +8,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
+from orders import sandbox
 from orders.models import (
     EventKind,
     Order,
@@ -224,3 +225,28 @@ def test_two_sweepers_do_not_both_resend(place_order, broker, monkeypatch):
     per_order = OutboxMessage.objects.filter(order__in=orders).values("order_id").annotate(n=Count("id"))
     assert sorted(row["n"] for row in per_order) == [2] * 5
     assert OrderEvent.objects.filter(order__in=orders, kind=EventKind.RESENT).count() == 5
+
+
+def test_an_order_a_worker_holds_without_progress_is_not_resent(broker, place_order, start_worker):
+    # Step-by-step mode: the worker takes the message and waits, unacked, for "Next step" on the journey page.
+    sandbox.sandbox_update(changes={"step_mode": True}, via="test")
+    order = place_order()
+    relay_once(broker)
+    worker = start_worker()
+    assert wait_until(lambda: OrderEvent.objects.filter(order=order, kind=EventKind.STEP_WAITING).exists(), 20)
+    assert wait_until(lambda: WorkerHeartbeat.objects.filter(name=worker.name, holding=[str(order.pk)]).exists(), 10)
+    OrderEvent.objects.filter(order=order).update(at=F("at") - timedelta(minutes=5))  # no progress for long
+
+    sweeper = Sweeper(after=AFTER, every=60)
+    sweeper.observe(ready(broker))
+    rounds: list[list] = []
+
+    def round_ran() -> bool:
+        rounds.append(sweeper.sweep())
+        return sweeper.queue_empty_at is None  # the worker has reported since the queue was seen empty
+
+    assert wait_until(round_ran, 10)
+    assert rounds[-1] == []
+    assert not OrderEvent.objects.filter(order=order, kind=EventKind.RESENT).exists()
+    sandbox.sandbox_update(changes={"step_mode": False}, via="test")
+    assert wait_until(lambda: Order.objects.get(pk=order.pk).status == OrderStatus.COMPLETED, 20)
