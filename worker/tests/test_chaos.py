@@ -177,8 +177,12 @@ def test_relay_and_worker_sigkills_lose_nothing_and_process_nothing_twice(tmp_pa
         for kind in plan:
             broker.connection.process_data_events(time_limit=0)
             if kind == "worker":
+                wave_start = len(ids)
                 place_wave()
-                time.sleep(rng.uniform(0.3, 1.2))  # let it get mid-order (where it dies is random, on purpose)
+                # Kill it mid-order: once it has started one of this wave (which step it is in is left to chance).
+                started = Order.objects.filter(pk__in=ids[wave_start:], status=OrderStatus.PROCESSING)
+                wait_until(started.exists, 30)
+                time.sleep(rng.uniform(0.0, 0.3))
                 worker.kill()
                 kills["worker"] += 1
                 worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()
