@@ -184,6 +184,14 @@ AMQP_DELIVERY_LIMIT = env_int("AMQP_DELIVERY_LIMIT", 5)
 RETRY_DELAYS_MS = [int(x) for x in env_list("ORDERPIPE_RETRY_DELAYS_MS", "1000,5000,30000")]
 RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 100)
 RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 2.0)
+# The sweeper (run by the relay) re-sends an order whose message is nowhere to be found after SWEEP_AFTER seconds
+# without progress; it looks every SWEEP_EVERY seconds. SWEEP_AFTER=0 turns it off.
+SWEEP_AFTER = env_float("ORDERPIPE_SWEEP_AFTER", 60.0)
+SWEEP_EVERY = env_float("ORDERPIPE_SWEEP_EVERY", 10.0)
+# Tests only: "claimed" or "published" makes the relay SIGKILL itself at that point of its first batch.
+RELAY_CRASH_AT = env_str("ORDERPIPE_RELAY_CRASH_AT", "")
+if RELAY_CRASH_AT not in {"", "claimed", "published"}:
+    raise ImproperlyConfigured(f"ORDERPIPE_RELAY_CRASH_AT must be claimed or published, got {RELAY_CRASH_AT!r}")
 
 # ---------------------------------------------------------------- Redis
 

@@ -161,6 +161,7 @@ class EventKind(models.TextChoices):
     DUPLICATE_IGNORED = "duplicate_ignored", "duplicate delivery ignored"
     STEP_WAITING = "step_waiting", "waiting for the next step"
     CONTROL = "control", "control action"
+    RESENT = "resent", "re-sent by the sweeper"
 
 
 class OrderEvent(models.Model):
@@ -248,6 +249,8 @@ class WorkerHeartbeat(models.Model):
     hostname = models.CharField(max_length=200)
     pid = models.PositiveIntegerField()
     current_order = models.UUIDField(null=True, blank=True)
+    # The orders whose messages it holds unacked (in a step or waiting for a thread): not lost, says the sweeper.
+    holding = models.JSONField(default=list, blank=True)
     processed = models.PositiveIntegerField(default=0)
     unacked = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField()

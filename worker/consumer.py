@@ -4,6 +4,16 @@ pika's BlockingConnection is not thread-safe and does no background I/O, so the 
 service the connection (heartbeats, deliveries, acks, republishing) while the steps run on a small thread pool.
 Step threads hand their verdict back with `add_callback_threadsafe`; the ack (or the republish to a retry tier or
 the dead letters, confirmed before the ack) is done on the connection's own thread, after the step's commit.
+
+Every delivery ends in a verdict; none is held without progress:
+- a database outage keeps the message unacked and retries the step until the database answers;
+- any other exception (an IntegrityError, a KeyError, a Redis error that escaped: a bug, not an outage) is logged
+  once with the order id and the traceback and the message is nacked with requeue. Waiting does not fix a bug, so
+  it is not sent through the retry tiers: the quorum queue counts the returns and, past `x-delivery-limit`,
+  dead-letters it, and the dead-letter watch marks the order for replay;
+- the worker stopping (or step mode interrupted by a stop) leaves it unacked; it returns when the channel closes.
+The worker's heartbeat lists the orders whose messages it holds, so the sweeper (worker/sweeper.py) knows they are
+not lost.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
@@ -55,6 +66,17 @@ _BROKER_HEADERS = {
 }
 
 
+@dataclass(frozen=True)
+class Requeue:
+    """The verdict for an unexpected error: nack with requeue, so the delivery limit parks a message that fails
+    every time (kept here rather than in processing.Action: only the consumer can nack)."""
+
+    reason: str
+
+
+Outcome = Verdict | Requeue
+
+
 class Worker:
     def __init__(
         self,
@@ -81,6 +103,8 @@ class Worker:
         self.consumer_tag: str | None = None
         self.executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="step")
         self.in_flight: set[Future] = set()
+        # The order each unsettled delivery carries (None for an undecodable body), reported in the heartbeat.
+        self.holding: dict[Future, str | None] = {}
         self.processed = 0
         self.current_order: str | None = None
         self.started_at = timezone.now()
@@ -183,7 +207,16 @@ class Worker:
     def _submit(self, channel: BlockingChannel, delivery: Delivery, work: Callable[[Delivery], Verdict | None]) -> None:
         future = self.executor.submit(self._handle, channel, delivery, work)
         self.in_flight.add(future)
-        future.add_done_callback(self.in_flight.discard)
+        self.holding[future] = peek_order_id(delivery.body)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future) -> None:
+        self.in_flight.discard(future)
+        self.holding.pop(future, None)
+        # `_handle` settles every exception itself; one escaping it is a bug in the consumer. Say so loudly rather
+        # than let the executor keep it in a future nobody reads.
+        if not future.cancelled() and future.exception() is not None:
+            log.error("worker: a step thread failed outside its delivery handling", exc_info=future.exception())
 
     def _on_message(self, channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
         self._submit(channel, self._delivery(self.topology.process_queue, method, props, body), self._process)
@@ -208,25 +241,51 @@ class Worker:
         if reason == "delivery_limit":
             reason = (
                 f"delivery limit reached: delivered {settings.AMQP_DELIVERY_LIMIT}+ times without an ack "
-                "(it crashed workers repeatedly)"
+                "(it crashed workers or raised an unexpected error each time; see the worker log)"
             )
         self.processor.record_dead_letter(delivery, reason)
         return Verdict(Action.ACK)
 
     def _handle(self, channel: BlockingChannel, delivery: Delivery, work: Callable[[Delivery], Verdict | None]) -> None:
         """Runs on a step thread. Never touches the channel itself: the verdict goes to the connection's thread."""
-        verdict = None if self.stopping.is_set() else self._until_database_answers(delivery, work)
-        close_old_connections()
-        if verdict is None:
-            return  # left unacked: it returns to the queue when the channel closes
         try:
-            channel.connection.add_callback_threadsafe(functools.partial(self._settle, channel, delivery, verdict))
+            outcome = None if self.stopping.is_set() else self._until_database_answers(delivery, work)
+        except Exception as exc:
+            outcome = self._unexpected(delivery, exc)
+        close_old_connections()
+        if outcome is None:
+            return  # the worker is stopping: left unacked, it returns to the queue when the channel closes
+        try:
+            channel.connection.add_callback_threadsafe(functools.partial(self._settle, channel, delivery, outcome))
         except BROKER_ERRORS:
             log.warning("connection closed before settling delivery %s; it will be redelivered", delivery.delivery_tag)
 
+    def _unexpected(self, delivery: Delivery, exc: Exception) -> Outcome:
+        """Not an outage: a bug or bad data that waiting will not fix. Logged once per delivery with the order and
+        the traceback; the message is returned (counted by the quorum queue, parked past its delivery limit)."""
+        order_id = peek_order_id(delivery.body) or "?"
+        log.error(
+            "worker: unexpected %s on order %s (message %s, delivery #%d); returning it to the queue, which "
+            "dead-letters it after %d deliveries",
+            type(exc).__name__,
+            order_id,
+            delivery.message_id or "?",
+            delivery.delivery_count,
+            settings.AMQP_DELIVERY_LIMIT,
+            exc_info=exc,
+        )
+        if isinstance(exc, DatabaseError):
+            connection.close()  # the connection may be unusable (an aborted transaction); open a fresh one
+        if delivery.queue == self.topology.dead_watch_queue:
+            # The watch queue has no delivery limit, so a requeue would loop forever. Its message is only a copy:
+            # the original stays parked in the dead-letter queue for replay.
+            return Verdict(Action.ACK)
+        return Requeue(f"{type(exc).__name__}: {exc}")
+
     def _until_database_answers(self, delivery: Delivery, work: Callable[[Delivery], Verdict | None]) -> Verdict | None:
         """A database outage must not ack, reject or requeue the message: keep it in hand, unacked, and try again
-        until the database answers. With every prefetch slot held this way, consumption stops by itself."""
+        until the database answers. With every prefetch slot held this way, consumption stops by itself. Any other
+        exception propagates to `_handle`, which settles it."""
         backoff = Backoff(cap=5.0)
         while True:
             try:
@@ -240,15 +299,14 @@ class Worker:
                 connection.close()
                 if self.stopping.wait(delay):
                     return None
-            except DatabaseError:
-                log.exception("worker: database error on delivery %s; it will be redelivered", delivery.message_id)
-                connection.close()
-                return None
 
-    def _settle(self, channel: BlockingChannel, delivery: Delivery, verdict: Verdict) -> None:
+    def _settle(self, channel: BlockingChannel, delivery: Delivery, verdict: Outcome) -> None:
         """Runs on the connection's thread. A retry or dead letter is confirmed by the broker before the original
         is acked, so the message exists somewhere at every instant."""
         if not channel.is_open:
+            return
+        if isinstance(verdict, Requeue):
+            channel.basic_nack(delivery.delivery_tag, requeue=True)
             return
         if verdict.action is not Action.ACK:
             headers = {k: v for k, v in delivery.headers.items() if k not in _BROKER_HEADERS}
@@ -300,6 +358,7 @@ class Worker:
                     "hostname": socket.gethostname(),
                     "pid": os.getpid(),
                     "current_order": self.current_order,
+                    "holding": sorted({order for order in list(self.holding.values()) if order}),
                     "processed": self.processed,
                     "unacked": len(self.in_flight),
                     "started_at": self.started_at,

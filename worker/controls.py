@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.http import Http404
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -138,11 +139,19 @@ class PurgeQueueApi(ControlApi):
     @extend_schema(
         request=InputSerializer,
         responses={
-            200: inline_serializer("Purged", {"queue": serializers.CharField(), "purged": serializers.IntegerField()})
+            200: inline_serializer(
+                "Purged",
+                {
+                    "queue": serializers.CharField(),
+                    "purged": serializers.IntegerField(),
+                    "note": serializers.CharField(),
+                },
+            )
         },
     )
     def post(self, request: Request) -> Response:
-        """Purge the ready messages of one queue (messages held unacked by a worker are not touched)."""
+        """Purge the ready messages of one queue (messages held unacked by a worker are not touched). Their orders
+        are not lost: the sweeper re-sends them once they have shown no progress for ORDERPIPE_SWEEP_AFTER s."""
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         queue = data.validated_data["queue"]
@@ -151,7 +160,8 @@ class PurgeQueueApi(ControlApi):
         except BROKER_ERRORS as exc:
             return Response({"detail": f"RabbitMQ unavailable: {exc}"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         live.record_control("purge queue", f"{queue}: {purged} message(s) dropped", by=request.user.get_username())
-        return Response({"queue": queue, "purged": purged})
+        note = f"The sweeper re-sends their orders after {settings.SWEEP_AFTER:g} s without progress."
+        return Response({"queue": queue, "purged": purged, "note": note})
 
 
 class FlushCacheApi(ControlApi):

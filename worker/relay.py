@@ -1,13 +1,22 @@
 """The outbox relay: moves committed outbox rows to RabbitMQ with publisher confirms.
 
 `relay_once` is the unit of work (tests call it directly); `run_relay` is a small loop around it that sleeps on
-PostgreSQL LISTEN/NOTIFY with a polling fallback and reconnects to a lost broker with capped backoff.
+PostgreSQL LISTEN/NOTIFY with a polling fallback, reconnects to a lost broker with capped backoff, and runs the
+sweeper (worker/sweeper.py) every few seconds to re-send orders whose message was lost after publishing.
+
+Killed at any point, the relay loses nothing: killed after claiming rows, it has published nothing and the rows are
+still unsent when its transaction dies; killed after the broker confirmed some rows but before its commit, those
+rows are still unsent and are published again (a duplicate message, which the worker's step guards make a no-op).
+`ORDERPIPE_RELAY_CRASH_AT` (tests only) makes the relay SIGKILL itself at either point of its first batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -27,6 +36,7 @@ from orders.services import (
 )
 from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect
 from worker.monitor import QueueMonitor
+from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,7 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None) -> int:
         )
         if not rows:
             return 0
+        _crash_point("claimed", len(rows))
         orders = {
             o.pk: o
             for o in Order.objects.select_for_update(of=("self",))
@@ -78,6 +89,8 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None) -> int:
             row.publish_attempts += 1
             row.last_error = ""
             published.append(row)
+        if published:
+            _crash_point("published", len(published))
         OutboxMessage.objects.bulk_update(published, ["sent_at", "publish_attempts", "last_error"])
         for row in published:
             order = orders[row.order_id]
@@ -105,6 +118,20 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None) -> int:
     if failure is not None:
         log.warning("outbox publish refused: %s", failure)
     return len(published)
+
+
+def _main_queue_ready(publisher: Publisher) -> int:
+    return publisher.channel.queue_declare(publisher.topology.process_queue, passive=True).method.message_count
+
+
+def _crash_point(point: str, rows: int) -> None:
+    """Tests only (`ORDERPIPE_RELAY_CRASH_AT`): die by SIGKILL here, so a chaos test lands a relay kill exactly
+    between claim and publish ("claimed") or between the broker's confirms and the commit ("published")."""
+    if point == settings.RELAY_CRASH_AT:
+        log.warning("relay: crash point %s reached with %d row(s); SIGKILL", point, rows)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class OutboxListener:
@@ -180,6 +207,7 @@ def run_relay(
     backoff = Backoff()
     publisher: Publisher | None = None
     monitor: QueueMonitor | None = None
+    sweeper = Sweeper()
     try:
         while not should_stop():
             try:
@@ -191,6 +219,7 @@ def run_relay(
                     monitor.observe()
                 published = relay_once(publisher)
                 backoff.reset()
+                sweeper.tick(functools.partial(_main_queue_ready, publisher))
                 if published == 0:
                     _idle(poll, listener, publisher, monitor, should_stop)
             except BROKER_ERRORS as exc:

@@ -355,12 +355,18 @@ function wireControls() {
   });
   $("purge").addEventListener("click", async () => {
     const queue = $("purge-queue").value;
-    if (!queue || !confirm(`Purge every ready message from ${queue}? They are gone for good.`)) return;
+    if (
+      !queue ||
+      !confirm(
+        `Purge every ready message from ${queue}? The messages are gone; the sweeper re-sends their orders after a while.`,
+      )
+    )
+      return;
     const result = await api("POST", config.urls.purgeQueue, { queue });
     say(
       "ops-result",
       result.ok
-        ? `Purged ${fmt(result.data.purged)} message(s) from ${queue}.`
+        ? `Purged ${fmt(result.data.purged)} message(s) from ${queue}. ${result.data.note}`
         : `Refused (${result.status}): ${errorText(result)}`,
       result.ok,
     );

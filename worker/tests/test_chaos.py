@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ from django.db.models import Count, Sum
 from orders import sandbox, services
 from orders.models import EventKind, GatewayCharge, Order, OrderEvent, OrderLine, OrderStatus, Payment, Product
 from orders.tests.factories import ProductFactory
-from worker.tests.processes import Service, wait_until
+from worker.tests.processes import Service, service_env, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -146,3 +147,115 @@ def test_a_message_that_crashes_every_worker_is_dead_lettered_by_the_delivery_li
     finally:
         relay.stop()
     print(f"\ncrash loop: {crashes} crashes before the quorum queue dead-lettered the message")
+
+
+def test_relay_and_worker_sigkills_lose_nothing_and_process_nothing_twice(tmp_path, broker):
+    """The relay is SIGKILLed at random moments and exactly between claim and publish ("claimed") and between the
+    broker's confirms and the commit ("published", which publishes its batch twice), alongside worker SIGKILLs."""
+    seed = int(os.environ.get("CHAOS_SEED", random.randrange(1_000_000)))
+    rng = random.Random(seed)
+    products = [ProductFactory(sku=f"RKILL-{i}", price=f"{5 + i}.00", stock=10_000) for i in range(3)]
+    sandbox.sandbox_update(changes={"step_delay_ms": 25, "decline_rate": 0.05}, via="test")
+    # Small batches, so a crashing relay dies with a batch in hand while later rows wait; a short sweeper age, so
+    # the sweeper runs for real during the test (it should find nothing lost; what it re-sends is counted).
+    relay_env = service_env(RELAY_BATCH_SIZE="10", ORDERPIPE_SWEEP_AFTER="10", ORDERPIPE_SWEEP_EVERY="2")
+    worker_args = ("--concurrency", "2", "--prefetch", "10")
+    ids: list = []
+
+    def place_wave(size: int = 20) -> None:
+        for _ in range(size):
+            chosen = rng.sample(products, rng.randint(1, 2))
+            items = [{"sku": p.sku, "quantity": rng.randint(1, 3)} for p in chosen]
+            ids.append(services.order_create(customer_email=f"rkill{len(ids)}@example.com", items=items).pk)
+
+    def settled() -> bool:
+        # The fixture's connection sits idle for minutes here: service its heartbeats so the broker keeps it.
+        broker.connection.process_data_events(time_limit=0)
+        return all_terminal(ids)
+
+    kills = {"worker": 0, "relay_random": 0, "relay_claimed": 0, "relay_published": 0}
+    duplicates_published = 0
+    relay = Service("run_relay", log_dir=tmp_path, env=relay_env).start()
+    worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()
+    plan = ["worker", "claimed", "published"] * 3
+    rng.shuffle(plan)
+    try:
+        for kind in plan:
+            broker.connection.process_data_events(time_limit=0)
+            if kind == "worker":
+                wave_start = len(ids)
+                place_wave()
+                # Kill it mid-order: once it has started one of this wave (which step it is in is left to chance).
+                started = Order.objects.filter(pk__in=ids[wave_start:], status=OrderStatus.PROCESSING)
+                wait_until(started.exists, 30)
+                time.sleep(rng.uniform(0.0, 0.3))
+                worker.kill()
+                kills["worker"] += 1
+                worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()
+                continue
+            # Kill the running relay wherever it is, then let a relay started with the crash point take the next
+            # batch and SIGKILL itself exactly there; a normal relay takes over after it.
+            relay.kill()
+            kills["relay_random"] += 1
+            place_wave()
+            crashing = Service(
+                "run_relay", log_dir=tmp_path, env={**relay_env, "ORDERPIPE_RELAY_CRASH_AT": kind}
+            ).start()
+            try:
+                code = crashing.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"seed {seed}: the relay did not reach its crash point:\n{crashing.output()[-3000:]}")
+            assert code == -signal.SIGKILL, crashing.output()[-3000:]
+            found = re.search(r"crash point (\w+) reached with (\d+) row", crashing.output())
+            assert found and found[1] == kind, crashing.output()[-3000:]
+            kills[f"relay_{kind}"] += 1
+            if kind == "published":
+                duplicates_published += int(found[2])  # confirmed by the broker, never marked sent: sent again
+            relay = Service("run_relay", log_dir=tmp_path, env=relay_env).start()
+        finished = wait_until(settled, timeout=180)
+    finally:
+        codes = (worker.stop(), relay.stop())
+    assert finished, f"seed {seed}: not every order is terminal\n" + worker.output()[-3000:]
+    assert codes == (0, 0)
+
+    events = OrderEvent.objects.filter(order_id__in=ids)
+    # A step done twice for one order would show as a second event of its kind.
+    processed_twice = sum(
+        row["n"] - 1
+        for row in events.filter(
+            kind__in=[
+                EventKind.INVENTORY_RESERVED,
+                EventKind.PAYMENT_CHARGED,
+                EventKind.CUSTOMER_NOTIFIED,
+                EventKind.COMPLETED,
+                EventKind.FAILED,
+            ]
+        )
+        .values("order_id", "kind")
+        .annotate(n=Count("id"))
+        if row["n"] > 1
+    )
+    per_order = Payment.objects.filter(order_id__in=ids).values("order_id").annotate(n=Count("id"))
+    duplicate_payments = sum(row["n"] - 1 for row in per_order)
+    lost = len(ids) - Order.objects.filter(pk__in=ids, status__in=TERMINAL).count()
+    completed = Order.objects.filter(pk__in=ids, status=OrderStatus.COMPLETED)
+    print(
+        f"\nrelay chaos: seed={seed} orders={len(ids)} "
+        + " ".join(f"kills_{name}={count}" for name, count in kills.items())
+        + f" duplicates_published={duplicates_published}"
+        f" duplicate_deliveries_ignored={events.filter(kind=EventKind.DUPLICATE_IGNORED).count()}"
+        f" redeliveries={events.filter(kind=EventKind.REDELIVERED).count()}"
+        f" resent_by_sweeper={events.filter(kind=EventKind.RESENT).count()}"
+        f" completed={completed.count()}"
+        f" failed={Order.objects.filter(pk__in=ids, status=OrderStatus.FAILED).count()}"
+        f" duplicates_processed={processed_twice} duplicate_payments={duplicate_payments} lost={lost}"
+    )
+    assert kills["relay_claimed"] == kills["relay_published"] == 3
+    assert duplicates_published > 0  # each "published" crash had a confirmed batch in hand
+    assert lost == 0
+    assert processed_twice == 0
+    assert duplicate_payments == 0
+    assert Payment.objects.filter(order__in=completed).count() == completed.count()
+    for product in products:
+        sold = OrderLine.objects.filter(product=product, order__in=completed).aggregate(q=Sum("quantity"))["q"] or 0
+        assert Product.objects.get(pk=product.pk).stock == 10_000 - sold, f"seed {seed}: stock of {product.sku}"

@@ -4,8 +4,10 @@ import json
 import threading
 
 import pytest
+import redis
+from django.db import IntegrityError
 
-from orders.models import Order, OrderStatus, Payment, WorkerHeartbeat
+from orders.models import Order, OrderStatus, OrderStep, Payment, WorkerHeartbeat
 from worker.consumer import Worker
 from worker.relay import relay_once
 from worker.tests.processes import wait_until
@@ -71,3 +73,56 @@ def test_stop_finishes_and_returns(broker):
     thread.join(10)
     assert not thread.is_alive()
     assert not WorkerHeartbeat.objects.filter(name="stopper").exists()
+
+
+def _raising_in_a_step(worker: Worker, bad: set[str], exc: Exception) -> None:
+    """Make the worker's second step raise `exc` for the orders in `bad` (a bug, as far as the consumer knows)."""
+    name, step = worker.processor.steps[1]
+
+    def broken(order_id, delivery):
+        if str(order_id) in bad:
+            raise exc
+        return step(order_id, delivery)
+
+    worker.processor.steps[1] = (name, broken)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "exc",
+    [
+        IntegrityError('duplicate key value violates unique constraint "injected"'),
+        KeyError("missing"),
+        redis.exceptions.ConnectionError("Redis went away mid-step"),
+    ],
+    ids=["IntegrityError", "KeyError", "RedisError"],
+)
+def test_a_step_that_raises_settles_its_message_and_the_worker_carries_on(
+    broker, place_order, running_worker, exc, caplog
+):
+    topo = broker.topology
+    bad = place_order()
+    _raising_in_a_step(running_worker, {str(bad.pk)}, exc)
+    relay_once(broker)
+
+    # Nacked back to the queue until the quorum queue's delivery limit parks it; the dead-letter watch marks it.
+    assert wait_until(lambda: Order.objects.get(pk=bad.pk).status == OrderStatus.DEAD_LETTERED, 30)
+    bad.refresh_from_db()
+    assert bad.failure_reason.startswith("delivery limit reached")
+    assert bad.step == OrderStep.INVENTORY_RESERVED  # the finished step stays; a replay resumes after it
+    assert not Payment.objects.filter(order=bad).exists()
+
+    def ready(queue: str) -> int:
+        return broker.channel.queue_declare(queue, passive=True).method.message_count
+
+    # Settled: nothing held by the worker, nothing ready, the message parked once in the dead letters.
+    assert wait_until(lambda: not running_worker.in_flight and ready(topo.dead_queue) == 1, 10)
+    assert ready(topo.process_queue) == 0
+    logged = [r for r in caplog.records if r.levelname == "ERROR" and str(bad.pk) in r.getMessage()]
+    assert logged and logged[0].exc_info is not None  # with the order id and the traceback
+
+    # The worker keeps consuming: a following good order completes.
+    good = place_order()
+    relay_once(broker)
+    assert wait_until(lambda: Order.objects.get(pk=good.pk).status == OrderStatus.COMPLETED, 20)
+    assert wait_until(lambda: not running_worker.in_flight, 5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from rest_framework.test import APIClient
@@ -71,7 +72,11 @@ def test_it_purges_a_queue(staff, broker):
         )
     response = post(staff, "/api/controls/purge-queue/", {"queue": broker.topology.process_queue})
     assert response.status_code == 200
-    assert response.json() == {"queue": broker.topology.process_queue, "purged": 3}
+    assert response.json() == {
+        "queue": broker.topology.process_queue,
+        "purged": 3,
+        "note": f"The sweeper re-sends their orders after {settings.SWEEP_AFTER:g} s without progress.",
+    }
     assert broker.channel.queue_declare(broker.topology.process_queue, passive=True).method.message_count == 0
     assert "3 message(s) dropped" in live.recent_controls()[-1]["detail"]
 
