@@ -248,6 +248,7 @@ class Worker:
 
     def _handle(self, channel: BlockingChannel, delivery: Delivery, work: Callable[[Delivery], Verdict | None]) -> None:
         """Runs on a step thread. Never touches the channel itself: the verdict goes to the connection's thread."""
+        outcome: Outcome | None
         try:
             outcome = None if self.stopping.is_set() else self._until_database_answers(delivery, work)
         except Exception as exc:

@@ -8,6 +8,7 @@ import redis
 from django.db import IntegrityError
 
 from orders.models import Order, OrderStatus, OrderStep, Payment, WorkerHeartbeat
+from orders.steps import STEPS
 from worker.consumer import Worker
 from worker.relay import relay_once
 from worker.tests.processes import wait_until
@@ -76,15 +77,17 @@ def test_stop_finishes_and_returns(broker):
 
 
 def _raising_in_a_step(worker: Worker, bad: set[str], exc: Exception) -> None:
-    """Make the worker's second step raise `exc` for the orders in `bad` (a bug, as far as the consumer knows)."""
-    name, step = worker.processor.steps[1]
+    """Make the worker's second step (the charge) raise `exc` for the orders in `bad` (a bug, as far as the consumer
+    knows)."""
+    pipeline = worker.processor.pipeline
+    run_step = pipeline.run_step
 
-    def broken(order_id, delivery):
-        if str(order_id) in bad:
+    def broken(step, order_id, message):
+        if step is STEPS[1] and str(order_id) in bad:
             raise exc
-        return step(order_id, delivery)
+        return run_step(step, order_id, message)
 
-    worker.processor.steps[1] = (name, broken)
+    pipeline.run_step = broken  # type: ignore[method-assign]
 
 
 @pytest.mark.django_db(transaction=True)
