@@ -11,8 +11,10 @@ import os
 import re
 import runpy
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,13 @@ def expand(command: list[str]) -> list[str]:
     """Substitute $NAME as the container's shell would, from .env.example and the image's ENV (PORT)."""
     values = {"PORT": "8000", **env_example()}
     return [re.sub(r"\$(\w+)", lambda m: values[m.group(1)], part) for part in command]
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The image's ENV values (one `ENV A=1 \\ B=2` instruction, continued over lines)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    [line] = [line for line in text.splitlines() if line.startswith("ENV ")]
+    return dict(part.split("=", 1) for part in line.split()[1:])
 
 
 def dockerfile_cmd() -> list[str]:
@@ -176,10 +185,11 @@ def test_gunicorn_conf_reads_its_variables():
     """gunicorn itself resolves the config file (and loads the app) with the example's values and with others."""
 
     def resolved(**env: str) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if k not in {"WEB_BIND", "PORT"}}
         result = subprocess.run(
             [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "--print-config"],
             cwd=ROOT,
-            env={**os.environ, "DJANGO_SETTINGS_MODULE": "orderpipe.settings", **env},
+            env={**inherited, "DJANGO_SETTINGS_MODULE": "orderpipe.settings", **env},
             capture_output=True,
             text=True,
             timeout=60,
@@ -189,17 +199,64 @@ def test_gunicorn_conf_reads_its_variables():
         return {key.strip(): value.strip() for key, _, value in lines}
 
     example = env_example()
-    config = resolved(**{k: example[k] for k in ("PORT", "WEB_WORKERS", "WEB_THREADS")})
+    # As Compose's `web` runs it: the image's ENV, then .env.example.
+    config = resolved(**{**dockerfile_env(), **{k: example[k] for k in ("PORT", "WEB_WORKERS", "WEB_THREADS")}})
     assert config["wsgi_app"] == "orderpipe.wsgi:application"
     assert config["worker_class"] == "gthread"
+    # A container listens on its own interface (which host address publishes the port is Compose's choice).
     assert config["bind"] == f"['0.0.0.0:{example['PORT']}']"
     assert (config["workers"], config["threads"]) == (example["WEB_WORKERS"], example["WEB_THREADS"])
     assert config["accesslog"] == "None" and config["errorlog"] == "-"
     assert int(config["graceful_timeout"]) < 10, "gunicorn must finish before Compose's 10 s stop grace period"
 
-    config = resolved(PORT="9123", WEB_WORKERS="3", WEB_THREADS="7", WEB_ACCESS_LOG="true")
+    config = resolved(PORT="9123", WEB_WORKERS="3", WEB_THREADS="7", WEB_ACCESS_LOG="true", WEB_BIND="0.0.0.0")
     assert config["bind"] == "['0.0.0.0:9123']"
     assert (config["workers"], config["threads"], config["accesslog"]) == ("3", "7", "-")
+
+    # Outside the image (`make run`, a plain `gunicorn -c gunicorn.conf.py`): loopback only.
+    assert resolved()["bind"] == "['127.0.0.1:8000']"
+    assert resolved(WEB_BIND="")["bind"] == "['127.0.0.1:8000']"
+
+
+FAKE_SERVER = """#!/bin/sh
+echo "$(basename "$0") $*" >> "$ARGV_LOG"
+{extra}
+exec sleep 60
+"""
+
+
+@pytest.mark.parametrize(("bind", "expected"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
+def test_make_run_binds_loopback_unless_told_otherwise(tmp_path, bind, expected):
+    """bin/run-all (what `make run` starts) with stand-ins for its four programs that record their arguments: daphne
+    binds WEB_BIND, loopback by default, and gunicorn gets the same WEB_BIND for its config file."""
+    for name in ("python", "gunicorn", "daphne"):
+        fake = tmp_path / name
+        extra = 'env | grep "^WEB_BIND=" >> "$ARGV_LOG"' if name == "gunicorn" else ""
+        fake.write_text(FAKE_SERVER.replace("{extra}", extra))
+        fake.chmod(0o755)
+    log = tmp_path / "argv.log"
+    env = {k: v for k, v in os.environ.items() if k != "WEB_BIND"}
+    env.update(PYTHON=str(tmp_path / "python"), ARGV_LOG=str(log), PORT="9200")
+    if bind is not None:
+        env["WEB_BIND"] = bind
+    run_all = subprocess.Popen([str(ROOT / "bin" / "run-all")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 5):
+            time.sleep(0.05)
+    finally:
+        run_all.send_signal(signal.SIGTERM)
+        run_all.wait(30)
+    lines = log.read_text().splitlines()
+    [daphne] = [line.split()[1:] for line in lines if line.startswith("daphne ")]
+    assert daphne[daphne.index("-b") + 1] == expected
+    assert daphne[daphne.index("-p") + 1] == "9201"
+    assert f"WEB_BIND={expected}" in lines
+    assert sum(line.startswith("python manage.py run_") for line in lines) == 2
+    # Makefile's `run` passes its own default on.
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^WEB_BIND \?= 127\.0\.0\.1$", makefile, re.M)
+    assert "WEB_BIND=$(WEB_BIND)" in makefile
 
 
 def test_every_app_service_reads_env_example():
