@@ -219,6 +219,11 @@ CHANNEL_LAYERS = {
     }
 }
 
+# ---------------------------------------------------------------- authentication
+
+# Django's ModelBackend, except that the demo login (`make run`) is refused outside DEBUG: orders/demo_login.py.
+AUTHENTICATION_BACKENDS = ["orders.demo_login.DemoLoginBackend"]
+
 # ---------------------------------------------------------------- email
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.dummy.EmailBackend")
