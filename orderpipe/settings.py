@@ -207,17 +207,26 @@ CACHES = {
 }
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
+# Every handshake borrows a connection from the layer's pool; when all are busy it waits up to the timeout, then the
+# socket is closed with 4503 (orders/channel_layer.py). One pool per daphne process.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "orders.channel_layer.PooledRedisChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
             "prefix": f"{ORDERPIPE_PREFIX}:asgi",
             "capacity": 1000,
             "expiry": 30,
+            "pool_size": env_int("CHANNEL_LAYER_POOL_SIZE", 100),
+            "pool_timeout": env_float("CHANNEL_LAYER_POOL_TIMEOUT", 2.0),
         },
     }
 }
+# Live sockets (orders/consumers.py): per client (user, or address when anonymous) across all daphne processes;
+# a crashed process's sockets stop counting after WS_SLOT_TTL seconds.
+WS_MAX_CONNECTIONS_PER_CLIENT = env_int("WS_MAX_CONNECTIONS_PER_CLIENT", 20)
+WS_SLOT_TTL = env_float("WS_SLOT_TTL", 60.0)
+WS_RESYNC_INTERVAL = env_float("WS_RESYNC_INTERVAL", 5.0)
 
 # ---------------------------------------------------------------- authentication
 
