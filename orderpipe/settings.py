@@ -235,7 +235,10 @@ AUTHENTICATION_BACKENDS = ["orders.demo_login.DemoLoginBackend"]
 
 # ---------------------------------------------------------------- email
 
+# orderpipe.mail.LoggingEmailBackend logs one line per email (masked recipient, subject; never the body): what
+# .env.example uses. Django's console backend prints whole emails, so it is refused under LOG_FORMAT=json (below).
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.dummy.EmailBackend")
+CONSOLE_EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "orders@orderpipe.local")
 
 # ---------------------------------------------------------------- sandbox
@@ -293,6 +296,10 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOG_FORMAT = env_str("LOG_FORMAT", "text")
 if LOG_FORMAT not in {"text", "json"}:
     raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
+if LOG_FORMAT == "json" and EMAIL_BACKEND == CONSOLE_EMAIL_BACKEND:
+    raise ImproperlyConfigured(
+        "EMAIL_BACKEND=console prints whole emails, not JSON: use orderpipe.mail.LoggingEmailBackend"
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
