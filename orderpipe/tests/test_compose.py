@@ -64,11 +64,28 @@ def env_example() -> dict[str, str]:
     return values
 
 
+def interpolate(value: str, shell: dict[str, str] | None = None) -> str:
+    """Compose's own ${NAME:-default} substitution (from the shell or the project's .env, not env_file)."""
+    shell = shell or {}
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: shell.get(m.group(1)) or m.group(2), value)
+
+
 def environment(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.partition("=")[::2] for item in env)
-    return {str(k): str(v) for k, v in env.items()}
+    return {str(k): interpolate(str(v)) for k, v in env.items()}
+
+
+def published(service: dict[str, Any], shell: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of each published port; a mapping without an address would
+    listen on every interface of the host."""
+    mappings = []
+    for mapping in service.get("ports", []):
+        parts = interpolate(str(mapping), shell).split(":")
+        assert len(parts) == 3, f"{mapping}: no host address, so every interface of the host publishes it"
+        mappings.append((parts[0], parts[1], parts[2]))
+    return mappings
 
 
 def argv(service: dict[str, Any]) -> list[str]:
@@ -313,7 +330,25 @@ def test_the_web_and_ws_healthchecks_call_healthz_on_their_port(name, variable):
 
 def test_the_web_port_is_published_on_the_port_it_listens_on():
     port = env_example()["PORT"]
-    assert any(str(mapping).split(":")[-1] == port for mapping in SERVICES["web"]["ports"])
+    assert any(container == port for _, _, container in published(SERVICES["web"]))
+
+
+def test_ports_are_published_on_the_hosts_loopback_unless_told_otherwise():
+    publishing = {name: service for name, service in SERVICES.items() if service.get("ports")}
+    assert set(publishing) == {"web", "ws", "rabbitmq"}
+    for name, service in publishing.items():
+        assert {address for address, _, _ in published(service)} == {"127.0.0.1"}, name
+        assert {address for address, _, _ in published(service, {"PUBLISH_ADDRESS": "0.0.0.0"})} == {"0.0.0.0"}
+    assert ("127.0.0.1", "15672", "15672") in published(SERVICES["rabbitmq"])
+
+
+def test_the_rabbitmq_password_comes_from_the_environment():
+    """Not a literal in the Compose file: RABBITMQ_PASSWORD (from .env) sets it; the default is the dev one that
+    .env.example's URLs use, documented as dev-only."""
+    raw = SERVICES["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"]
+    assert raw.startswith("${RABBITMQ_PASSWORD:-"), raw
+    assert interpolate(raw, {"RABBITMQ_PASSWORD": "s3cret"}) == "s3cret"
+    assert "RABBITMQ_PASSWORD" in (ROOT / "README.md").read_text()
 
 
 def test_the_ws_port_is_the_one_the_pages_connect_to():
@@ -321,7 +356,7 @@ def test_the_ws_port_is_the_one_the_pages_connect_to():
     and daphne must listen on it inside the container."""
     port = env_example()["ORDERPIPE_WEBSOCKET_PORT"]
     assert port and port != env_example()["PORT"]
-    assert f"{port}:{port}" in [str(mapping) for mapping in SERVICES["ws"]["ports"]]
+    assert ("127.0.0.1", port, port) in published(SERVICES["ws"])
     args = CommandLineInterface().parser.parse_args(expand(shell_commands(SERVICES["ws"])[0][2:]))
     assert args.port == int(port)
     assert re.search(rf"^EXPOSE\b.*\b{port}\b", (ROOT / "Dockerfile").read_text(), re.M)
