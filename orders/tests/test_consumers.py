@@ -375,3 +375,14 @@ def test_an_exhausted_channel_layer_pool_closes_the_handshake_with_4503(settings
     closes = [r.getMessage() for r in caplog.records if r.name == "orders.consumers" and "closed" in r.getMessage()]
     assert len(closes) == 1 and "closed 4503" in closes[0] and "No connection available" in closes[0], closes
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_the_layers_socket_timeout_outlasts_its_blocking_receive():
+    """redis-py's default socket timeout (5 s) equals channels-redis's BZPOPMIN wait (5 s): an idle socket's receive
+    could time out reading the answer to its own wait and end the consumer with 1011 and a traceback."""
+
+    async def body() -> None:
+        layer = get_channel_layer()
+        assert layer.redis().connection_pool.connection_kwargs["socket_timeout"] > layer.brpop_timeout
+
+    run(body)
