@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PORT=8000
+    PORT=8000 \
+    WEB_BIND=0.0.0.0
 
 WORKDIR /app
 
@@ -27,5 +28,6 @@ USER orderpipe
 
 # 8000: HTTP (gunicorn, $PORT); 8001: WebSockets (daphne, Compose's `ws` service).
 EXPOSE 8000 8001
-# exec: gunicorn replaces the shell, so it receives `docker stop`'s SIGTERM itself. It binds 0.0.0.0:$PORT.
+# exec: gunicorn replaces the shell, so it receives `docker stop`'s SIGTERM itself. It binds $WEB_BIND:$PORT
+# (0.0.0.0 here: a container must listen on its own interface; which host address publishes it is Compose's choice).
 CMD ["sh", "-c", "exec gunicorn -c gunicorn.conf.py"]

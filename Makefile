@@ -4,6 +4,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
+# `make run` listens on loopback only (DEBUG pages, demo login); `make run WEB_BIND=0.0.0.0` opens it to the network.
+WEB_BIND ?= 127.0.0.1
 export DJANGO_DEBUG ?= true
 
 .PHONY: install run test lint format bench clean-venv
@@ -21,7 +23,7 @@ run: install
 	$(PY) manage.py migrate --no-input -v0
 	$(PY) manage.py seed_demo
 	$(PY) manage.py ensure_demo_staff
-	PORT=$(PORT) PYTHON=$(PY) bin/run-all
+	PORT=$(PORT) WEB_BIND=$(WEB_BIND) PYTHON=$(PY) bin/run-all
 
 test: install
 	DJANGO_DEBUG=false $(PY) -m pytest $(PYTEST_ARGS)

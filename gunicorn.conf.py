@@ -7,9 +7,9 @@ POST /api/orders/ at 64 connections reached 338 orders/s with 2 workers x 4 thre
 the limit there (about 3 ms per order in the server), not waits: threads only fill the short gaps while a request
 waits on PostgreSQL's answers.
 
-The variables read here are gunicorn's alone (PORT, WEB_WORKERS, WEB_THREADS, WEB_ACCESS_LOG, LOG_LEVEL); Django's
-settings still come from orderpipe/settings.py. Options on the command line win over this file (the tests and the
-benchmark bind with `-b`).
+The variables read here are gunicorn's alone (WEB_BIND, PORT, WEB_WORKERS, WEB_THREADS, WEB_ACCESS_LOG,
+LOG_LEVEL); Django's settings still come from orderpipe/settings.py. Options on the command line win over this
+file (the tests and the benchmark bind with `-b`).
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def env_bool(name: str, default: bool) -> bool:
 
 wsgi_app = "orderpipe.wsgi:application"
 
-# All interfaces, on the port the platform gives (Compose, `make run`); 8000 otherwise.
-bind = f"0.0.0.0:{env_int('PORT', 8000)}"
+# Loopback unless told otherwise: `make run` serves DEBUG pages and a demo login, which must not reach the network.
+# The image sets WEB_BIND=0.0.0.0 (Dockerfile), since a container has to listen on its own interface for its
+# published port to reach it. On the port the platform gives (Compose, `make run`); 8000 otherwise.
+bind = f"{os.environ.get('WEB_BIND', '') or '127.0.0.1'}:{env_int('PORT', 8000)}"
 
 # One process per core (the measurements were made with 2 on 2 cores). Not preloaded: each worker imports the app
 # itself, so no database or Redis connection is ever shared across a fork.

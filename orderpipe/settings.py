@@ -214,21 +214,38 @@ CACHES = {
     }
 }
 
+# Every handshake borrows a connection from the layer's pool; when all are busy it waits up to the timeout, then the
+# socket is closed with 4503 (orders/channel_layer.py). One pool per daphne process.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "orders.channel_layer.PooledRedisChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
             "prefix": f"{ORDERPIPE_PREFIX}:asgi",
             "capacity": 1000,
             "expiry": 30,
+            "pool_size": env_int("CHANNEL_LAYER_POOL_SIZE", 100),
+            "pool_timeout": env_float("CHANNEL_LAYER_POOL_TIMEOUT", 2.0),
         },
     }
 }
+# Live sockets (orders/consumers.py): per client (user, or address when anonymous) across all daphne processes;
+# a crashed process's sockets stop counting after WS_SLOT_TTL seconds.
+WS_MAX_CONNECTIONS_PER_CLIENT = env_int("WS_MAX_CONNECTIONS_PER_CLIENT", 20)
+WS_SLOT_TTL = env_float("WS_SLOT_TTL", 60.0)
+WS_RESYNC_INTERVAL = env_float("WS_RESYNC_INTERVAL", 5.0)
+
+# ---------------------------------------------------------------- authentication
+
+# Django's ModelBackend, except that the demo login (`make run`) is refused outside DEBUG: orders/demo_login.py.
+AUTHENTICATION_BACKENDS = ["orders.demo_login.DemoLoginBackend"]
 
 # ---------------------------------------------------------------- email
 
+# orderpipe.mail.LoggingEmailBackend logs one line per email (masked recipient, subject; never the body): what
+# .env.example uses. Django's console backend prints whole emails, so it is refused under LOG_FORMAT=json (below).
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.dummy.EmailBackend")
+CONSOLE_EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "orders@orderpipe.local")
 
 # ---------------------------------------------------------------- sandbox
@@ -286,6 +303,10 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOG_FORMAT = env_str("LOG_FORMAT", "text")
 if LOG_FORMAT not in {"text", "json"}:
     raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
+if LOG_FORMAT == "json" and EMAIL_BACKEND == CONSOLE_EMAIL_BACKEND:
+    raise ImproperlyConfigured(
+        "EMAIL_BACKEND=console prints whole emails, not JSON: use orderpipe.mail.LoggingEmailBackend"
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

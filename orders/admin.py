@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import CharField, Q
 from django.db.models.functions import Cast
 from django.utils.html import format_html
@@ -13,6 +13,7 @@ from orders.models import (
     Order,
     OrderEvent,
     OrderLine,
+    OrderStatus,
     OutboxMessage,
     Payment,
     Product,
@@ -85,6 +86,22 @@ class OrderAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def get_deleted_objects(self, objs, request):
+        # Called to build both confirmation pages (one order's, and the "delete selected" action's), and again
+        # when the deletion is confirmed (the form then posts `post=yes`): warn on the confirmation page only.
+        if not request.POST.get("post"):
+            in_flight = [o for o in objs if o.status not in OrderStatus.terminal()]
+            if in_flight:
+                listed = ", ".join(f"{str(o.pk)[:8]} ({o.status})" for o in in_flight[:10])
+                more = f" and {len(in_flight) - 10} more" if len(in_flight) > 10 else ""
+                messages.warning(
+                    request,
+                    f"{len(in_flight)} of these orders are still in the pipeline: {listed}{more}. Deleting one "
+                    "mid-way leaves its message to a worker that will find no order (and dead-letter it), and the "
+                    "stock reserved for it is not given back.",
+                )
+        return super().get_deleted_objects(objs, request)
 
     def get_search_results(self, request, queryset, search_term):
         # A UUID column cannot be searched with icontains; match the id by its text prefix, or the email.

@@ -54,6 +54,11 @@ def live_controls_key() -> str:
     return f"{_prefix()}:live:controls"
 
 
+def live_socket_slots_key(client: str) -> str:
+    """Sorted set of the live sockets one client (user or address) holds open, scored by expiry (orders/sockets.py)."""
+    return f"{_prefix()}:live:sockets:{client}"
+
+
 def _client():
     return get_redis_connection("default")
 

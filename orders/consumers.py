@@ -2,26 +2,50 @@
 
 The sockets are read-only. Controls go through the CSRF-protected HTTP endpoints only, so there is one audited
 path for them; a control message arriving over a socket is refused (and an anonymous one closes the socket).
+
+Limits (settings WS_*): a client (user, or address when anonymous) holds at most WS_MAX_CONNECTIONS_PER_CLIENT
+sockets, counted in Redis across daphne processes (orders/sockets.py), and the next one is closed with 4429; a
+handshake that cannot get a Redis connection (the channel layer's pool is exhausted, or Redis is down) or the
+database is closed with 4503; a frame that is not a JSON object with an `action` is closed with 4400; `resync` is
+served at most once per WS_RESYNC_INTERVAL seconds per socket. Each of these is one log line, never a traceback.
+Those closes come after accepting the handshake: a close before it reaches the browser as a bare HTTP 403 (code
+1006), and the page could not tell "too many tabs" from "server down".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
+import time
 import uuid
 from typing import Any
 
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+from redis.exceptions import RedisError
 
-from orders import live, selectors
+from orders import live, selectors, sockets
 from orders.access import can_control, can_watch
 from orders.broadcaster import broadcaster
 from orders.models import Order
 from orders.serializers import order_representation
 
+log = logging.getLogger(__name__)
+
+CLOSE_BAD_FRAME = 4400
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY = 4429
+CLOSE_UNAVAILABLE = 4503
+# Every message a page may send is a small object ({"action": "resync"}); anything longer is not one of them.
+MAX_FRAME_CHARS = 4096
+# A dependency the handshake needs is out of reach: Redis (the slot count, the channel layer's pool) or PostgreSQL.
+UNAVAILABLE = (RedisError, DatabaseError, OSError)
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
@@ -32,14 +56,85 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if not can_watch(user):
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        if not await self.prepare():
-            await self.close(code=CLOSE_NOT_FOUND)
+        self.client = sockets.client_id(self.scope)
+        self.last_resync = float("-inf")
+        try:
+            if not await self.take_slot():
+                await self.refuse(CLOSE_TOO_MANY, f"over {settings.WS_MAX_CONNECTIONS_PER_CLIENT} open sockets")
+                return
+            if not await self.prepare():
+                await self.release_slot()
+                await self.close(code=CLOSE_NOT_FOUND)
+                return
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        except UNAVAILABLE as exc:
+            await self.refuse(CLOSE_UNAVAILABLE, f"{type(exc).__name__}: {exc}")
             return
-        await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         broadcaster.attach()
         self.attached = True
-        await self.send_snapshot()
+        try:
+            await self.send_snapshot()
+        except UNAVAILABLE as exc:
+            log.warning("socket %s closed %d for %s: %s", self.scope.get("path"), CLOSE_UNAVAILABLE, self.client, exc)
+            await self.close(code=CLOSE_UNAVAILABLE)
+
+    async def take_slot(self) -> bool:
+        self.slot = uuid.uuid4().hex
+        taken = await sockets.acquire(
+            self.channel_layer.redis(),
+            self.client,
+            self.slot,
+            cap=settings.WS_MAX_CONNECTIONS_PER_CLIENT,
+            ttl_seconds=settings.WS_SLOT_TTL,
+        )
+        if taken:
+            self.keep_slot = asyncio.ensure_future(self._refresh_slot())
+        else:
+            self.slot = ""
+        return taken
+
+    async def _refresh_slot(self) -> None:
+        while True:
+            await asyncio.sleep(settings.WS_SLOT_TTL / 3)
+            try:
+                await sockets.refresh(
+                    self.channel_layer.redis(), self.client, self.slot, ttl_seconds=settings.WS_SLOT_TTL
+                )
+            except UNAVAILABLE as exc:  # the slot lapses at worst, and the next refresh puts it back
+                log.warning("socket slot refresh failed for %s: %s", self.client, exc)
+
+    async def refuse(self, code: int, reason: str) -> None:
+        """Accept, then close with `code`, so the browser sees the code (see the module docstring)."""
+        log.warning("socket %s closed %d for %s: %s", self.scope.get("path"), code, self.client, reason)
+        await self.release_slot()
+        await self.accept()
+        await self.close(code=code)
+
+    async def release_slot(self) -> None:
+        task = getattr(self, "keep_slot", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.keep_slot = None
+        if getattr(self, "slot", ""):
+            slot, self.slot = self.slot, ""
+            try:
+                await sockets.release(self.channel_layer.redis(), self.client, slot)
+            except UNAVAILABLE as exc:  # it lapses after WS_SLOT_TTL
+                log.warning("socket slot release failed for %s: %s", self.client, exc)
+
+    async def send_json(self, content: Any, close: bool = False) -> None:
+        # A batch from the producer can reach this consumer after the browser went away and before daphne reports
+        # the disconnect; daphne then raises instead of dropping the message, which would end the consumer before
+        # its disconnect() gave the socket's slot back. The disconnect follows, so there is nothing else to do.
+        with contextlib.suppress(Disconnected):
+            await super().send_json(content, close=close)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        with contextlib.suppress(Disconnected):  # the same race as in send_json
+            await super().close(code=code, reason=reason)
 
     async def prepare(self) -> bool:
         return True
@@ -51,13 +146,39 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if getattr(self, "attached", False):
             broadcaster.detach()
             self.attached = False
+        await self.release_slot()
         if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            try:
+                await self.channel_layer.group_discard(self.group, self.channel_name)
+            except UNAVAILABLE as exc:  # the layer drops the membership after its group_expiry
+                log.warning("socket group_discard failed for %s: %s", self.client, exc)
 
-    async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        action = content.get("action") if isinstance(content, dict) else None
-        if action == "resync":
-            await self.send_snapshot()
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        # Decoded here, not by AsyncJsonWebsocketConsumer, whose json.loads error would close with 1011 and a
+        # traceback. A RecursionError is a JSON bomb (thousands of nested brackets).
+        if text_data is None:
+            await self.reject_frame("binary frame")
+            return
+        if len(text_data) > MAX_FRAME_CHARS:
+            await self.reject_frame(f"frame of {len(text_data)} characters")
+            return
+        try:
+            content = json.loads(text_data)
+        except (ValueError, RecursionError):
+            await self.reject_frame("not JSON")
+            return
+        if not isinstance(content, dict) or not isinstance(content.get("action"), str):
+            await self.reject_frame("not an object with an action")
+            return
+        await self.receive_json(content)
+
+    async def reject_frame(self, what: str) -> None:
+        log.warning("socket %s closed %d for %s: %s", self.scope.get("path"), CLOSE_BAD_FRAME, self.client, what)
+        await self.close(code=CLOSE_BAD_FRAME)
+
+    async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
+        if content["action"] == "resync":
+            await self.resync()
             return
         if not can_control(self.scope.get("user")):
             await self.send_json({"type": "refused", "reason": "controls need a staff login"})
@@ -66,6 +187,15 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(
             {"type": "refused", "reason": "controls go through the CSRF-protected HTTP endpoints, not this socket"}
         )
+
+    async def resync(self) -> None:
+        # A snapshot costs several queries; one per interval per socket is plenty for a page that lost track.
+        wait = self.last_resync + settings.WS_RESYNC_INTERVAL - time.monotonic()
+        if wait > 0:
+            await self.send_json({"type": "refused", "reason": "resync is rate-limited", "retry_after": round(wait, 1)})
+            return
+        self.last_resync = time.monotonic()
+        await self.send_snapshot()
 
 
 class PipelineConsumer(LiveConsumer):

@@ -11,8 +11,10 @@ import os
 import re
 import runpy
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +64,28 @@ def env_example() -> dict[str, str]:
     return values
 
 
+def interpolate(value: str, shell: dict[str, str] | None = None) -> str:
+    """Compose's own ${NAME:-default} substitution (from the shell or the project's .env, not env_file)."""
+    shell = shell or {}
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: shell.get(m.group(1)) or m.group(2), value)
+
+
 def environment(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.partition("=")[::2] for item in env)
-    return {str(k): str(v) for k, v in env.items()}
+    return {str(k): interpolate(str(v)) for k, v in env.items()}
+
+
+def published(service: dict[str, Any], shell: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of each published port; a mapping without an address would
+    listen on every interface of the host."""
+    mappings = []
+    for mapping in service.get("ports", []):
+        parts = interpolate(str(mapping), shell).split(":")
+        assert len(parts) == 3, f"{mapping}: no host address, so every interface of the host publishes it"
+        mappings.append((parts[0], parts[1], parts[2]))
+    return mappings
 
 
 def argv(service: dict[str, Any]) -> list[str]:
@@ -88,6 +107,13 @@ def expand(command: list[str]) -> list[str]:
     """Substitute $NAME as the container's shell would, from .env.example and the image's ENV (PORT)."""
     values = {"PORT": "8000", **env_example()}
     return [re.sub(r"\$(\w+)", lambda m: values[m.group(1)], part) for part in command]
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The image's ENV values (one `ENV A=1 \\ B=2` instruction, continued over lines)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    [line] = [line for line in text.splitlines() if line.startswith("ENV ")]
+    return dict(part.split("=", 1) for part in line.split()[1:])
 
 
 def dockerfile_cmd() -> list[str]:
@@ -176,10 +202,11 @@ def test_gunicorn_conf_reads_its_variables():
     """gunicorn itself resolves the config file (and loads the app) with the example's values and with others."""
 
     def resolved(**env: str) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if k not in {"WEB_BIND", "PORT"}}
         result = subprocess.run(
             [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "--print-config"],
             cwd=ROOT,
-            env={**os.environ, "DJANGO_SETTINGS_MODULE": "orderpipe.settings", **env},
+            env={**inherited, "DJANGO_SETTINGS_MODULE": "orderpipe.settings", **env},
             capture_output=True,
             text=True,
             timeout=60,
@@ -189,17 +216,58 @@ def test_gunicorn_conf_reads_its_variables():
         return {key.strip(): value.strip() for key, _, value in lines}
 
     example = env_example()
-    config = resolved(**{k: example[k] for k in ("PORT", "WEB_WORKERS", "WEB_THREADS")})
+    # As Compose's `web` runs it: the image's ENV, then .env.example.
+    config = resolved(**{**dockerfile_env(), **{k: example[k] for k in ("PORT", "WEB_WORKERS", "WEB_THREADS")}})
     assert config["wsgi_app"] == "orderpipe.wsgi:application"
     assert config["worker_class"] == "gthread"
+    # A container listens on its own interface (which host address publishes the port is Compose's choice).
     assert config["bind"] == f"['0.0.0.0:{example['PORT']}']"
     assert (config["workers"], config["threads"]) == (example["WEB_WORKERS"], example["WEB_THREADS"])
     assert config["accesslog"] == "None" and config["errorlog"] == "-"
     assert int(config["graceful_timeout"]) < 10, "gunicorn must finish before Compose's 10 s stop grace period"
 
-    config = resolved(PORT="9123", WEB_WORKERS="3", WEB_THREADS="7", WEB_ACCESS_LOG="true")
+    config = resolved(PORT="9123", WEB_WORKERS="3", WEB_THREADS="7", WEB_ACCESS_LOG="true", WEB_BIND="0.0.0.0")
     assert config["bind"] == "['0.0.0.0:9123']"
     assert (config["workers"], config["threads"], config["accesslog"]) == ("3", "7", "-")
+
+    # Outside the image (`make run`, a plain `gunicorn -c gunicorn.conf.py`): loopback only.
+    assert resolved()["bind"] == "['127.0.0.1:8000']"
+    assert resolved(WEB_BIND="")["bind"] == "['127.0.0.1:8000']"
+
+
+FAKE_PYTHON = """#!/bin/sh
+echo "$(basename "$0") $*" >> "$ARGV_LOG"
+"""
+
+
+@pytest.mark.parametrize(("bind", "expected"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
+def test_make_run_binds_loopback_unless_told_otherwise(tmp_path, bind, expected):
+    """bin/run-all (what `make run` starts) hands WEB_BIND, loopback by default, to the supervisor, which gives it to
+    both servers: gunicorn's -b and daphne's -b (see the supervisor's own argv below)."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "argv.log"
+    env = {k: v for k, v in os.environ.items() if k != "WEB_BIND"}
+    env.update(PYTHON=str(fake), ARGV_LOG=str(log), PORT="9200")
+    if bind is not None:
+        env["WEB_BIND"] = bind
+    subprocess.run([str(ROOT / "bin" / "run-all")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True, timeout=30)
+    [argv] = [line.split()[1:] for line in log.read_text().splitlines()]
+    assert argv == ["manage.py", "supervise", "--bind", expected, "--port", "9200"]
+    # Makefile's `run` passes its own default on.
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^WEB_BIND \?= 127\.0\.0\.1$", makefile, re.M)
+    assert "WEB_BIND=$(WEB_BIND)" in makefile
+
+
+def test_the_supervisor_binds_both_servers_where_it_is_told():
+    from worker.supervisor import Supervisor
+
+    supervisor = Supervisor(python="/venv/bin/python", bind="127.0.0.1", port=9200)
+    web, ws = supervisor.argv("web"), supervisor.argv("ws")
+    assert web[web.index("-b") + 1] == "127.0.0.1:9200"
+    assert (ws[ws.index("-b") + 1], ws[ws.index("-p") + 1]) == ("127.0.0.1", "9201")
 
 
 def test_every_app_service_reads_env_example():
@@ -256,7 +324,25 @@ def test_the_web_and_ws_healthchecks_call_healthz_on_their_port(name, variable):
 
 def test_the_web_port_is_published_on_the_port_it_listens_on():
     port = env_example()["PORT"]
-    assert any(str(mapping).split(":")[-1] == port for mapping in SERVICES["web"]["ports"])
+    assert any(container == port for _, _, container in published(SERVICES["web"]))
+
+
+def test_ports_are_published_on_the_hosts_loopback_unless_told_otherwise():
+    publishing = {name: service for name, service in SERVICES.items() if service.get("ports")}
+    assert set(publishing) == {"web", "ws", "rabbitmq"}
+    for name, service in publishing.items():
+        assert {address for address, _, _ in published(service)} == {"127.0.0.1"}, name
+        assert {address for address, _, _ in published(service, {"PUBLISH_ADDRESS": "0.0.0.0"})} == {"0.0.0.0"}
+    assert ("127.0.0.1", "15672", "15672") in published(SERVICES["rabbitmq"])
+
+
+def test_the_rabbitmq_password_comes_from_the_environment():
+    """Not a literal in the Compose file: RABBITMQ_PASSWORD (from .env) sets it; the default is the dev one that
+    .env.example's URLs use, documented as dev-only."""
+    raw = SERVICES["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"]
+    assert raw.startswith("${RABBITMQ_PASSWORD:-"), raw
+    assert interpolate(raw, {"RABBITMQ_PASSWORD": "s3cret"}) == "s3cret"
+    assert "RABBITMQ_PASSWORD" in (ROOT / "README.md").read_text()
 
 
 def test_the_ws_port_is_the_one_the_pages_connect_to():
@@ -264,7 +350,7 @@ def test_the_ws_port_is_the_one_the_pages_connect_to():
     and daphne must listen on it inside the container."""
     port = env_example()["ORDERPIPE_WEBSOCKET_PORT"]
     assert port and port != env_example()["PORT"]
-    assert f"{port}:{port}" in [str(mapping) for mapping in SERVICES["ws"]["ports"]]
+    assert ("127.0.0.1", port, port) in published(SERVICES["ws"])
     args = CommandLineInterface().parser.parse_args(expand(shell_commands(SERVICES["ws"])[0][2:]))
     assert args.port == int(port)
     assert re.search(rf"^EXPOSE\b.*\b{port}\b", (ROOT / "Dockerfile").read_text(), re.M)

@@ -74,3 +74,44 @@ def test_log_format_json_switches_every_line_to_json():
         "hello there",
         "abc",
     )
+
+
+def run_django(code: str, **env: str) -> subprocess.CompletedProcess:
+    env = {"DJANGO_SETTINGS_MODULE": "orderpipe.settings", "DJANGO_DEBUG": "true", "PATH": "", **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_example_email_backend_logs_one_json_line_per_email_without_its_content():
+    """The worker's confirmation email (worker/processing.py sends it with send_mail), through the backend that
+    .env.example configures for Compose: one JSON line, recipient masked, no body, nothing else printed."""
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if "=" in line and line[0] != "#"
+    )
+    code = (
+        "import django; django.setup(); from django.core.mail import send_mail; "
+        "send_mail('Your order 0f7ca056 is confirmed', "
+        "'Thank you for your order.\\n\\n  2 x BOOK-001 at 25.00\\n\\nTotal charged: 50.00\\n', "
+        "'orders@orderpipe.local', ['ada.lovelace@example.com'])"
+    )
+    result = run_django(code, EMAIL_BACKEND=example["EMAIL_BACKEND"], LOG_FORMAT="json")
+    assert result.returncode == 0, result.stderr
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is JSON
+    [email] = [e for e in entries if e["logger"] == "orderpipe.mail"]
+    assert email["email_to"] == ["a***@example.com"]
+    assert email["email_subject"] == "Your order 0f7ca056 is confirmed"
+    output = result.stdout + result.stderr
+    for private in ("ada.lovelace", "BOOK-001", "50.00", "Thank you"):
+        assert private not in output
+
+
+def test_the_console_email_backend_is_refused_under_json_logs():
+    result = run_django(
+        "import django; django.setup()",
+        EMAIL_BACKEND="django.core.mail.backends.console.EmailBackend",
+        LOG_FORMAT="json",
+    )
+    assert result.returncode != 0
+    assert "EMAIL_BACKEND=console prints whole emails" in result.stderr

@@ -4,19 +4,27 @@ the real producer task. Each test runs its own event loop and stops the producer
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.test import Client
 
 from orderpipe.asgi import application
-from orders import services
+from orders import services, sockets
 from orders.broadcaster import broadcaster
-from orders.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND
+from orders.consumers import (
+    CLOSE_BAD_FRAME,
+    CLOSE_FORBIDDEN,
+    CLOSE_NOT_FOUND,
+    CLOSE_TOO_MANY,
+    CLOSE_UNAVAILABLE,
+)
 from orders.models import EventKind, Order, OrderStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -231,5 +239,150 @@ def test_it_closes_the_journey_socket_of_an_unknown_order():
     async def body() -> None:
         ws = communicator("/ws/orders/00000000-0000-0000-0000-000000000000/", cookie=cookie)
         assert await ws.connect() == (False, CLOSE_NOT_FOUND)
+
+    run(body)
+
+
+# ---------------------------------------------------------------- limits (issue 9)
+
+
+@pytest.mark.parametrize(
+    ("frame", "what"),
+    [
+        ({"text_data": "not json {"}, "not JSON"),
+        ({"text_data": "[" * 3000 + "]" * 3000}, "frame of 6000 characters"),
+        ({"text_data": "[" * 2000}, "not JSON"),  # deeper than the parser's recursion limit
+        ({"text_data": '["resync"]'}, "not an object with an action"),
+        ({"text_data": '{"action": 1}'}, "not an object with an action"),
+        ({"bytes_data": b"\x00\x01"}, "binary frame"),
+    ],
+)
+def test_a_malformed_frame_closes_the_socket_with_4400_and_one_log_line(frame, what, caplog):
+    cookie = session_cookie(staff=False)
+
+    async def body() -> None:
+        ws = communicator("/ws/pipeline/", cookie=cookie)
+        assert (await ws.connect())[0]
+        assert (await ws.receive_json_from(timeout=5))["type"] == "snapshot"
+        await ws.send_to(**frame)
+        while (message := await ws.receive_output(timeout=5))["type"] != "websocket.close":
+            assert message["type"] == "websocket.send"  # a producer push may come first
+        assert message == {"type": "websocket.close", "code": CLOSE_BAD_FRAME}
+        await ws.wait(timeout=5)  # the consumer ended normally (an exception would be raised here)
+
+    with caplog.at_level(logging.WARNING, logger="orders.consumers"):
+        run(body)
+    lines = [r.getMessage() for r in caplog.records if r.name == "orders.consumers"]
+    assert len(lines) == 1 and lines[0].endswith(what), lines
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_resync_is_served_once_per_interval(settings):
+    settings.WS_RESYNC_INTERVAL = 60
+    cookie = session_cookie(staff=False)
+
+    async def body() -> None:
+        ws = communicator("/ws/pipeline/", cookie=cookie)
+        assert (await ws.connect())[0]
+        await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"action": "resync"})
+        assert (await receive_skipping_updates(ws))["type"] == "snapshot"
+        await ws.send_json_to({"action": "resync"})
+        refused = await receive_skipping_updates(ws)
+        assert (refused["type"], refused["reason"]) == ("refused", "resync is rate-limited")
+        assert 0 < refused["retry_after"] <= 60
+        await ws.disconnect()
+
+    run(body)
+
+
+def test_a_client_past_its_cap_is_closed_with_4429_until_one_of_its_sockets_closes(settings):
+    settings.WS_MAX_CONNECTIONS_PER_CLIENT = 2
+    cookie = session_cookie(staff=False)
+    other = session_cookie(staff=False)
+
+    async def body() -> None:
+        first, second = communicator("/ws/pipeline/", cookie=cookie), communicator("/ws/pipeline/", cookie=cookie)
+        for ws in (first, second):
+            assert (await ws.connect())[0]
+            await ws.receive_json_from(timeout=5)
+        third = communicator("/ws/pipeline/", cookie=cookie)
+        # Accepted, then closed: a close before accepting would reach the browser as a bare HTTP 403.
+        assert (await third.connect())[0]
+        assert await third.receive_output(timeout=5) == {"type": "websocket.close", "code": CLOSE_TOO_MANY}
+        # The cap is per client: another user still gets in.
+        elsewhere = communicator("/ws/pipeline/", cookie=other)
+        assert (await elsewhere.connect())[0]
+        assert (await elsewhere.receive_json_from(timeout=5))["type"] == "snapshot"
+        await elsewhere.disconnect()
+        # A closed socket gives its slot back.
+        await first.disconnect()
+        fourth = communicator("/ws/pipeline/", cookie=cookie)
+        assert (await fourth.connect())[0]
+        assert (await fourth.receive_json_from(timeout=5))["type"] == "snapshot"
+        await fourth.disconnect()
+        await second.disconnect()
+
+    run(body)
+
+
+def test_a_crashed_servers_slots_lapse(settings):
+    """A daphne killed with sockets open never releases their slots; they stop counting after WS_SLOT_TTL."""
+
+    async def body() -> None:
+        redis = get_channel_layer().redis()
+        assert await sockets.acquire(redis, "user:crashed", "a", cap=1, ttl_seconds=0.3)
+        assert not await sockets.acquire(redis, "user:crashed", "b", cap=1, ttl_seconds=0.3)
+        async with asyncio.timeout(10):
+            while not await sockets.acquire(redis, "user:crashed", "b", cap=1, ttl_seconds=60):
+                await asyncio.sleep(0.05)
+        assert await sockets.held(redis, "user:crashed") == 1
+        # ...while a refreshed slot keeps counting.
+        assert await sockets.refresh(redis, "user:crashed", "b", ttl_seconds=60)
+        assert not await sockets.acquire(redis, "user:crashed", "c", cap=1, ttl_seconds=60)
+
+    run(body)
+
+
+def test_an_exhausted_channel_layer_pool_closes_the_handshake_with_4503(settings, caplog):
+    """The layer's pool holds two connections and something else has both: the handshake waits pool_timeout, then
+    is closed with 4503 and one log line (it used to be an HTTP 500 with a traceback). Once they are back, sockets
+    open again (the layer's receive, which waited meanwhile, takes one of the two)."""
+    config = settings.CHANNEL_LAYERS["default"]
+    settings.CHANNEL_LAYERS = {
+        "default": {**config, "CONFIG": {**config["CONFIG"], "pool_size": 2, "pool_timeout": 0.2}}
+    }
+    cookie = session_cookie(staff=False)
+
+    async def body() -> None:
+        pool = get_channel_layer().redis().connection_pool
+        held = [await pool.get_connection(), await pool.get_connection()]
+        try:
+            ws = communicator("/ws/pipeline/", cookie=cookie)
+            assert (await ws.connect())[0]
+            assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": CLOSE_UNAVAILABLE}
+            await ws.wait(timeout=5)
+        finally:
+            for connection in held:
+                await pool.release(connection)
+        ws = communicator("/ws/pipeline/", cookie=cookie)
+        assert (await ws.connect())[0]
+        assert (await ws.receive_json_from(timeout=5))["type"] == "snapshot"
+        await ws.disconnect()
+
+    with caplog.at_level(logging.WARNING, logger="orders.consumers"):
+        run(body)
+    closes = [r.getMessage() for r in caplog.records if r.name == "orders.consumers" and "closed" in r.getMessage()]
+    assert len(closes) == 1 and "closed 4503" in closes[0] and "No connection available" in closes[0], closes
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_the_layers_socket_timeout_outlasts_its_blocking_receive():
+    """redis-py's default socket timeout (5 s) equals channels-redis's BZPOPMIN wait (5 s): an idle socket's receive
+    could time out reading the answer to its own wait and end the consumer with 1011 and a traceback."""
+
+    async def body() -> None:
+        layer = get_channel_layer()
+        assert layer.redis().connection_pool.connection_kwargs["socket_timeout"] > layer.brpop_timeout
 
     run(body)

@@ -1,4 +1,5 @@
-"""`make run` calls this: with DJANGO_DEBUG=true it makes sure a demo staff login exists and prints it."""
+"""`make run` calls this: with DJANGO_DEBUG=true it makes sure a demo staff login exists and prints it. Outside DEBUG
+that login is refused whatever this command did before (orders/demo_login.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-DEMO_USERNAME = "demo"
-DEMO_PASSWORD = "orderpipe-demo"
+from orders.demo_login import DEMO_PASSWORD, DEMO_USERNAME
 
 
 class Command(BaseCommand):
@@ -15,8 +15,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         if not settings.DEBUG:
+            left = get_user_model().objects.filter(username=DEMO_USERNAME).exists()
             self.stdout.write(
                 "ensure_demo_staff: skipped (DJANGO_DEBUG is not true; create staff with createsuperuser)"
+                + (f"; the {DEMO_USERNAME!r} account left by a DEBUG run cannot log in" if left else "")
             )
             return
         user, created = get_user_model().objects.get_or_create(username=DEMO_USERNAME)
