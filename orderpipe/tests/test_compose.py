@@ -252,7 +252,9 @@ def test_make_run_binds_loopback_unless_told_otherwise(tmp_path, bind, expected)
     env.update(PYTHON=str(fake), ARGV_LOG=str(log), PORT="9200")
     if bind is not None:
         env["WEB_BIND"] = bind
-    subprocess.run([str(ROOT / "bin" / "run-all")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True, timeout=30)
+    subprocess.run(
+        [str(ROOT / "bin" / "run-all")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True, timeout=30
+    )
     [argv] = [line.split()[1:] for line in log.read_text().splitlines()]
     assert argv == ["manage.py", "supervise", "--bind", expected, "--port", "9200"]
     # Makefile's `run` passes its own default on.
