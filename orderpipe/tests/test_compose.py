@@ -11,10 +11,8 @@ import os
 import re
 import runpy
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
