@@ -49,6 +49,7 @@ UNAVAILABLE = (RedisError, DatabaseError, OSError)
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
+    keep_slot: asyncio.Task[None] | None = None
     group: str = ""
 
     async def connect(self) -> None:

@@ -37,6 +37,7 @@ class QueueSnapshot(TypedDict, total=False):
     delivery_count: int
     queue_ready: int | None
     outbox_id: int
+    retries: int
     note: str
 
 

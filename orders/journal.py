@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -162,7 +163,7 @@ def accept(
     lines: list[OrderLine],
     outbox: OutboxMessage,
     message: str,
-    snapshot: dict[str, Any],
+    snapshot: Mapping[str, Any],
     channel: str,
 ) -> Accepted:
     """Insert a new order, its lines, its outbox message and its `accepted` event, and NOTIFY `channel` (_ACCEPT).
@@ -228,7 +229,7 @@ def transition(
     changes: dict[str, Any],
     kind: EventKind,
     message: str,
-    snapshot: dict[str, Any],
+    snapshot: Mapping[str, Any],
 ) -> Appended | None:
     """Move the order from `from_status` (at `from_version`) to `to`, set the fields in `changes`, and append the
     event at `at`, in one guarded statement (_TRANSITION). Returns None, writing nothing, if the order is no longer

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -118,7 +119,9 @@ def order_create(
         for item in items
     ]
     outbox = OutboxMessage(order=order, payload=order_message(order), created_at=now)
-    queue = {"note": "not published yet: waiting in the outbox table"}  # + outbox_id, filled in by the statement
+    queue: QueueSnapshot = {
+        "note": "not published yet: waiting in the outbox table"
+    }  # + outbox_id, filled in by the statement
     snapshot = make_snapshot(
         order, queue=queue, cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"}
     )
@@ -144,7 +147,7 @@ def order_create(
     return order
 
 
-def load_order(order_id: object) -> Order:
+def load_order(order_id: uuid.UUID | str) -> Order:
     return Order.objects.prefetch_related("lines").get(pk=order_id)
 
 
@@ -152,9 +155,10 @@ def attach_lines(order: Order, lines: list[OrderLine]) -> Order:
     """Make `order.lines.all()` return `lines` without a query, exactly as prefetch_related("lines") would have.
     An order's lines never change after it is created, so lines read once serve every later step."""
     queryset = order.lines.all()
+    # Django has no public API to hand a queryset its rows; these are the attributes prefetch_related sets.
     queryset._result_cache = list(lines)
-    queryset._prefetch_done = True
-    order._prefetched_objects_cache = {"lines": queryset}
+    queryset._prefetch_done = True  # type: ignore[attr-defined]
+    order._prefetched_objects_cache = {"lines": queryset}  # type: ignore[attr-defined]
     return order
 
 
@@ -247,7 +251,7 @@ def cache_after_commit(transitions: list[Transition]) -> None:
 
 
 @transaction.atomic
-def order_replay(*, order_id: object, replayed_by: str = "", via: str) -> Transition | None:
+def order_replay(*, order_id: uuid.UUID | str, replayed_by: str = "", via: str) -> Transition | None:
     """Send a dead-lettered order through the pipeline again: a new outbox message in the same transaction as
     the move to `queued`. The order keeps its finished steps, so it resumes where it stopped (no double charge).
     Returns None if the order is not dead-lettered (anymore)."""

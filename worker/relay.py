@@ -40,6 +40,9 @@ from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
+# A publish the broker did not take (nacked, unroutable) or a broker out of reach: the row stays pending.
+PUBLISH_ERRORS: tuple[type[BaseException], ...] = (PublishFailed, *BROKER_ERRORS)
+
 
 def relay_once(publisher: Publisher, *, batch_size: int | None = None) -> int:
     """Publish up to one batch of pending outbox messages. Returns how many were published.
@@ -78,7 +81,7 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None) -> int:
                     message_id=str(row.id),
                     message_type=row.message_type,
                 )
-            except (PublishFailed, *BROKER_ERRORS) as exc:
+            except PUBLISH_ERRORS as exc:
                 # Keep what was confirmed so far; this row stays pending and is tried again.
                 row.publish_attempts += 1
                 row.last_error = str(exc)[:1000] or exc.__class__.__name__
