@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import uuid
 
-from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
+from drf_spectacular.authentication import BasicScheme
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import APIException, NotFound, ValidationError
-from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.reverse import reverse as api_reverse
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from orders import sandbox, selectors, services
 from orders.models import Order, OrderStatus, SandboxSettings
+from orders.permissions import PlaceOrdersPublicly, PublicReadOnly, SandboxStaff
 from orders.serializers import (
     OrderEventSerializer,
     OrderInputSerializer,
@@ -25,6 +27,14 @@ from orders.serializers import (
     ProductSerializer,
     order_representation,
 )
+from orders.throttles import OrderPlacementThrottle
+
+
+class BasicInDebugScheme(BasicScheme):
+    """Documents orders.authentication's Basic-in-DEBUG as Basic (registered by being defined)."""
+
+    target_class = "orders.authentication.BasicAuthenticationInDebug"
+
 
 ERROR = inline_serializer("Error", fields={"detail": serializers.CharField()})
 FIELD_ERRORS = OpenApiResponse(OpenApiTypes.OBJECT, description="Field errors: {field: [messages]}")
@@ -44,8 +54,32 @@ def parse_order_id(raw: str) -> uuid.UUID:
         raise NotFound("No order with this id.") from None
 
 
+class ApiRootApi(APIView):
+    """The API's endpoints, by name (the browsable API renders them as links)."""
+
+    permission_classes = [PublicReadOnly]
+    ENDPOINTS = {
+        "orders": "api-order-list",
+        "products": "api-product-list",
+        "pipeline": "api-pipeline",
+        "sandbox": "api-sandbox",
+        "dead_letters_replay": "api-dead-letters-replay",
+        "control_burst": "control-burst",
+        "control_purge_queue": "control-purge-queue",
+        "control_flush_cache": "control-flush-cache",
+        "schema": "schema",
+        "docs": "api-docs",
+    }
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        return Response({name: api_reverse(url_name, request=request) for name, url_name in self.ENDPOINTS.items()})
+
+
 class OrderListCreateApi(generics.ListAPIView):
     serializer_class = OrderSerializer
+    permission_classes = [PlaceOrdersPublicly]
+    throttle_classes = [*api_settings.DEFAULT_THROTTLE_CLASSES, OrderPlacementThrottle]
 
     def get_serializer_class(self):
         return OrderInputSerializer if self.request.method == "POST" else OrderSerializer
@@ -131,6 +165,7 @@ class ProductListApi(generics.ListAPIView):
     """The catalog, with prices and stock."""
 
     serializer_class = ProductSerializer
+    permission_classes = [PublicReadOnly]
     pagination_class = None
 
     def get_queryset(self):
@@ -147,17 +182,8 @@ class PipelineApi(APIView):
 # ---------------------------------------------------------------- sandbox (the fault injector)
 
 
-class SandboxEnabled(BasePermission):
-    """With ORDERPIPE_SANDBOX=false every control disappears: the endpoints answer 404."""
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        if not settings.ORDERPIPE_SANDBOX:
-            raise NotFound("The sandbox controls are disabled (ORDERPIPE_SANDBOX=false).")
-        return True
-
-
 class SandboxApi(APIView):
-    permission_classes = [SandboxEnabled, IsAdminUser]
+    permission_classes = [SandboxStaff]
 
     class SandboxSerializer(serializers.ModelSerializer):
         class Meta:
@@ -188,7 +214,7 @@ class SandboxApi(APIView):
 
 
 class NextStepApi(APIView):
-    permission_classes = [SandboxEnabled, IsAdminUser]
+    permission_classes = [SandboxStaff]
 
     @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT, 404: ERROR})
     def post(self, request: Request, order_id: str) -> Response:
