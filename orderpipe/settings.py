@@ -257,10 +257,12 @@ if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 X_FRAME_OPTIONS = "DENY"
 # The pages load nothing from elsewhere (no CDN: static files only, Swagger UI from the sidecar package), so the
-# policy can be strict; the WebSockets go to this host (any port: daphne may listen beside gunicorn).
+# policy can be strict: scripts only from files of this site (the dashboard's are; Swagger UI's split view serves its
+# setup script as a file too). Inline styles are allowed: DRF's browsable API and login page and Swagger UI's page
+# carry some, and a style cannot run code. The WebSockets go to this host (any port: daphne may be beside gunicorn).
 CONTENT_SECURITY_POLICY = env_str(
     "ORDERPIPE_CSP",
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self'; "
     "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
 )
 # `*_URL` settings carry passwords: masked on DEBUG error pages (orderpipe/errors.py).

@@ -37,6 +37,8 @@ class BasicInDebugScheme(BasicScheme):
 
 
 ERROR = inline_serializer("Error", fields={"detail": serializers.CharField()})
+# Any endpoint: 403 (not allowed: see the README's Security table, or a bad login), 429 (throttled, Retry-After).
+COMMON_ERRORS = {403: ERROR, 429: ERROR}
 FIELD_ERRORS = OpenApiResponse(OpenApiTypes.OBJECT, description="Field errors: {field: [messages]}")
 
 
@@ -92,7 +94,7 @@ class OrderListCreateApi(generics.ListAPIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("status", OpenApiTypes.STR, enum=OrderStatus.values)],
-        responses={200: OrderSerializer(many=True), 400: FIELD_ERRORS, 404: ERROR},
+        responses={200: OrderSerializer(many=True), 400: FIELD_ERRORS, 404: ERROR, **COMMON_ERRORS},
     )
     def get(self, request: Request, *args, **kwargs) -> Response:
         """Orders, newest first, optionally filtered by status."""
@@ -106,6 +108,7 @@ class OrderListCreateApi(generics.ListAPIView):
             415: ERROR,
             422: ERROR,
             503: ERROR,
+            **COMMON_ERRORS,
         },
         parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER)],
     )
@@ -141,7 +144,7 @@ class OrderListCreateApi(generics.ListAPIView):
 
 
 class OrderDetailApi(APIView):
-    @extend_schema(responses={200: OrderSerializer, 404: ERROR})
+    @extend_schema(responses={200: OrderSerializer, 404: ERROR, **COMMON_ERRORS})
     def get(self, request: Request, order_id: str) -> Response:
         """One order, from Redis when cached (`X-Cache: HIT`), else from PostgreSQL (`X-Cache: MISS`)."""
         try:
@@ -152,7 +155,7 @@ class OrderDetailApi(APIView):
 
 
 class OrderEventsApi(APIView):
-    @extend_schema(responses={200: OrderEventSerializer(many=True), 404: ERROR})
+    @extend_schema(responses={200: OrderEventSerializer(many=True), 404: ERROR, **COMMON_ERRORS})
     def get(self, request: Request, order_id: str) -> Response:
         """The order's journey: one event per transition, each with a db/queue/cache snapshot."""
         pk = parse_order_id(order_id)
@@ -171,9 +174,13 @@ class ProductListApi(generics.ListAPIView):
     def get_queryset(self):
         return selectors.product_list()
 
+    @extend_schema(responses={200: ProductSerializer(many=True), **COMMON_ERRORS})
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
 
 class PipelineApi(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **COMMON_ERRORS})
     def get(self, request: Request) -> Response:
         """The live state: outbox backlog, orders by status, queues, cache, workers."""
         return Response(selectors.pipeline_state())

@@ -22,6 +22,7 @@ MACHINE_PATHS = ("/api/", "/healthz", "/readyz", "/metrics")
 # TRACE echoes the request (cookies included) back; nothing here serves these.
 REFUSED_METHODS = {"TRACE", "TRACK", "CONNECT"}
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+PAGE_METHODS = "GET, HEAD, POST, OPTIONS"
 # Headers of the original error response worth keeping on its JSON replacement.
 KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
@@ -38,16 +39,20 @@ def is_machine_path(path: str) -> bool:
 
 
 class ApiErrorsMiddleware:
-    """Refuses TRACE anywhere; on the machine paths refuses bodies it cannot or will not read (before any view
+    """Refuses TRACE on the pages; on the machine paths refuses bodies it cannot or will not read (before any view
     reads them), and turns every non-JSON error response into `{"detail", "code"}` with the same status."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.method in REFUSED_METHODS:
-            return json_error(405, f'Method "{request.method}" not allowed.', "method_not_allowed")
         if not is_machine_path(request.path):
+            if request.method in REFUSED_METHODS:
+                # The pages' and admin's views take any method; the machine paths' views (DRF, require_safe) refuse
+                # these themselves, with the Allow header only they can know.
+                return json_error(
+                    405, f'Method "{request.method}" not allowed.', "method_not_allowed", Allow=PAGE_METHODS
+                )
             return self.get_response(request)
         refused = self.refuse_body(request)
         if refused is not None:
