@@ -34,7 +34,8 @@ def wait_for_terminal(ids, timeout=60.0):
     return False
 
 
-def test_orders_travel_the_whole_pipeline(api, broker, tmp_path):
+def test_orders_travel_the_whole_pipeline(staff_api, broker, tmp_path):
+    api = staff_api  # reading orders over HTTP needs staff outside DEBUG
     book = ProductFactory(sku="BOOK-001", price="25.00", stock=100)
     rare = ProductFactory(sku="RARE-006", price="99.00", stock=1)
     relay = Service("run_relay", log_dir=tmp_path).start()
