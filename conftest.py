@@ -56,6 +56,16 @@ def api() -> APIClient:
 
 
 @pytest.fixture
+def staff_api(db) -> APIClient:
+    """A client logged in as staff: outside DEBUG, reading orders, events, the pipeline and the schema needs it."""
+    from django.contrib.auth import get_user_model
+
+    client = APIClient()
+    client.force_login(get_user_model().objects.create_user("staff-reader", password=None, is_staff=True))
+    return client
+
+
+@pytest.fixture
 def product():
     return ProductFactory(sku="BOOK-001", price="25.00", stock=10)
 

@@ -64,6 +64,14 @@ timeout = 30
 # stop_grace_period, so gunicorn exits by itself before Docker sends SIGKILL.
 graceful_timeout = 8
 
+# Request-head limits, checked by gunicorn before Django sees anything. The longest real request line is an order's
+# URL with a query (well under 1 KB); headers are a session cookie, a CSRF token and the usual browser set. Over
+# them gunicorn answers 414 (request line) or 431 (header count or size) itself, as a small HTML page: it has no hook
+# to shape those answers (Django's JSON errors begin only once a request has been parsed).
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+
 # One line per request is a lot at hundreds of requests a second: off unless WEB_ACCESS_LOG=true (then to stdout).
 accesslog = "-" if env_bool("WEB_ACCESS_LOG", False) else None
 # gunicorn's own messages (start, worker exits, errors) to stderr, at the level the app logs at.

@@ -193,6 +193,9 @@ def configure_standalone(database: str) -> None:
     os.environ["DJANGO_DEBUG"] = "false"
     if os.environ.get("DJANGO_SECRET_KEY", "") in {"", "dev-only-insecure-secret-key-change-me"}:
         os.environ["DJANGO_SECRET_KEY"] = "bench-" + secrets.token_urlsafe(48)
+    # The benchmark places thousands of orders from one address: the API's throttles would turn most into 429s.
+    for name in ("ORDERPIPE_THROTTLE_ANON", "ORDERPIPE_THROTTLE_USER", "ORDERPIPE_THROTTLE_ORDERS"):
+        os.environ.setdefault(name, "off")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orderpipe.settings")
 
 

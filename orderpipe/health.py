@@ -22,9 +22,11 @@ from django.conf import settings
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
 from orders import metrics
+from orders.permissions import can_scrape_metrics, is_staff
 from worker import broker
 
 log = logging.getLogger(__name__)
@@ -149,20 +151,41 @@ def wait_for_dependencies(
 # ---------------------------------------------------------------- views
 
 
+# csrf_exempt: these only read, and a POST must be the 405 of require_safe (JSON: orders/middleware.py), not the
+# CSRF check's 403 page.
+
+
+@csrf_exempt
 @require_safe
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "alive"})
 
 
+@csrf_exempt
 @require_safe
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
     state = readiness()
+    if not (settings.DEBUG or is_staff(request.user)):
+        # Probes need the status and what failed; the errors name hosts, ports and users, for staff only.
+        for result in state["checks"].values():
+            result.pop("error", None)
     return JsonResponse(state, status=503 if state["failed"] else 200)
 
 
+@csrf_exempt
 @require_safe
 @never_cache
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not can_scrape_metrics(request):
+        response = JsonResponse(
+            {
+                "detail": "Metrics need Authorization: Bearer <ORDERPIPE_METRICS_TOKEN> or a staff login.",
+                "code": "forbidden",
+            },
+            status=403,
+        )
+        response["WWW-Authenticate"] = "Bearer"
+        return response
     return HttpResponse(metrics.render_web(), content_type=metrics.CONTENT_TYPE)

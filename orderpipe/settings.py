@@ -82,12 +82,18 @@ def database_from_url(url: str) -> dict:
 # ---------------------------------------------------------------- core
 
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me"
+# Keys published in this repository (the dev default, .env.example's Compose key): anyone can sign sessions with
+# them, so outside DEBUG they are refused like an empty key.
+PUBLIC_SECRET_KEYS = {DEV_SECRET_KEY, "compose-demo-secret-key-replace-me-for-anything-shared"}
 DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", DEV_SECRET_KEY)
-if not DEBUG and SECRET_KEY == DEV_SECRET_KEY and not env_bool("ORDERPIPE_ALLOW_DEV_SECRET", False):
-    raise ImproperlyConfigured(
-        "DJANGO_SECRET_KEY is the development key: set a real one, or DJANGO_DEBUG=true for local use"
-    )
+if not DEBUG and not env_bool("ORDERPIPE_ALLOW_DEV_SECRET", False):
+    if not SECRET_KEY.strip():
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY is empty: set a real one, or DJANGO_DEBUG=true for local use")
+    if SECRET_KEY in PUBLIC_SECRET_KEYS:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is a published demo key: set a real one, or DJANGO_DEBUG=true for local use"
+        )
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 # HTTP and WebSockets may be served on different ports of the same host (gunicorn for HTTP, daphne for /ws/: see
@@ -115,12 +121,16 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "orders.middleware.ContentSecurityPolicyMiddleware",
+    # Before CSRF and the views, so that what they answer in HTML on /api/ (a CSRF 403, a 404) becomes JSON.
+    "orders.middleware.ApiErrorsMiddleware",
     # Serves /static/ under gunicorn and daphne alike, before the rest of the stack touches the request.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "orders.middleware.LoginThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "orders.middleware.DatabaseUnavailableMiddleware",
@@ -252,6 +262,53 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "orders@orderpipe.local")
 
 ORDERPIPE_SANDBOX = env_bool("ORDERPIPE_SANDBOX", True)
 
+# ---------------------------------------------------------------- security
+# The permission model is in orders/permissions.py and the README's "Security" section.
+
+# Behind a TLS-terminating proxy: cookies only over HTTPS, HSTS, and (opt-in) trust the proxy's scheme header and
+# redirect plain HTTP. All off by default so `make run` works over http://localhost.
+SECURE_COOKIES = env_bool("DJANGO_SECURE_COOKIES", False)
+SESSION_COOKIE_SECURE = SECURE_COOKIES
+CSRF_COOKIE_SECURE = SECURE_COOKIES
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# Probes and scrapers talk plain HTTP to the process itself, inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+# Only behind a proxy that sets (and strips from clients) X-Forwarded-Proto; otherwise a client could claim HTTPS.
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+X_FRAME_OPTIONS = "DENY"
+# The pages load nothing from elsewhere (no CDN: static files only, Swagger UI from the sidecar package), so the
+# policy can be strict: scripts only from files of this site (the dashboard's are; Swagger UI's split view serves its
+# setup script as a file too). Inline styles are allowed: DRF's browsable API and login page and Swagger UI's page
+# carry some, and a style cannot run code. The WebSockets go to this host (any port: daphne may be beside gunicorn).
+CONTENT_SECURITY_POLICY = env_str(
+    "ORDERPIPE_CSP",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+)
+# `*_URL` settings carry passwords: masked on DEBUG error pages (orderpipe/errors.py).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "orderpipe.errors.SecretUrlsFilter"
+# /metrics outside DEBUG: `Authorization: Bearer <token>` (or a staff session); empty: staff sessions only.
+ORDERPIPE_METRICS_TOKEN = env_str("ORDERPIPE_METRICS_TOKEN", "")
+# Failed logins (admin, /api-auth/) per client address and username before that pair waits out the window.
+LOGIN_FAILURE_LIMIT = env_int("ORDERPIPE_LOGIN_FAILURE_LIMIT", 5)
+LOGIN_FAILURE_WINDOW = env_int("ORDERPIPE_LOGIN_FAILURE_WINDOW", 900)
+
+
+def throttle_rate(name: str, default: str) -> str | None:
+    """A DRF rate (`100/minute`), or `off` for none."""
+    raw = env_str(name, default).strip()
+    if raw.lower() in {"off", "none", ""}:
+        return None
+    count, _, period = raw.partition("/")
+    if not count.isdigit() or period[:1] not in {"s", "m", "h", "d"}:
+        raise ImproperlyConfigured(f"{name} must look like 100/minute (or off), got {raw!r}")
+    return raw
+
+
 # ---------------------------------------------------------------- REST framework
 
 REST_FRAMEWORK = {
@@ -259,14 +316,23 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["orders.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
+        "orders.authentication.BasicAuthenticationInDebug",
     ],
+    "DEFAULT_PERMISSION_CLASSES": ["orders.permissions.StaffOrDebugReadOnly"],
+    # POST /api/orders/ adds OrderPlacementThrottle (scope "orders") to these.
+    "DEFAULT_THROTTLE_CLASSES": ["orders.throttles.AnonThrottle", "orders.throttles.UserThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": throttle_rate("ORDERPIPE_THROTTLE_ANON", "120/minute"),
+        "user": throttle_rate("ORDERPIPE_THROTTLE_USER", "600/minute"),
+        "orders": throttle_rate("ORDERPIPE_THROTTLE_ORDERS", "30/minute"),
+    },
+    "NUM_PROXIES": env_int("ORDERPIPE_NUM_PROXIES", 0),
     "EXCEPTION_HANDLER": "orders.api_errors.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
@@ -278,6 +344,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # The schema and Swagger UI follow the API's default: staff in production, anyone in DEBUG.
+    "SERVE_PERMISSIONS": ["orders.permissions.StaffOrDebugReadOnly"],
 }
 
 # ---------------------------------------------------------------- i18n, static

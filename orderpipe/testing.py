@@ -15,3 +15,10 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-" + uuid.uuid4().hex)
 os.environ.setdefault("DJANGO_DEBUG", "false")
 # Fast retry tiers for tests; the real ones are 1 s, 5 s, 30 s.
 os.environ.setdefault("ORDERPIPE_RETRY_DELAYS_MS", "200,400,800")
+# Generous limits, so no test is throttled by accident; the throttling tests set their own rates.
+os.environ.setdefault("ORDERPIPE_THROTTLE_ANON", "100000/minute")
+os.environ.setdefault("ORDERPIPE_THROTTLE_USER", "100000/minute")
+os.environ.setdefault("ORDERPIPE_THROTTLE_ORDERS", "100000/minute")
+os.environ.setdefault("ORDERPIPE_LOGIN_FAILURE_LIMIT", "1000")
+# /metrics outside DEBUG needs it (tests scrape with `Authorization: Bearer` and this value).
+os.environ.setdefault("ORDERPIPE_METRICS_TOKEN", "test-metrics-" + uuid.uuid4().hex)

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import uuid
 
-from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
+from drf_spectacular.authentication import BasicScheme
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import APIException, NotFound, ValidationError
-from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.reverse import reverse as api_reverse
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from orders import sandbox, selectors, services
 from orders.models import Order, OrderStatus, SandboxSettings
+from orders.permissions import PlaceOrdersPublicly, PublicReadOnly, SandboxStaff
 from orders.serializers import (
     OrderEventSerializer,
     OrderInputSerializer,
@@ -25,8 +27,18 @@ from orders.serializers import (
     ProductSerializer,
     order_representation,
 )
+from orders.throttles import OrderPlacementThrottle
+
+
+class BasicInDebugScheme(BasicScheme):
+    """Documents orders.authentication's Basic-in-DEBUG as Basic (registered by being defined)."""
+
+    target_class = "orders.authentication.BasicAuthenticationInDebug"
+
 
 ERROR = inline_serializer("Error", fields={"detail": serializers.CharField()})
+# Any endpoint: 403 (not allowed: see the README's Security table, or a bad login), 429 (throttled, Retry-After).
+COMMON_ERRORS = {403: ERROR, 429: ERROR}
 FIELD_ERRORS = OpenApiResponse(OpenApiTypes.OBJECT, description="Field errors: {field: [messages]}")
 
 
@@ -44,8 +56,32 @@ def parse_order_id(raw: str) -> uuid.UUID:
         raise NotFound("No order with this id.") from None
 
 
+class ApiRootApi(APIView):
+    """The API's endpoints, by name (the browsable API renders them as links)."""
+
+    permission_classes = [PublicReadOnly]
+    ENDPOINTS = {
+        "orders": "api-order-list",
+        "products": "api-product-list",
+        "pipeline": "api-pipeline",
+        "sandbox": "api-sandbox",
+        "dead_letters_replay": "api-dead-letters-replay",
+        "control_burst": "control-burst",
+        "control_purge_queue": "control-purge-queue",
+        "control_flush_cache": "control-flush-cache",
+        "schema": "schema",
+        "docs": "api-docs",
+    }
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        return Response({name: api_reverse(url_name, request=request) for name, url_name in self.ENDPOINTS.items()})
+
+
 class OrderListCreateApi(generics.ListAPIView):
     serializer_class = OrderSerializer
+    permission_classes = [PlaceOrdersPublicly]
+    throttle_classes = [*api_settings.DEFAULT_THROTTLE_CLASSES, OrderPlacementThrottle]
 
     def get_serializer_class(self):
         return OrderInputSerializer if self.request.method == "POST" else OrderSerializer
@@ -58,7 +94,7 @@ class OrderListCreateApi(generics.ListAPIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("status", OpenApiTypes.STR, enum=OrderStatus.values)],
-        responses={200: OrderSerializer(many=True), 400: FIELD_ERRORS, 404: ERROR},
+        responses={200: OrderSerializer(many=True), 400: FIELD_ERRORS, 404: ERROR, **COMMON_ERRORS},
     )
     def get(self, request: Request, *args, **kwargs) -> Response:
         """Orders, newest first, optionally filtered by status."""
@@ -72,6 +108,7 @@ class OrderListCreateApi(generics.ListAPIView):
             415: ERROR,
             422: ERROR,
             503: ERROR,
+            **COMMON_ERRORS,
         },
         parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER)],
     )
@@ -108,7 +145,7 @@ class OrderListCreateApi(generics.ListAPIView):
 
 
 class OrderDetailApi(APIView):
-    @extend_schema(responses={200: OrderSerializer, 404: ERROR})
+    @extend_schema(responses={200: OrderSerializer, 404: ERROR, **COMMON_ERRORS})
     def get(self, request: Request, order_id: str) -> Response:
         """One order, from Redis when cached (`X-Cache: HIT`), else from PostgreSQL (`X-Cache: MISS`)."""
         try:
@@ -119,7 +156,7 @@ class OrderDetailApi(APIView):
 
 
 class OrderEventsApi(APIView):
-    @extend_schema(responses={200: OrderEventSerializer(many=True), 404: ERROR})
+    @extend_schema(responses={200: OrderEventSerializer(many=True), 404: ERROR, **COMMON_ERRORS})
     def get(self, request: Request, order_id: str) -> Response:
         """The order's journey: one event per transition, each with a db/queue/cache snapshot."""
         pk = parse_order_id(order_id)
@@ -132,14 +169,19 @@ class ProductListApi(generics.ListAPIView):
     """The catalog, with prices and stock."""
 
     serializer_class = ProductSerializer
+    permission_classes = [PublicReadOnly]
     pagination_class = None
 
     def get_queryset(self):
         return selectors.product_list()
 
+    @extend_schema(responses={200: ProductSerializer(many=True), **COMMON_ERRORS})
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
 
 class PipelineApi(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **COMMON_ERRORS})
     def get(self, request: Request) -> Response:
         """The live state: outbox backlog, orders by status, queues, cache, workers."""
         return Response(selectors.pipeline_state())
@@ -148,17 +190,8 @@ class PipelineApi(APIView):
 # ---------------------------------------------------------------- sandbox (the fault injector)
 
 
-class SandboxEnabled(BasePermission):
-    """With ORDERPIPE_SANDBOX=false every control disappears: the endpoints answer 404."""
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        if not settings.ORDERPIPE_SANDBOX:
-            raise NotFound("The sandbox controls are disabled (ORDERPIPE_SANDBOX=false).")
-        return True
-
-
 class SandboxApi(APIView):
-    permission_classes = [SandboxEnabled, IsAdminUser]
+    permission_classes = [SandboxStaff]
 
     class SandboxSerializer(serializers.ModelSerializer):
         class Meta:
@@ -189,7 +222,7 @@ class SandboxApi(APIView):
 
 
 class NextStepApi(APIView):
-    permission_classes = [SandboxEnabled, IsAdminUser]
+    permission_classes = [SandboxStaff]
 
     @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT, 404: ERROR})
     def post(self, request: Request, order_id: str) -> Response:

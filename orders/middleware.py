@@ -1,19 +1,173 @@
-"""Outside the REST API (admin, pages), a database outage still answers 503 with a JSON body, not a 500 page."""
+"""Middleware: database outages, JSON errors on the machine-facing URLs, and the Content-Security-Policy header."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
 
+from django.conf import settings
+from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from rest_framework.throttling import BaseThrottle
 
 from orders.api_errors import DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
+# Where clients are programs: every error there is JSON, whoever produced it (Django's 404, the CSRF check, a 500).
+MACHINE_PATHS = ("/api/", "/healthz", "/readyz", "/metrics")
+# TRACE echoes the request (cookies included) back; nothing here serves these.
+REFUSED_METHODS = {"TRACE", "TRACK", "CONNECT"}
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+PAGE_METHODS = "GET, HEAD, POST, OPTIONS"
+# Headers of the original error response worth keeping on its JSON replacement.
+KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+
+
+def json_error(status: int, detail: str, code: str, **headers: str) -> JsonResponse:
+    response = JsonResponse({"detail": detail, "code": code}, status=status)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def is_machine_path(path: str) -> bool:
+    return path.startswith(MACHINE_PATHS)
+
+
+class ApiErrorsMiddleware:
+    """Refuses TRACE on the pages; on the machine paths refuses bodies it cannot or will not read (before any view
+    reads them), and turns every non-JSON error response into `{"detail", "code"}` with the same status."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not is_machine_path(request.path):
+            if request.method in REFUSED_METHODS:
+                # The pages' and admin's views take any method; the machine paths' views (DRF, require_safe) refuse
+                # these themselves, with the Allow header only they can know.
+                return json_error(
+                    405, f'Method "{request.method}" not allowed.', "method_not_allowed", Allow=PAGE_METHODS
+                )
+            return self.get_response(request)
+        refused = self.refuse_body(request)
+        if refused is not None:
+            return refused
+        response = self.get_response(request)
+        if response.status_code >= 400 and not self.is_json(response):
+            return self.as_json(response)
+        return response
+
+    @staticmethod
+    def refuse_body(request: HttpRequest) -> HttpResponse | None:
+        if request.method not in BODY_METHODS:
+            return None
+        raw_length = request.META.get("CONTENT_LENGTH") or ""
+        if not raw_length and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+            # WSGI gives Django no length for a chunked body, and Django then reads it as empty: an order would be
+            # refused for a missing email it did send. Say what is wrong instead.
+            return json_error(
+                411,
+                "Send the body with a Content-Length (chunked transfer encoding is not supported).",
+                "length_required",
+            )
+        try:
+            length = int(raw_length or 0)
+        except ValueError:
+            return json_error(400, "Malformed Content-Length header.", "bad_request")
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if limit is not None and length > limit:
+            return json_error(413, f"The body is larger than {limit} bytes.", "request_too_large")
+        return None
+
+    @staticmethod
+    def is_json(response: HttpResponse) -> bool:
+        # A DRF Response rendered as the client asked (the browsable API's HTML included) is left as it is.
+        return response.get("Content-Type", "").startswith("application/json") or hasattr(response, "accepted_renderer")
+
+    @staticmethod
+    def as_json(response: HttpResponse) -> JsonResponse:
+        status = response.status_code
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        kept = {name: response[name] for name in KEPT_HEADERS if response.has_header(name)}
+        detail = {404: "Not found.", 403: "Forbidden (CSRF check failed or not allowed).", 405: "Method not allowed."}
+        replacement = json_error(status, detail.get(status, f"{phrase}."), phrase.lower().replace(" ", "_"))
+        for name, value in kept.items():
+            replacement[name] = value
+        return replacement
+
+
+class ContentSecurityPolicyMiddleware:
+    """Sets settings.CONTENT_SECURITY_POLICY on every response that has none (Django 5.2 has no CSP of its own)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if settings.CONTENT_SECURITY_POLICY and not response.has_header("Content-Security-Policy"):
+            response["Content-Security-Policy"] = settings.CONTENT_SECURITY_POLICY
+        return response
+
+
+LOGIN_PATHS = ("/admin/login/", "/api-auth/login/")
+
+
+class LoginThrottleMiddleware:
+    """After LOGIN_FAILURE_LIMIT failed logins for one username from one address within LOGIN_FAILURE_WINDOW
+    seconds, that pair gets 429 without the password being checked, until the window (counted from the first
+    failure) ends. A counter in Redis (the default cache, under this instance's prefix), so every gunicorn worker
+    shares it; a success clears it. Small enough to keep here rather than add django-axes, its models and its
+    authentication backend for two login forms."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.method != "POST" or request.path not in LOGIN_PATHS:
+            return self.get_response(request)
+        key = self.key(request)
+        if (cache.get(key) or 0) >= settings.LOGIN_FAILURE_LIMIT:
+            window = settings.LOGIN_FAILURE_WINDOW
+            response = HttpResponse(
+                f"Too many failed logins. Try again in {window // 60} minutes.\n", status=429, content_type="text/plain"
+            )
+            response["Retry-After"] = str(window)
+            return response
+        response = self.get_response(request)
+        if request.user.is_authenticated:
+            cache.delete(key)
+        elif response.status_code == 200:  # the login form again, with its error: a failed attempt
+            self.count_failure(key)
+        return response
+
+    @staticmethod
+    def count_failure(key: str) -> None:
+        # add() starts the window with the first failure; later ones only count, they do not extend it.
+        if cache.add(key, 1, timeout=settings.LOGIN_FAILURE_WINDOW) is False:
+            try:
+                cache.incr(key)
+            except ValueError:  # expired between add and incr
+                cache.add(key, 1, timeout=settings.LOGIN_FAILURE_WINDOW)
+
+    @staticmethod
+    def key(request: HttpRequest) -> str:
+        # Same client address as the API throttles (ORDERPIPE_NUM_PROXIES); the username hashed, not stored.
+        username = request.POST.get("username", "").strip().lower()
+        digest = hashlib.sha256(username.encode()).hexdigest()[:32]
+        return f"login-failures:{BaseThrottle().get_ident(request)}:{digest}"
+
 
 class DatabaseUnavailableMiddleware:
+    """Outside the REST API (admin, pages), a database outage still answers 503 with a JSON body, not a 500 page."""
+
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 

@@ -1,4 +1,6 @@
-"""Staff API for the consumer side: replaying dead letters."""
+"""Staff API for the consumer side: replaying dead letters. A sandbox control like the others (404 with
+ORDERPIPE_SANDBOX=false); in production, operators replay with `manage.py replay_dead_letters` or the admin's
+"replay" action, which go through the same service and are recorded alike."""
 
 from __future__ import annotations
 
@@ -6,17 +8,17 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from orders.models import Order, OrderStatus
+from orders.permissions import SandboxStaff
 from worker.replay import replay_dead_letters
 
 
 class ReplayDeadLettersApi(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [SandboxStaff]
 
     class ReplayInputSerializer(serializers.Serializer):
         order_id = serializers.UUIDField(required=False, allow_null=True)

@@ -90,11 +90,11 @@ def _run_burst(count: int, by: str, burst_id: str) -> None:
 
 
 class BurstApi(ControlApi):
-    class InputSerializer(serializers.Serializer):
+    class BurstInputSerializer(serializers.Serializer):
         count = serializers.IntegerField(min_value=1, max_value=BURST_MAX)
 
     @extend_schema(
-        request=InputSerializer,
+        request=BurstInputSerializer,
         responses={
             202: inline_serializer(
                 "BurstAccepted", {"burst_id": serializers.CharField(), "count": serializers.IntegerField()}
@@ -103,7 +103,7 @@ class BurstApi(ControlApi):
     )
     def post(self, request: Request) -> Response:
         """Create N orders (1 to 10,000) in a background thread; answers 202 at once."""
-        data = self.InputSerializer(data=request.data)
+        data = self.BurstInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         count = data.validated_data["count"]
         burst_id = uuid.uuid4().hex[:6]
@@ -127,7 +127,7 @@ def queue_purge(queue: str) -> int:
 
 
 class PurgeQueueApi(ControlApi):
-    class InputSerializer(serializers.Serializer):
+    class PurgeInputSerializer(serializers.Serializer):
         queue = serializers.CharField()
 
         def validate_queue(self, value: str) -> str:
@@ -137,7 +137,7 @@ class PurgeQueueApi(ControlApi):
             return value
 
     @extend_schema(
-        request=InputSerializer,
+        request=PurgeInputSerializer,
         responses={
             200: inline_serializer(
                 "Purged",
@@ -152,7 +152,7 @@ class PurgeQueueApi(ControlApi):
     def post(self, request: Request) -> Response:
         """Purge the ready messages of one queue (messages held unacked by a worker are not touched). Their orders
         are not lost: the sweeper re-sends them once they have shown no progress for ORDERPIPE_SWEEP_AFTER s."""
-        data = self.InputSerializer(data=request.data)
+        data = self.PurgeInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         queue = data.validated_data["queue"]
         try:

@@ -290,19 +290,25 @@ def test_the_example_configuration_loads_and_points_at_the_compose_services():
     assert example["DATABASE_URL"].endswith(f"/{pg['POSTGRES_DB']}")
     mq = environment(SERVICES["rabbitmq"])
     assert example["AMQP_URL"].startswith(f"amqp://{mq['RABBITMQ_DEFAULT_USER']}:{mq['RABBITMQ_DEFAULT_PASS']}@")
-    # The settings accept these values as they are (a production-mode start refuses, e.g., the dev secret key).
+    # The settings accept these values once the published demo key is replaced, as the file asks: a production-mode
+    # start refuses that key (README, Security).
     code = (
         "from django.conf import settings; assert not settings.DEBUG; "
         "print(settings.DATABASES['default']['HOST'], settings.WEBSOCKET_PORT)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={"DJANGO_SETTINGS_MODULE": "orderpipe.settings", **example},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def load(**overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={"DJANGO_SETTINGS_MODULE": "orderpipe.settings", **example, **overrides},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert "published demo key" in load().stderr
+    result = load(DJANGO_SECRET_KEY="a-real-key-" + "x" * 40)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["postgres", example["ORDERPIPE_WEBSOCKET_PORT"]]
 

@@ -32,7 +32,9 @@ def test_readyz_is_200_when_every_dependency_answers(client):
 
 
 @pytest.mark.django_db
-def test_readyz_is_503_and_names_what_is_down(client, settings):
+@pytest.mark.django_db
+def test_readyz_is_503_and_names_what_is_down(admin_client, settings):
+    client = admin_client  # the errors (hosts, users) are for staff outside DEBUG
     settings.AMQP_URL = CLOSED_AMQP
     settings.REDIS_URL = CLOSED_REDIS
     started = time.monotonic()
@@ -91,3 +93,14 @@ def test_waiting_returns_once_a_slow_dependency_comes_up():
             raise error
 
     health.wait_for_dependencies({"thing": booting}, timeout=5, interval=0.1)
+
+
+def test_readyz_tells_anyone_what_failed_but_not_where(client, settings):
+    settings.REDIS_URL = "redis://:readyz-secret@127.0.0.1:1/0"
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["failed"] == ["redis"]
+    assert body["checks"]["redis"]["ok"] is False
+    # Hosts, ports and users are for staff (or DEBUG): anonymous probes only need the verdict.
+    assert b"127.0.0.1:1" not in response.content and b"readyz-secret" not in response.content

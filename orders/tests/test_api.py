@@ -13,6 +13,13 @@ pytestmark = pytest.mark.django_db
 URL = "/api/orders/"
 
 
+@pytest.fixture
+def api(staff_api):
+    """Reads need staff outside DEBUG; who may call what (anonymous, customer, staff) is orderpipe/tests/
+    test_permissions.py's subject, not this module's."""
+    return staff_api
+
+
 def post(api, payload, **extra):
     return api.post(URL, data=json.dumps(payload), content_type="application/json", **extra)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from prometheus_client import REGISTRY
@@ -23,7 +24,7 @@ def sample(name: str, **labels: str) -> float:
 
 
 def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = client.get("/metrics")
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {settings.ORDERPIPE_METRICS_TOKEN}")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     return {
@@ -62,7 +63,8 @@ def test_processing_an_order_moves_the_counters_and_histograms(client, product):
     assert ("orderpipe_order_events_total", (("kind", "retry_scheduled"),)) in after
 
 
-def test_the_gauges_show_the_backlog_queues_and_cache(client, product):
+def test_the_gauges_show_the_backlog_queues_and_cache(staff_api, product):
+    client = staff_api  # reading the order over HTTP needs staff outside DEBUG
     place()
     place()
     QueueStat.objects.create(name="test.orders.process", role="main", ready=7, consumers=1, observed_at=timezone.now())

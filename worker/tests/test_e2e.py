@@ -27,7 +27,8 @@ def all_terminal(ids) -> bool:
     return Order.objects.filter(pk__in=ids, status__in=list(OrderStatus.terminal())).count() == len(ids)
 
 
-def test_orders_travel_the_whole_pipeline(api, broker, tmp_path):
+def test_orders_travel_the_whole_pipeline(staff_api, broker, tmp_path):
+    api = staff_api  # reading orders over HTTP needs staff outside DEBUG
     book = ProductFactory(sku="BOOK-001", price="25.00", stock=100)
     rare = ProductFactory(sku="RARE-006", price="99.00", stock=1)
     relay = Service("run_relay", log_dir=tmp_path).start()
