@@ -81,7 +81,7 @@ class ApiRootApi(APIView):
 class OrderListCreateApi(generics.ListAPIView):
     serializer_class = OrderSerializer
     permission_classes = [PlaceOrdersPublicly]
-    throttle_classes = [*api_settings.DEFAULT_THROTTLE_CLASSES, OrderPlacementThrottle]
+    throttle_classes = [*api_settings.DEFAULT_THROTTLE_CLASSES, OrderPlacementThrottle]  # type: ignore[list-item]
 
     def get_serializer_class(self):
         return OrderInputSerializer if self.request.method == "POST" else OrderSerializer

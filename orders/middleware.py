@@ -66,8 +66,8 @@ class ApiErrorsMiddleware:
     def refuse_body(request: HttpRequest) -> HttpResponse | None:
         if request.method not in BODY_METHODS:
             return None
-        raw_length = request.META.get("CONTENT_LENGTH") or ""
-        if not raw_length and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raw_length = request.headers.get("content-length") or ""
+        if not raw_length and "chunked" in request.headers.get("transfer-encoding", "").lower():
             # WSGI gives Django no length for a chunked body, and Django then reads it as empty: an order would be
             # refused for a missing email it did send. Say what is wrong instead.
             return json_error(
@@ -162,7 +162,8 @@ class LoginThrottleMiddleware:
         # Same client address as the API throttles (ORDERPIPE_NUM_PROXIES); the username hashed, not stored.
         username = request.POST.get("username", "").strip().lower()
         digest = hashlib.sha256(username.encode()).hexdigest()[:32]
-        return f"login-failures:{BaseThrottle().get_ident(request)}:{digest}"
+        # get_ident reads only request.META, which a plain HttpRequest has as well as DRF's Request.
+        return f"login-failures:{BaseThrottle().get_ident(request)}:{digest}"  # type: ignore[arg-type]
 
 
 class DatabaseUnavailableMiddleware:

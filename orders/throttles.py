@@ -22,10 +22,11 @@ class RatesFromSettings:
     """DRF copies the rates into a class attribute when it is imported; read them when the throttle is made (once
     per request) instead, so a test can change them with override_settings."""
 
-    scope: str
+    scope: str | None
 
     def get_rate(self) -> str | None:
-        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope) if self.scope else None
+        return None if rate is None else str(rate)
 
 
 class AnonThrottle(RatesFromSettings, AnonRateThrottle):

@@ -168,7 +168,7 @@ def test_metrics_sum_the_counters_of_every_gunicorn_worker(tmp_path):
 
         assert wait_until(every_worker_took_orders, timeout=30, interval=0.1), http.output()[-2000:]
         token = {"Authorization": f"Bearer {settings.ORDERPIPE_METRICS_TOKEN}"}
-        scrapes = [accepted_counter(request(f"{http.url}/metrics", **token)[2].decode()) for _ in range(8)]
+        scrapes = [accepted_counter(request(f"{http.url}/metrics", None, **token)[2].decode()) for _ in range(8)]
         assert scrapes == [float(orders)] * 8
     finally:
         assert http.stop() == 0
