@@ -26,13 +26,27 @@ run: install
 test: install
 	DJANGO_DEBUG=false $(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install
+# The JS linter and formatter (Biome), pinned by package-lock.json, in node_modules/ (git-ignored).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Every check CI runs before the tests (.ci/run), the same as .pre-commit-config.yaml's hooks.
+lint: install node_modules/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	git ls-files -z '*.py' | xargs -0 $(VENV)/bin/django-upgrade --target-version 5.2 --check
+	$(VENV)/bin/djlint templates --lint
+	$(VENV)/bin/djlint templates --check
+	node_modules/.bin/biome ci
+	$(VENV)/bin/mypy
 
-format: install
+format: install node_modules/.installed
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+	git ls-files -z '*.py' | xargs -0 $(VENV)/bin/django-upgrade --target-version 5.2
+	$(VENV)/bin/djlint templates --reformat
+	node_modules/.bin/biome check --write
 
 # Not part of `make test` (its 50-order smoke is): several minutes, and it wants a quiet machine.
 bench: install

@@ -1,10 +1,11 @@
 """gunicorn's configuration for orderpipe's HTTP server (`gunicorn -c gunicorn.conf.py`: Compose's `web`, the
 Dockerfile's CMD, `make run`). WebSockets are not served here: daphne runs beside it (Compose's `ws`).
 
-Why gunicorn with threads (WSGI) for HTTP: a request spends much of its time waiting for PostgreSQL to commit to
-disk, and threads overlap those waits at little cost. On the 2-core development machine, POST /api/orders/ at 64
-connections reached ~160-420 orders/s with 2 workers x 4 threads, against ~106/s for `uvicorn --workers 2` and
-~63-119/s for daphne (bench/run.py; the README's Benchmark section).
+Why gunicorn with threads (WSGI) for HTTP: it accepted the most orders. On the 2-core development machine,
+POST /api/orders/ at 64 connections reached 338 orders/s with 2 workers x 4 threads, against 299/s for
+`uvicorn --workers 2` and 220/s for daphne (bench/run.py; the table in the README's Benchmark section). The CPU is
+the limit there (about 3 ms per order in the server), not waits: threads only fill the short gaps while a request
+waits on PostgreSQL's answers.
 
 The variables read here are gunicorn's alone (PORT, WEB_WORKERS, WEB_THREADS, WEB_ACCESS_LOG, LOG_LEVEL); Django's
 settings still come from orderpipe/settings.py. Options on the command line win over this file (the tests and the
@@ -48,8 +49,9 @@ bind = f"0.0.0.0:{env_int('PORT', 8000)}"
 # One process per core (the measurements were made with 2 on 2 cores). Not preloaded: each worker imports the app
 # itself, so no database or Redis connection is ever shared across a fork.
 workers = env_int("WEB_WORKERS", 2)
-# gthread: each worker serves requests from a pool of threads. A request mostly waits on PostgreSQL (the commit
-# of the accepting transaction), which releases the GIL, so 4 threads keep a core busy where 1 would leave it idle.
+# gthread: each worker serves requests from a pool of threads. While one request waits on PostgreSQL's answers
+# (the GIL is released) another runs, so a worker keeps its core busy; more threads than that only add contention
+# (the layouts compared in the README's Benchmark section measured within the noise of 2 x 4).
 worker_class = "gthread"
 threads = env_int("WEB_THREADS", 4)
 

@@ -28,8 +28,6 @@ import random
 import resource
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,7 +43,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from worker.tests.processes import ROOT, Process, Service, free_port, wait_until
+
 RESULTS_DIR = ROOT / "bench" / "results"
 LUA_SCRIPT = ROOT / "bench" / "wrk_order.lua"
 BIN = Path(sys.executable).parent
@@ -230,48 +229,16 @@ def other_pytest_runs() -> int:
 
 
 # ---------------------------------------------------------------- processes
+# Started with the tests' harness (worker/tests/processes.py), each in its own process group so that a server's
+# forked workers stop with it.
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def web_process(name: str, port: int, target: Target) -> Process:
+    return Process(name, SERVERS[name](port), log_dir=target.log_dir, env=target.env(), own_group=True)
 
 
-class Process:
-    """A subprocess in its own process group, with its output in a log file; stop() ends the whole group."""
-
-    def __init__(self, name: str, argv: list[str], target: Target, **env: str) -> None:
-        self.name, self.argv = name, argv
-        self.env = target.env(**env)
-        self.log_path = target.log_dir / f"{name}-{time.monotonic_ns()}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Process:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        return self
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-
-def manage(name: str, *args: str, target: Target) -> Process:
-    return Process(name, [sys.executable, "manage.py", name, *args], target)
+def manage(name: str, *args: str, target: Target) -> Service:
+    return Service(name, *args, log_dir=target.log_dir, env=target.env(), own_group=True)
 
 
 @contextlib.contextmanager
@@ -283,21 +250,6 @@ def running(*processes: Process) -> Iterator[None]:
     finally:
         for process in processes:
             process.stop()
-
-
-def wait_http(url: str, process: Process, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.proc is not None and process.proc.poll() is not None:
-            raise RuntimeError(f"{process.name} exited with {process.proc.returncode}:\n{process.output()}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{process.name} did not answer within {timeout} s:\n{process.output()}")
 
 
 # ---------------------------------------------------------------- raw baselines
@@ -445,9 +397,9 @@ def orders_count() -> int:
 def bench_api(report: Report, target: Target, scale: Scale, baselines: dict[int, float], servers: list[str]) -> None:
     for server in servers:
         port = free_port()
-        process = Process(server, SERVERS[server](port), target)
+        process = web_process(server, port, target)
         with running(process):
-            wait_http(f"http://127.0.0.1:{port}/healthz", process)
+            process.wait_http(f"http://127.0.0.1:{port}/healthz", 60)
             url = f"http://127.0.0.1:{port}/api/orders/"
             if scale.warmup:
                 run_wrk(url, max(scale.connections), 1)  # imports, pools, first queries
@@ -519,17 +471,17 @@ def wait_terminal(expected: int, timeout: float, processes: list[Process], *, fa
     """Wait until `expected` orders are terminal. After `timeout`: raise, or with fail=False return False."""
     from orders.models import Order, OrderStatus
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if Order.objects.filter(status__in=list(OrderStatus.terminal())).count() >= expected:
-            return True
+    def done() -> bool:
         for process in processes:
-            if process.proc is not None and process.proc.poll() is not None:
-                raise RuntimeError(f"{process.name} exited:\n{process.output()}")
-        time.sleep(0.2)
+            if process.exited():
+                raise RuntimeError(f"{process.name} exited:\n{process.output(tail=4000)}")
+        return Order.objects.filter(status__in=list(OrderStatus.terminal())).count() >= expected
+
+    if wait_until(done, timeout, interval=0.2):
+        return True
     if not fail:
         return False
-    logs = "\n".join(p.output() for p in processes)
+    logs = "\n".join(p.output(tail=4000) for p in processes)
     raise RuntimeError(f"orders not all terminal after {timeout:.0f} s:\n{logs}")
 
 
@@ -590,11 +542,11 @@ def bench_paced(report: Report, target: Target, scale: Scale, server: str) -> No
     reset_orders()
     declare_and_purge()
     port = free_port()
-    web = Process(server, SERVERS[server](port), target)
+    web = web_process(server, port, target)
     relay, worker = manage("run_relay", target=target), manage("run_worker", target=target)
     total = max(1, round(scale.paced_rate * scale.paced_seconds))
     with running(web, relay, worker):
-        wait_http(f"http://127.0.0.1:{port}/healthz", web)
+        web.wait_http(f"http://127.0.0.1:{port}/healthz", 60)
         time.sleep(2)  # relay and worker connected (their startup is not what is measured)
         body: dict[str, Any] = {"customer_email": ""}
         started = time.monotonic()

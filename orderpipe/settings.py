@@ -90,7 +90,6 @@ if not DEBUG and SECRET_KEY == DEV_SECRET_KEY and not env_bool("ORDERPIPE_ALLOW_
     )
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
-PORT = env_int("PORT", 8000)
 # HTTP and WebSockets may be served on different ports of the same host (gunicorn for HTTP, daphne for /ws/: see
 # gunicorn.conf.py). Set, the pages open their sockets on this port of the host they were loaded from; empty, on the
 # page's own origin. The session cookie and the sockets' origin check go by host, not port, so both work across.
@@ -172,13 +171,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # ---------------------------------------------------------------- RabbitMQ
 
 AMQP_URL = env_str("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-RABBITMQ_MANAGEMENT_URL = env_str("RABBITMQ_MANAGEMENT_URL", "")
 # Every exchange, queue, Redis key, channel-layer group and NOTIFY channel carries this prefix, so a test run
 # (which picks its own) never touches the queues or keys of a running instance.
 ORDERPIPE_PREFIX = env_str("ORDERPIPE_PREFIX", "orderpipe")
 WORKER_PREFETCH = env_int("WORKER_PREFETCH", 10)
-# Orders a worker processes at once (threads). Each step waits for its commit to reach the disk, so one thread
-# leaves the CPU idle most of the time; a few overlap those waits (see bench/ and the README's Benchmark section).
+# Orders a worker processes at once (threads). A step is a few round trips to PostgreSQL and Redis, and a thread
+# waiting on one holds no CPU, so a few threads keep one worker process near a full core (the README's Benchmark:
+# the CPU, not the disk, is the limit). Past that, run more worker processes rather than more threads.
 WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 4)
 AMQP_HEARTBEAT = env_int("AMQP_HEARTBEAT", 30)
 AMQP_DELIVERY_LIMIT = env_int("AMQP_DELIVERY_LIMIT", 5)
@@ -190,22 +189,22 @@ RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 2.0)
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 ORDER_CACHE_TTL = env_int("ORDER_CACHE_TTL", 3600)
+# The project uses this cache only for its connection pool: every Redis call goes through the raw client
+# (`get_redis_connection`, in orders/cache.py, live.py and broadcaster.py), with its own key names and TTLs and its
+# own handling of Redis errors. django-redis's KEY_PREFIX, TIMEOUT and IGNORE_EXCEPTIONS apply only to Django's cache
+# API (`cache.get`/`cache.set`), which nothing here calls, so they are not set.
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": ORDERPIPE_PREFIX,
-        "TIMEOUT": ORDER_CACHE_TTL,
         "OPTIONS": {
             "CLIENT_CLASS": "django_redis.client.DefaultClient",
             # A dead Redis must make the cache miss quickly, never fail or hang a request.
             "SOCKET_CONNECT_TIMEOUT": env_float("REDIS_CONNECT_TIMEOUT", 0.25),
             "SOCKET_TIMEOUT": env_float("REDIS_SOCKET_TIMEOUT", 0.25),
-            "IGNORE_EXCEPTIONS": True,
         },
     }
 }
-DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
 CHANNEL_LAYERS = {
     "default": {

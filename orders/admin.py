@@ -33,7 +33,7 @@ class ProductAdmin(admin.ModelAdmin):
 class OrderLineInline(admin.TabularInline):
     model = OrderLine
     extra = 0
-    fields = ["sku", "quantity", "unit_price"]
+    fields = ("sku", "quantity", "unit_price")
     readonly_fields = fields
     can_delete = False
 
@@ -44,7 +44,7 @@ class OrderLineInline(admin.TabularInline):
 class OrderEventInline(admin.TabularInline):
     model = OrderEvent
     extra = 0
-    fields = ["seq", "kind", "at", "message", "snapshot_pretty"]
+    fields = ("seq", "kind", "at", "message", "snapshot_pretty")
     readonly_fields = fields
     can_delete = False
     ordering = ["seq"]

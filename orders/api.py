@@ -86,6 +86,7 @@ class OrderListCreateApi(generics.ListAPIView):
         data = OrderInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         headers = {}
+        code: int
         if key is None:
             order = services.order_create(**data.validated_data, products=data.products)
             body, code = order_representation(order), status.HTTP_202_ACCEPTED

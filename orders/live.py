@@ -11,8 +11,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from django.db.models import Count
 from django.db.models.functions import Trunc
@@ -26,10 +27,15 @@ from orders.models import EventKind, Order, OrderEvent
 log = logging.getLogger(__name__)
 
 PIPELINE_GROUP = "pipeline"
+# The sockets' URL patterns (orders/routing.py); orders/pages.py hands them to the page scripts.
+PIPELINE_SOCKET_PATH = "ws/pipeline/"
+JOURNEY_SOCKET_PATH = "ws/orders/<str:order_id>/"
 # How long a journey page's interest in its order lasts without a refresh (the consumer refreshes it).
 WATCH_TTL_SECONDS = 90
+# Events in the dashboard's feed: the snapshot sends this many, and the page keeps this many (static/js/dashboard.js).
 FEED_LENGTH = 40
 LATEST_ORDERS = 12
+# The throughput chart's window: the snapshot's per-second rates cover it, and the chart draws it.
 RATE_WINDOW_SECONDS = 180
 
 
@@ -80,7 +86,7 @@ class JourneyEvent(TypedDict):
 KIND_LABELS = dict(EventKind.choices)
 
 
-def feed_event(row: dict[str, Any]) -> FeedEvent:
+def feed_event(row: Mapping[str, Any]) -> FeedEvent:
     return {
         "id": row["id"],
         "order_id": str(row["order_id"]),
@@ -109,11 +115,12 @@ def journey_event(event: OrderEvent) -> JourneyEvent:
 
 def events_after(last_id: int, *, limit: int) -> list[dict[str, Any]]:
     """New events in id order, without their (large) snapshots: one query."""
-    return list(
+    rows = (
         OrderEvent.objects.filter(id__gt=last_id)
         .order_by("id")
         .values("id", "order_id", "seq", "kind", "at", "message", status=_db_status())[:limit]
     )
+    return cast(list[dict[str, Any]], list(rows))
 
 
 def _db_status():
@@ -175,7 +182,7 @@ def rates_of(rows: list[dict[str, Any]]) -> list[list[int]]:
     return [[second, *counts] for second, counts in sorted(buckets.items())]
 
 
-def journey_events(order_id: object, *, after_id: int = 0, up_to_id: int | None = None) -> list[JourneyEvent]:
+def journey_events(order_id: uuid.UUID | str, *, after_id: int = 0, up_to_id: int | None = None) -> list[JourneyEvent]:
     qs = OrderEvent.objects.filter(order_id=order_id, id__gt=after_id).order_by("seq")
     if up_to_id is not None:
         qs = qs.filter(id__lte=up_to_id)

@@ -77,8 +77,8 @@ class OrderStep(models.TextChoices):
 
 class Order(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    status = models.CharField(max_length=20, choices=OrderStatus.choices, default=OrderStatus.PENDING)
-    step = models.CharField(max_length=32, choices=OrderStep.choices, default=OrderStep.NONE, blank=True)
+    status = models.CharField(max_length=20, choices=OrderStatus, default=OrderStatus.PENDING)
+    step = models.CharField(max_length=32, choices=OrderStep, default=OrderStep.NONE, blank=True)
     customer_email = models.EmailField()
     total = models.DecimalField(max_digits=12, decimal_places=2)
     note = models.CharField(max_length=500, blank=True, default="")
@@ -169,7 +169,7 @@ class OrderEvent(models.Model):
     id = models.BigAutoField(primary_key=True)
     order = models.ForeignKey(Order, related_name="events", on_delete=models.CASCADE)
     seq = models.PositiveIntegerField()
-    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    kind = models.CharField(max_length=32, choices=EventKind)
     at = models.DateTimeField(auto_now_add=True)
     message = models.CharField(max_length=500)
     snapshot = models.JSONField(default=dict)

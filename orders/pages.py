@@ -1,58 +1,109 @@
 """Server-rendered pages: the live dashboard and an order's journey. Both render the current state into the page
-(so it is readable at once), then `static/js/<page>.js` keeps it live over a WebSocket."""
+(so it is readable at once), then `static/js/<page>.js` keeps it live over a WebSocket.
+
+Every number, status and URL the page scripts need comes from here, in one `<script id="orderpipe-config">`
+(`page_config`, rendered by templates/base.html with `json_script`), taken from the code that enforces or serves
+it: the JS holds no copy of a server-side constant.
+"""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db.models import Field
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
+from rest_framework import serializers
 
-from orders import live, selectors
+from orders import live, sandbox, selectors
 from orders.access import can_control, can_watch
-from orders.consumers import journey_snapshot, pipeline_snapshot
-from orders.models import EventKind, Order, OrderStatus
+from orders.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, journey_snapshot, pipeline_snapshot
+from orders.models import Order, OrderStatus, SandboxSettings
+from orders.serializers import MAX_LINES, OrderInputSerializer, OrderItemInputSerializer
 
-LOGIN_URL = "/admin/login/"
+# URLs that take an order id are sent with this id in its place; static/js/live.js puts the real one in.
+ORDER_ID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
+
+
+def _bounds(field_name: str) -> dict[str, float]:
+    """The range the sandbox settings row accepts for one field, read from the model's validators."""
+    field = SandboxSettings._meta.get_field(field_name)
+    assert isinstance(field, Field)
+    validators = field.validators
+    return {
+        "min": max(v.limit_value for v in validators if isinstance(v, MinValueValidator)),
+        "max": min(v.limit_value for v in validators if isinstance(v, MaxValueValidator)),
+    }
+
+
+def page_config() -> dict[str, Any]:
+    """What static/js/*.js needs from the server: limits, statuses, socket close codes, URLs."""
+    quantity = cast(serializers.IntegerField, OrderItemInputSerializer().fields["quantity"])
+    order_fields = OrderInputSerializer().fields
+    return {
+        "feedLength": live.FEED_LENGTH,
+        "rateWindowSeconds": live.RATE_WINDOW_SECONDS,
+        "terminalStatuses": sorted(OrderStatus.terminal()),
+        "closeCodes": {"forbidden": CLOSE_FORBIDDEN, "notFound": CLOSE_NOT_FOUND},
+        "orderIdPlaceholder": ORDER_ID_PLACEHOLDER,
+        "limits": {
+            "quantity": {"min": quantity.min_value, "max": quantity.max_value},
+            "lines": {"max": MAX_LINES},
+            "note": {"max": cast(serializers.CharField, order_fields["note"]).max_length},
+            "burst": {"min": 1, "max": sandbox.BURST_MAX, "chunk": sandbox.BURST_CHUNK},
+            **{name: _bounds(name) for name in SandboxSettings.FIELDS if name not in {"paused", "step_mode"}},
+        },
+        "urls": {
+            "orders": reverse("api-order-list"),
+            "journey": reverse("journey", args=[ORDER_ID_PLACEHOLDER]),
+            "nextStep": reverse("api-order-next-step", args=[ORDER_ID_PLACEHOLDER]),
+            "sandbox": reverse("api-sandbox"),
+            "burst": reverse("control-burst"),
+            "purgeQueue": reverse("control-purge-queue"),
+            "flushCache": reverse("control-flush-cache"),
+            "replayDeadLetters": reverse("api-dead-letters-replay"),
+            "pipelineSocket": f"/{live.PIPELINE_SOCKET_PATH}",
+            "journeySocket": f"/{live.JOURNEY_SOCKET_PATH}".replace("<str:order_id>", ORDER_ID_PLACEHOLDER),
+        },
+    }
 
 
 def _context(request: HttpRequest) -> dict[str, object]:
     return {
         "can_control": can_control(request.user),
         "sandbox": settings.ORDERPIPE_SANDBOX,
-        "login_url": f"{LOGIN_URL}?next={request.get_full_path()}",
+        "login_url": f"{reverse('admin:login')}?next={request.get_full_path()}",
         "statuses": OrderStatus.choices,
+        "config": page_config(),
         # static/js/live.js opens the page's socket on this port of the page's host (empty: the page's origin).
         "websocket_port": settings.WEBSOCKET_PORT or "",
     }
 
 
+def _login(request: HttpRequest) -> HttpResponse:
+    return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+
+
 @ensure_csrf_cookie
 def dashboard(request: HttpRequest) -> HttpResponse:
     if not can_watch(request.user):
-        return redirect_to_login(request.get_full_path(), LOGIN_URL)
+        return _login(request)
     return render(
         request,
         "dashboard.html",
-        {
-            **_context(request),
-            "initial": pipeline_snapshot(),
-            "products": selectors.product_list(),
-            "feed_length": live.FEED_LENGTH,
-        },
+        {**_context(request), "initial": pipeline_snapshot(), "products": selectors.product_list()},
     )
 
 
 @ensure_csrf_cookie
 def journey(request: HttpRequest, order_id: uuid.UUID) -> HttpResponse:
     if not can_watch(request.user):
-        return redirect_to_login(request.get_full_path(), LOGIN_URL)
+        return _login(request)
     order = get_object_or_404(Order, pk=order_id)
-    return render(
-        request,
-        "journey.html",
-        {**_context(request), "order": order, "initial": journey_snapshot(order.pk), "kinds": EventKind.choices},
-    )
+    return render(request, "journey.html", {**_context(request), "order": order, "initial": journey_snapshot(order.pk)})

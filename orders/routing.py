@@ -2,9 +2,9 @@
 
 from django.urls import path
 
-from orders import consumers
+from orders import consumers, live
 
 websocket_urlpatterns = [
-    path("ws/pipeline/", consumers.PipelineConsumer.as_asgi()),
-    path("ws/orders/<str:order_id>/", consumers.JourneyConsumer.as_asgi()),
+    path(live.PIPELINE_SOCKET_PATH, consumers.PipelineConsumer.as_asgi()),
+    path(live.JOURNEY_SOCKET_PATH, consumers.JourneyConsumer.as_asgi()),
 ]

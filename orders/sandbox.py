@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -13,6 +14,12 @@ from django.utils import timezone
 
 from orders.events import record_event
 from orders.models import EventKind, Order, SandboxChange, SandboxSettings, StepGrant
+
+# A burst (the dashboard's "Burst" control, worker/controls.py) places at most this many orders, committed in
+# chunks of BURST_CHUNK. Here rather than beside the view, so the dashboard page can show the limit without
+# importing worker.
+BURST_MAX = 10_000
+BURST_CHUNK = 100
 
 DEFAULTS: dict[str, Any] = {
     "step_delay_ms": 0,
@@ -78,7 +85,7 @@ reader = SandboxReader()
 
 
 @transaction.atomic
-def step_grant(*, order_id: object, granted_by: str = "") -> StepGrant:
+def step_grant(*, order_id: uuid.UUID | str, granted_by: str = "") -> StepGrant:
     """'Next step' for one order in step-by-step mode."""
     order = Order.objects.select_for_update().get(pk=order_id)
     grant = StepGrant.objects.create(order=order)
@@ -86,7 +93,7 @@ def step_grant(*, order_id: object, granted_by: str = "") -> StepGrant:
     return grant
 
 
-def step_grant_take(*, order_id: object) -> bool:
+def step_grant_take(*, order_id: uuid.UUID | str) -> bool:
     """A waiting worker takes one unused grant; True if it got one. The conditional update makes two workers
     unable to use the same press."""
     grant = StepGrant.objects.filter(order_id=order_id, used_at__isnull=True).order_by("id").first()

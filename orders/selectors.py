@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any, TypedDict
 
@@ -31,7 +32,7 @@ def order_list(*, status: str | None = None) -> QuerySet[Order]:
     return qs
 
 
-def order_read(order_id: object) -> tuple[dict[str, Any], bool]:
+def order_read(order_id: uuid.UUID | str) -> tuple[dict[str, Any], bool]:
     """The order's representation, from Redis when present. Returns (representation, cache_hit).
     Raises Order.DoesNotExist."""
     cached = cache.read_order(order_id)
@@ -43,7 +44,7 @@ def order_read(order_id: object) -> tuple[dict[str, Any], bool]:
     return representation, False
 
 
-def order_events(order_id: object) -> QuerySet[OrderEvent]:
+def order_events(order_id: uuid.UUID | str) -> QuerySet[OrderEvent]:
     return OrderEvent.objects.filter(order_id=order_id).order_by("seq")
 
 

@@ -23,7 +23,8 @@ class OrderItemInputSerializer(serializers.Serializer):
 
 class OrderInputSerializer(serializers.Serializer):
     customer_email = serializers.EmailField(max_length=254)
-    items = OrderItemInputSerializer(many=True, allow_empty=False, max_length=MAX_LINES)
+    # many=True hands max_length on to the ListSerializer it builds, which the stubs do not declare.
+    items = OrderItemInputSerializer(many=True, allow_empty=False, max_length=MAX_LINES)  # type: ignore[call-arg]
     note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
 
     def validate_items(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -17,4 +17,4 @@ def replay_selected(modeladmin, request, queryset) -> None:
     modeladmin.message_user(request, f"Replayed {count} dead-lettered order(s).", messages.SUCCESS)
 
 
-OrderAdmin.actions = [*(OrderAdmin.actions or []), replay_selected]
+OrderAdmin.actions = [*(OrderAdmin.actions or []), replay_selected]  # type: ignore[misc]  # set on the class on purpose

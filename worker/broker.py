@@ -78,7 +78,7 @@ def probe(url: str | None = None, timeout: float = 2.0) -> None:
         conn = pika.BlockingConnection(params)
     finally:
         _probing.reset(token)
-    with contextlib.suppress(BROKER_ERRORS):
+    with contextlib.suppress(*BROKER_ERRORS):
         conn.close()
 
 
@@ -88,8 +88,9 @@ def describe_error(exc: BaseException) -> str:
     # AMQPConnectionError(AMQPConnectionWorkflowFailed(exceptions=[..., AMQPConnectorSocketConnectError(...)]))
     if cause.args and isinstance(cause.args[0], BaseException):
         cause = cause.args[0]
-    if getattr(cause, "exceptions", None):
-        cause = cause.exceptions[-1]
+    exceptions = getattr(cause, "exceptions", None)
+    if exceptions:
+        cause = exceptions[-1]
     name = type(cause).__name__
     # Some pika exceptions carry their reason only in repr().
     text = " ".join((str(cause) or repr(cause)).split())

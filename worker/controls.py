@@ -26,14 +26,12 @@ from rest_framework.views import APIView
 from orders import cache, live
 from orders.access import can_control
 from orders.models import Product
+from orders.sandbox import BURST_CHUNK, BURST_MAX
 from orders.services import order_create
 from worker.broker import BROKER_ERRORS, connect
 from worker.topology import topology
 
 log = logging.getLogger(__name__)
-
-BURST_MAX = 10_000
-BURST_CHUNK = 100
 
 
 class IsSandboxStaff(BasePermission):
@@ -121,7 +119,7 @@ def queue_purge(queue: str) -> int:
     """Drop every ready message of one of this instance's queues. Returns how many were dropped."""
     conn = connect()
     try:
-        return conn.channel().queue_purge(queue).method.message_count
+        return conn.channel().queue_purge(queue).method.message_count or 0
     finally:
         if conn.is_open:
             conn.close()

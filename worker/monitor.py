@@ -11,7 +11,7 @@ import time
 
 from django.db import DatabaseError
 from django.utils import timezone
-from pika.adapters.blocking_connection import BlockingConnection
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from orders.models import QueueStat
 from worker.broker import BROKER_ERRORS
@@ -25,7 +25,7 @@ class QueueMonitor:
         self.connection = connection
         self.topology = topo
         self.every = every
-        self.channel = None
+        self.channel: BlockingChannel | None = None
         self.last_run = 0.0
         self.ready: dict[str, int] = {}
 

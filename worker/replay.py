@@ -66,6 +66,6 @@ def tidy_parking_lot() -> int:
     except BROKER_ERRORS as exc:
         log.warning("dead-letter queue tidy interrupted: %s", exc)
     finally:
-        with contextlib.suppress(BROKER_ERRORS):
+        with contextlib.suppress(*BROKER_ERRORS):
             conn.close()
     return removed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from django.core.management.base import CommandError
 from prometheus_client import start_http_server
@@ -18,7 +19,7 @@ def require_dependencies(process: str, *, timeout: float, redis_optional: bool =
     """Wait up to `timeout` seconds for PostgreSQL and RabbitMQ (and Redis unless optional), retrying every
     second; then raise CommandError with one line naming what is down, which manage.py prints as its only
     stderr line and exits 1. An optional Redis that is down only logs a warning: the process runs without it."""
-    required = {"postgresql": health.check_postgresql, "rabbitmq": health.check_rabbitmq}
+    required: dict[str, Callable[[], None]] = {"postgresql": health.check_postgresql, "rabbitmq": health.check_rabbitmq}
     if not redis_optional:
         required["redis"] = health.check_redis
     try:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from orders import services
+from orders import live, services
+from orders.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND
+from orders.models import OrderStatus
+from orders.sandbox import BURST_MAX
+from orders.serializers import MAX_QUANTITY
 
 pytestmark = pytest.mark.django_db
 
@@ -89,3 +97,40 @@ def test_ensure_demo_staff_is_idempotent_and_debug_only(settings, capsys):
     user = get_user_model().objects.get()
     assert user.is_staff and user.check_password("orderpipe-demo")
     assert "username 'demo' password 'orderpipe-demo'" in capsys.readouterr().out
+
+
+def input_tag(html: str, input_id: str) -> str:
+    match = re.search(rf'<input id="{input_id}"[^>]*>', html)
+    assert match is not None, input_id
+    return match[0]
+
+
+def test_pages_hand_the_scripts_the_limits_and_urls_the_server_enforces(staff_client, order):
+    for url in ["/", f"/orders/{order.pk}/"]:
+        html = staff_client.get(url).content.decode()
+        script = re.search(r'<script id="orderpipe-config" type="application/json">(.*?)</script>', html)
+        assert script is not None
+        config = json.loads(script[1])
+        assert config["limits"]["quantity"] == {"min": 1, "max": MAX_QUANTITY}
+        assert config["limits"]["burst"]["max"] == BURST_MAX
+        assert config["limits"]["step_delay_ms"] == {"min": 0, "max": 60_000}
+        assert config["feedLength"] == live.FEED_LENGTH
+        assert config["closeCodes"] == {"forbidden": CLOSE_FORBIDDEN, "notFound": CLOSE_NOT_FOUND}
+        assert sorted(config["terminalStatuses"]) == sorted(OrderStatus.terminal())
+        journey = config["urls"]["journey"].replace(config["orderIdPlaceholder"], str(order.pk))
+        assert staff_client.get(journey).status_code == 200
+        socket = config["urls"]["journeySocket"].replace(config["orderIdPlaceholder"], str(order.pk))
+        assert socket == f"/ws/orders/{order.pk}/"
+    dashboard = staff_client.get("/").content.decode()
+    quantity_input = input_tag(dashboard, "order-quantity")
+    assert 'min="1"' in quantity_input
+    assert f'max="{MAX_QUANTITY}"' in quantity_input
+    assert f'max="{BURST_MAX}"' in input_tag(dashboard, "burst-count")
+
+
+def test_the_page_scripts_hold_no_copy_of_a_server_constant():
+    """URLs, close codes, limits and statuses reach the JS through the page's config only."""
+    for script in (Path(__file__).resolve().parents[2] / "static" / "js").glob("*.js"):
+        source = script.read_text()
+        for literal in ["/api/", "/ws/", "/orders/", "4403", "4404", "dead_lettered", "180", "10000"]:
+            assert literal not in source, f"{script.name} hard-codes {literal!r}"

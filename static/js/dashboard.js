@@ -1,9 +1,9 @@
 // The dashboard: renders the pipeline snapshot, then applies the batches the server pushes (see orders/live.py
 // for the message shapes). Rendering is coalesced to one animation frame, so a busy pipeline never queues work.
-import { ago, api, clock, el, errorText, fmt, openLive, shortId } from "./live.js";
+import { ago, api, clock, config, el, errorText, fmt, liveStats, openLive, orderUrl, shortId } from "./live.js";
 
-const WINDOW_SECONDS = 180;
-const FEED_MAX = 60;
+const WINDOW_SECONDS = config.rateWindowSeconds;
+const FEED_MAX = config.feedLength;
 const CONTROLS_MAX = 6;
 const rates = new Map(); // epoch second -> [accepted, completed]
 let pipeline = null;
@@ -82,9 +82,9 @@ function render() {
     renderFeed();
   }
   drawChart();
-  const live = (window.orderpipeLive = window.orderpipeLive || { messages: 0, bytes: 0, connects: 0 });
-  live.renders = (live.renders || 0) + 1;
-  live.renderMs = (live.renderMs || 0) + (performance.now() - started);
+  const live = liveStats();
+  live.renders += 1;
+  live.renderMs += performance.now() - started;
 }
 
 function renderPipeline(p) {
@@ -104,7 +104,13 @@ function renderPipeline(p) {
         el(
           "tr",
           { class: `q-${q.role}${q.ready > 0 ? " has-ready" : ""}`, "data-queue": q.name },
-          el("td", {}, el("span", { class: `role role-${q.role}`, text: roleLabel(q.role) }), " ", el("span", { class: "mono", text: q.name.split(".").slice(-2).join(".") })),
+          el(
+            "td",
+            {},
+            el("span", { class: `role role-${q.role}`, text: roleLabel(q.role) }),
+            " ",
+            el("span", { class: "mono", text: q.name.split(".").slice(-2).join(".") }),
+          ),
           el("td", { class: "num", text: fmt(q.ready) }),
           el("td", { class: "num", text: fmt(q.unacked) }),
           el("td", { class: "num", text: fmt(q.consumers) }),
@@ -124,7 +130,11 @@ function renderPipeline(p) {
           el("span", { class: "mono wname", text: w.name, title: `${w.hostname} pid ${w.pid}` }),
           el("span", { class: "wstat", text: `${fmt(w.processed)} done · ${w.unacked} held · ${ago(w.last_seen)}` }),
           w.current_order
-            ? el("a", { class: "mono current", href: `/orders/${w.current_order}/`, text: `on ${shortId(w.current_order)}` })
+            ? el("a", {
+                class: "mono current",
+                href: orderUrl(config.urls.journey, w.current_order),
+                text: `on ${shortId(w.current_order)}`,
+              })
             : el("span", { class: "muted current", text: "idle" }),
         ),
       ),
@@ -134,7 +144,8 @@ function renderPipeline(p) {
   $("n-cache-keys").textContent = c.available === false ? "down" : fmt(c.keys);
   $("n-cache-hits").textContent = fmt(c.hits);
   $("n-cache-misses").textContent = fmt(c.misses);
-  $("n-cache-ratio").textContent = c.hit_ratio === null || c.hit_ratio === undefined ? "–" : `${Math.round(c.hit_ratio * 100)}%`;
+  $("n-cache-ratio").textContent =
+    c.hit_ratio === null || c.hit_ratio === undefined ? "–" : `${Math.round(c.hit_ratio * 100)}%`;
 }
 
 function roleLabel(role) {
@@ -147,7 +158,9 @@ function fillPurgeSelect(queues) {
   const names = queues.map((q) => q.name).join(",");
   if (!select || names === purgeFilled) return;
   purgeFilled = names;
-  select.replaceChildren(...queues.map((q) => el("option", { value: q.name, text: `${q.name} (${roleLabel(q.role)})` })));
+  select.replaceChildren(
+    ...queues.map((q) => el("option", { value: q.name, text: `${q.name} (${roleLabel(q.role)})` })),
+  );
 }
 
 function renderOrders() {
@@ -156,7 +169,7 @@ function renderOrders() {
       el(
         "tr",
         { "data-order": o.id },
-        el("td", {}, el("a", { class: "mono", href: `/orders/${o.id}/`, text: shortId(o.id) })),
+        el("td", {}, el("a", { class: "mono", href: orderUrl(config.urls.journey, o.id), text: shortId(o.id) })),
         el("td", {}, el("span", { class: `status-chip s-${o.status}`, text: o.status })),
         el("td", { text: o.customer_email }),
         el("td", { class: "num", text: o.total }),
@@ -172,7 +185,7 @@ function feedItem(item) {
     { class: `k-${item.kind}` },
     el("span", { class: "time", text: clock(item.at) }),
     el("span", { class: `kind k-${item.kind}`, text: item.kind.replace(/_/g, " ") }),
-    el("a", { class: "mono", href: `/orders/${item.order_id}/`, text: shortId(item.order_id) }),
+    el("a", { class: "mono", href: orderUrl(config.urls.journey, item.order_id), text: shortId(item.order_id) }),
     el("span", { class: "msg", text: item.message }),
   );
 }
@@ -242,8 +255,10 @@ function drawChart() {
     const tick = (top * i) / 4;
     ctx.fillText(Number.isInteger(tick) ? fmt(tick) : tick.toFixed(1), 4, y + 4);
   }
-  for (const [label, offset] of [["-3m", 0], ["-2m", 60], ["-1m", 120], ["now", 180]]) {
-    ctx.fillText(label, left + (plotW * offset) / WINDOW_SECONDS - (label === "now" ? 20 : 0), height - 4);
+  // A tick each minute back from "now", as many as the window holds.
+  for (let back = 0; back <= WINDOW_SECONDS; back += 60) {
+    const label = back === 0 ? "now" : `-${back / 60}m`;
+    ctx.fillText(label, left + (plotW * (WINDOW_SECONDS - back)) / WINDOW_SECONDS - (back === 0 ? 20 : 0), height - 4);
   }
   const line = (index, colour) => {
     ctx.beginPath();
@@ -283,12 +298,16 @@ function wireControls() {
   if (!orderForm) return;
   orderForm.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const result = await api("POST", "/api/orders/", {
+    const result = await api("POST", config.urls.orders, {
       customer_email: $("order-email").value,
       items: [{ sku: $("order-sku").value, quantity: Number($("order-quantity").value) }],
     });
     if (result.ok) {
-      const link = el("a", { href: `/orders/${result.data.id}/`, class: "mono", text: shortId(result.data.id) });
+      const link = el("a", {
+        href: orderUrl(config.urls.journey, result.data.id),
+        class: "mono",
+        text: shortId(result.data.id),
+      });
       $("order-result").replaceChildren("Accepted (202): order ", link, ` is ${result.data.status}.`);
       $("order-result").dataset.ok = "yes";
       $("order-result").dataset.order = result.data.id;
@@ -298,8 +317,14 @@ function wireControls() {
   $("burst-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const count = Number($("burst-count").value);
-    const result = await api("POST", "/api/controls/burst/", { count });
-    say("burst-result", result.ok ? `Accepted: ${fmt(count)} orders are being created in the background.` : `Refused (${result.status}): ${errorText(result)}`, result.ok);
+    const result = await api("POST", config.urls.burst, { count });
+    say(
+      "burst-result",
+      result.ok
+        ? `Accepted: ${fmt(count)} orders are being created in the background.`
+        : `Refused (${result.status}): ${errorText(result)}`,
+      result.ok,
+    );
   });
 
   loadSandbox();
@@ -313,7 +338,7 @@ function wireControls() {
       paused: $("sandbox-paused").checked,
       step_mode: $("sandbox-step-mode").checked,
     };
-    const result = await api("PATCH", "/api/sandbox/", body);
+    const result = await api("PATCH", config.urls.sandbox, body);
     if (result.ok) {
       fillSandbox(result.data);
       say("sandbox-result", "Applied. Workers pick it up within a second.");
@@ -321,18 +346,34 @@ function wireControls() {
   });
 
   $("replay-dead").addEventListener("click", async () => {
-    const result = await api("POST", "/api/dead-letters/replay/", {});
-    say("ops-result", result.ok ? `Replay: ${JSON.stringify(result.data)}` : `Refused (${result.status}): ${errorText(result)}`, result.ok);
+    const result = await api("POST", config.urls.replayDeadLetters, {});
+    say(
+      "ops-result",
+      result.ok ? `Replay: ${JSON.stringify(result.data)}` : `Refused (${result.status}): ${errorText(result)}`,
+      result.ok,
+    );
   });
   $("purge").addEventListener("click", async () => {
     const queue = $("purge-queue").value;
     if (!queue || !confirm(`Purge every ready message from ${queue}? They are gone for good.`)) return;
-    const result = await api("POST", "/api/controls/purge-queue/", { queue });
-    say("ops-result", result.ok ? `Purged ${fmt(result.data.purged)} message(s) from ${queue}.` : `Refused (${result.status}): ${errorText(result)}`, result.ok);
+    const result = await api("POST", config.urls.purgeQueue, { queue });
+    say(
+      "ops-result",
+      result.ok
+        ? `Purged ${fmt(result.data.purged)} message(s) from ${queue}.`
+        : `Refused (${result.status}): ${errorText(result)}`,
+      result.ok,
+    );
   });
   $("flush-cache").addEventListener("click", async () => {
-    const result = await api("POST", "/api/controls/flush-cache/", {});
-    say("ops-result", result.ok ? `Flushed ${fmt(result.data.removed)} Redis key(s).` : `Refused (${result.status}): ${errorText(result)}`, result.ok);
+    const result = await api("POST", config.urls.flushCache, {});
+    say(
+      "ops-result",
+      result.ok
+        ? `Flushed ${fmt(result.data.removed)} Redis key(s).`
+        : `Refused (${result.status}): ${errorText(result)}`,
+      result.ok,
+    );
   });
 }
 
@@ -346,7 +387,7 @@ function fillSandbox(data) {
 }
 
 async function loadSandbox() {
-  const result = await api("GET", "/api/sandbox/");
+  const result = await api("GET", config.urls.sandbox);
   if (result.ok) fillSandbox(result.data);
   else {
     say("sandbox-result", `Fault injection is not available (${result.status}).`, false);
@@ -360,6 +401,6 @@ measureChart();
 window.addEventListener("resize", measureChart);
 onMessage({ type: "snapshot", ...JSON.parse($("initial-state").textContent) });
 wireControls();
-openLive("/ws/pipeline/", onMessage);
+openLive(config.urls.pipelineSocket, onMessage);
 // Keep "last seen" texts and the chart's time axis moving even when nothing happens.
 setInterval(schedule, 1000);

@@ -1,10 +1,10 @@
 // One order's journey: the timeline of its events and, for the selected one, what PostgreSQL, RabbitMQ and Redis
 // held at that moment (each event's `snapshot`). New events arrive over the order's own WebSocket group.
-import { api, clock, el, errorText, openLive, shortId } from "./live.js";
+import { api, clock, config, el, errorText, openLive, orderUrl, shortId } from "./live.js";
 
 const $ = (id) => document.getElementById(id);
 const orderId = $("order-id").textContent.trim();
-const TERMINAL = new Set(["completed", "failed", "dead_lettered"]);
+const TERMINAL = new Set(config.terminalStatuses);
 let order = null;
 let events = [];
 let selectedSeq = null;
@@ -20,18 +20,20 @@ function onMessage(message) {
     events.sort((a, b) => a.seq - b.seq);
   } else return;
   const last = events[events.length - 1];
-  if (last && last.snapshot && last.snapshot.db) order = { ...(order || {}), ...last.snapshot.db };
+  if (last?.snapshot?.db) order = { ...(order || {}), ...last.snapshot.db };
   if (followLatest && last) selectedSeq = last.seq;
   render();
 }
 
 function render() {
-  const status = (order && order.status) || "pending";
+  const status = order?.status || "pending";
   const chip = $("order-status");
   chip.textContent = status.replace(/_/g, " ");
   chip.className = `status-chip s-${status}`;
   chip.dataset.status = status;
-  if (order) $("order-summary").textContent = `${order.customer_email ? order.customer_email + " · " : ""}total ${order.total} · attempt ${order.attempts ?? 0}`;
+  if (order)
+    $("order-summary").textContent =
+      `${order.customer_email ? `${order.customer_email} · ` : ""}total ${order.total} · attempt ${order.attempts ?? 0}`;
   renderTimeline();
   renderSelected();
   renderStepControl(status);
@@ -42,7 +44,11 @@ function renderTimeline() {
     ...events.map((event) => {
       const item = el(
         "li",
-        { class: `k-${event.kind}${event.seq === selectedSeq ? " selected" : ""}`, "data-seq": event.seq, "data-kind": event.kind },
+        {
+          class: `k-${event.kind}${event.seq === selectedSeq ? " selected" : ""}`,
+          "data-seq": event.seq,
+          "data-kind": event.kind,
+        },
         el(
           "button",
           { type: "button", "aria-pressed": String(event.seq === selectedSeq) },
@@ -62,7 +68,10 @@ function renderTimeline() {
 }
 
 function row(term, value, cls = "") {
-  return [el("dt", { text: term }), el("dd", { class: cls, text: value === undefined || value === null || value === "" ? "–" : String(value) })];
+  return [
+    el("dt", { text: term }),
+    el("dd", { class: cls, text: value === undefined || value === null || value === "" ? "–" : String(value) }),
+  ];
 }
 
 function renderSelected() {
@@ -74,7 +83,7 @@ function renderSelected() {
   const db = snap.db || {};
   $("panel-db").replaceChildren(
     ...row("table", db.table, "mono"),
-    ...row("id", db.id ? shortId(db.id) + "…" : "", "mono"),
+    ...row("id", db.id ? `${shortId(db.id)}…` : "", "mono"),
     ...row("status", db.status, `status-text s-${db.status}`),
     ...row("step", db.step || "(not started)"),
     ...row("attempts", db.attempts),
@@ -91,11 +100,25 @@ function renderSelected() {
   if (q.queue !== undefined) queueRows.push(...row("queue", q.queue, "mono"));
   if (q.message_id !== undefined) queueRows.push(...row("message id", q.message_id, "mono"));
   if (q.delivery_tag !== undefined) queueRows.push(...row("delivery tag", q.delivery_tag, "mono"));
-  if (q.redelivered !== undefined) queueRows.push(...row("redelivered", q.redelivered ? "yes" : "no", q.redelivered ? "warn" : ""));
+  if (q.redelivered !== undefined)
+    queueRows.push(...row("redelivered", q.redelivered ? "yes" : "no", q.redelivered ? "warn" : ""));
   if (q.delivery_count !== undefined) queueRows.push(...row("delivery count", q.delivery_count));
   if (q.queue_ready !== undefined) queueRows.push(...row("queue depth (ready)", q.queue_ready));
   for (const [key, value] of Object.entries(q)) {
-    if (!["outbox_id", "exchange", "routing_key", "queue", "message_id", "delivery_tag", "redelivered", "delivery_count", "queue_ready", "note"].includes(key))
+    if (
+      ![
+        "outbox_id",
+        "exchange",
+        "routing_key",
+        "queue",
+        "message_id",
+        "delivery_tag",
+        "redelivered",
+        "delivery_count",
+        "queue_ready",
+        "note",
+      ].includes(key)
+    )
       queueRows.push(...row(key.replace(/_/g, " "), typeof value === "object" ? JSON.stringify(value) : value, "mono"));
   }
   if (q.note) queueRows.push(...row("note", q.note, "note"));
@@ -114,9 +137,18 @@ function renderSelected() {
   const article = $("panel-cache");
   article.replaceChildren(...cacheRows);
   if (c.value) {
-    const value = { status: c.value.status, step: c.value.step, version: c.value.version, total: c.value.total, attempts: c.value.attempts };
+    const value = {
+      status: c.value.status,
+      step: c.value.step,
+      version: c.value.version,
+      total: c.value.total,
+      attempts: c.value.attempts,
+    };
     if (c.value.result) value.result = c.value.result;
-    article.append(el("dt", { text: "value" }), el("dd", {}, el("pre", { class: "json", text: JSON.stringify(value, null, 2) })));
+    article.append(
+      el("dt", { text: "value" }),
+      el("dd", {}, el("pre", { class: "json", text: JSON.stringify(value, null, 2) })),
+    );
   }
 }
 
@@ -140,16 +172,16 @@ function renderStepControl(status) {
 async function wireStepControl() {
   const button = $("next-step");
   if (!button) return;
-  const sandbox = await api("GET", "/api/sandbox/");
+  const sandbox = await api("GET", config.urls.sandbox);
   stepMode = Boolean(sandbox.ok && sandbox.data.step_mode);
   render();
   button.addEventListener("click", async () => {
     button.disabled = true;
-    const result = await api("POST", `/api/orders/${orderId}/next-step/`, {});
+    const result = await api("POST", orderUrl(config.urls.nextStep, orderId), {});
     if (!result.ok) $("step-hint").textContent = `Refused (${result.status}): ${errorText(result)}`;
   });
 }
 
 onMessage({ type: "snapshot", ...JSON.parse($("initial-journey").textContent) });
 wireStepControl();
-openLive(`/ws/orders/${orderId}/`, onMessage);
+openLive(orderUrl(config.urls.journeySocket, orderId), onMessage);

@@ -1,4 +1,14 @@
-// Shared by dashboard.js and journey.js: the WebSocket with reconnects, the CSRF-protected fetch, small helpers.
+// Shared by dashboard.js and journey.js: the server's configuration, the WebSocket with reconnects, the
+// CSRF-protected fetch, small helpers.
+
+// Limits, statuses, close codes and URLs, as the server enforces and serves them (orders/pages.py, page_config):
+// the scripts keep no copy of their own.
+export const config = JSON.parse(document.getElementById("orderpipe-config").textContent);
+
+// A URL of the config that names one order: the server sent it with a placeholder id.
+export function orderUrl(template, orderId) {
+  return template.replace(config.orderIdPlaceholder, orderId);
+}
 
 const statusEl = () => document.getElementById("live-status");
 
@@ -18,10 +28,17 @@ function socketUrl(path) {
   return port ? `${scheme}://${location.hostname}:${port}${path}` : `${scheme}://${location.host}${path}`;
 }
 
+// Counters the benchmark in bench/ reads from window.orderpipeLive: messages and bytes received, (re)connects, and
+// (dashboard.js) renders and their time.
+export function liveStats() {
+  window.orderpipeLive ??= { messages: 0, bytes: 0, connects: 0, renders: 0, renderMs: 0 };
+  return window.orderpipeLive;
+}
+
 // Opens a socket to `path`; every (re)connect makes the server send a fresh snapshot first, so a tab that was
 // offline never shows stale numbers. Exposes counters on window.orderpipeLive for the benchmark in bench/.
 export function openLive(path, onMessage) {
-  const stats = (window.orderpipeLive = window.orderpipeLive || { messages: 0, bytes: 0, connects: 0 });
+  const stats = liveStats();
   let delay = 500;
   function connect() {
     const socket = new WebSocket(socketUrl(path));
@@ -36,8 +53,13 @@ export function openLive(path, onMessage) {
       onMessage(JSON.parse(event.data));
     });
     socket.addEventListener("close", (event) => {
-      if (event.code === 4403) {
+      // Refusals are final: reconnecting would be refused again.
+      if (event.code === config.closeCodes.forbidden) {
         showStatus("down", "not allowed: log in");
+        return;
+      }
+      if (event.code === config.closeCodes.notFound) {
+        showStatus("down", "not found");
         return;
       }
       showStatus("down", "reconnecting…");
@@ -74,7 +96,13 @@ export function errorText(result) {
   if (!result.data) return `HTTP ${result.status}`;
   if (result.data.detail) return result.data.detail;
   return Object.entries(result.data)
-    .map(([field, errors]) => `${field}: ${[].concat(errors).map((e) => (typeof e === "object" ? JSON.stringify(e) : e)).join(" ")}`)
+    .map(
+      ([field, errors]) =>
+        `${field}: ${[]
+          .concat(errors)
+          .map((e) => (typeof e === "object" ? JSON.stringify(e) : e))
+          .join(" ")}`,
+    )
     .join("; ");
 }
 

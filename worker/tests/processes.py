@@ -1,8 +1,10 @@
 """Start the real web (daphne, or gunicorn as production runs it), relay and worker as subprocesses against this test
-run's database, queues and keys."""
+run's database, queues and keys. The benchmark (bench/run.py) starts its servers, relay and workers with the same
+classes, against its own database and prefix."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 from django.conf import settings
 from django.db import connection
@@ -33,41 +36,52 @@ def service_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-RUNNING: set[Service] = set()
+RUNNING: set[Process] = set()
 
 
-class Service:
-    """One manage.py command as a subprocess; its output goes to a log file for post-mortems. Every started
-    service is recorded in `RUNNING`, and the autouse fixture in worker/tests/conftest.py kills what a test left
-    running, so a failed test cannot leave a worker consuming the next test's queues."""
+class Process:
+    """A subprocess with its output in a log file for post-mortems. Every started one is recorded in `RUNNING`, and
+    the autouse fixture in worker/tests/conftest.py kills what a test left running, so a failed test cannot leave a
+    worker consuming the next test's queues.
 
-    def __init__(self, command: str, *args: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.command, self.args = command, args
+    With `own_group` it runs in its own process group and stop() ends the whole group: the benchmark's servers that
+    fork workers (uvicorn --workers) must not outlive it. Tests leave it off, so an interrupted run takes its
+    children with it."""
+
+    def __init__(
+        self, name: str, argv: list[str], *, log_dir: Path, env: dict[str, str] | None = None, own_group: bool = False
+    ) -> None:
+        self.name, self._argv, self.own_group = name, argv, own_group
         self.env = env or service_env()
-        self.log_path = log_dir / f"{command}-{time.monotonic_ns()}.log"
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> Service:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess for its lifetime
-        self.proc = subprocess.Popen(
-            self.argv(),
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+    def argv(self) -> list[str]:
+        return self._argv
+
+    def start(self) -> Self:
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                self.argv(),
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.own_group,
+            )
         RUNNING.add(self)
         return self
 
-    def argv(self) -> list[str]:
-        return [sys.executable, "manage.py", self.command, *self.args]
-
     def signal(self, sig: int) -> None:
         assert self.proc is not None
-        self.proc.send_signal(sig)
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
 
     def kill(self) -> None:
+        assert self.proc is not None
         self.signal(signal.SIGKILL)
         self.proc.wait(10)
 
@@ -79,12 +93,45 @@ class Service:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+            self.kill()
             return -9
 
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def output(self, tail: int | None = None) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return text[-tail:] if tail else text
+
+    def wait_http(self, url: str, timeout: float = 30) -> Self:
+        """Wait until `url` answers HTTP (any status), or fail with the process's log if it exits or times out."""
+
+        def answers() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+            except urllib.error.HTTPError:
+                return True
+            except OSError:
+                return False
+            return True
+
+        if not wait_until(answers, timeout, interval=0.2):
+            raise RuntimeError(f"{self.name} did not answer within {timeout} s:\n{self.output()}")
+        return self
+
+
+class Service(Process):
+    """One manage.py command as a subprocess."""
+
+    def __init__(
+        self, command: str, *args: str, log_dir: Path, env: dict[str, str] | None = None, own_group: bool = False
+    ) -> None:
+        super().__init__(
+            command, [sys.executable, "manage.py", command, *args], log_dir=log_dir, env=env, own_group=own_group
+        )
+        self.command, self.args = command, args
 
 
 def free_port() -> int:
@@ -93,35 +140,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Web(Service):
+class Web(Process):
     """daphne serving orderpipe.asgi, HTTP and WebSockets in one process, here on a free local port. In production
     (Compose's `ws`, `make run`) daphne serves the WebSockets beside gunicorn (GunicornWeb)."""
 
     server = "daphne"
 
     def __init__(self, *, log_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
-        super().__init__(self.server, log_dir=log_dir, env=env)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(self.server, self.argv(), log_dir=log_dir, env=env)
 
     def argv(self) -> list[str]:
         daphne = str(Path(sys.executable).parent / "daphne")
         return [daphne, "-b", "127.0.0.1", "-p", str(self.port), "orderpipe.asgi:application"]
 
-    def wait_ready(self, timeout: float = 30) -> Web:
+    def wait_ready(self, timeout: float = 30) -> Self:
         """Wait until the server answers HTTP (any status), or fail with its log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.server} exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
-                return self
-            except urllib.error.HTTPError:
-                return self
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"{self.server} did not answer within {timeout} s:\n{self.output()}")
+        return self.wait_http(f"{self.url}/healthz", timeout)
 
 
 class GunicornWeb(Web):

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -66,7 +65,8 @@ def test_stop_finishes_and_returns(broker):
     worker = Worker(prefetch=1, name="stopper")
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    time.sleep(1)
+    # Stopped once it is up (its first heartbeat), not while it is still connecting.
+    assert wait_until(lambda: WorkerHeartbeat.objects.filter(name="stopper").exists())
     worker.stop()
     thread.join(10)
     assert not thread.is_alive()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -13,6 +12,7 @@ from rest_framework.test import APIClient
 from orders import cache, live
 from orders.models import Order, OrderEvent, OutboxMessage
 from worker.controls import burst_create
+from worker.tests.processes import wait_until
 from worker.topology import topology
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,15 +41,10 @@ def test_it_places_a_burst_in_the_background(staff, product):
     response = post(staff, "/api/controls/burst/", {"count": 250})
     assert response.status_code == 202
     assert response.json()["count"] == 250
-    deadline = time.monotonic() + 30
-    while Order.objects.count() < 250 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert Order.objects.count() == 250
+    assert wait_until(lambda: Order.objects.count() == 250, 30)
     assert OutboxMessage.objects.count() == 250
     assert OrderEvent.objects.filter(kind="accepted").count() == 250
-    deadline = time.monotonic() + 10
-    while not any("250 orders accepted" in c["detail"] for c in live.recent_controls()) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    assert wait_until(lambda: any("250 orders accepted" in c["detail"] for c in live.recent_controls()), 10)
     assert [c["action"] for c in live.recent_controls()][-2:] == ["burst", "burst"]
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from orders.models import Order, OrderEvent, OrderStatus, Payment, Product
 from orders.tests.factories import ProductFactory
-from worker.tests.processes import Service
+from worker.tests.processes import Service, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -24,14 +23,8 @@ EXPECTED_JOURNEY = [
 ]
 
 
-def wait_for_terminal(ids, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    terminal = list(OrderStatus.terminal())
-    while time.monotonic() < deadline:
-        if Order.objects.filter(pk__in=ids, status__in=terminal).count() == len(ids):
-            return True
-        time.sleep(0.1)
-    return False
+def all_terminal(ids) -> bool:
+    return Order.objects.filter(pk__in=ids, status__in=list(OrderStatus.terminal())).count() == len(ids)
 
 
 def test_orders_travel_the_whole_pipeline(api, broker, tmp_path):
@@ -56,7 +49,7 @@ def test_orders_travel_the_whole_pipeline(api, broker, tmp_path):
             data=json.dumps({"customer_email": "late@example.com", "items": [{"sku": "RARE-006", "quantity": 2}]}),
             content_type="application/json",
         ).json()["id"]
-        assert wait_for_terminal([*ids, too_many]), relay.output() + worker.output()
+        assert wait_until(lambda: all_terminal([*ids, too_many]), 60), relay.output() + worker.output()
     finally:
         relay_code, worker_code = relay.stop(), worker.stop()
     assert (relay_code, worker_code) == (0, 0), relay.output() + worker.output()

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from orders import sandbox
-from orders.models import EventKind, Order, OrderEvent, OrderStatus, OrderStep, Payment, Product
+from orders.models import (
+    EventKind,
+    Order,
+    OrderEvent,
+    OrderStatus,
+    OrderStep,
+    Payment,
+    Product,
+    StepGrant,
+    WorkerHeartbeat,
+)
 from worker.consumer import Worker
 from worker.faults import Faults, NoFaults, TransientFailure
 from worker.processing import REASON_HEADER
@@ -44,7 +53,7 @@ def kinds(order) -> list[str]:
 
 @pytest.fixture
 def start_worker(broker):
-    started = []
+    started: list[tuple[Worker, threading.Thread]] = []
 
     def start(faults: Faults) -> Worker:
         worker = Worker(prefetch=5, name=f"retry-worker-{len(started)}", faults=faults)
@@ -113,15 +122,16 @@ def test_step_mode_waits_for_next_step_before_each_step(broker, place_order, sta
     start_worker(Faults())
     order = place_order()
     relay_once(broker)
-    assert wait_until(lambda: "step_waiting" in kinds(order))
-    time.sleep(0.5)
+    # The worker records `step_waiting` only after it looked for a press and found none, and then runs nothing
+    # until one comes: so each new `step_waiting` marks the worker stopped, and the step it stopped after.
+    assert wait_until(lambda: kinds(order).count("step_waiting") == 1)
     assert Order.objects.get(pk=order.pk).step == OrderStep.NONE
     expected = [OrderStep.INVENTORY_RESERVED, OrderStep.PAYMENT_CHARGED, OrderStep.CUSTOMER_NOTIFIED]
-    for step in expected:
+    for presses, step in enumerate(expected, start=1):
         sandbox.step_grant(order_id=order.pk)
-        assert wait_until(lambda step=step: Order.objects.get(pk=order.pk).step == step)
-        time.sleep(0.3)
+        assert wait_until(lambda n=presses + 1: kinds(order).count("step_waiting") == n)
         assert Order.objects.get(pk=order.pk).step == step  # one press, one step
+        assert not StepGrant.objects.filter(order=order, used_at__isnull=True).exists()
     sandbox.step_grant(order_id=order.pk)
     assert wait_until(lambda: status_of(order) == OrderStatus.COMPLETED)
     assert kinds(order).count("step_waiting") == 4
@@ -130,12 +140,14 @@ def test_step_mode_waits_for_next_step_before_each_step(broker, place_order, sta
 def test_pause_stops_consumption_until_resumed(broker, place_order, start_worker):
     sandbox.sandbox_update(changes={"paused": True}, via="test")
     sandbox.reader.invalidate()
-    start_worker(Faults())
+    worker = start_worker(Faults())
     order = place_order()
     relay_once(broker)
-    time.sleep(2)
+    # The first heartbeat comes after the worker connected and applied the pause (Worker._connect): from then on a
+    # paused worker has no consumer on the queue, so the message cannot reach it whatever the timing.
+    assert wait_until(lambda: WorkerHeartbeat.objects.filter(pk=worker.name).exists())
+    queue = broker.channel.queue_declare(broker.topology.process_queue, passive=True).method
+    assert (queue.consumer_count, queue.message_count) == (0, 1)
     assert status_of(order) == OrderStatus.QUEUED
-    ready = broker.channel.queue_declare(broker.topology.process_queue, passive=True).method.message_count
-    assert ready == 1
     sandbox.sandbox_update(changes={"paused": False}, via="test")
     assert wait_until(lambda: status_of(order) == OrderStatus.COMPLETED)

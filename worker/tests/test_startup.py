@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from worker.tests.processes import ROOT, Service, service_env
+from worker.tests.processes import ROOT, Service, service_env, wait_until
 
 CLOSED_AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
 CLOSED_REDIS = "redis://127.0.0.1:1/0"
@@ -72,10 +72,7 @@ def test_a_worker_starts_without_redis_and_serves_its_metrics(tmp_path):
         env=service_env(REDIS_URL=CLOSED_REDIS),
     ).start()
     try:
-        deadline = time.monotonic() + 30
-        while "consuming" not in worker.output() and time.monotonic() < deadline:
-            assert worker.proc.poll() is None, worker.output()
-            time.sleep(0.2)
+        assert wait_until(lambda: "consuming" in worker.output() or worker.proc.poll() is not None, 30)
         assert "consuming" in worker.output(), worker.output()
         assert "starting without Redis" in worker.output()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
