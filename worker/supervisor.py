@@ -223,7 +223,7 @@ class Supervisor:
             else:
                 program.argv, program.replace_with = replace_with, None
             return
-        if not program.retiring:
+        if not program.retiring and program.proc is not None:
             program.retiring = True
             log.info("supervisor: stopping %s (pid %s)", program.name, program.pid)
             program.proc.send_signal(signal.SIGTERM)
@@ -285,15 +285,15 @@ class Supervisor:
 
     def stop(self) -> None:
         """SIGTERM to everything, wait, SIGKILL what is left. Workers finish and ack the orders they hold."""
-        running = [p for p in self.programs.values() if p.running()]
-        for program in running:
-            program.proc.send_signal(signal.SIGTERM)
+        running = [(p, p.proc) for p in self.programs.values() if p.proc is not None and p.proc.poll() is None]
+        for _program, proc in running:
+            proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
-        for program in running:
+        for program, proc in running:
             try:
-                program.proc.wait(max(0.1, deadline - time.monotonic()))
+                proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("supervisor: %s did not stop within %.0f s; killing it", program.name, STOP_TIMEOUT)
-                program.proc.kill()
-                program.proc.wait()
-            self._record(program, State.STOPPED, last_exit=describe_exit(program.proc.returncode))
+                proc.kill()
+                proc.wait()
+            self._record(program, State.STOPPED, last_exit=describe_exit(proc.returncode))

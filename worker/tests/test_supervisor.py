@@ -28,7 +28,13 @@ def test_exit_statuses_read_as_a_learner_reads_them():
     assert describe_exit(1) == "exit 1"
 
 
-def row(name: str) -> SupervisedProcess | None:
+def row(name: str) -> SupervisedProcess:
+    found = SupervisedProcess.objects.filter(name=name).first()
+    assert found is not None, f"the supervisor has not recorded {name}"
+    return found
+
+
+def recorded(name: str) -> SupervisedProcess | None:
     return SupervisedProcess.objects.filter(name=name).first()
 
 
@@ -48,8 +54,14 @@ def cmdline(pid: int) -> list[str]:
 
 
 def running(name: str) -> SupervisedProcess | None:
-    found = row(name)
+    found = recorded(name)
     return found if found is not None and found.state == State.RUNNING and alive(found.pid) else None
+
+
+def pid_of(name: str) -> int:
+    pid = row(name).pid
+    assert pid is not None
+    return pid
 
 
 @pytest.fixture
@@ -67,14 +79,18 @@ def supervised(tmp_path, broker):
 @pytest.mark.django_db(transaction=True)
 def test_a_crashing_worker_is_restarted_and_the_order_still_completes(supervised):
     ProductFactory(sku="BOOK-001", price="25.00", stock=10)
-    assert wait_until(lambda: running("worker-1") and running("relay"), timeout=30), supervised.output()
-    relay_pid = row("relay").pid
-    first_pid = row("worker-1").pid
+    assert wait_until(lambda: running("worker-1") is not None and running("relay") is not None, timeout=30), (
+        supervised.output()
+    )
+    relay_pid = pid_of("relay")
+    first_pid = pid_of("worker-1")
 
     # A learner sets the crash rate to 1 and places an order: the worker dies in the middle of a step.
     sandbox.sandbox_update(changes={"crash_rate": 1.0}, via="test")
     order = services.order_create(customer_email="crash@example.com", items=[{"sku": "BOOK-001", "quantity": 1}])
-    assert wait_until(lambda: (r := row("worker-1")) is not None and r.restarts >= 1, timeout=30), supervised.output()
+    assert wait_until(lambda: (r := recorded("worker-1")) is not None and r.restarts >= 1, timeout=30), (
+        supervised.output()
+    )
     crashed = row("worker-1")
     assert crashed.last_exit == "exit 70 (sandbox crash)"
     assert wait_until(lambda: running("worker-1") is not None and row("worker-1").pid != first_pid, timeout=30)
@@ -92,9 +108,11 @@ def test_a_crashing_worker_is_restarted_and_the_order_still_completes(supervised
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_worker_comes_back_and_workers_follow_the_sandbox_settings(supervised):
-    assert wait_until(lambda: running("worker-1") and running("relay"), timeout=30), supervised.output()
-    relay_pid = row("relay").pid
-    victim = row("worker-1").pid
+    assert wait_until(lambda: running("worker-1") is not None and running("relay") is not None, timeout=30), (
+        supervised.output()
+    )
+    relay_pid = pid_of("relay")
+    victim = pid_of("worker-1")
     os.kill(victim, signal.SIGKILL)
     assert wait_until(lambda: (r := running("worker-1")) is not None and r.pid != victim, timeout=30)
     assert row("worker-1").last_exit == "killed by SIGKILL"
@@ -109,17 +127,17 @@ def test_a_killed_worker_comes_back_and_workers_follow_the_sandbox_settings(supe
 
     def both_use_three() -> bool:
         rows = [running("worker-1"), running("worker-2")]
-        return all(r is not None and cmdline(r.pid)[-2:] == ["--concurrency", "3"] for r in rows)
+        return all(r is not None and r.pid is not None and cmdline(r.pid)[-2:] == ["--concurrency", "3"] for r in rows)
 
     assert wait_until(both_use_three, timeout=45), supervised.output()
     assert row("worker-1").restarts == 1 and row("worker-2").restarts == 0
 
     # Scale down: the newest worker stops cleanly (SIGTERM, exit 0) and its row says so. (Once it consumes: before
     # its signal handlers are installed, a SIGTERM simply ends the process.)
-    worker_2 = row("worker-2").pid
+    worker_2 = pid_of("worker-2")
     assert wait_until(lambda: WorkerHeartbeat.objects.filter(pid=worker_2).exists(), timeout=30)
     sandbox.sandbox_update(changes={"workers": 1}, via="test")
-    assert wait_until(lambda: (r := row("worker-2")) is not None and r.state == State.STOPPED, timeout=30)
+    assert wait_until(lambda: (r := recorded("worker-2")) is not None and r.state == State.STOPPED, timeout=30)
     assert row("worker-2").last_exit == "exit 0"
     assert not alive(worker_2)
     assert row("relay").pid == relay_pid and alive(relay_pid)
