@@ -11,6 +11,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from orders import sandbox
 from orders.models import Order, OrderStatus, SandboxSettings, WorkerHeartbeat
 from orders.tests.factories import ProductFactory
 from worker.tests.conftest import CHROMIUM, place_order_from_the_form
@@ -131,6 +132,21 @@ def test_settings_are_shared_live_between_pages(web, browser, staff):
         second.locator("#stock-total", has_text="5,500").wait_for()
         assert "5,500 in stock" in second.locator("#order-sku option[value=BOOK-001]").inner_text()
 
+        # A burst the stock cannot cover is refused before it starts, in words.
+        first.get_by_label("Orders in burst").fill("9000")
+        first.get_by_role("button", name="Place burst").click()
+        first.locator("#burst-result[data-ok=no]", has_text="Refused (409): Not enough stock").wait_for()
+        assert Order.objects.count() == 0
+
+        # A nested field error reads as text, not JSON (the page's own live.js module, not a second copy).
+        readable = first.evaluate(
+            """async () => (await import(new URL("live.js", document.querySelector("script[type=module]").src)))
+            .errorText({
+                status: 400, data: {items: {"0": {quantity: ["Ensure this value is less than or equal to 100."]}}}
+            })"""
+        )
+        assert readable == "items #1 › quantity: Ensure this value is less than or equal to 100."
+
         # The reset from one page clears the banner on both.
         first.get_by_role("button", name="Restore defaults").click()
         second.locator("#fault-banner").wait_for(state="hidden")
@@ -174,8 +190,11 @@ def test_gone_workers_and_a_disconnected_page(browser, staff, tmp_path):
 
 @pytest.mark.parametrize(("width", "height"), [(1440, 900), (1280, 800)])
 def test_controls_and_all_six_stages_are_visible_together(web, browser, staff, width, height):
+    # With a fault on, so the banner takes its line too: the tightest case a learner meets.
+    sandbox.sandbox_update(changes={"step_mode": True}, via="test")
     context, page = open_dashboard(browser, web, width=width, height=height)
     try:
+        assert page.locator("#fault-banner").is_visible()
         in_view = [
             *(f"#stage-{stage}" for stage in ("api", "db", "exchange", "queues", "workers", "redis")),
             "#order-form",
@@ -185,6 +204,7 @@ def test_controls_and_all_six_stages_are_visible_together(web, browser, staff, w
             "#place-order",
             "#place-burst",
             "#flush-cache",
+            "#restock",
         ]
         for selector in in_view:
             box = page.locator(selector).bounding_box()
