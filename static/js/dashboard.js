@@ -132,6 +132,8 @@ function renderPipeline(p) {
     );
     fillPurgeSelect(p.queues);
   }
+  // A heartbeat names its process by host and pid; under the supervisor it is also "worker-1", "worker-2"...
+  const supervisedName = new Map((p.processes || []).filter((proc) => proc.pid).map((proc) => [proc.pid, proc.name]));
   const workers = $("worker-list");
   workers.replaceChildren(
     ...(p.workers.length
@@ -140,7 +142,11 @@ function renderPipeline(p) {
             "li",
             { class: "alive", "data-worker": w.name },
             el("span", { class: "dot", title: "heart-beating" }),
-            el("span", { class: "mono wname", text: w.name, title: `${w.hostname} pid ${w.pid}` }),
+            el("span", {
+              class: "mono wname",
+              text: supervisedName.has(w.pid) ? `${supervisedName.get(w.pid)} · ${w.name}` : w.name,
+              title: `${w.hostname} pid ${w.pid}`,
+            }),
             el("span", {
               class: "wstat",
               text: `${fmt(w.processed)} done · ${w.unacked} held · ${ago(w.last_seen)}`,

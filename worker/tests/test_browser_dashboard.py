@@ -83,6 +83,8 @@ def test_supervised_processes_on_the_page(web, browser, staff, broker, tmp_path)
     try:
         process_row(page, "worker-1").and_(page.locator("[data-state=running]")).wait_for()
         process_row(page, "relay").and_(page.locator("[data-state=running]")).wait_for()
+        # Its heartbeat row says which supervised process it is.
+        page.locator("#worker-list li.alive", has_text="worker-1 · ").wait_for()
 
         # A learner sets the crash rate to 1 and places an order: the worker crashes, the supervisor restarts it.
         assert apply_settings(page, **{"Crash rate": "1"}) == {"crash_rate": 1}
