@@ -5,6 +5,7 @@ import json
 from django.contrib import admin, messages
 from django.db.models import CharField, Q
 from django.db.models.functions import Cast
+from django.urls import reverse
 from django.utils.html import format_html
 
 from orders import sandbox
@@ -62,7 +63,7 @@ class OrderEventInline(admin.TabularInline):
 
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
-    list_display = ["id", "status", "step", "customer_email", "total", "attempts", "created_at"]
+    list_display = ["id", "status", "step", "customer_email", "total", "attempts", "created_at", "journey_link"]
     list_filter = ["status", "step"]
     search_fields = ["id", "customer_email"]
     date_hierarchy = "created_at"
@@ -70,6 +71,7 @@ class OrderAdmin(admin.ModelAdmin):
     # Statuses only change through the pipeline's guarded transitions, never by hand.
     readonly_fields = [
         "id",
+        "journey_link",
         "status",
         "step",
         "customer_email",
@@ -102,6 +104,11 @@ class OrderAdmin(admin.ModelAdmin):
                     "stock reserved for it is not given back.",
                 )
         return super().get_deleted_objects(objs, request)
+
+    @admin.display(description="journey")
+    def journey_link(self, obj: Order) -> str:
+        """The order's journey page: every step with what PostgreSQL, RabbitMQ and Redis held."""
+        return format_html('<a href="{}">follow its journey →</a>', reverse("journey", args=[obj.pk]))
 
     def get_search_results(self, request, queryset, search_term):
         # A UUID column cannot be searched with icontains; match the id by its text prefix, or the email.
@@ -192,8 +199,20 @@ class SandboxSettingsAdmin(admin.ModelAdmin):
 
 @admin.register(SandboxChange)
 class SandboxChangeAdmin(admin.ModelAdmin):
-    list_display = ["at", "field", "old_value", "new_value", "changed_by", "via"]
+    list_display = ["at", "field", "old", "new", "changed_by", "via"]
     list_filter = ["field", "via"]
+    fields = ("at", "field", "old", "new", "changed_by", "via")
+    readonly_fields = fields
+
+    # The stored JSON values printed one way (true/false, "default" for an empty concurrency), as the live feed's
+    # control actions print them: the default rendering mixed JSON's `true` with Python's `False`.
+    @admin.display(description="from", ordering="old_value")
+    def old(self, obj: SandboxChange) -> str:
+        return sandbox.shown_value(obj.old_value)
+
+    @admin.display(description="to", ordering="new_value")
+    def new(self, obj: SandboxChange) -> str:
+        return sandbox.shown_value(obj.new_value)
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -52,11 +52,14 @@ def page_config() -> dict[str, Any]:
         "terminalStatuses": sorted(OrderStatus.terminal()),
         "closeCodes": {"forbidden": CLOSE_FORBIDDEN, "notFound": CLOSE_NOT_FOUND},
         "orderIdPlaceholder": ORDER_ID_PLACEHOLDER,
+        # The banner's "Restore defaults" patches these (the faults and modes only: not the number of workers).
+        "sandboxDefaults": {name: sandbox.DEFAULTS[name] for name in sandbox.FAULTS},
         "limits": {
             "quantity": {"min": quantity.min_value, "max": quantity.max_value},
             "lines": {"max": MAX_LINES},
             "note": {"max": cast(serializers.CharField, order_fields["note"]).max_length},
             "burst": {"min": 1, "max": sandbox.BURST_MAX, "chunk": sandbox.BURST_CHUNK},
+            "restock": {"min": 1, "max": sandbox.RESTOCK_MAX, "default": sandbox.RESTOCK_DEFAULT},
             **{name: _bounds(name) for name in SandboxSettings.FIELDS if name not in {"paused", "step_mode"}},
         },
         "urls": {
@@ -67,6 +70,7 @@ def page_config() -> dict[str, Any]:
             "burst": reverse("control-burst"),
             "purgeQueue": reverse("control-purge-queue"),
             "flushCache": reverse("control-flush-cache"),
+            "restock": reverse("control-restock"),
             "replayDeadLetters": reverse("api-dead-letters-replay"),
             "pipelineSocket": f"/{live.PIPELINE_SOCKET_PATH}",
             "journeySocket": f"/{live.JOURNEY_SOCKET_PATH}".replace("<str:order_id>", ORDER_ID_PLACEHOLDER),
@@ -81,6 +85,8 @@ def _context(request: HttpRequest) -> dict[str, object]:
         "login_url": f"{reverse('admin:login')}?next={request.get_full_path()}",
         "statuses": OrderStatus.choices,
         "config": page_config(),
+        # The banner naming the active faults, on every page (templates/base.html); dashboard.js keeps it live.
+        "sandbox_faults": sandbox.sandbox_state()["active_faults"] if settings.ORDERPIPE_SANDBOX else [],
         # static/js/live.js opens the page's socket on this port of the page's host (empty: the page's origin).
         "websocket_port": settings.WEBSOCKET_PORT or "",
     }
@@ -94,10 +100,16 @@ def _login(request: HttpRequest) -> HttpResponse:
 def dashboard(request: HttpRequest) -> HttpResponse:
     if not can_watch(request.user):
         return _login(request)
+    products = list(selectors.product_list())
     return render(
         request,
         "dashboard.html",
-        {**_context(request), "initial": pipeline_snapshot(), "products": selectors.product_list()},
+        {
+            **_context(request),
+            "initial": pipeline_snapshot(),
+            "products": products,
+            "stock_total": sum(p.stock for p in products),
+        },
     )
 
 

@@ -3,6 +3,7 @@ command, dashboard), recorded in SandboxChange, and read by workers through a on
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -10,16 +11,21 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
+from orders import live
 from orders.events import record_event
-from orders.models import EventKind, Order, SandboxChange, SandboxSettings, StepGrant
+from orders.models import EventKind, Order, OrderEvent, Product, SandboxChange, SandboxSettings, StepGrant
 
 # A burst (the dashboard's "Burst" control, worker/controls.py) places at most this many orders, committed in
 # chunks of BURST_CHUNK. Here rather than beside the view, so the dashboard page can show the limit without
 # importing worker.
 BURST_MAX = 10_000
 BURST_CHUNK = 100
+# The dashboard's "Restock" adds this many items to each product (or one), at most RESTOCK_MAX per press.
+RESTOCK_DEFAULT = 500
+RESTOCK_MAX = 100_000
 
 DEFAULTS: dict[str, Any] = {
     "step_delay_ms": 0,
@@ -31,6 +37,42 @@ DEFAULTS: dict[str, Any] = {
     "workers": 1,
     "worker_concurrency": None,
 }
+# The faults and modes: while any differs from its default, every page shows a banner naming it (templates/base.html)
+# with a button that restores these defaults. The supervisor's `workers` and `worker_concurrency` are not faults.
+FAULTS = ("step_delay_ms", "decline_rate", "transient_failure_rate", "crash_rate", "paused", "step_mode")
+FAULT_LABELS = {
+    "step_delay_ms": "step delay",
+    "decline_rate": "decline rate",
+    "transient_failure_rate": "transient failure rate",
+    "crash_rate": "crash rate",
+    "paused": "consumption paused",
+    "step_mode": "step-by-step mode",
+}
+
+
+def active_faults(values: dict[str, Any]) -> list[str]:
+    """The faults and modes that are on, as a learner reads them: ["crash rate 1", "step-by-step mode"]."""
+    active = []
+    for name in FAULTS:
+        value = values[name]
+        if value == DEFAULTS[name]:
+            continue
+        if isinstance(value, bool):
+            active.append(FAULT_LABELS[name])
+        else:
+            active.append(f"{FAULT_LABELS[name]} {value:g}{' ms' if name == 'step_delay_ms' else ''}")
+    return active
+
+
+def shown_value(value: Any) -> str:
+    """A setting's value as the feed and the admin print it: true/false, numbers without trailing zeros."""
+    if value is None:
+        return "default"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return f"{value:g}"
+    return str(value)
 
 
 @transaction.atomic
@@ -45,18 +87,28 @@ def sandbox_update(*, changes: dict[str, Any], changed_by: str = "", via: str) -
         setattr(settings_row, name, value)
     settings_row.full_clean()
     settings_row.save()
-    SandboxChange.objects.bulk_create(
+    recorded = SandboxChange.objects.bulk_create(
         SandboxChange(
             field=name, old_value=before[name], new_value=getattr(settings_row, name), changed_by=changed_by, via=via
         )
         for name in changes
         if before[name] != getattr(settings_row, name)
     )
+    if recorded:
+        # Into the live feed (and so onto every open page, with the new settings) only once the change is committed.
+        detail = ", ".join(f"{c.field} {shown_value(c.old_value)} → {shown_value(c.new_value)}" for c in recorded)
+        transaction.on_commit(lambda: live.record_control("sandbox", f"{detail} (via {via})", by=changed_by))
     return settings_row
 
 
 def sandbox_reset(*, changed_by: str = "", via: str) -> SandboxSettings:
     return sandbox_update(changes=dict(DEFAULTS), changed_by=changed_by, via=via)
+
+
+def sandbox_state() -> dict[str, Any]:
+    """What every page shows of the sandbox: the settings and the faults that are on."""
+    values = SandboxSettings.load().as_dict()
+    return {"settings": values, "active_faults": active_faults(values)}
 
 
 class SandboxReader:
@@ -84,12 +136,23 @@ class SandboxReader:
 reader = SandboxReader()
 
 
+# The step a waiting worker announced (worker/processing.py: "... waiting for 'Next step' before '<step>'.").
+_WAITING_BEFORE = re.compile(r"before '([^']+)'")
+
+
 @transaction.atomic
 def step_grant(*, order_id: uuid.UUID | str, granted_by: str = "") -> StepGrant:
-    """'Next step' for one order in step-by-step mode."""
+    """'Next step' for one order in step-by-step mode. The event names the step it releases: the one the worker
+    announced it waits before, if the order's latest event is that announcement (else the worker has not reached its
+    next step yet, and the press will release that one when it does)."""
     order = Order.objects.select_for_update().get(pk=order_id)
     grant = StepGrant.objects.create(order=order)
-    record_event(order, EventKind.CONTROL, f"'Next step' pressed{f' by {granted_by}' if granted_by else ''}.")
+    latest = OrderEvent.objects.filter(order=order).order_by("-seq").values_list("kind", "message").first()
+    waiting = _WAITING_BEFORE.search(latest[1]) if latest and latest[0] == EventKind.STEP_WAITING else None
+    released = f"releases '{waiting.group(1)}'" if waiting else "releases the worker's next step when it gets there"
+    record_event(
+        order, EventKind.CONTROL, f"'Next step' pressed{f' by {granted_by}' if granted_by else ''}: {released}."
+    )
     return grant
 
 
@@ -100,3 +163,13 @@ def step_grant_take(*, order_id: uuid.UUID | str) -> bool:
     if grant is None:
         return False
     return StepGrant.objects.filter(pk=grant.pk, used_at__isnull=True).update(used_at=timezone.now()) == 1
+
+
+@transaction.atomic
+def stock_restock(*, quantity: int, sku: str | None = None) -> list[Product]:
+    """Add `quantity` items to the stock of one product (`sku`) or of every product; returns them, restocked.
+    An F() update, so a worker reserving stock at the same moment loses nothing. Raises Product.DoesNotExist."""
+    products = Product.objects.all() if sku is None else Product.objects.filter(sku=sku)
+    if not products.update(stock=F("stock") + quantity):
+        raise Product.DoesNotExist(f"no product {sku}")
+    return list(products.order_by("sku"))

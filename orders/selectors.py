@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from orders import cache
+from orders import cache, sandbox
 from orders.models import (
     Order,
     OrderEvent,
@@ -23,6 +23,10 @@ from orders.models import (
 from orders.serializers import order_representation
 
 WORKER_STALE_AFTER = timedelta(seconds=15)
+# A worker silent for longer than WORKER_STALE_AFTER is listed as gone (with when it stopped) for this long, then
+# no longer shown: a crashed worker's row would otherwise stay on the page forever. (The rows stay in the table for
+# the admin; a restarted worker has a new name, so nothing reuses them.)
+WORKER_FORGET_AFTER = timedelta(minutes=5)
 
 
 def order_list(*, status: str | None = None) -> QuerySet[Order]:
@@ -72,13 +76,22 @@ class WorkerState(TypedDict):
     alive: bool
 
 
+class GoneWorker(TypedDict):
+    name: str
+    hostname: str
+    pid: int
+    processed: int
+    stopped_at: str
+
+
 def pipeline_state() -> dict[str, Any]:
-    """Everything the dashboard shows about the pipeline, in six queries and one Redis round trip or two."""
+    """Everything the dashboard shows about the pipeline, in eight queries and one Redis round trip or two."""
     now = timezone.now()
     by_status = {status.value: 0 for status in OrderStatus}
     for row in Order.objects.values("status").annotate(n=Count("id")).order_by():
         by_status[row["status"]] = row["n"]
     backlog = OutboxMessage.objects.filter(sent_at__isnull=True).count()
+    heartbeats = list(WorkerHeartbeat.objects.filter(last_seen__gte=now - WORKER_FORGET_AFTER).order_by("name"))
     workers: list[WorkerState] = [
         {
             "name": w.name,
@@ -88,9 +101,21 @@ def pipeline_state() -> dict[str, Any]:
             "processed": w.processed,
             "unacked": w.unacked,
             "last_seen": w.last_seen.isoformat(),
-            "alive": now - w.last_seen < WORKER_STALE_AFTER,
+            "alive": True,
         }
-        for w in WorkerHeartbeat.objects.order_by("name")
+        for w in heartbeats
+        if now - w.last_seen < WORKER_STALE_AFTER
+    ]
+    gone_workers: list[GoneWorker] = [
+        {
+            "name": w.name,
+            "hostname": w.hostname,
+            "pid": w.pid,
+            "processed": w.processed,
+            "stopped_at": w.last_seen.isoformat(),
+        }
+        for w in sorted(heartbeats, key=lambda w: w.last_seen, reverse=True)
+        if now - w.last_seen >= WORKER_STALE_AFTER
     ]
     # Passive queue declarations count ready messages only; a worker reports the deliveries it holds unacked.
     unacked_main = sum(w["unacked"] for w in workers if w["alive"])
@@ -112,6 +137,12 @@ def pipeline_state() -> dict[str, Any]:
         "queues": queues,
         "cache": cache.stats(),
         "workers": workers,
+        "gone_workers": gone_workers,
+        "sandbox": sandbox.sandbox_state(),
+        # Live on the page: bursts and restocks change it while the learner watches.
+        "stock": [
+            {"sku": sku, "stock": stock} for sku, stock in Product.objects.order_by("sku").values_list("sku", "stock")
+        ],
         # Only under `make run`'s supervisor: what each process it keeps alive went through (crashed, restarted).
         "processes": [
             {

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
+from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from orders.models import Order, OrderEvent, OrderLine, OrderStatus, Product
@@ -21,6 +22,24 @@ class OrderItemInputSerializer(serializers.Serializer):
     quantity = serializers.IntegerField(min_value=1, max_value=MAX_QUANTITY)
 
 
+def _demo_order_example() -> OpenApiExample:
+    """Swagger's "Try it out" body: products of the demo catalog (`manage.py seed_demo`, which `make run` runs), so
+    it is accepted (202) as it stands instead of being refused for `"sku": "string"`."""
+    from orders.management.commands.seed_demo import DEMO_CATALOG
+
+    (first_sku, *_), (second_sku, *_) = DEMO_CATALOG[:2]
+    return OpenApiExample(
+        "Two products of the demo catalog",
+        value={
+            "customer_email": "ada@example.com",
+            "items": [{"sku": first_sku, "quantity": 1}, {"sku": second_sku, "quantity": 2}],
+            "note": "placed from Swagger",
+        },
+        request_only=True,
+    )
+
+
+@extend_schema_serializer(examples=[_demo_order_example()])
 class OrderInputSerializer(serializers.Serializer):
     customer_email = serializers.EmailField(max_length=254)
     # many=True hands max_length on to the ListSerializer it builds, which the stubs do not declare.

@@ -5,5 +5,6 @@ from worker import controls
 urlpatterns = [
     path("burst/", controls.BurstApi.as_view(), name="control-burst"),
     path("purge-queue/", controls.PurgeQueueApi.as_view(), name="control-purge-queue"),
+    path("restock/", controls.RestockApi.as_view(), name="control-restock"),
     path("flush-cache/", controls.FlushCacheApi.as_view(), name="control-flush-cache"),
 ]

@@ -8,7 +8,7 @@ Staff only, session auth with CSRF; with ORDERPIPE_SANDBOX=false every endpoint 
 
 from __future__ import annotations
 
-import itertools
+import heapq
 import logging
 import threading
 import time
@@ -24,10 +24,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orders import cache, live
+from orders import cache, live, sandbox
 from orders.access import can_control
 from orders.models import Product
-from orders.sandbox import BURST_CHUNK, BURST_MAX
+from orders.sandbox import BURST_CHUNK, BURST_MAX, RESTOCK_DEFAULT, RESTOCK_MAX
 from orders.services import order_create
 from worker.broker import BROKER_ERRORS, connect
 from worker.topology import topology
@@ -54,14 +54,45 @@ class ControlApi(APIView):
 # ---------------------------------------------------------------- burst
 
 
-def burst_create(*, count: int, by: str, burst_id: str) -> int:
+class NotEnoughStock(Exception):
+    pass
+
+
+def burst_plan(*, count: int) -> list[str]:
+    """The product of each of a burst's `count` orders (one item each): every next order takes the product with the
+    most stock left, so the burst spreads over the catalog and no product runs out while another still has stock.
+    Raises NotEnoughStock, before anything is created, when all the stock together does not cover the burst.
+
+    Stock is what the products hold now: orders already in the pipeline reserve theirs later, so a burst placed
+    while another one drains can still run a product out (the orders then fail "out of stock", as they should)."""
+    in_stock = list(Product.objects.filter(stock__gt=0).values_list("sku", "stock"))
+    total = sum(stock for _sku, stock in in_stock)
+    if total < count:
+        raise NotEnoughStock(
+            f"Not enough stock: {total} item(s) left across {len(in_stock)} product(s), so a burst of {count} orders "
+            f"would run out. Restock first, or place at most {total}."
+        )
+    heap = [(-stock, sku) for sku, stock in in_stock]
+    heapq.heapify(heap)
+    plan = []
+    for _ in range(count):
+        negative_left, sku = heapq.heappop(heap)
+        plan.append(sku)
+        if negative_left + 1 < 0:
+            heapq.heappush(heap, (negative_left + 1, sku))
+    return plan
+
+
+def burst_create(*, count: int, by: str, burst_id: str, plan: list[str] | None = None) -> int:
     """Create `count` orders through `order_create`, one transaction per chunk of BURST_CHUNK (each order keeps its
-    own savepoint and outbox row; the chunk's commit wakes the relay once). Returns the number created."""
-    products = list(Product.objects.filter(stock__gt=0).order_by("sku").values_list("sku", flat=True))
-    if not products:
-        live.record_control("burst", f"burst {burst_id}: no product in stock, nothing created", by=by)
-        return 0
-    skus = itertools.cycle(products)
+    own savepoint and outbox row; the chunk's commit wakes the relay once), of the products `burst_plan` chose.
+    Returns the number created."""
+    if plan is None:
+        try:
+            plan = burst_plan(count=count)
+        except NotEnoughStock as exc:
+            live.record_control("burst", f"burst {burst_id}: {exc}", by=by)
+            return 0
     created = 0
     started = time.monotonic()
     for start in range(0, count, BURST_CHUNK):
@@ -69,7 +100,7 @@ def burst_create(*, count: int, by: str, burst_id: str) -> int:
             for n in range(start, min(count, start + BURST_CHUNK)):
                 order_create(
                     customer_email=f"burst-{burst_id}-{n}@example.com",
-                    items=[{"sku": next(skus), "quantity": 1}],
+                    items=[{"sku": plan[n], "quantity": 1}],
                     note=f"burst {burst_id}",
                 )
                 created += 1
@@ -79,9 +110,9 @@ def burst_create(*, count: int, by: str, burst_id: str) -> int:
     return created
 
 
-def _run_burst(count: int, by: str, burst_id: str) -> None:
+def _run_burst(count: int, by: str, burst_id: str, plan: list[str]) -> None:
     try:
-        burst_create(count=count, by=by, burst_id=burst_id)
+        burst_create(count=count, by=by, burst_id=burst_id, plan=plan)
     except Exception:
         log.exception("burst %s failed", burst_id)
         live.record_control("burst", f"burst {burst_id} stopped by an error (see the web log)", by=by)
@@ -98,18 +129,26 @@ class BurstApi(ControlApi):
         responses={
             202: inline_serializer(
                 "BurstAccepted", {"burst_id": serializers.CharField(), "count": serializers.IntegerField()}
-            )
+            ),
+            409: inline_serializer("NotEnoughStock", {"detail": serializers.CharField()}),
         },
     )
     def post(self, request: Request) -> Response:
-        """Create N orders (1 to 10,000) in a background thread; answers 202 at once."""
+        """Create N orders (1 to 10,000) in a background thread; answers 202 at once, or 409 without creating any
+        when the stock cannot cover them."""
         data = self.BurstInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         count = data.validated_data["count"]
+        try:
+            plan = burst_plan(count=count)
+        except NotEnoughStock as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         burst_id = uuid.uuid4().hex[:6]
         by = request.user.get_username()
         live.record_control("burst", f"burst {burst_id}: placing {count} orders", by=by)
-        threading.Thread(target=_run_burst, args=(count, by, burst_id), name=f"burst-{burst_id}", daemon=True).start()
+        threading.Thread(
+            target=_run_burst, args=(count, by, burst_id, plan), name=f"burst-{burst_id}", daemon=True
+        ).start()
         return Response({"burst_id": burst_id, "count": count}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -171,3 +210,39 @@ class FlushCacheApi(ControlApi):
         removed = cache.flush()
         live.record_control("flush cache", f"{removed} Redis key(s) removed", by=request.user.get_username())
         return Response({"removed": removed})
+
+
+# ---------------------------------------------------------------- stock
+
+
+class RestockApi(ControlApi):
+    class RestockInputSerializer(serializers.Serializer):
+        sku = serializers.CharField(required=False, help_text="One product; all of them when absent.")
+        quantity = serializers.IntegerField(min_value=1, max_value=RESTOCK_MAX, default=RESTOCK_DEFAULT)
+
+    @extend_schema(
+        request=RestockInputSerializer,
+        responses={
+            200: inline_serializer(
+                "Restocked",
+                {
+                    "restocked": inline_serializer(
+                        "RestockedProduct",
+                        {"sku": serializers.CharField(), "stock": serializers.IntegerField()},
+                        many=True,
+                    )
+                },
+            )
+        },
+    )
+    def post(self, request: Request) -> Response:
+        """Add `quantity` items (default 500) to the stock of one product or of every product."""
+        data = self.RestockInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        sku, quantity = data.validated_data.get("sku"), data.validated_data["quantity"]
+        try:
+            products = sandbox.stock_restock(quantity=quantity, sku=sku)
+        except Product.DoesNotExist:
+            raise serializers.ValidationError({"sku": [f"No product {sku}."]}) from None
+        live.record_control("restock", f"+{quantity} to {sku or 'every product'}", by=request.user.get_username())
+        return Response({"restocked": [{"sku": p.sku, "stock": p.stock} for p in products]})

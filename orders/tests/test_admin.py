@@ -69,3 +69,24 @@ def test_seed_demo_is_idempotent():
     assert Product.objects.get(sku="BOOK-001").stock == 3
     call_command("seed_demo", "--reset-stock")
     assert Product.objects.get(sku="BOOK-001").stock == 1000
+
+
+def test_an_order_links_to_its_journey(admin_client, two_orders):
+    ada, _bob = two_orders
+    journey = f'href="/orders/{ada.pk}/"'
+    assert journey in admin_client.get(f"/admin/orders/order/{ada.pk}/change/").content.decode()
+    assert journey in admin_client.get("/admin/orders/order/").content.decode()
+
+
+def test_the_fault_history_prints_booleans_one_way(admin_client):
+    from orders import sandbox
+    from orders.models import SandboxChange
+
+    sandbox.sandbox_update(changes={"paused": True}, via="test")
+    sandbox.sandbox_update(changes={"paused": False, "worker_concurrency": 2}, via="test")
+    page = admin_client.get("/admin/orders/sandboxchange/").content.decode()
+    cells = [c for c in ("true", "false", "True", "False") if f">{c}</td>" in page]
+    assert cells == ["true", "false"]
+    assert ">default</td>" in page
+    change = SandboxChange.objects.filter(field="paused").first()
+    assert admin_client.get(f"/admin/orders/sandboxchange/{change.pk}/change/").status_code == 200

@@ -134,3 +134,32 @@ def test_the_page_scripts_hold_no_copy_of_a_server_constant():
         source = script.read_text()
         for literal in ["/api/", "/ws/", "/orders/", "4403", "4404", "dead_lettered", "180", "10000"]:
             assert literal not in source, f"{script.name} hard-codes {literal!r}"
+
+
+def banner_of(content: bytes) -> tuple[str, str] | None:
+    """The banner's opening tag and its inside, or None when the page has none."""
+    found = re.search(r'(<div id="fault-banner"[^>]*>)(.*?)</div>', content.decode(), re.S)
+    return (found.group(1), found.group(2)) if found else None
+
+
+def test_every_page_names_the_active_faults_in_a_banner(staff_client, settings, order):
+    from django.test import Client
+
+    from orders import sandbox
+
+    pages = ["/", f"/orders/{order.pk}/"]
+    for url in pages:
+        tag, _inside = banner_of(staff_client.get(url).content)
+        assert "hidden" in tag
+    sandbox.sandbox_update(changes={"crash_rate": 1.0, "paused": True}, via="test")
+    for url in pages:
+        tag, inside = banner_of(staff_client.get(url).content)
+        assert "hidden" not in tag
+        assert "crash rate 1, consumption paused" in inside
+        assert 'id="restore-defaults"' in inside
+    # Watchers (DEBUG, no login) see the banner without the button; outside the sandbox there is none.
+    settings.DEBUG = True
+    _tag, inside = banner_of(Client().get("/").content)
+    assert "crash rate 1" in inside and 'id="restore-defaults"' not in inside
+    settings.ORDERPIPE_SANDBOX = False
+    assert banner_of(staff_client.get("/").content) is None

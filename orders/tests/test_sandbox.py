@@ -98,3 +98,33 @@ def test_workers_see_a_change_within_the_reader_ttl():
     assert reader.get()["paused"] is False
     sandbox.sandbox_update(changes={"paused": True}, via="test")
     assert reader.get()["paused"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_change_is_a_control_action_in_the_live_feed_once_committed(staff_api):
+    from orders import live
+
+    patch(staff_api, {"crash_rate": 1, "step_mode": True, "worker_concurrency": 4})
+    patch(staff_api, {"crash_rate": 1})  # no change: nothing recorded
+    actions = live.recent_controls()
+    assert [(a["action"], a["by"]) for a in actions] == [("sandbox", "staff")]
+    assert actions[0]["detail"] == "crash_rate 0 → 1, step_mode false → true, worker_concurrency default → 4 (via api)"
+
+
+def test_next_step_says_which_step_it_released(staff_api, product):
+    from orders.events import record_event
+
+    order = services.order_create(customer_email="a@example.com", items=[{"sku": "BOOK-001", "quantity": 1}])
+    staff_api.post(f"/api/orders/{order.pk}/next-step/")
+    # The worker's announcement, as worker/processing.py words it.
+    record_event(
+        order,
+        EventKind.STEP_WAITING,
+        "Step-by-step mode: waiting for 'Next step' before 'charge payment'. The message is unacked meanwhile.",
+    )
+    staff_api.post(f"/api/orders/{order.pk}/next-step/")
+    presses = list(OrderEvent.objects.filter(order=order, kind=EventKind.CONTROL).values_list("message", flat=True))
+    assert presses == [
+        "'Next step' pressed by staff: releases the worker's next step when it gets there.",
+        "'Next step' pressed by staff: releases 'charge payment'.",
+    ]

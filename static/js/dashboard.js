@@ -1,6 +1,19 @@
 // The dashboard: renders the pipeline snapshot, then applies the batches the server pushes (see orders/live.py
 // for the message shapes). Rendering is coalesced to one animation frame, so a busy pipeline never queues work.
-import { ago, api, clock, config, el, errorText, fmt, liveStats, openLive, orderUrl, shortId } from "./live.js";
+import {
+  ago,
+  api,
+  clock,
+  config,
+  el,
+  errorText,
+  fmt,
+  liveStats,
+  openLive,
+  orderUrl,
+  shortId,
+  showFaults,
+} from "./live.js";
 
 const WINDOW_SECONDS = config.rateWindowSeconds;
 const FEED_MAX = config.feedLength;
@@ -119,26 +132,42 @@ function renderPipeline(p) {
     );
     fillPurgeSelect(p.queues);
   }
+  // A heartbeat names its process by host and pid; under the supervisor it is also "worker-1", "worker-2"...
+  const supervisedName = new Map((p.processes || []).filter((proc) => proc.pid).map((proc) => [proc.pid, proc.name]));
   const workers = $("worker-list");
-  if (p.workers.length) {
-    workers.replaceChildren(
-      ...p.workers.map((w) =>
-        el(
-          "li",
-          { class: w.alive ? "alive" : "stale" },
-          el("span", { class: "dot", title: w.alive ? "alive" : "not seen for a while" }),
-          el("span", { class: "mono wname", text: w.name, title: `${w.hostname} pid ${w.pid}` }),
-          el("span", { class: "wstat", text: `${fmt(w.processed)} done · ${w.unacked} held · ${ago(w.last_seen)}` }),
-          w.current_order
-            ? el("a", {
-                class: "mono current",
-                href: orderUrl(config.urls.journey, w.current_order),
-                text: `on ${shortId(w.current_order)}`,
-              })
-            : el("span", { class: "muted current", text: "idle" }),
-        ),
-      ),
-    );
+  workers.replaceChildren(
+    ...(p.workers.length
+      ? p.workers.map((w) =>
+          el(
+            "li",
+            { class: "alive", "data-worker": w.name },
+            el("span", { class: "dot", title: "heart-beating" }),
+            el("span", {
+              class: "mono wname",
+              text: supervisedName.has(w.pid) ? `${supervisedName.get(w.pid)} · ${w.name}` : w.name,
+              title: `${w.hostname} pid ${w.pid}`,
+            }),
+            el("span", {
+              class: "wstat",
+              text: `${fmt(w.processed)} done · ${w.unacked} held · ${ago(w.last_seen)}`,
+            }),
+            w.current_order
+              ? el("a", {
+                  class: "mono current",
+                  href: orderUrl(config.urls.journey, w.current_order),
+                  text: `on ${shortId(w.current_order)}`,
+                })
+              : el("span", { class: "muted current", text: "idle" }),
+          ),
+        )
+      : [el("li", { class: "muted", text: "no worker heart-beating" })]),
+  );
+  renderProcesses(p.processes || []);
+  renderGone(p.gone_workers || []);
+  if (p.stock) renderStock(p.stock);
+  if (p.sandbox) {
+    showFaults(p.sandbox.active_faults);
+    fillSandbox(p.sandbox.settings);
   }
   const c = p.cache;
   $("n-cache-keys").textContent = c.available === false ? "down" : fmt(c.keys);
@@ -146,6 +175,58 @@ function renderPipeline(p) {
   $("n-cache-misses").textContent = fmt(c.misses);
   $("n-cache-ratio").textContent =
     c.hit_ratio === null || c.hit_ratio === undefined ? "–" : `${Math.round(c.hit_ratio * 100)}%`;
+}
+
+// What the supervisor of `make run` knows and a heartbeat cannot say: a process crashed, how, and how often it came
+// back (worker/supervisor.py). Empty when the processes run without it.
+function processText(proc) {
+  const parts = [proc.state];
+  if (proc.restarts) parts.push(`restarted ${proc.restarts}×`);
+  if (proc.last_exit)
+    parts.push(`last exit: ${proc.last_exit}${proc.last_exit_at ? ` ${ago(proc.last_exit_at)}` : ""}`);
+  return parts.join(" · ");
+}
+
+function renderProcesses(processes) {
+  $("process-list").replaceChildren(
+    ...processes.map((proc) =>
+      el(
+        "li",
+        { class: `proc p-${proc.state}`, "data-process": proc.name, "data-state": proc.state },
+        el("span", { class: "dot", title: proc.state }),
+        el("span", { class: "mono pname", text: proc.name, title: proc.pid ? `pid ${proc.pid}` : "" }),
+        el("span", { class: "pstate", text: processText(proc) }),
+      ),
+    ),
+  );
+}
+
+// Stock changes as orders reserve it, bursts drain it and "Restock" refills it.
+function renderStock(stock) {
+  const total = $("stock-total");
+  if (total) total.textContent = fmt(stock.reduce((sum, product) => sum + product.stock, 0));
+  for (const product of stock) {
+    const option = document.querySelector(`#order-sku option[value="${product.sku}"]`);
+    if (option) option.textContent = `${option.dataset.label}, ${fmt(product.stock)} in stock)`;
+  }
+}
+
+function renderGone(gone) {
+  $("gone-workers").hidden = gone.length === 0;
+  $("gone-count").textContent = fmt(gone.length);
+  $("gone-list").replaceChildren(
+    ...gone.map((w) =>
+      el(
+        "li",
+        { "data-worker": w.name },
+        el("span", { class: "mono wname", text: w.name, title: `${w.hostname} pid ${w.pid}` }),
+        el("span", {
+          class: "wstat",
+          text: `stopped ${clock(w.stopped_at).slice(0, 8)} (${ago(w.stopped_at)}) · ${fmt(w.processed)} done`,
+        }),
+      ),
+    ),
+  );
 }
 
 function roleLabel(role) {
@@ -330,19 +411,33 @@ function wireControls() {
   loadSandbox();
   $("sandbox-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    const body = {
-      step_delay_ms: Number($("sandbox-step-delay").value),
-      decline_rate: Number($("sandbox-decline-rate").value),
-      transient_failure_rate: Number($("sandbox-transient-rate").value),
-      crash_rate: Number($("sandbox-crash-rate").value),
-      paused: $("sandbox-paused").checked,
-      step_mode: $("sandbox-step-mode").checked,
-    };
+    // Only what this user changed: sending every field would silently undo what someone else changed meanwhile.
+    const body = {};
+    for (const input of sandboxInputs()) {
+      const value = inputValue(input);
+      if (!sandboxShown || !sameValue(value, sandboxShown[input.name])) body[input.name] = value;
+    }
+    if (!Object.keys(body).length) {
+      say("sandbox-result", "Nothing to apply: no setting was changed.");
+      return;
+    }
     const result = await api("PATCH", config.urls.sandbox, body);
     if (result.ok) {
-      fillSandbox(result.data);
-      say("sandbox-result", "Applied. Workers pick it up within a second.");
+      fillSandbox(result.data, { force: true });
+      say("sandbox-result", `Applied ${Object.keys(body).join(", ")}. Workers pick it up within a second.`);
     } else say("sandbox-result", `Refused (${result.status}): ${errorText(result)}`, false);
+  });
+
+  $("restock").addEventListener("click", async () => {
+    const result = await api("POST", config.urls.restock, { quantity: config.limits.restock.default });
+    if (result.ok) renderStock(result.data.restocked);
+    say(
+      "burst-result",
+      result.ok
+        ? `Restocked: +${fmt(config.limits.restock.default)} to every product.`
+        : `Refused (${result.status}): ${errorText(result)}`,
+      result.ok,
+    );
   });
 
   $("replay-dead").addEventListener("click", async () => {
@@ -383,18 +478,30 @@ function wireControls() {
   });
 }
 
-function fillSandbox(data) {
-  $("sandbox-step-delay").value = data.step_delay_ms;
-  $("sandbox-decline-rate").value = data.decline_rate;
-  $("sandbox-transient-rate").value = data.transient_failure_rate;
-  $("sandbox-crash-rate").value = data.crash_rate;
-  $("sandbox-paused").checked = data.paused;
-  $("sandbox-step-mode").checked = data.step_mode;
+// The settings as the server last sent them (the pipeline state carries them to every page each second).
+let sandboxShown = null;
+const sandboxInputs = () => [...$("sandbox-form").querySelectorAll("input[name]")];
+const inputValue = (input) =>
+  input.type === "checkbox" ? input.checked : input.value === "" ? null : Number(input.value);
+const sameValue = (a, b) => a === b || (a !== null && b !== null && Number(a) === Number(b));
+
+// A field follows the server unless this user is editing it (it differs from what the server last sent), so a
+// change from another page appears here without overwriting an edit in progress.
+function fillSandbox(data, { force = false } = {}) {
+  if (!$("sandbox-form")) return;
+  for (const input of sandboxInputs()) {
+    if (!(input.name in data)) continue;
+    const editing = !force && sandboxShown && !sameValue(inputValue(input), sandboxShown[input.name]);
+    if (editing) continue;
+    if (input.type === "checkbox") input.checked = data[input.name];
+    else input.value = data[input.name] ?? "";
+  }
+  sandboxShown = Object.fromEntries(sandboxInputs().map((input) => [input.name, data[input.name]]));
 }
 
 async function loadSandbox() {
   const result = await api("GET", config.urls.sandbox);
-  if (result.ok) fillSandbox(result.data);
+  if (result.ok) fillSandbox(result.data, { force: true });
   else {
     say("sandbox-result", `Fault injection is not available (${result.status}).`, false);
     $("apply-sandbox").disabled = true;

@@ -19,6 +19,42 @@ function showStatus(state, text) {
   el.textContent = text;
 }
 
+// While the socket is down the page's numbers are frozen: <body data-live="down"> greys them (base.css) and the
+// status says since when, so nobody reads a stale picture as the live one.
+let downSince = null;
+function markDown(text) {
+  downSince ??= new Date();
+  document.body.dataset.live = "down";
+  showStatus("down", `${text} · disconnected since ${clock(downSince.toISOString()).slice(0, 8)}`);
+}
+
+function markLive() {
+  downSince = null;
+  document.body.dataset.live = "up";
+  showStatus("live", "live");
+}
+
+// The banner of templates/base.html: which faults and modes are on (the dashboard keeps it live from the pipeline
+// state), and the staff's one click back to the defaults.
+export function showFaults(active) {
+  const banner = document.getElementById("fault-banner");
+  if (!banner) return;
+  banner.hidden = active.length === 0;
+  document.getElementById("fault-list").textContent = active.join(", ");
+}
+
+function wireRestore() {
+  const button = document.getElementById("restore-defaults");
+  if (!button) return;
+  button.addEventListener("click", async () => {
+    const result = await api("PATCH", config.urls.sandbox, config.sandboxDefaults);
+    const out = document.getElementById("restore-result");
+    out.dataset.ok = result.ok ? "yes" : "no";
+    out.textContent = result.ok ? "" : `Refused (${result.status}): ${errorText(result)}`;
+    if (result.ok) showFaults([]);
+  });
+}
+
 // Where the sockets go: the page's own origin, or, when the server set data-websocket-port on <body> (HTTP and
 // WebSockets served by different processes, see gunicorn.conf.py), that port on the page's host. The session cookie
 // and the server's origin check go by host, not port, so a logged-in page keeps its user across the two.
@@ -45,7 +81,7 @@ export function openLive(path, onMessage) {
     socket.addEventListener("open", () => {
       delay = 500;
       stats.connects += 1;
-      showStatus("live", "live");
+      markLive();
     });
     socket.addEventListener("message", (event) => {
       stats.messages += 1;
@@ -55,14 +91,14 @@ export function openLive(path, onMessage) {
     socket.addEventListener("close", (event) => {
       // Refusals are final: reconnecting would be refused again.
       if (event.code === config.closeCodes.forbidden) {
-        showStatus("down", "not allowed: log in");
+        markDown("not allowed: log in");
         return;
       }
       if (event.code === config.closeCodes.notFound) {
-        showStatus("down", "not found");
+        markDown("not found");
         return;
       }
-      showStatus("down", "reconnecting…");
+      markDown("reconnecting…");
       setTimeout(connect, delay);
       delay = Math.min(delay * 2, 8000);
     });
@@ -92,18 +128,23 @@ export async function api(method, url, body) {
   return { ok: response.ok, status: response.status, data };
 }
 
+// A DRF error body as a sentence a learner can read: {"items": {"0": {"quantity": ["Ensure…"]}}} becomes
+// "items #1 › quantity: Ensure…", never raw JSON.
 export function errorText(result) {
   if (!result.data) return `HTTP ${result.status}`;
-  if (result.data.detail) return result.data.detail;
-  return Object.entries(result.data)
-    .map(
-      ([field, errors]) =>
-        `${field}: ${[]
-          .concat(errors)
-          .map((e) => (typeof e === "object" ? JSON.stringify(e) : e))
-          .join(" ")}`,
-    )
-    .join("; ");
+  return errorMessages(result.data, "").join("; ");
+}
+
+function errorMessages(value, where) {
+  if (Array.isArray(value)) return value.flatMap((item) => errorMessages(item, where));
+  if (value !== null && typeof value === "object") {
+    return Object.entries(value).flatMap(([key, inner]) => {
+      if (key === "detail" || key === "non_field_errors") return errorMessages(inner, where);
+      const part = /^\d+$/.test(key) ? `#${Number(key) + 1}` : key.replace(/_/g, " ");
+      return errorMessages(inner, where ? `${where}${part.startsWith("#") ? " " : " › "}${part}` : part);
+    });
+  }
+  return [where ? `${where}: ${value}` : String(value)];
 }
 
 export function el(tag, attrs = {}, ...children) {
@@ -140,3 +181,5 @@ const numbers = new Intl.NumberFormat("en-US");
 export function fmt(n) {
   return n === null || n === undefined ? "–" : numbers.format(Number(n));
 }
+
+wireRestore();

@@ -11,8 +11,9 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from orders import cache, live
-from orders.models import Order, OrderEvent, OutboxMessage
-from worker.controls import burst_create
+from orders.models import Order, OrderEvent, OutboxMessage, Product
+from orders.tests.factories import ProductFactory
+from worker.controls import NotEnoughStock, burst_create, burst_plan
 from worker.tests.processes import wait_until
 from worker.topology import topology
 
@@ -53,6 +54,40 @@ def test_burst_create_spreads_orders_over_the_products_in_stock(product):
     burst_create(count=3, by="test", burst_id="t")
     assert sorted(Order.objects.values_list("lines__sku", flat=True)) == [product.sku] * 3
     connection.close()
+
+
+def test_a_burst_spreads_over_the_stock_so_no_product_runs_out():
+    ProductFactory(sku="BIG", stock=100)
+    ProductFactory(sku="SMALL", stock=5)
+    ProductFactory(sku="NONE", stock=0)
+    plan = burst_plan(count=100)
+    # The 100 orders leave 5 items of the 105: no product is asked for more than it holds.
+    assert plan.count("BIG") <= 100 and plan.count("SMALL") <= 5 and "NONE" not in plan
+    assert len(plan) == 100
+    with pytest.raises(NotEnoughStock, match="105 item"):
+        burst_plan(count=106)
+
+
+def test_a_burst_larger_than_the_stock_is_refused_before_anything_is_created(staff, product):
+    Product.objects.update(stock=3)
+    response = post(staff, "/api/controls/burst/", {"count": 4})
+    assert response.status_code == 409
+    assert "Not enough stock" in response.json()["detail"] and "at most 3" in response.json()["detail"]
+    assert Order.objects.count() == 0
+
+
+def test_staff_restock_one_product_or_all_and_it_is_recorded(staff):
+    ProductFactory(sku="A-1", stock=1)
+    ProductFactory(sku="B-2", stock=0)
+    response = post(staff, "/api/controls/restock/", {"sku": "B-2", "quantity": 10})
+    assert response.status_code == 200
+    assert response.json() == {"restocked": [{"sku": "B-2", "stock": 10}]}
+    response = post(staff, "/api/controls/restock/")
+    assert dict(Product.objects.values_list("sku", "stock")) == {"A-1": 501, "B-2": 510}
+    assert live.recent_controls()[-1]["detail"] == "+500 to every product"
+    assert post(staff, "/api/controls/restock/", {"sku": "NOPE"}).json() == {"sku": ["No product NOPE."]}
+    assert post(staff, "/api/controls/restock/", {"quantity": 0}).status_code == 400
+    assert dict(Product.objects.values_list("sku", "stock")) == {"A-1": 501, "B-2": 510}
 
 
 @pytest.mark.parametrize("count", [0, 10_001, "many"])
@@ -104,10 +139,17 @@ def test_controls_need_staff_and_csrf(product):
     staff = APIClient(enforce_csrf_checks=True)
     staff.force_login(get_user_model().objects.create_user("staff", password="x", is_staff=True))
     assert staff.post("/api/controls/burst/", {"count": 1}, format="json").status_code == 403  # no CSRF token
+    assert viewer.post("/api/controls/restock/", {}, format="json").status_code == 403
+    assert anonymous.post("/api/controls/restock/", {}, format="json").status_code == 403
     assert Order.objects.count() == 0
 
 
 def test_controls_do_not_exist_outside_the_sandbox(staff, settings):
     settings.ORDERPIPE_SANDBOX = False
-    for url in ["/api/controls/burst/", "/api/controls/purge-queue/", "/api/controls/flush-cache/"]:
+    for url in [
+        "/api/controls/burst/",
+        "/api/controls/purge-queue/",
+        "/api/controls/flush-cache/",
+        "/api/controls/restock/",
+    ]:
         assert post(staff, url, {"count": 1}).status_code == 404

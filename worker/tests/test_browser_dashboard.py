@@ -1,0 +1,218 @@
+"""The dashboard as a learner uses it, in a real browser against a real daphne: supervised processes on the page, live
+settings shared between pages, gone workers and a disconnected page, every control in view. Screenshots go to
+artifacts/screenshots/, named by test."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from orders import sandbox
+from orders.models import Order, OrderStatus, SandboxSettings, WorkerHeartbeat
+from orders.tests.factories import ProductFactory
+from worker.tests.conftest import CHROMIUM, place_order_from_the_form
+from worker.tests.processes import ROOT, Service, Web
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+PASSWORD = "browser-test-password"
+TIMEOUT_MS = 45_000
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def web(django_db_setup, django_db_blocker, tmp_path_factory):
+    """The page's server only; each test starts the relay and workers it needs."""
+    with django_db_blocker.unblock():
+        server = Web(log_dir=tmp_path_factory.mktemp("dashboard-web")).start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def staff():
+    ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=5000)
+    get_user_model().objects.create_user("browser-staff", password=PASSWORD, is_staff=True)
+
+
+def open_dashboard(browser, server: Web, *, width: int = 1280, height: int = 800):
+    context = browser.new_context(viewport={"width": width, "height": height}, base_url=server.url)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto("/admin/login/?next=/")
+    page.get_by_label("Username").fill("browser-staff")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{server.url}/")
+    page.locator("#live-status[data-state=live]").wait_for()
+    return context, page
+
+
+def screenshot(page, name: str, *, full_page: bool = False) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+
+
+def apply_settings(page, **fields: str) -> dict:
+    """Fill the settings form's fields (by label) and press Apply; returns the body the page sent."""
+    for label, value in fields.items():
+        page.get_by_label(label, exact=False).fill(value)
+    with page.expect_request(lambda r: r.method == "PATCH") as request:
+        page.get_by_role("button", name="Apply").click()
+    page.locator("#sandbox-result[data-ok=yes]").wait_for()
+    return request.value.post_data_json
+
+
+def process_row(page, name: str):
+    return page.locator(f"#process-list li[data-process='{name}']")
+
+
+def test_supervised_processes_on_the_page(web, browser, staff, broker, tmp_path):
+    supervisor = Service("supervise", "--only", "relay,worker", log_dir=tmp_path).start()
+    context, page = open_dashboard(browser, web)
+    try:
+        process_row(page, "worker-1").and_(page.locator("[data-state=running]")).wait_for()
+        process_row(page, "relay").and_(page.locator("[data-state=running]")).wait_for()
+        # Its heartbeat row says which supervised process it is.
+        page.locator("#worker-list li.alive", has_text="worker-1 · ").wait_for()
+
+        # A learner sets the crash rate to 1 and places an order: the worker crashes, the supervisor restarts it.
+        assert apply_settings(page, **{"Crash rate": "1"}) == {"crash_rate": 1}
+        page.locator("#fault-banner", has_text="crash rate 1").wait_for()
+        order_id = place_order_from_the_form(page, quantity=1)
+        worker = process_row(page, "worker-1")
+        worker.filter(has_text="exit 70 (sandbox crash)").filter(has_text="restarted").wait_for()
+        relay = process_row(page, "relay")
+        assert relay.get_attribute("data-state") == "running"
+        assert "restarted" not in relay.inner_text() and "exit" not in relay.inner_text()
+        screenshot(page, "test_supervised_processes_on_the_page")
+
+        # One click restores the defaults; the order then completes on the restarted worker.
+        page.get_by_role("button", name="Restore defaults").click()
+        page.locator("#fault-banner").wait_for(state="hidden")
+        page.locator(f"#latest-orders tr[data-order='{order_id}'] .s-completed").wait_for(timeout=120_000)
+
+        # The number of workers from the page: the PATCH carries that field only, and the supervisor follows.
+        assert apply_settings(page, **{"Workers (": "2"}) == {"workers": 2}
+        process_row(page, "worker-2").and_(page.locator("[data-state=running]")).wait_for()
+        assert SandboxSettings.load().workers == 2
+    finally:
+        context.close()
+        assert supervisor.stop() == 0, supervisor.output()
+    assert Order.objects.get(pk=order_id).status == OrderStatus.COMPLETED
+
+
+def test_settings_are_shared_live_between_pages(web, browser, staff):
+    first_context, first = open_dashboard(browser, web)
+    second_context, second = open_dashboard(browser, web)
+    try:
+        # A change on one page appears on the other without a reload: the form, the banner and the control feed.
+        assert apply_settings(first, **{"Decline rate": "0.5"}) == {"decline_rate": 0.5}
+        second.wait_for_function("document.getElementById('sandbox-decline-rate').value === '0.5'")
+        second.locator("#fault-banner", has_text="decline rate 0.5").wait_for()
+        second.locator("#control-log li", has_text="decline_rate 0 → 0.5").filter(has_text="browser-staff").wait_for()
+
+        # "Apply" sends only what this page changed: the other page's decline rate is not undone.
+        assert apply_settings(second, **{"Step delay": "200"}) == {"step_delay_ms": 200}
+        first.locator("#fault-banner", has_text="step delay 200 ms").wait_for()
+        assert SandboxSettings.load().decline_rate == 0.5
+        screenshot(second, "test_settings_are_shared_live_between_pages")
+
+        # Stock is live too: a restock on one page shows on the other, in the total and in the product list.
+        assert second.locator("#stock-total").inner_text() == "5,000"
+        first.get_by_role("button", name="Restock").click()
+        second.locator("#stock-total", has_text="5,500").wait_for()
+        assert "5,500 in stock" in second.locator("#order-sku option[value=BOOK-001]").inner_text()
+
+        # A burst the stock cannot cover is refused before it starts, in words.
+        first.get_by_label("Orders in burst").fill("9000")
+        first.get_by_role("button", name="Place burst").click()
+        first.locator("#burst-result[data-ok=no]", has_text="Refused (409): Not enough stock").wait_for()
+        assert Order.objects.count() == 0
+
+        # A nested field error reads as text, not JSON (the page's own live.js module, not a second copy).
+        readable = first.evaluate(
+            """async () => (await import(new URL("live.js", document.querySelector("script[type=module]").src)))
+            .errorText({
+                status: 400, data: {items: {"0": {quantity: ["Ensure this value is less than or equal to 100."]}}}
+            })"""
+        )
+        assert readable == "items #1 › quantity: Ensure this value is less than or equal to 100."
+
+        # The reset from one page clears the banner on both.
+        first.get_by_role("button", name="Restore defaults").click()
+        second.locator("#fault-banner").wait_for(state="hidden")
+        first.locator("#fault-banner").wait_for(state="hidden")
+        second.wait_for_function("document.getElementById('sandbox-decline-rate').value === '0'")
+        settings = SandboxSettings.load()
+        assert (settings.decline_rate, settings.step_delay_ms) == (0.0, 0)
+    finally:
+        first_context.close()
+        second_context.close()
+
+
+def test_gone_workers_and_a_disconnected_page(browser, staff, tmp_path):
+    now = timezone.now()
+    for name, silent_for in (("worker-live", 0), ("worker-gone", 60), ("worker-forgotten", 600)):
+        WorkerHeartbeat.objects.create(
+            name=name, hostname="host", pid=1, started_at=now, last_seen=now - timedelta(seconds=silent_for)
+        )
+    server = Web(log_dir=tmp_path).start().wait_ready()
+    context, page = open_dashboard(browser, server)
+    try:
+        page.locator("#worker-list li[data-worker=worker-live]").wait_for()
+        gone = page.locator("#gone-workers")
+        assert gone.is_visible()
+        gone.locator("summary").click()
+        assert gone.locator("li[data-worker=worker-gone]").inner_text().startswith("worker-gone")
+        assert "stopped" in gone.locator("li[data-worker=worker-gone]").inner_text()
+        assert page.locator("[data-worker=worker-forgotten]").count() == 0
+
+        # The page's server goes away: the live values grey out and the status says since when.
+        assert server.stop() == 0
+        page.locator("#live-status", has_text="disconnected since").wait_for()
+        assert page.locator("body").get_attribute("data-live") == "down"
+        opacity = page.locator("#n-accepted").evaluate("node => getComputedStyle(node).opacity")
+        assert float(opacity) < 1
+        screenshot(page, "test_gone_workers_and_a_disconnected_page")
+    finally:
+        context.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(("width", "height"), [(1440, 900), (1280, 800)])
+def test_controls_and_all_six_stages_are_visible_together(web, browser, staff, width, height):
+    # With a fault on, so the banner takes its line too: the tightest case a learner meets.
+    sandbox.sandbox_update(changes={"step_mode": True}, via="test")
+    context, page = open_dashboard(browser, web, width=width, height=height)
+    try:
+        assert page.locator("#fault-banner").is_visible()
+        in_view = [
+            *(f"#stage-{stage}" for stage in ("api", "db", "exchange", "queues", "workers", "redis")),
+            "#order-form",
+            "#burst-form",
+            "#sandbox-form",
+            "#apply-sandbox",
+            "#place-order",
+            "#place-burst",
+            "#flush-cache",
+            "#restock",
+        ]
+        for selector in in_view:
+            box = page.locator(selector).bounding_box()
+            assert box is not None, selector
+            assert box["x"] >= 0 and box["y"] >= 0, selector
+            assert box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, (selector, box)
+        screenshot(page, f"test_controls_and_all_six_stages_are_visible_together-{width}x{height}")
+    finally:
+        context.close()
