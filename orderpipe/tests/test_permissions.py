@@ -54,6 +54,7 @@ TABLE: dict[str, list[Case]] = {
         Case("POST", "/api/controls/purge-queue/", body={"queue": "nope"}, **same((403, 403, 400)))
     ],
     "api/controls/flush-cache/": [Case("POST", "/api/controls/flush-cache/", **same(STAFF))],
+    "api/controls/restock/": [Case("POST", "/api/controls/restock/", body={"quantity": 0}, **same((403, 403, 400)))],
     "api/dead-letters/replay/": [
         Case("POST", "/api/dead-letters/replay/", body={"order_id": "{order}"}, **same((403, 403, 409)))
     ],
