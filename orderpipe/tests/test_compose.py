@@ -281,6 +281,13 @@ def test_every_app_service_reads_env_example():
                 assert entry.get("required") is False
 
 
+def test_every_app_service_demands_its_own_secret_key():
+    """No key is published with the repository; Compose stops with a message until .env (or the shell) has one."""
+    for name in APP_SERVICES:
+        key = (SERVICES[name].get("environment") or {}).get("DJANGO_SECRET_KEY", "")
+        assert key.startswith("${DJANGO_SECRET_KEY:?") and "openssl rand" in key, name
+
+
 def test_the_example_configuration_loads_and_points_at_the_compose_services():
     example = env_example()
     for url, host in (("DATABASE_URL", "postgres"), ("AMQP_URL", "rabbitmq"), ("REDIS_URL", "redis")):
@@ -307,7 +314,8 @@ def test_the_example_configuration_loads_and_points_at_the_compose_services():
             timeout=60,
         )
 
-    assert "published demo key" in load().stderr
+    assert "DJANGO_SECRET_KEY" not in example, "a key in the repository is a published key"
+    assert "published demo key" in load().stderr  # without one, the settings' dev key, refused outside DEBUG
     result = load(DJANGO_SECRET_KEY="a-real-key-" + "x" * 40)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["postgres", example["ORDERPIPE_WEBSOCKET_PORT"]]
