@@ -65,8 +65,8 @@ TABLE: dict[str, list[Case]] = {
     "healthz": [Case("GET", "/healthz", **same(OPEN))],
     "readyz": [Case("GET", "/readyz", **same(OPEN))],
     "metrics": [Case("GET", "/metrics", production=STAFF, debug=OPEN)],
-    "": [Case("GET", "/", production=(302, 200, 200), debug=OPEN)],
-    "orders/<uuid:order_id>/": [Case("GET", "/orders/{order}/", production=(302, 200, 200), debug=OPEN)],
+    "": [Case("GET", "/", production=(302, 302, 200), debug=OPEN)],
+    "orders/<uuid:order_id>/": [Case("GET", "/orders/{order}/", production=(302, 302, 200), debug=OPEN)],
 }
 
 

@@ -89,7 +89,7 @@ async def receive_until(ws: WebsocketCommunicator, predicate, *, timeout: float 
 
 
 def test_it_sends_the_pipeline_snapshot_on_connect(product):
-    cookie = session_cookie(staff=False)
+    cookie = session_cookie(staff=True)
     place_order(product)
 
     async def body() -> None:
@@ -108,7 +108,7 @@ def test_it_sends_the_pipeline_snapshot_on_connect(product):
 
 
 def test_it_pushes_new_events_to_the_dashboard_and_the_journey(product):
-    cookie = session_cookie(staff=False)
+    cookie = session_cookie(staff=True)
     order = place_order(product)
 
     async def body() -> None:
@@ -142,7 +142,7 @@ def test_it_pushes_new_events_to_the_dashboard_and_the_journey(product):
 
 def test_it_batches_a_burst_into_a_few_messages(product):
     """300 orders committed at once reach a tab as a handful of batched messages, not 300."""
-    cookie = session_cookie(staff=False)
+    cookie = session_cookie(staff=True)
 
     async def body() -> None:
         ws = communicator("/ws/pipeline/", cookie=cookie)
@@ -185,6 +185,18 @@ def test_it_rejects_a_foreign_origin():
 def test_it_refuses_anonymous_watchers_outside_debug():
     async def body() -> None:
         ws = communicator("/ws/pipeline/")
+        connected, code = await ws.connect()
+        assert (connected, code) == (False, CLOSE_FORBIDDEN)
+
+    run(body)
+
+
+def test_it_refuses_logged_in_customers_outside_debug():
+    """The pages show every order's email: outside DEBUG a login that is not staff sees none of it."""
+    cookie = session_cookie(staff=False)
+
+    async def body() -> None:
+        ws = communicator("/ws/pipeline/", cookie=cookie)
         connected, code = await ws.connect()
         assert (connected, code) == (False, CLOSE_FORBIDDEN)
 
@@ -234,7 +246,7 @@ def test_staff_control_messages_are_pointed_to_the_http_endpoints(product):
 
 
 def test_it_closes_the_journey_socket_of_an_unknown_order():
-    cookie = session_cookie(staff=False)
+    cookie = session_cookie(staff=True)
 
     async def body() -> None:
         ws = communicator("/ws/orders/00000000-0000-0000-0000-000000000000/", cookie=cookie)
@@ -258,7 +270,7 @@ def test_it_closes_the_journey_socket_of_an_unknown_order():
     ],
 )
 def test_a_malformed_frame_closes_the_socket_with_4400_and_one_log_line(frame, what, caplog):
-    cookie = session_cookie(staff=False)
+    cookie = session_cookie(staff=True)
 
     async def body() -> None:
         ws = communicator("/ws/pipeline/", cookie=cookie)
@@ -279,7 +291,7 @@ def test_a_malformed_frame_closes_the_socket_with_4400_and_one_log_line(frame, w
 
 def test_resync_is_served_once_per_interval(settings):
     settings.WS_RESYNC_INTERVAL = 60
-    cookie = session_cookie(staff=False)
+    cookie = session_cookie(staff=True)
 
     async def body() -> None:
         ws = communicator("/ws/pipeline/", cookie=cookie)
@@ -298,8 +310,8 @@ def test_resync_is_served_once_per_interval(settings):
 
 def test_a_client_past_its_cap_is_closed_with_4429_until_one_of_its_sockets_closes(settings):
     settings.WS_MAX_CONNECTIONS_PER_CLIENT = 2
-    cookie = session_cookie(staff=False)
-    other = session_cookie(staff=False)
+    cookie = session_cookie(staff=True)
+    other = session_cookie(staff=True)
 
     async def body() -> None:
         first, second = communicator("/ws/pipeline/", cookie=cookie), communicator("/ws/pipeline/", cookie=cookie)
@@ -352,7 +364,7 @@ def test_an_exhausted_channel_layer_pool_closes_the_handshake_with_4503(settings
     settings.CHANNEL_LAYERS = {
         "default": {**config, "CONFIG": {**config["CONFIG"], "pool_size": 2, "pool_timeout": 0.2}}
     }
-    cookie = session_cookie(staff=False)
+    cookie = session_cookie(staff=True)
 
     async def body() -> None:
         pool = get_channel_layer().redis().connection_pool
