@@ -13,7 +13,7 @@ from typing import Any
 import pika
 from django.conf import settings
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
-from pika.exceptions import AMQPError, NackError, UnroutableError
+from pika.exceptions import AMQPConnectionError, AMQPError, NackError, UnroutableError
 
 from worker.topology import Topology, topology
 
@@ -88,6 +88,17 @@ def connected_node(conn: BlockingConnection) -> tuple[str, int] | None:
     connection it wraps (`_impl.params`); there is no public accessor."""
     params = getattr(getattr(conn, "_impl", None), "params", None)
     return (params.host, params.port) if params is not None else None
+
+
+def process_data_events(conn: BlockingConnection, time_limit: float) -> None:
+    """`conn.process_data_events`, raising AMQPConnectionError (one of BROKER_ERRORS) when the connection is
+    already closed. When a node dies, whichever call reads the reset first gets the StreamLostError; if that call
+    swallowed it (a best-effort queue-depth poll does), pika's next `process_data_events` raises
+    ValueError('Timeout closed before call') instead (pika#1291), which would end the process rather than
+    reconnect it to another node."""
+    if conn.is_closed:
+        raise AMQPConnectionError("the connection to RabbitMQ is closed")
+    conn.process_data_events(time_limit=time_limit)
 
 
 # A failed probe is an answer (the caller reports it in one line), not an error: pika's own ERROR logs and

@@ -7,12 +7,14 @@ case killed."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from orders.tests.factories import ProductFactory
 from worker import broker
 from worker.broker import connect
 from worker.tests.processes import ROOT, Service, free_port, service_env, wait_until
+from worker.tests.proxy import Proxy
 from worker.topology import topology
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -159,6 +162,48 @@ def test_connect_skips_a_dead_node(cluster):
         conn.close()
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("amqp://u:p@a:5672/%2F", ["amqp://u:p@a:5672/%2F"]),
+        (" amqp://u:p@a:5672/%2F , amqps://u:p@b:5671/%2F,", ["amqp://u:p@a:5672/%2F", "amqps://u:p@b:5671/%2F"]),
+        ("amqp://u:p@a:5672/%2F,u:secret@b", None),
+        (",", None),
+    ],
+)
+def test_amqp_url_names_one_or_several_nodes(value, expected):
+    result = subprocess.run(
+        [sys.executable, "-c", "import json; from django.conf import settings; print(json.dumps(settings.AMQP_URLS))"],
+        env=dict(os.environ, DJANGO_SETTINGS_MODULE="orderpipe.settings", DJANGO_DEBUG="true", AMQP_URL=value),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if expected is None:
+        assert result.returncode != 0
+        assert "AMQP_URL must be one or more comma-separated amqp:// or amqps:// URLs" in result.stderr
+        assert "secret" not in result.stderr  # the value holds passwords
+    else:
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == expected
+
+
+def test_a_lost_connection_noticed_elsewhere_is_still_a_broker_error():
+    # The worker's and the relay's loops reconnect on BROKER_ERRORS; once another call has swallowed the reset,
+    # pika itself raises ValueError from the closed I/O loop, which ended a worker when its node died.
+    with Proxy(5672) as rabbit:
+        conn = connect(f"amqp://guest:guest@127.0.0.1:{rabbit.port}/%2F")
+        rabbit.down()
+        with contextlib.suppress(*broker.BROKER_ERRORS):
+            # Whoever reads the reset first gets StreamLostError (the queue monitor catches it).
+            assert wait_until(lambda: conn.process_data_events(time_limit=0.1) or conn.is_closed, 10)
+        with pytest.raises(ValueError, match="Timeout closed before call"):
+            conn.process_data_events(time_limit=0.2)
+        with pytest.raises(broker.BROKER_ERRORS):
+            broker.process_data_events(conn, 0.2)
+
+
 def test_the_node_that_dropped_us_is_tried_last(monkeypatch):
     urls = [f"amqp://guest:guest@127.0.0.1:{port}/%2F" for port in (5681, 5682, 5683)]
     monkeypatch.setattr(broker, "_last_node", ("127.0.0.1", 5682))
@@ -191,20 +236,19 @@ def test_a_burst_survives_the_death_of_a_node(cluster, tmp_path, victim):
             ids.append(order.pk)
 
     try:
-        place(BEFORE)
-        # The victim is found before the kill is due (rabbitmqctl takes seconds on a busy machine), so that the
-        # kill lands while the first orders are still being processed.
-        assert wait_until(lambda: completed(ids) > 0, 120), relay.output()[-3000:]
-        # The relay declared the topology: every queue has a member on each of the three nodes, all online (which
-        # also waits for a node restarted above to catch up: killing another one before would lose the majority).
-        assert wait_until(lambda: replicated(cluster) is not None, 120, interval=1), cluster.queues()
+        # The relay and the workers declared the topology: every queue has a member on each of the three nodes,
+        # all online (which also waits for a node restarted above to catch up: killing another one before that
+        # would lose the majority). The victim is found now, before any order, because rabbitmqctl takes seconds on
+        # a busy machine and the kill must land while orders are being processed.
+        assert wait_until(lambda: replicated(cluster) is not None, 120, interval=1), json.dumps(cluster.queues())
+        relay_connection = f"orderpipe:{settings.ORDERPIPE_PREFIX}:{relay.proc.pid}"
+        assert wait_until(lambda: cluster.node_of_connection(relay_connection) is not None, 60, interval=1)
         if victim == "main-queue leader":
-            leader = replicated(cluster)[topology().process_queue]["leader"]
+            leader = cluster.queues()[topology().process_queue]["leader"]
             node = next(n for n in NODES if cluster.node(n) == leader)
         else:
-            relay_connection = f"orderpipe:{settings.ORDERPIPE_PREFIX}:{relay.proc.pid}"
             node = cluster.node_of_connection(relay_connection)
-            assert node is not None, f"no connection named {relay_connection}"
+        place(BEFORE)
         assert wait_until(lambda: completed(ids) >= BEFORE // 4, 120), relay.output()[-3000:]
         done_before = completed(ids)
         died_at = timezone.now()
