@@ -61,7 +61,7 @@ def connection_parameters(url: str | None = None) -> pika.URLParameters:
     params.socket_timeout = 5
     params.stack_timeout = 10
     params.connection_attempts = 1
-    # The pid tells the relay's connection from the workers' in `rabbitmqctl list_connections name` and the UI.
+    # The pid tells the relay's connection from the workers' (`rabbitmqctl list_connections client_properties`, the UI).
     params.client_properties = {"connection_name": f"orderpipe:{settings.ORDERPIPE_PREFIX}:{os.getpid()}"}
     return params
 
