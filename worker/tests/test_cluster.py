@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
@@ -147,19 +148,27 @@ def replicated(cluster: Cluster) -> dict[str, dict] | None:
     return queues
 
 
-def test_the_readiness_probe_skips_a_dead_node(cluster):
+# The next tests need one live node and one dead one, not the cluster: the machine's broker is the live one, so
+# that the cluster fixture serves only the burst cases (pytest-django runs database tests first, and a module
+# fixture whose tests are not contiguous would start the three nodes twice).
+DEAD_NODE = "amqp://guest:guest@127.0.0.1:1/%2F"
+
+
+def test_the_readiness_probe_skips_a_dead_node():
     # The first node named refuses connections: the probe must go on to the next one instead of failing.
-    health.check_rabbitmq("amqp://guest:guest@127.0.0.1:1/%2F," + cluster.url)
+    health.check_rabbitmq(f"{DEAD_NODE},{settings.AMQP_URL}")
     with pytest.raises(health.DependencyUnavailable, match=r"127\.0\.0\.1:1/.*127\.0\.0\.1:2/"):
-        health.check_rabbitmq("amqp://guest:guest@127.0.0.1:1/%2F,amqp://guest:guest@127.0.0.1:2/%2F")
+        health.check_rabbitmq(f"{DEAD_NODE},amqp://guest:guest@127.0.0.1:2/%2F")
 
 
-def test_connect_skips_a_dead_node(cluster):
-    conn = connect("amqp://guest:guest@127.0.0.1:1/%2F," + cluster.url)
-    try:
-        assert broker.connected_node(conn) in {("127.0.0.1", port) for port in cluster.ports.values()}
-    finally:
-        conn.close()
+def test_connect_skips_a_dead_node():
+    live = urlsplit(settings.AMQP_URL)
+    for _ in range(5):  # the order is random: the dead node comes first in some of these
+        conn = connect(f"{DEAD_NODE},{settings.AMQP_URL}")
+        try:
+            assert broker.connected_node(conn) == (live.hostname, live.port)
+        finally:
+            conn.close()
 
 
 @pytest.mark.parametrize(
