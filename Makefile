@@ -8,7 +8,7 @@ PORT ?= 8000
 WEB_BIND ?= 127.0.0.1
 export DJANGO_DEBUG ?= true
 
-.PHONY: install run test lint format bench clean-venv
+.PHONY: install run test lint format bench cluster cluster-stop clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -55,6 +55,14 @@ bench: install
 	$(VENV)/bin/pip install -q ".[dev,bench]"
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	DJANGO_DEBUG=false $(PY) -m bench.run $(BENCH_ARGS)
+
+# Three RabbitMQ nodes joined into one cluster on loopback (AMQP 5681-5683, state in var/rabbitmq-cluster), beside the
+# machine's own broker. It prints the AMQP_URL naming all three; `make cluster-stop` stops them.
+cluster:
+	bin/rabbitmq-cluster start
+
+cluster-stop:
+	bin/rabbitmq-cluster stop
 
 clean-venv:
 	rm -rf $(VENV)

@@ -74,7 +74,8 @@ def check_rabbitmq(url: str | None = None, *, timeout: float = CHECK_TIMEOUT) ->
     try:
         broker.probe(url, timeout)
     except broker.BROKER_ERRORS as exc:
-        raise DependencyUnavailable(f"RabbitMQ unreachable at {redact(url)}: {broker.describe_error(exc)}") from exc
+        nodes = ", ".join(redact(node) for node in broker.node_urls(url))
+        raise DependencyUnavailable(f"RabbitMQ unreachable at {nodes}: {broker.describe_error(exc)}") from exc
 
 
 def check_redis(url: str | None = None, *, timeout: float = CHECK_TIMEOUT) -> None:

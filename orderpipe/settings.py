@@ -181,6 +181,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # ---------------------------------------------------------------- RabbitMQ
 
 AMQP_URL = env_str("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+# Several nodes of one cluster may be named, comma-separated; clients connect to whichever answers (worker/broker.py).
+AMQP_URLS = env_list("AMQP_URL", AMQP_URL)
+if not AMQP_URLS or not all(url.startswith(("amqp://", "amqps://")) for url in AMQP_URLS):
+    # Not echoed: the value holds passwords.
+    raise ImproperlyConfigured("AMQP_URL must be one or more comma-separated amqp:// or amqps:// URLs")
 # Every exchange, queue, Redis key, channel-layer group and NOTIFY channel carries this prefix, so a test run
 # (which picks its own) never touches the queues or keys of a running instance.
 ORDERPIPE_PREFIX = env_str("ORDERPIPE_PREFIX", "orderpipe")

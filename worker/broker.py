@@ -6,12 +6,14 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
+import random
 from typing import Any
 
 import pika
 from django.conf import settings
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
-from pika.exceptions import AMQPError, NackError, UnroutableError
+from pika.exceptions import AMQPConnectionError, AMQPError, NackError, UnroutableError
 
 from worker.topology import Topology, topology
 
@@ -25,20 +27,78 @@ class PublishFailed(Exception):
     """The broker did not take responsibility for a message (nacked or unroutable)."""
 
 
+def node_urls(url: str | None = None) -> list[str]:
+    """The broker nodes to try: `url` if given (one URL, or several comma-separated), else settings.AMQP_URLS."""
+    if url is None:
+        return list(settings.AMQP_URLS)
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+# The node this process was last connected to, as (host, port). When that connection is lost the node has most
+# likely died or been stopped, so the next connect tries it last instead of waiting on it first.
+_last_node: tuple[str, int] | None = None
+
+
+def _address(url: str) -> tuple[str, int]:
+    params = pika.URLParameters(url)
+    return params.host, params.port
+
+
+def _connection_order(urls: list[str]) -> list[str]:
+    """The nodes in random order (so that clients and their reconnections spread over the cluster), with the one
+    we were last connected to at the end."""
+    order = random.sample(urls, len(urls))
+    order.sort(key=lambda url: _address(url) == _last_node)
+    return order
+
+
 def connection_parameters(url: str | None = None) -> pika.URLParameters:
-    params = pika.URLParameters(url or settings.AMQP_URL)
+    """Parameters for one node (the first of `url`/AMQP_URL when several are named)."""
+    params = pika.URLParameters(node_urls(url)[0])
     params.heartbeat = settings.AMQP_HEARTBEAT
     # A broker under memory/disk alarm blocks publishers; fail instead of hanging forever.
     params.blocked_connection_timeout = 30
     params.socket_timeout = 5
     params.stack_timeout = 10
     params.connection_attempts = 1
-    params.client_properties = {"connection_name": f"orderpipe:{settings.ORDERPIPE_PREFIX}"}
+    # The pid tells the relay's connection from the workers' (`rabbitmqctl list_connections client_properties`, the UI).
+    params.client_properties = {"connection_name": f"orderpipe:{settings.ORDERPIPE_PREFIX}:{os.getpid()}"}
     return params
 
 
 def connect(url: str | None = None) -> BlockingConnection:
-    return pika.BlockingConnection(connection_parameters(url))
+    """Connect to the first node that answers. With several nodes, each gets one attempt in turn (pika takes
+    `connection_attempts` of the last parameters for the whole list) and a shorter socket timeout: a node that
+    does not answer within 2 s is skipped for the next one rather than waited on."""
+    global _last_node
+    urls = _connection_order(node_urls(url))
+    candidates = [connection_parameters(node) for node in urls]
+    if len(candidates) > 1:
+        for params in candidates:
+            params.socket_timeout = 2
+    conn = pika.BlockingConnection(candidates)
+    _last_node = connected_node(conn)
+    if len(candidates) > 1 and _last_node is not None:
+        log.info("connected to RabbitMQ node %s:%s", *_last_node)
+    return conn
+
+
+def connected_node(conn: BlockingConnection) -> tuple[str, int] | None:
+    """(host, port) of the node a connection was opened to. pika keeps the parameters that succeeded on the
+    connection it wraps (`_impl.params`); there is no public accessor."""
+    params = getattr(getattr(conn, "_impl", None), "params", None)
+    return (params.host, params.port) if params is not None else None
+
+
+def process_data_events(conn: BlockingConnection, time_limit: float) -> None:
+    """`conn.process_data_events`, raising AMQPConnectionError (one of BROKER_ERRORS) when the connection is
+    already closed. When a node dies, whichever call reads the reset first gets the StreamLostError; if that call
+    swallowed it (a best-effort queue-depth poll does), pika's next `process_data_events` raises
+    ValueError('Timeout closed before call') instead (pika#1291), which would end the process rather than
+    reconnect it to another node."""
+    if conn.is_closed:
+        raise AMQPConnectionError("the connection to RabbitMQ is closed")
+    conn.process_data_events(time_limit=time_limit)
 
 
 # A failed probe is an answer (the caller reports it in one line), not an error: pika's own ERROR logs and
@@ -66,16 +126,22 @@ for _name in (
 
 def probe(url: str | None = None, timeout: float = 2.0) -> None:
     """Open and close a short-lived connection to prove the broker answers the AMQP handshake within `timeout`
-    seconds. Raises one of BROKER_ERRORS otherwise (see `describe_error`)."""
-    params = pika.URLParameters(url or settings.AMQP_URL)
-    params.connection_attempts = 1
-    params.socket_timeout = timeout
-    params.stack_timeout = timeout
-    params.blocked_connection_timeout = timeout
-    params.client_properties = {"connection_name": f"orderpipe:{settings.ORDERPIPE_PREFIX}:probe"}
+    seconds: with several nodes, any one of them (each gets its share of the time). Raises one of BROKER_ERRORS
+    otherwise (see `describe_error`)."""
+    urls = _connection_order(node_urls(url))
+    share = timeout / len(urls)
+    candidates = []
+    for node in urls:
+        params = pika.URLParameters(node)
+        params.connection_attempts = 1
+        params.socket_timeout = share
+        params.stack_timeout = share
+        params.blocked_connection_timeout = share
+        params.client_properties = {"connection_name": f"orderpipe:{settings.ORDERPIPE_PREFIX}:probe"}
+        candidates.append(params)
     token = _probing.set(True)
     try:
-        conn = pika.BlockingConnection(params)
+        conn = pika.BlockingConnection(candidates)
     finally:
         _probing.reset(token)
     with contextlib.suppress(*BROKER_ERRORS):

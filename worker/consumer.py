@@ -37,7 +37,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from pika.spec import Basic, BasicProperties
 
 from orders.models import WorkerHeartbeat
-from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect
+from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect, process_data_events
 from worker.faults import Faults
 from worker.monitor import QueueMonitor
 from worker.processing import (
@@ -153,15 +153,15 @@ class Worker:
     def _consume_until_stopped(self) -> None:
         assert self.connection is not None and self.channel is not None
         while not self.stopping.is_set():
-            self.connection.process_data_events(time_limit=0.2)
+            process_data_events(self.connection, 0.2)
             self._periodic()
         # Graceful stop: no new deliveries; finish what is in hand, flush its acks, then close.
         if self.consumer_tag:
             self.channel.basic_cancel(self.consumer_tag)
         deadline = time.monotonic() + 30
         while self.in_flight and time.monotonic() < deadline:
-            self.connection.process_data_events(time_limit=0.1)
-        self.connection.process_data_events(time_limit=0)
+            process_data_events(self.connection, 0.1)
+        process_data_events(self.connection, 0)
         self._drop_connection()
 
     def _drop_connection(self) -> None:

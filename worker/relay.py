@@ -34,7 +34,7 @@ from orders.services import (
     outbox_channel,
     transition_order,
 )
-from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect
+from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect, process_data_events
 from worker.monitor import QueueMonitor
 from worker.sweeper import Sweeper
 
@@ -262,7 +262,7 @@ def _idle(
         _last_purge = time.monotonic()
         idempotency_keys_purge()
     while not should_stop():
-        publisher.connection.process_data_events(time_limit=0)
+        process_data_events(publisher.connection, 0)
         if monitor is not None:
             monitor.maybe_observe()
         remaining = deadline - time.monotonic()

@@ -9,6 +9,12 @@
                                        orders the broker dead-lettered by itself, e.g. at the delivery limit)
 
 Every name carries the configured prefix, so tests never touch a running instance's queues.
+
+On a cluster (`make cluster`, several nodes in AMQP_URL) every quorum queue gets a member on each node: RabbitMQ
+3.10 sizes a new quorum queue's group to all cluster nodes when `x-quorum-initial-group-size` is absent. It is left
+absent on purpose: a queue's arguments must match on every redeclare, so adding it would make queues already
+declared on a single broker refuse this topology (PRECONDITION_FAILED). worker/tests/test_cluster.py checks the
+membership.
 """
 
 from __future__ import annotations

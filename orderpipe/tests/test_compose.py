@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -422,3 +423,73 @@ def test_the_image_is_slim_runs_as_a_user_and_has_no_dev_dependencies():
 def test_the_build_context_leaves_out_local_state_and_secrets():
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".git", ".venv", ".env"} <= ignored
+
+
+# ---------------------------------------------------------------- docker-compose.cluster.yml (opt-in, on top)
+
+CLUSTER = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+CLUSTER_NODES = ["rabbitmq", "rabbitmq2", "rabbitmq3"]
+
+
+def cluster_service(name: str) -> dict[str, Any]:
+    """A service as Compose runs it with both files: the cluster file's keys over the base file's (mappings such
+    as `environment` merged, the rest replaced)."""
+    merged = dict(SERVICES.get(name, {}))
+    for key, value in CLUSTER["services"].get(name, {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def test_the_cluster_file_runs_three_rabbitmq_nodes_with_one_cookie():
+    nodes = [name for name, service in CLUSTER["services"].items() if "rabbitmq" in str(service.get("image"))]
+    assert nodes == CLUSTER_NODES
+    cookies = set()
+    for name in CLUSTER_NODES:
+        service = cluster_service(name)
+        assert service["hostname"] == name, f"{name}: its node name is rabbit@<hostname>"
+        assert service["healthcheck"]["test"], name
+        cookies.add(environment(service).get("RABBITMQ_ERLANG_COOKIE"))
+        mounts = [str(v).split(":") for v in service["volumes"]]
+        data = [m for m in mounts if m[1] == "/var/lib/rabbitmq"]
+        assert data and data[0][0] in set(COMPOSE["volumes"]) | set(CLUSTER["volumes"]), f"{name}: data volume"
+    assert len(cookies) == 1 and None not in cookies, "the nodes must share one Erlang cookie"
+    # The second and third join the first, so they start after it.
+    for name in CLUSTER_NODES[1:]:
+        assert cluster_service(name)["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+
+
+def test_the_cluster_config_is_mounted_and_names_the_three_nodes():
+    for name in CLUSTER_NODES:
+        mounts = [str(v).split(":") for v in cluster_service(name)["volumes"]]
+        configs = [m for m in mounts if m[1].startswith("/etc/rabbitmq/conf.d/")]
+        assert len(configs) == 1, f"{name}: the cluster config is not mounted"
+        path = ROOT / configs[0][0]
+        assert path.is_file(), f"{name}: {configs[0][0]} does not exist"
+        conf = dict(
+            (part.strip() for part in line.split("=", 1))
+            for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        )
+        assert conf["cluster_formation.peer_discovery_backend"] == "classic_config"
+        named = {value for key, value in conf.items() if key.startswith("cluster_formation.classic_config.nodes.")}
+        assert named == {f"rabbit@{node}" for node in CLUSTER_NODES}
+
+
+def test_every_app_service_gets_the_three_node_amqp_url():
+    for name in APP_SERVICES:
+        env = environment(cluster_service(name))
+        assert "AMQP_URL" in env, f"{name} keeps the single-node AMQP_URL of .env.example"
+        urls = [urlsplit(url) for url in env["AMQP_URL"].split(",")]
+        assert sorted(url.hostname for url in urls) == CLUSTER_NODES, name
+        for url in urls:
+            node = environment(cluster_service(url.hostname))
+            assert url.scheme == "amqp" and url.port == 5672, name
+            assert (url.username, url.password) == (node["RABBITMQ_DEFAULT_USER"], node["RABBITMQ_DEFAULT_PASS"])
+
+
+def test_the_cluster_file_adds_no_service_the_base_file_lacks_but_the_nodes():
+    # An override of an app service that the base file does not define would start a half-configured container.
+    assert set(CLUSTER["services"]) - set(SERVICES) == set(CLUSTER_NODES[1:])
