@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,7 +27,7 @@ from django.utils import timezone
 
 from orderpipe import health
 from orders import services
-from orders.models import EventKind, Order, OrderEvent, OrderStatus, Payment
+from orders.models import EventKind, GatewayCharge, Order, OrderEvent, OrderStatus, Payment
 from orders.tests.factories import ProductFactory
 from worker import broker
 from worker.broker import connect
@@ -222,7 +223,7 @@ def test_the_node_that_dropped_us_is_tried_last(monkeypatch):
     assert len(orders) == 2
 
 
-def completed(ids: list[int]) -> int:
+def completed(ids: list[uuid.UUID]) -> int:
     return Order.objects.filter(pk__in=ids, status=OrderStatus.COMPLETED).count()
 
 
@@ -235,7 +236,7 @@ def test_a_burst_survives_the_death_of_a_node(cluster, tmp_path, victim):
     env = service_env(AMQP_URL=cluster.url)
     relay = Service("run_relay", log_dir=tmp_path, env=env).start()
     workers = [Service("run_worker", log_dir=tmp_path, env=env).start() for _ in range(2)]
-    ids: list[int] = []
+    ids: list[uuid.UUID] = []
 
     def place(count: int) -> None:
         for _ in range(count):
@@ -274,6 +275,12 @@ def test_a_burst_survives_the_death_of_a_node(cluster, tmp_path, victim):
     duplicate_payments = sum(row["n"] - 1 for row in per_order)
     assert duplicate_payments == 0
     assert Payment.objects.filter(order_id__in=ids).count() == BURST
+    # The gateway's own ledger (what a provider would hold): one charge per order, whatever was redelivered.
+    charges = GatewayCharge.objects.filter(order_ref__in=[str(pk) for pk in ids])
+    per_ref = charges.values("order_ref").annotate(n=Count("id"))
+    duplicate_charges = sum(row["n"] - 1 for row in per_ref)
+    assert duplicate_charges == 0
+    assert charges.count() == BURST
     after = Order.objects.filter(pk__in=ids, completed_at__gt=died_at).order_by("completed_at")
     first_after = (after.first().completed_at - died_at).total_seconds()
     # The longest pause in completions from the death on: what the failover cost the pipeline.
@@ -286,8 +293,9 @@ def test_a_burst_survives_the_death_of_a_node(cluster, tmp_path, victim):
     worker_reconnects = sum(worker.output().count(" consuming ") - 1 for worker in workers)
     print(
         f"\ncluster, {victim} ({cluster.node(node)}) SIGKILLed after {done_before} of {BURST} orders completed: "
-        f"all {BURST} completed, duplicate_payments={duplicate_payments} (Payment rows; no gateway ledger on this "
-        f"branch), redelivered={redelivered}, duplicate_deliveries_ignored={duplicates}, "
+        f"all {BURST} completed, duplicate_payments={duplicate_payments}, "
+        f"duplicate_gateway_charges={duplicate_charges}, "
+        f"redelivered={redelivered}, duplicate_deliveries_ignored={duplicates}, "
         f"relay_reconnects={relay_reconnects}, worker_reconnects={worker_reconnects}; first order completed "
         f"{first_after:.2f} s after the death, longest pause between completions {stall:.2f} s, "
         f"last order {last:.1f} s after"
