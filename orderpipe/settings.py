@@ -220,14 +220,19 @@ CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
+        # Django's cache API (the API throttles and the login counter; orders/cache.py uses the raw client) keeps its
+        # keys under this instance's prefix, and a dead Redis makes it miss instead of failing the request.
+        "KEY_PREFIX": ORDERPIPE_PREFIX,
         "OPTIONS": {
             "CLIENT_CLASS": "django_redis.client.DefaultClient",
             # A dead Redis must make the cache miss quickly, never fail or hang a request.
             "SOCKET_CONNECT_TIMEOUT": env_float("REDIS_CONNECT_TIMEOUT", 0.25),
             "SOCKET_TIMEOUT": env_float("REDIS_SOCKET_TIMEOUT", 0.25),
+            "IGNORE_EXCEPTIONS": True,
         },
     }
 }
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
 # Every handshake borrows a connection from the layer's pool; when all are busy it waits up to the timeout, then the
 # socket is closed with 4503 (orders/channel_layer.py). One pool per daphne process.
@@ -303,7 +308,7 @@ LOGIN_FAILURE_LIMIT = env_int("ORDERPIPE_LOGIN_FAILURE_LIMIT", 5)
 LOGIN_FAILURE_WINDOW = env_int("ORDERPIPE_LOGIN_FAILURE_WINDOW", 900)
 
 
-def throttle_rate(name: str, default: str) -> str | None:
+def env_rate(name: str, default: str) -> str | None:
     """A DRF rate (`100/minute`), or `off` for none."""
     raw = env_str(name, default).strip()
     if raw.lower() in {"off", "none", ""}:
@@ -333,9 +338,9 @@ REST_FRAMEWORK = {
     # POST /api/orders/ adds OrderPlacementThrottle (scope "orders") to these.
     "DEFAULT_THROTTLE_CLASSES": ["orders.throttles.AnonThrottle", "orders.throttles.UserThrottle"],
     "DEFAULT_THROTTLE_RATES": {
-        "anon": throttle_rate("ORDERPIPE_THROTTLE_ANON", "120/minute"),
-        "user": throttle_rate("ORDERPIPE_THROTTLE_USER", "600/minute"),
-        "orders": throttle_rate("ORDERPIPE_THROTTLE_ORDERS", "30/minute"),
+        "anon": env_rate("ORDERPIPE_THROTTLE_ANON", "120/minute"),
+        "user": env_rate("ORDERPIPE_THROTTLE_USER", "600/minute"),
+        "orders": env_rate("ORDERPIPE_THROTTLE_ORDERS", "30/minute"),
     },
     "NUM_PROXIES": env_int("ORDERPIPE_NUM_PROXIES", 0),
     "EXCEPTION_HANDLER": "orders.api_errors.exception_handler",

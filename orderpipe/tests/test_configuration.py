@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 READERS = ["orderpipe/settings.py", "gunicorn.conf.py"]
-ENV_HELPERS = {"env_str", "env_bool", "env_int", "env_float", "env_list"}
+ENV_HELPERS = {"env_str", "env_bool", "env_int", "env_float", "env_list", "env_rate"}
 
 
 def _is_os_environ(node: ast.expr) -> bool:
