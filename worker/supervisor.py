@@ -297,3 +297,7 @@ class Supervisor:
                 proc.kill()
                 proc.wait()
             self._record(program, State.STOPPED, last_exit=describe_exit(proc.returncode))
+        stopped = {program.name for program, _proc in running}
+        for program in self.programs.values():  # crashed (waiting for a restart, or not yet reaped): they stay down
+            if program.name not in stopped:
+                self._record(program, State.STOPPED)

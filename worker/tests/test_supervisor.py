@@ -45,8 +45,11 @@ def alive(pid: int | None) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A child the supervisor has not reaped yet is a zombie: dead for our purposes.
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    # A child the supervisor has not reaped yet is a zombie: dead for our purposes. (It may also be gone by now.)
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
 
 
 def cmdline(pid: int) -> list[str]:
