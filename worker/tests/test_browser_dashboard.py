@@ -118,7 +118,7 @@ def test_settings_are_shared_live_between_pages(web, browser, staff):
     try:
         # A change on one page appears on the other without a reload: the form, the banner and the control feed.
         assert apply_settings(first, **{"Decline rate": "0.5"}) == {"decline_rate": 0.5}
-        second.wait_for_function("document.getElementById('sandbox-decline-rate').value === '0.5'")
+        second.wait_for_function("() => document.getElementById('sandbox-decline-rate').value === '0.5'")
         second.locator("#fault-banner", has_text="decline rate 0.5").wait_for()
         second.locator("#control-log li", has_text="decline_rate 0 → 0.5").filter(has_text="browser-staff").wait_for()
 
@@ -153,7 +153,7 @@ def test_settings_are_shared_live_between_pages(web, browser, staff):
         first.get_by_role("button", name="Restore defaults").click()
         second.locator("#fault-banner").wait_for(state="hidden")
         first.locator("#fault-banner").wait_for(state="hidden")
-        second.wait_for_function("document.getElementById('sandbox-decline-rate').value === '0'")
+        second.wait_for_function("() => document.getElementById('sandbox-decline-rate').value === '0'")
         settings = SandboxSettings.load()
         assert (settings.decline_rate, settings.step_delay_ms) == (0.0, 0)
     finally:
