@@ -26,6 +26,14 @@ def all_terminal(ids) -> bool:
     return Order.objects.filter(pk__in=ids, status__in=TERMINAL).count() == len(ids)
 
 
+def gateway_charged_twice(ids: list) -> int:
+    """What the payment provider holds: charges beyond one per order (0 whatever the kills hit)."""
+    charges = (
+        GatewayCharge.objects.filter(order_ref__in=[str(pk) for pk in ids]).values("order_ref").annotate(n=Count("id"))
+    )
+    return sum(row["n"] - 1 for row in charges)
+
+
 def test_sigkill_chaos_loses_no_order_and_charges_none_twice(tmp_path, broker):
     seed = int(os.environ.get("CHAOS_SEED", random.randrange(1_000_000)))
     rng = random.Random(seed)
@@ -61,11 +69,7 @@ def test_sigkill_chaos_loses_no_order_and_charges_none_twice(tmp_path, broker):
     failed = Order.objects.filter(pk__in=ids, status=OrderStatus.FAILED)
     per_order = Payment.objects.filter(order_id__in=ids).values("order_id").annotate(n=Count("id"))
     duplicate_payments = sum(row["n"] - 1 for row in per_order)
-    # What the payment provider holds: at most one charge per order, whatever the kills hit.
-    charges = (
-        GatewayCharge.objects.filter(order_ref__in=[str(pk) for pk in ids]).values("order_ref").annotate(n=Count("id"))
-    )
-    duplicate_charges = sum(row["n"] - 1 for row in charges)
+    duplicate_charges = gateway_charged_twice(ids)
     lost = len(ids) - Order.objects.filter(pk__in=ids, status__in=TERMINAL).count()
     print(
         f"\nchaos: seed={seed} orders={len(ids)} kills={kills} redeliveries={redeliveries} "
@@ -237,6 +241,7 @@ def test_relay_and_worker_sigkills_lose_nothing_and_process_nothing_twice(tmp_pa
     )
     per_order = Payment.objects.filter(order_id__in=ids).values("order_id").annotate(n=Count("id"))
     duplicate_payments = sum(row["n"] - 1 for row in per_order)
+    duplicate_charges = gateway_charged_twice(ids)
     lost = len(ids) - Order.objects.filter(pk__in=ids, status__in=TERMINAL).count()
     completed = Order.objects.filter(pk__in=ids, status=OrderStatus.COMPLETED)
     print(
@@ -248,13 +253,15 @@ def test_relay_and_worker_sigkills_lose_nothing_and_process_nothing_twice(tmp_pa
         f" resent_by_sweeper={events.filter(kind=EventKind.RESENT).count()}"
         f" completed={completed.count()}"
         f" failed={Order.objects.filter(pk__in=ids, status=OrderStatus.FAILED).count()}"
-        f" duplicates_processed={processed_twice} duplicate_payments={duplicate_payments} lost={lost}"
+        f" duplicates_processed={processed_twice} duplicate_payments={duplicate_payments}"
+        f" duplicate_gateway_charges={duplicate_charges} lost={lost}"
     )
     assert kills["relay_claimed"] == kills["relay_published"] == 3
     assert duplicates_published > 0  # each "published" crash had a confirmed batch in hand
     assert lost == 0
     assert processed_twice == 0
     assert duplicate_payments == 0
+    assert duplicate_charges == 0
     assert Payment.objects.filter(order__in=completed).count() == completed.count()
     for product in products:
         sold = OrderLine.objects.filter(product=product, order__in=completed).aggregate(q=Sum("quantity"))["q"] or 0
