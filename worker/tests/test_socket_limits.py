@@ -31,7 +31,7 @@ class PatientDaphne(Web):
 
 
 def logged_in_cookie() -> tuple[str, int]:
-    user = get_user_model().objects.create_user(username="watcher", password="x")
+    user = get_user_model().objects.create_user(username="watcher", password="x", is_staff=True)
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}", user.pk
