@@ -39,6 +39,13 @@ class QueueSnapshot(TypedDict, total=False):
     outbox_id: int
     retries: int
     note: str
+    # Where the message is handed on to, at a retry or a dead letter (worker/processing.py builds these).
+    from_queue: str
+    ttl_ms: int
+    back_at: str
+    headers: dict[str, str]
+    watched_via: str
+    delivery_limit: int
 
 
 class Snapshot(TypedDict):

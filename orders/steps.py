@@ -316,29 +316,30 @@ class Pipeline:
         cache_after_commit([transition])
         return transition
 
-    def retry_scheduled(self, order_id: uuid.UUID, text: str, message: Carrier) -> Transition | None:
-        """A transient failure the caller will retry: the order waits as `retrying`, keeping its finished steps."""
-        return self._mark(order_id, OrderStatus.RETRYING, EventKind.RETRY_SCHEDULED, text, "", message)
+    # The three below record where the message goes next, not where it came from: the caller (the transport side)
+    # knows the delay queue or dead-letter queue it hands the message on to, and passes that queue's snapshot.
 
-    def gave_up(self, order_id: uuid.UUID, reason: str, text: str, message: Carrier) -> Transition | None:
+    def retry_scheduled(self, order_id: uuid.UUID, text: str, queue: QueueSnapshot) -> Transition | None:
+        """A transient failure the caller will retry: the order waits as `retrying`, keeping its finished steps."""
+        return self._mark(order_id, OrderStatus.RETRYING, EventKind.RETRY_SCHEDULED, text, "", queue)
+
+    def gave_up(self, order_id: uuid.UUID, reason: str, text: str, queue: QueueSnapshot) -> Transition | None:
         """The last retry failed: the order is `dead_lettered` (with its finished steps) until someone replays it."""
-        return self._mark(order_id, OrderStatus.DEAD_LETTERED, EventKind.DEAD_LETTERED, text, reason, message)
+        return self._mark(order_id, OrderStatus.DEAD_LETTERED, EventKind.DEAD_LETTERED, text, reason, queue)
 
     def _mark(
-        self, order_id: uuid.UUID, status: OrderStatus, kind: EventKind, text: str, reason: str, message: Carrier
+        self, order_id: uuid.UUID, status: OrderStatus, kind: EventKind, text: str, reason: str, queue: QueueSnapshot
     ) -> Transition | None:
         with transaction.atomic():
             order = _locked(order_id)
             if order.status != OrderStatus.PROCESSING:
                 return None
             changes = {"failure_reason": reason} if reason else {}
-            transition = transition_order(
-                order, to=status, kind=kind, message=text, queue=message.snapshot(), **changes
-            )
+            transition = transition_order(order, to=status, kind=kind, message=text, queue=queue, **changes)
         cache_after_commit([transition])
         return transition
 
-    def dead_lettered_by_broker(self, order_id: uuid.UUID, reason: str, message: Carrier) -> Transition | None:
+    def dead_lettered_by_broker(self, order_id: uuid.UUID, reason: str, queue: QueueSnapshot) -> Transition | None:
         """The broker dead-lettered the order's message by itself (its delivery limit: it crashed workers
         repeatedly). Mark the order `dead_lettered` so it shows up for replay."""
         with transaction.atomic():
@@ -353,7 +354,7 @@ class Pipeline:
                 to=OrderStatus.DEAD_LETTERED,
                 kind=EventKind.DEAD_LETTERED,
                 message=f"Dead-lettered by RabbitMQ: {reason}. Replay it once the fault is fixed.",
-                queue=message.snapshot(),
+                queue=queue,
                 failure_reason=reason,
             )
         cache_after_commit([transition])

@@ -7,7 +7,7 @@ import pytest
 import redis
 from django.db import IntegrityError
 
-from orders.models import Order, OrderStatus, OrderStep, Payment, WorkerHeartbeat
+from orders.models import EventKind, Order, OrderEvent, OrderStatus, OrderStep, Payment, WorkerHeartbeat
 from orders.steps import STEPS
 from worker.consumer import Worker
 from worker.relay import relay_once
@@ -113,6 +113,15 @@ def test_a_step_that_raises_settles_its_message_and_the_worker_carries_on(
     bad.refresh_from_db()
     assert bad.failure_reason.startswith("delivery limit reached")
     assert bad.step == OrderStep.INVENTORY_RESERVED  # the finished step stays; a replay resumes after it
+    # The journey's last step names where the message is: parked in the dead-letter queue, with the broker's reason;
+    # and every delivery before it (the returns too) knew the depth of its queue.
+    events = list(OrderEvent.objects.filter(order=bad).order_by("seq"))
+    dead = events[-1].snapshot["queue"]
+    assert dead["queue"] == topo.dead_queue and dead["watched_via"] == topo.dead_watch_queue
+    assert dead["headers"]["x-first-death-reason"] == "delivery_limit"
+    assert dead["from_queue"] == topo.process_queue and dead["delivery_limit"] == topo.delivery_limit
+    returns = [e for e in events if e.kind in (EventKind.RECEIVED, EventKind.REDELIVERED)]
+    assert len(returns) > 1 and all(isinstance(e.snapshot["queue"]["queue_ready"], int) for e in returns)
     assert not Payment.objects.filter(order=bad).exists()
 
     def ready(queue: str) -> int:
