@@ -107,14 +107,16 @@ class Delivery:
             f"it back to the main queue (retry {retries})"
         )
         snap.update(
-            exchange="",
-            routing_key=tier.queue,
-            queue=tier.queue,
-            queue_ready=self.depths.get(tier.queue),
-            from_queue=self.queue,
-            ttl_ms=tier.delay_ms,
-            back_at=back_at.isoformat(),
-            retries=retries,
+            QueueSnapshot(
+                exchange="",
+                routing_key=tier.queue,
+                queue=tier.queue,
+                queue_ready=self.depths.get(tier.queue),
+                from_queue=self.queue,
+                ttl_ms=tier.delay_ms,
+                back_at=back_at.isoformat(),
+                retries=retries,
+            )
         )
         return snap
 
@@ -123,13 +125,15 @@ class Delivery:
         with the reason in its header."""
         snap = self.snapshot("published to the dead-letter exchange after this commit, then acked; replayable")
         snap.update(
-            exchange=topo.dead_letter_exchange,
-            routing_key=self.routing_key,
-            queue=topo.dead_queue,
-            queue_ready=self.depths.get(topo.dead_queue),
-            from_queue=self.queue,
-            headers={REASON_HEADER: reason[:1000]},
-            retries=self.retries,
+            QueueSnapshot(
+                exchange=topo.dead_letter_exchange,
+                routing_key=self.routing_key,
+                queue=topo.dead_queue,
+                queue_ready=self.depths.get(topo.dead_queue),
+                from_queue=self.queue,
+                headers={REASON_HEADER: reason[:1000]},
+                retries=self.retries,
+            )
         )
         return snap
 
@@ -138,17 +142,19 @@ class Delivery:
         parked in the dead-letter queue, and the broker's x-first-death-* headers say why and from where."""
         snap = self.snapshot("the broker dead-lettered it; a copy reached the watch queue, the original is parked")
         snap.update(
-            exchange=topo.dead_letter_exchange,
-            queue=topo.dead_queue,
-            queue_ready=self.depths.get(topo.dead_queue),
-            from_queue=str(self.headers.get("x-first-death-queue") or ""),
-            watched_via=self.queue,
-            delivery_limit=topo.delivery_limit,
-            headers={
-                name: str(self.headers[name])
-                for name in ("x-first-death-reason", "x-first-death-queue", "x-first-death-exchange")
-                if name in self.headers
-            },
+            QueueSnapshot(
+                exchange=topo.dead_letter_exchange,
+                queue=topo.dead_queue,
+                queue_ready=self.depths.get(topo.dead_queue),
+                from_queue=str(self.headers.get("x-first-death-queue") or ""),
+                watched_via=self.queue,
+                delivery_limit=topo.delivery_limit,
+                headers={
+                    name: str(self.headers[name])
+                    for name in ("x-first-death-reason", "x-first-death-queue", "x-first-death-exchange")
+                    if name in self.headers
+                },
+            )
         )
         if self.retries:
             snap["retries"] = self.retries
