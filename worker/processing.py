@@ -141,6 +141,8 @@ class Delivery:
         """A message the broker dead-lettered by itself, seen through its copy in the watch queue: the original is
         parked in the dead-letter queue, and the broker's x-first-death-* headers say why and from where."""
         snap = self.snapshot("the broker dead-lettered it; a copy reached the watch queue, the original is parked")
+        # The tag, redelivered flag and count are the watch copy's own, not the parked message's: left out.
+        del snap["delivery_tag"], snap["redelivered"], snap["delivery_count"]
         snap.update(
             QueueSnapshot(
                 exchange=topo.dead_letter_exchange,
