@@ -321,7 +321,8 @@ class Pipeline:
             if order.step != OrderStep.NONE:
                 for line in sorted(order.lines.all(), key=lambda item: item.product_id):
                     stock = change_stock(line.product_id, line.quantity)
-                    assert stock is not None  # adding never goes below zero
+                    # Adding cannot fail the check, and a line's product cannot be deleted (PROTECT).
+                    assert stock is not None
                     rows.append(product_row(line.product_id, line.sku, stock, line.quantity))
                 released = " Reserved stock released."
             transition = transition_order(
