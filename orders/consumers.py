@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from orders import live, selectors, sockets
+from orders import live, sandbox, selectors, sockets
 from orders.access import can_control, can_watch
 from orders.broadcaster import broadcaster
 from orders.models import Order
@@ -220,6 +220,13 @@ def pipeline_snapshot() -> dict[str, Any]:
     }
 
 
+FAULTS_EVERY_SECONDS = 1.0
+
+
+def active_faults() -> list[str]:
+    return sandbox.active_faults(sandbox.reader.get())
+
+
 def journey_snapshot(order_id: uuid.UUID) -> dict[str, Any] | None:
     try:
         order = Order.objects.prefetch_related("lines").get(pk=order_id)
@@ -248,17 +255,39 @@ class JourneyConsumer(LiveConsumer):
             await asyncio.sleep(live.WATCH_TTL_SECONDS / 3)
             await database_sync_to_async(live.watch_order)(self.order_id)
 
+    async def _watch_faults(self, shown: list[str]) -> None:
+        """The page's fault banner, kept live: the faults on, sent whenever they change. Read through the process's
+        sandbox reader (one query a second per process, however many journeys are open) rather than by joining the
+        pipeline group, whose dashboard-sized batches every journey socket would then receive."""
+        while True:
+            await asyncio.sleep(FAULTS_EVERY_SECONDS)
+            try:
+                active = await database_sync_to_async(active_faults)()
+            except DatabaseError as exc:  # the banner stays as it was until the database answers
+                log.warning("journey socket: sandbox settings not read: %s", exc)
+                continue
+            if active != shown:
+                shown = active
+                await self.send_json({"type": "sandbox", "active_faults": active})
+
     async def disconnect(self, code: int) -> None:
-        task = getattr(self, "keep_watching", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for name in ("keep_watching", "watch_faults"):
+            task = getattr(self, name, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await super().disconnect(code)
 
     async def send_snapshot(self) -> None:
         snapshot = await database_sync_to_async(journey_snapshot)(self.order_id)
-        await self.send_json({"type": "snapshot", **(snapshot or {"order": None, "events": []})})
+        message: dict[str, Any] = {"type": "snapshot", **(snapshot or {"order": None, "events": []})}
+        if settings.ORDERPIPE_SANDBOX:
+            faults = await database_sync_to_async(active_faults)()
+            message["active_faults"] = faults
+            if getattr(self, "watch_faults", None) is None:
+                self.watch_faults = asyncio.ensure_future(self._watch_faults(faults))
+        await self.send_json(message)
 
     async def order_events(self, message: dict[str, Any]) -> None:
         await self.send_json({"type": "events", "events": message["events"]})

@@ -36,7 +36,8 @@ def _render(statement: sql.Composable) -> str:
 
 
 # The whole acceptance in one statement, so one round trip: the order, its lines, the outbox message, the first
-# journey event (which names the outbox id, known only here) and the NOTIFY. A single statement is a transaction of
+# journey event (which names the outbox id, known only here, in its message, its queue part and the outbox row of its
+# db part: the snapshot's first row) and the NOTIFY. A single statement is a transaction of
 # its own, or part of the caller's if there is one (the idempotent path adds its key in the same transaction); the
 # NOTIFY is delivered at commit, and only if it commits. Foreign keys are checked at commit (Django declares them
 # DEFERRABLE INITIALLY DEFERRED), after every row exists. Each line's id is drawn from its sequence beside its
@@ -66,7 +67,8 @@ WITH line_input AS MATERIALIZED (
 ), accepted AS (
     INSERT INTO {event} (order_id, seq, kind, at, message, snapshot)
     SELECT %(id)s, 1, %(kind)s, %(now)s, %(message)s || new_outbox.id || '.',
-           jsonb_set(%(snapshot)s::jsonb, '{{queue,outbox_id}}', to_jsonb(new_outbox.id))
+           jsonb_set(jsonb_set(%(snapshot)s::jsonb, '{{queue,outbox_id}}', to_jsonb(new_outbox.id)),
+                     '{{db,rows,0,id}}', to_jsonb(new_outbox.id::text))
     FROM new_outbox
     RETURNING id
 )

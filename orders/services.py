@@ -19,9 +19,11 @@ from django.utils import timezone
 from orders import cache, journal
 from orders.events import (
     QueueSnapshot,
+    RowSnapshot,
     attach_cache_state,
     count_on_commit,
     make_snapshot,
+    outbox_row,
     record_event_reference,
     stored_event,
 )
@@ -83,6 +85,7 @@ def order_create_reference(*, customer_email: str, items: list[dict[str, Any]], 
             f"Accepted by the API: {len(items)} line(s), total {total}. Stored with outbox message #{outbox.id}.",
             queue={"note": "not published yet: waiting in the outbox table", "outbox_id": outbox.id},
             cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"},
+            rows=[outbox_row(outbox)],
         )
         with connection.cursor() as cursor:
             # Delivered at commit, and only if the transaction commits.
@@ -122,8 +125,13 @@ def order_create(
     queue: QueueSnapshot = {
         "note": "not published yet: waiting in the outbox table"
     }  # + outbox_id, filled in by the statement
+    # The outbox row's id is drawn by the statement, which fills it in here and in queue.outbox_id.
+    outbox_snapshot = outbox_row(outbox)
     snapshot = make_snapshot(
-        order, queue=queue, cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"}
+        order,
+        queue=queue,
+        cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"},
+        rows=[outbox_snapshot],
     )
     message = f"Accepted by the API: {len(items)} line(s), total {total}. Stored with outbox message #"
     accepted = journal.accept(
@@ -134,6 +142,7 @@ def order_create(
     # As if read back: saving them again would update, not insert.
     order = attach_lines(journal.loaded(order), [journal.loaded(line) for line in lines])
     queue["outbox_id"] = accepted.outbox_id
+    outbox_snapshot["id"] = str(accepted.outbox_id)
     event = stored_event(
         order,
         pk=accepted.event_id,
@@ -177,6 +186,7 @@ def transition_reference(
     kind: EventKind,
     message: str,
     queue: QueueSnapshot | dict[str, Any] | None = None,
+    rows: list[RowSnapshot] | None = None,
     **changes: Any,
 ) -> Transition:
     """Move a locked order to `to` and record the event, the readable way: a guarded ORM update, then the event.
@@ -192,7 +202,7 @@ def transition_reference(
     order.status, order.version, order.updated_at = to, order.version + 1, now
     for name, value in changes.items():
         setattr(order, name, value)
-    event = record_event_reference(order, kind, message, queue=queue)
+    event = record_event_reference(order, kind, message, queue=queue, rows=rows)
     return Transition(order=order, event=event)
 
 
@@ -203,12 +213,14 @@ def transition_order(
     kind: EventKind,
     message: str,
     queue: QueueSnapshot | dict[str, Any] | None = None,
+    rows: list[RowSnapshot] | None = None,
     **changes: Any,
 ) -> Transition:
     """Move a locked order to `to` with a guarded UPDATE and record the event (one statement, `journal.transition`).
     Call inside a transaction with the row locked; `changes` are plain values (the lock makes read-modify-write
-    safe). Raises InvalidTransition when the table of allowed transitions forbids it or the row changed under us.
-    `transition_reference` is the same, written the readable way."""
+    safe); `rows` are the other rows the step wrote, for the event's snapshot. Raises InvalidTransition when the
+    table of allowed transitions forbids it or the row changed under us. `transition_reference` is the same, written
+    the readable way."""
     if order.status not in allowed_sources(to):
         raise InvalidTransition(f"{order.status} -> {to} is not an allowed transition")
     now = timezone.now()
@@ -217,7 +229,7 @@ def transition_order(
     order.status, order.version, order.updated_at = to, order.version + 1, now
     for name, value in changes.items():
         setattr(order, name, value)
-    snapshot = make_snapshot(order, queue=queue)
+    snapshot = make_snapshot(order, queue=queue, rows=rows)
     row = journal.transition(
         order.pk,
         from_status=str(before["status"]),

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
+from psycopg import sql
 
 from orders import gateway, notifications, sandbox
-from orders.events import QueueSnapshot, record_event
+from orders.events import QueueSnapshot, RowSnapshot, notification_row, payment_row, product_row, record_event
 from orders.failures import FaultInjector, Interrupted, OutOfStock, PermanentFailure, TransientFailure
 from orders.gateway import Gateway
 from orders.models import EventKind, Notification, Order, OrderLine, OrderStatus, OrderStep, Payment, Product
@@ -63,13 +63,13 @@ class Seams:
 
 @dataclass(frozen=True)
 class Done:
-    """What a step's effect did: the event's message, the order's new status and fields, and any work that must
-    come last before the commit."""
+    """What a step's effect did: the event's message, the order's new status and fields, and the other rows it
+    wrote as it left them."""
 
     message: str
     to: OrderStatus = OrderStatus.PROCESSING
     changes: dict[str, Any] = field(default_factory=dict)
-    last: Callable[[], None] | None = None
+    rows: list[RowSnapshot] = field(default_factory=list)  # the other rows it wrote, for the event's snapshot
 
 
 @dataclass(frozen=True)
@@ -91,21 +91,34 @@ class Step:
 
 def reserve_inventory(order: Order, seams: Seams, _: Any) -> Done:
     """Decrement stock for every line, all or nothing. Out of stock is permanent."""
-
-    def take_stock() -> None:
-        # Lock products in a fixed order so two orders for the same products cannot deadlock. Out of stock rolls
-        # the whole step back with the decrements before it.
-        for line in sorted(order.lines.all(), key=lambda item: item.product_id):
-            taken = Product.objects.filter(pk=line.product_id, stock__gte=line.quantity).update(
-                stock=F("stock") - line.quantity
-            )
-            if not taken:
-                raise OutOfStock(f"out of stock: {line.sku} (wanted {line.quantity})")
-
+    # Lock products in a fixed order so two orders for the same products cannot deadlock. Out of stock rolls the
+    # whole step back with the decrements before it. Each decrement returns the stock it left, for the snapshot;
+    # the row locks are then held until the commit, one statement (the order's transition) longer than if the
+    # decrements came last: the price of showing the stock as this step left it without a query more.
+    rows = []
+    for line in sorted(order.lines.all(), key=lambda item: item.product_id):
+        stock = change_stock(line.product_id, -line.quantity)
+        if stock is None:
+            raise OutOfStock(f"out of stock: {line.sku} (wanted {line.quantity})")
+        rows.append(product_row(line.product_id, line.sku, stock, -line.quantity))
     reserved = ", ".join(f"{line.quantity} × {line.sku}" for line in order.lines.all())
-    # The decrements come last, just before the commit: every order for a product waits on its row lock, so it is
-    # held for as short a time as possible.
-    return Done(message=f"Reserved {reserved}.", last=take_stock)
+    return Done(message=f"Reserved {reserved}.", rows=rows)
+
+
+_CHANGE_STOCK = (
+    sql.SQL("UPDATE {} SET stock = stock + %(change)s WHERE id = %(id)s AND stock + %(change)s >= 0 RETURNING stock")
+    .format(sql.Identifier(Product._meta.db_table))
+    .as_string()
+)
+
+
+def change_stock(product_id: int, change: int) -> int | None:
+    """Add `change` (negative: take) to a product's stock unless that would make it negative; returns the stock it
+    left, or None when there was not enough. One statement: the ORM's update() cannot return the new value."""
+    with connection.cursor() as cursor:
+        cursor.execute(_CHANGE_STOCK, {"change": change, "id": product_id})
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def call_gateway(order: Order, seams: Seams) -> str:
@@ -116,16 +129,16 @@ def call_gateway(order: Order, seams: Seams) -> str:
 
 
 def record_payment(order: Order, seams: Seams, reference: str) -> Done:
-    Payment.objects.create(order=order, amount=order.total, gateway_reference=reference)
-    return Done(message=f"Charged {order.total} (gateway reference {reference}).")
+    payment = Payment.objects.create(order=order, amount=order.total, gateway_reference=reference)
+    return Done(message=f"Charged {order.total} (gateway reference {reference}).", rows=[payment_row(payment)])
 
 
 def notify_customer(order: Order, seams: Seams, _: Any) -> Done:
     # Sent inside the transaction: if the commit then fails, the retry sends it again (at least once), which for a
     # confirmation email is the right side to err on.
     subject, body = seams.notify(order)
-    Notification.objects.create(order=order, recipient=order.customer_email, subject=subject, body=body)
-    return Done(message=f"Emailed {order.customer_email}: “{subject}”.")
+    notification = Notification.objects.create(order=order, recipient=order.customer_email, subject=subject, body=body)
+    return Done(message=f"Emailed {order.customer_email}: “{subject}”.", rows=[notification_row(notification)])
 
 
 def complete(order: Order, seams: Seams, _: Any) -> Done:
@@ -254,10 +267,14 @@ class Pipeline:
             done = step.effect(order, self.seams, prepared)
             changes = done.changes if step.then is None else {"step": step.then, **done.changes}
             transition = transition_order(
-                order, to=done.to, kind=step.kind, message=done.message, queue=message.snapshot(), **changes
+                order,
+                to=done.to,
+                kind=step.kind,
+                message=done.message,
+                queue=message.snapshot(),
+                rows=done.rows,
+                **changes,
             )
-            if done.last is not None:
-                done.last()
             if step.crash_point:
                 # A crash here rolls the step back (stock, payment row, notification): the redelivery redoes it once.
                 self.seams.faults.maybe_crash(step.name)
@@ -300,10 +317,13 @@ class Pipeline:
             order = _locked(order_id)
             if order.status != OrderStatus.PROCESSING:
                 return None
-            released = ""
+            released, rows = "", []
             if order.step != OrderStep.NONE:
                 for line in sorted(order.lines.all(), key=lambda item: item.product_id):
-                    Product.objects.filter(pk=line.product_id).update(stock=F("stock") + line.quantity)
+                    stock = change_stock(line.product_id, line.quantity)
+                    # Adding cannot fail the check, and a line's product cannot be deleted (PROTECT).
+                    assert stock is not None
+                    rows.append(product_row(line.product_id, line.sku, stock, line.quantity))
                 released = " Reserved stock released."
             transition = transition_order(
                 order,
@@ -311,34 +331,36 @@ class Pipeline:
                 kind=EventKind.FAILED,
                 message=f"Failed: {reason}.{released}",
                 queue=message.snapshot(),
+                rows=rows,
                 failure_reason=reason,
             )
         cache_after_commit([transition])
         return transition
 
-    def retry_scheduled(self, order_id: uuid.UUID, text: str, message: Carrier) -> Transition | None:
-        """A transient failure the caller will retry: the order waits as `retrying`, keeping its finished steps."""
-        return self._mark(order_id, OrderStatus.RETRYING, EventKind.RETRY_SCHEDULED, text, "", message)
+    # The three below record where the message goes next, not where it came from: the caller (the transport side)
+    # knows the delay queue or dead-letter queue it hands the message on to, and passes that queue's snapshot.
 
-    def gave_up(self, order_id: uuid.UUID, reason: str, text: str, message: Carrier) -> Transition | None:
+    def retry_scheduled(self, order_id: uuid.UUID, text: str, queue: QueueSnapshot) -> Transition | None:
+        """A transient failure the caller will retry: the order waits as `retrying`, keeping its finished steps."""
+        return self._mark(order_id, OrderStatus.RETRYING, EventKind.RETRY_SCHEDULED, text, "", queue)
+
+    def gave_up(self, order_id: uuid.UUID, reason: str, text: str, queue: QueueSnapshot) -> Transition | None:
         """The last retry failed: the order is `dead_lettered` (with its finished steps) until someone replays it."""
-        return self._mark(order_id, OrderStatus.DEAD_LETTERED, EventKind.DEAD_LETTERED, text, reason, message)
+        return self._mark(order_id, OrderStatus.DEAD_LETTERED, EventKind.DEAD_LETTERED, text, reason, queue)
 
     def _mark(
-        self, order_id: uuid.UUID, status: OrderStatus, kind: EventKind, text: str, reason: str, message: Carrier
+        self, order_id: uuid.UUID, status: OrderStatus, kind: EventKind, text: str, reason: str, queue: QueueSnapshot
     ) -> Transition | None:
         with transaction.atomic():
             order = _locked(order_id)
             if order.status != OrderStatus.PROCESSING:
                 return None
-            changes = {"failure_reason": reason} if reason else {}
-            transition = transition_order(
-                order, to=status, kind=kind, message=text, queue=message.snapshot(), **changes
-            )
+            changes: dict[str, Any] = {"failure_reason": reason} if reason else {}
+            transition = transition_order(order, to=status, kind=kind, message=text, queue=queue, **changes)
         cache_after_commit([transition])
         return transition
 
-    def dead_lettered_by_broker(self, order_id: uuid.UUID, reason: str, message: Carrier) -> Transition | None:
+    def dead_lettered_by_broker(self, order_id: uuid.UUID, reason: str, queue: QueueSnapshot) -> Transition | None:
         """The broker dead-lettered the order's message by itself (its delivery limit: it crashed workers
         repeatedly). Mark the order `dead_lettered` so it shows up for replay."""
         with transaction.atomic():
@@ -353,7 +375,7 @@ class Pipeline:
                 to=OrderStatus.DEAD_LETTERED,
                 kind=EventKind.DEAD_LETTERED,
                 message=f"Dead-lettered by RabbitMQ: {reason}. Replay it once the fault is fixed.",
-                queue=message.snapshot(),
+                queue=queue,
                 failure_reason=reason,
             )
         cache_after_commit([transition])

@@ -144,10 +144,13 @@ class Worker:
         self.channel.basic_qos(prefetch_count=self.prefetch)
         # Retries and dead letters are published on their own confirm channel, from this thread only.
         self.publisher = Publisher(self.connection, self.topology)
+        # Observed once before consuming: the first deliveries after a (re)connect, often redeliveries, would
+        # otherwise carry no queue depths until the first periodic observation a second later.
+        self.monitor = QueueMonitor(self.connection, self.topology)
+        self.monitor.observe()
         self.channel.basic_consume(self.topology.dead_watch_queue, self._on_dead_letter)
         self.consumer_tag = None
         self._apply_pause()
-        self.monitor = QueueMonitor(self.connection, self.topology)
         log.info("worker %s consuming %s (prefetch %d)", self.name, self.topology.process_queue, self.prefetch)
 
     def _consume_until_stopped(self) -> None:
@@ -201,7 +204,7 @@ class Worker:
             queue=queue,
             message_id=props.message_id or "",
             headers=dict(props.headers or {}),
-            queue_ready=self.monitor.depth(queue) if self.monitor else None,
+            depths=dict(self.monitor.ready) if self.monitor else {},
         )
 
     def _submit(self, channel: BlockingChannel, delivery: Delivery, work: Callable[[Delivery], Verdict | None]) -> None:

@@ -13,8 +13,11 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import Enum
 from typing import Any
+
+from django.utils import timezone
 
 from orders.events import QueueSnapshot
 from orders.failures import Interrupted as Interrupted  # re-exported: the consumer catches it by this name
@@ -23,7 +26,7 @@ from orders.notifications import Notifier, send_confirmation
 from orders.services import MESSAGE_VERSION, Transition
 from orders.steps import Ended, Pipeline, Seams, UnknownOrder
 from worker.faults import Faults
-from worker.topology import Topology, topology
+from worker.topology import RetryTier, Topology, topology
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,13 @@ class Delivery:
     queue: str = ""
     message_id: str = ""
     headers: dict[str, Any] = field(default_factory=dict)
-    queue_ready: int | None = None
+    # Ready messages per queue, as the worker last observed them (worker/monitor.py), so a snapshot can give the
+    # depth of the queue the message is handed on to, not only of the one it came from.
+    depths: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def queue_ready(self) -> int | None:
+        return self.depths.get(self.queue)
 
     @property
     def delivery_count(self) -> int:
@@ -86,6 +95,71 @@ class Delivery:
             snap["retries"] = self.retries
         if note:
             snap["note"] = note
+        return snap
+
+    def retry_snapshot(self, tier: RetryTier, retries: int) -> QueueSnapshot:
+        """Where the message goes for retry `retries`: the delay queue, its TTL and when it comes back. The copy is
+        published (default exchange, routed by queue name) once the step's commit is done, so "back at" is the
+        earliest time; the delivery it came in stays as `from_queue`."""
+        back_at = timezone.now() + timedelta(milliseconds=tier.delay_ms)
+        snap = self.snapshot(
+            f"republished to the delay queue after this commit, then acked; after its TTL the broker dead-letters "
+            f"it back to the main queue (retry {retries})"
+        )
+        snap.update(
+            QueueSnapshot(
+                exchange="",
+                routing_key=tier.queue,
+                queue=tier.queue,
+                queue_ready=self.depths.get(tier.queue),
+                from_queue=self.queue,
+                ttl_ms=tier.delay_ms,
+                back_at=back_at.isoformat(),
+                retries=retries,
+            )
+        )
+        return snap
+
+    def dead_letter_snapshot(self, topo: Topology, reason: str) -> QueueSnapshot:
+        """Where a message the worker gives up on goes: the dead-letter exchange, parked in the dead-letter queue
+        with the reason in its header."""
+        snap = self.snapshot("published to the dead-letter exchange after this commit, then acked; replayable")
+        snap.update(
+            QueueSnapshot(
+                exchange=topo.dead_letter_exchange,
+                routing_key=self.routing_key,
+                queue=topo.dead_queue,
+                queue_ready=self.depths.get(topo.dead_queue),
+                from_queue=self.queue,
+                headers={REASON_HEADER: reason[:1000]},
+                retries=self.retries,
+            )
+        )
+        return snap
+
+    def broker_dead_letter_snapshot(self, topo: Topology) -> QueueSnapshot:
+        """A message the broker dead-lettered by itself, seen through its copy in the watch queue: the original is
+        parked in the dead-letter queue, and the broker's x-first-death-* headers say why and from where."""
+        snap = self.snapshot("the broker dead-lettered it; a copy reached the watch queue, the original is parked")
+        # The tag, redelivered flag and count are the watch copy's own, not the parked message's: left out.
+        del snap["delivery_tag"], snap["redelivered"], snap["delivery_count"]
+        snap.update(
+            QueueSnapshot(
+                exchange=topo.dead_letter_exchange,
+                queue=topo.dead_queue,
+                queue_ready=self.depths.get(topo.dead_queue),
+                from_queue=str(self.headers.get("x-first-death-queue") or ""),
+                watched_via=self.queue,
+                delivery_limit=topo.delivery_limit,
+                headers={
+                    name: str(self.headers[name])
+                    for name in ("x-first-death-reason", "x-first-death-queue", "x-first-death-exchange")
+                    if name in self.headers
+                },
+            )
+        )
+        if self.retries:
+            snap["retries"] = self.retries
         return snap
 
 
@@ -166,11 +240,14 @@ class Processor:
                 f"Transient failure in '{step}': {exc}. Retry {retries + 1} of {len(tiers)} "
                 f"in {tier.delay_ms / 1000:g} s through {tier.queue}."
             )
-            self.pipeline.retry_scheduled(order_id, message, delivery)
+            self.pipeline.retry_scheduled(order_id, message, delivery.retry_snapshot(tier, retries + 1))
             return Verdict(Action.RETRY, reason=str(exc), retry_queue=tier.queue, retries=retries + 1)
         reason = f"gave up after {len(tiers)} retries: {exc}"
         self.pipeline.gave_up(
-            order_id, reason, f"Dead-lettered: {reason}. Replay it once the fault is fixed.", delivery
+            order_id,
+            reason,
+            f"Dead-lettered: {reason}. Replay it once the fault is fixed.",
+            delivery.dead_letter_snapshot(self.topology, reason),
         )
         return Verdict(Action.DEAD_LETTER, reason=reason)
 
@@ -180,4 +257,6 @@ class Processor:
         order_id = peek_order_id(delivery.body)
         if order_id is None:
             return None
-        return self.pipeline.dead_lettered_by_broker(uuid.UUID(order_id), reason, delivery)
+        return self.pipeline.dead_lettered_by_broker(
+            uuid.UUID(order_id), reason, delivery.broker_dead_letter_snapshot(self.topology)
+        )

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from orders.events import QueueSnapshot, record_event
+from orders.events import QueueSnapshot, outbox_row, record_event
 from orders.models import EventKind, Order, OrderStatus, OutboxMessage
 from orders.services import (
     Transition,
@@ -109,12 +109,17 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None) -> int:
             if order.status == OrderStatus.PENDING:
                 transitions.append(
                     transition_order(
-                        order, to=OrderStatus.QUEUED, kind=EventKind.PUBLISHED, message=message, queue=queue
+                        order,
+                        to=OrderStatus.QUEUED,
+                        kind=EventKind.PUBLISHED,
+                        message=message,
+                        queue=queue,
+                        rows=[outbox_row(row)],
                     )
                 )
             else:
                 # A replayed order is already `queued`; a worker may even have finished it from an earlier copy.
-                record_event(order, EventKind.PUBLISHED, message, queue=queue)
+                record_event(order, EventKind.PUBLISHED, message, queue=queue, rows=[outbox_row(row)])
     cache_after_commit(transitions)
     if failure is not None and not isinstance(failure, PublishFailed):
         raise failure

@@ -27,7 +27,7 @@ JOURNEYS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("move", {"to": OrderStatus.PROCESSING, "kind": EventKind.RECEIVED, "message": "In.", "attempts": 1}),
         ("note", {"kind": EventKind.STEP_WAITING, "message": "Waiting for 'Next step'.", "queue": QUEUE}),
         ("move", {"to": OrderStatus.PROCESSING, "kind": EventKind.INVENTORY_RESERVED, "message": "Reserved.",
-                  "step": OrderStep.INVENTORY_RESERVED}),
+                  "step": OrderStep.INVENTORY_RESERVED, "rows": [events.product_row(1, "BOOK-001", 7, -3)]}),
         ("move", {"to": OrderStatus.COMPLETED, "kind": EventKind.COMPLETED, "message": "Done.",
                   "result": {"payment_reference": "sim_1", "charged": "62.00"}, "completed_at": DONE_AT}),
     ],
@@ -74,6 +74,10 @@ def rows(order: Order) -> dict[str, Any]:
     for event in OrderEvent.objects.filter(order=order).order_by("seq"):
         snapshot = event.snapshot
         snapshot["db"].update(id="<order>", updated_at="<time>")
+        for row in snapshot["db"]["rows"]:
+            if row["table"] == OutboxMessage._meta.db_table:
+                assert row["id"] == str(outbox.id)
+                row["id"] = "<outbox>"
         if "outbox_id" in snapshot["queue"]:
             snapshot["queue"]["outbox_id"] = "<outbox>"
         if "key" in snapshot["cache"]:
@@ -96,6 +100,24 @@ def test_the_fast_and_the_readable_path_leave_identical_rows(name):
     assert fast_rows == readable_rows
     # Not vacuous: every journey step left its event, and the lines are in request order with their own prices.
     assert len(fast_rows["events"]) == 1 + len(JOURNEYS[name])
+    # The accepted event's db part holds the outbox row as it was written (its id filled in by the statement).
+    assert fast_rows["events"][0]["snapshot"]["db"]["rows"] == [
+        {
+            "table": OutboxMessage._meta.db_table,
+            "id": "<outbox>",
+            "fields": {
+                "message_type": "order.placed",
+                "routing_key": "order.placed",
+                "sent_at": None,
+                "publish_attempts": 0,
+                "last_error": "",
+            },
+        }
+    ]
+    if name == "completed":
+        reserved, done = fast_rows["events"][4]["snapshot"]["db"], fast_rows["events"][5]["snapshot"]["db"]
+        assert reserved["rows"] == [events.product_row(1, "BOOK-001", 7, -3)]
+        assert done["completed_at"] == DONE_AT.isoformat() and done["result"]["charged"] == "62.00"
     assert [(line["sku"], line["quantity"], line["unit_price"]) for line in fast_rows["lines"]] == [
         ("MUG-002", 1, Decimal("22.00")),
         ("BOOK-001", 3, Decimal("12.50")),

@@ -1,6 +1,6 @@
 // One order's journey: the timeline of its events and, for the selected one, what PostgreSQL, RabbitMQ and Redis
 // held at that moment (each event's `snapshot`). New events arrive over the order's own WebSocket group.
-import { api, clock, config, el, errorText, openLive, orderUrl, shortId } from "./live.js";
+import { api, clock, config, el, errorText, openLive, orderUrl, shortId, showFaults } from "./live.js";
 
 const $ = (id) => document.getElementById(id);
 const orderId = $("order-id").textContent.trim();
@@ -11,6 +11,9 @@ let selectedSeq = null;
 let followLatest = true;
 
 function onMessage(message) {
+  // The fault banner (templates/base.html) follows the sandbox: the socket sends the faults on, then each change.
+  if (message.active_faults) showFaults(message.active_faults);
+  if (message.type === "sandbox") return;
   if (message.type === "snapshot") {
     order = message.order;
     events = message.events;
@@ -39,9 +42,19 @@ function render() {
   renderStepControl(status);
 }
 
+// The time from the event before to this one, as a learner reads it: "+0.21 s", "+3 min 5 s".
+function gap(event, index) {
+  if (index === 0) return "";
+  const ms = Date.parse(event.at) - Date.parse(events[index - 1].at);
+  if (!(ms >= 0)) return "";
+  if (ms < 1000) return `+${ms} ms`;
+  if (ms < 60_000) return `+${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`;
+  return `+${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`;
+}
+
 function renderTimeline() {
   $("timeline").replaceChildren(
-    ...events.map((event) => {
+    ...events.map((event, index) => {
       const item = el(
         "li",
         {
@@ -55,6 +68,7 @@ function renderTimeline() {
           el("span", { class: "seq", text: `#${event.seq}` }),
           el("span", { class: "label", text: event.label || event.kind }),
           el("span", { class: "time", text: clock(event.at) }),
+          el("span", { class: "gap", title: "since the step before", text: gap(event, index) }),
         ),
       );
       item.querySelector("button").addEventListener("click", () => {
@@ -74,53 +88,121 @@ function row(term, value, cls = "") {
   ];
 }
 
+// The rows of the database panel: the order row (the snapshot's flat fields) and the other rows the step wrote
+// (`db.rows`), each keyed by table and id so the same row can be found at an earlier step.
+const ORDER_FIELDS = ["status", "step", "attempts", "version", "total", "failure_reason", "updated_at", "completed_at"];
+
+function dbRows(snapshot) {
+  const db = snapshot?.db;
+  if (!db) return [];
+  const fields = Object.fromEntries(ORDER_FIELDS.filter((name) => name in db).map((name) => [name, db[name]]));
+  if (db.result) fields.result = db.result;
+  return [{ table: db.table, id: db.id, fields }, ...(db.rows || [])];
+}
+
+// The same row as the latest step before `index` showed it, or null when no earlier step had it.
+function earlier(row, index) {
+  for (let i = index - 1; i >= 0; i -= 1) {
+    const found = dbRows(events[i].snapshot).find((r) => r.table === row.table && r.id === row.id);
+    if (found) return found;
+  }
+  return null;
+}
+
+const shown = (value) =>
+  value === undefined || value === null || value === ""
+    ? "–"
+    : typeof value === "object"
+      ? JSON.stringify(value)
+      : /^\d{4}-\d\d-\d\dT/.test(String(value))
+        ? clock(String(value))
+        : String(value);
+
+function renderDb(event, index) {
+  const items = [];
+  for (const row of dbRows(event.snapshot)) {
+    const before = earlier(row, index);
+    const isOrder = row.table === event.snapshot.db.table && row.id === event.snapshot.db.id;
+    const tag = before === null ? "new row" : isOrder ? "" : "written";
+    items.push(
+      el(
+        "dt",
+        { class: "row-head", "data-table": row.table },
+        el("span", { class: "mono", text: `${row.table} · ${row.id.length > 12 ? `${shortId(row.id)}…` : row.id}` }),
+        tag ? el("span", { class: `tag${before === null ? " new" : ""}`, text: tag }) : "",
+        row.note ? el("span", { class: "tag delta", text: row.note }) : "",
+      ),
+    );
+    for (const [name, value] of Object.entries(row.fields || {})) {
+      const was = before?.fields?.[name];
+      const changed = before !== null && JSON.stringify(was) !== JSON.stringify(value);
+      const cls = [
+        name === "status" ? `status-text s-${value}` : "",
+        changed ? "changed" : "",
+        typeof value === "object" && value ? "mono" : "",
+      ]
+        .filter(Boolean)
+        .join(" ");
+      items.push(
+        el("dt", { text: name.replace(/_/g, " ") }),
+        el("dd", {
+          class: cls,
+          "data-field": `${row.table}.${name}`,
+          title: changed ? `was ${shown(was)} at the step before` : "",
+          text: name === "step" && value === "" ? "(not started)" : shown(value),
+        }),
+      );
+    }
+  }
+  $("panel-db").replaceChildren(...items);
+}
+
 function renderSelected() {
-  const event = events.find((e) => e.seq === selectedSeq);
+  const index = events.findIndex((e) => e.seq === selectedSeq);
+  const event = events[index];
   if (!event) return;
-  $("selected-title").textContent = `#${event.seq} · ${event.label || event.kind} · ${clock(event.at)}`;
+  const since = gap(event, index);
+  $("selected-title").textContent =
+    `#${event.seq} · ${event.label || event.kind} · ${clock(event.at)}${since ? ` · ${since} since #${events[index - 1].seq}` : ""}`;
   $("selected-message").textContent = event.message;
   const snap = event.snapshot || {};
-  const db = snap.db || {};
-  $("panel-db").replaceChildren(
-    ...row("table", db.table, "mono"),
-    ...row("id", db.id ? `${shortId(db.id)}…` : "", "mono"),
-    ...row("status", db.status, `status-text s-${db.status}`),
-    ...row("step", db.step || "(not started)"),
-    ...row("attempts", db.attempts),
-    ...row("version", db.version),
-    ...row("total", db.total),
-    ...row("failure reason", db.failure_reason),
-    ...row("updated at", db.updated_at ? clock(db.updated_at) : ""),
-  );
+  renderDb(event, index);
   const q = snap.queue || {};
   const queueRows = [];
-  if (q.outbox_id !== undefined) queueRows.push(...row("outbox row", `#${q.outbox_id}`, "mono"));
-  if (q.exchange !== undefined) queueRows.push(...row("exchange", q.exchange, "mono"));
-  if (q.routing_key !== undefined) queueRows.push(...row("routing key", q.routing_key, "mono"));
-  if (q.queue !== undefined) queueRows.push(...row("queue", q.queue, "mono"));
-  if (q.message_id !== undefined) queueRows.push(...row("message id", q.message_id, "mono"));
-  if (q.delivery_tag !== undefined) queueRows.push(...row("delivery tag", q.delivery_tag, "mono"));
-  if (q.redelivered !== undefined)
-    queueRows.push(...row("redelivered", q.redelivered ? "yes" : "no", q.redelivered ? "warn" : ""));
-  if (q.delivery_count !== undefined) queueRows.push(...row("delivery count", q.delivery_count));
-  if (q.queue_ready !== undefined) queueRows.push(...row("queue depth (ready)", q.queue_ready));
-  for (const [key, value] of Object.entries(q)) {
-    if (
-      ![
-        "outbox_id",
-        "exchange",
-        "routing_key",
-        "queue",
-        "message_id",
-        "delivery_tag",
-        "redelivered",
-        "delivery_count",
-        "queue_ready",
-        "note",
-      ].includes(key)
-    )
-      queueRows.push(...row(key.replace(/_/g, " "), typeof value === "object" ? JSON.stringify(value) : value, "mono"));
+  const shownKeys = new Set(["note"]);
+  const add = (key, term, value, cls = "") => {
+    shownKeys.add(key);
+    if (q[key] !== undefined) queueRows.push(...row(term, value ?? q[key], cls));
+  };
+  add("outbox_id", "outbox row", `#${q.outbox_id}`, "mono");
+  add("queue", "queue", undefined, "mono");
+  add("from_queue", "taken from", undefined, "mono");
+  add("watched_via", "seen through", undefined, "mono");
+  add("exchange", "exchange", q.exchange === "" ? "(default: routed by queue name)" : q.exchange, "mono");
+  add("routing_key", "routing key", undefined, "mono");
+  add("ttl_ms", "TTL", `${q.ttl_ms / 1000} s`);
+  if (q.back_at !== undefined) {
+    const inMs = Date.parse(q.back_at) - Date.parse(event.at);
+    add("back_at", "back in the main queue", `${clock(q.back_at)} (after ${(inMs / 1000).toFixed(1)} s)`);
   }
+  for (const [name, value] of Object.entries(q.headers || {})) queueRows.push(...row(name, value, "mono header"));
+  shownKeys.add("headers");
+  add("message_id", "message id", undefined, "mono");
+  add("delivery_tag", "delivery tag");
+  add("redelivered", "redelivered", q.redelivered ? "yes" : "no", q.redelivered ? "warn" : "");
+  add("delivery_count", "delivery count");
+  add("delivery_limit", "delivery limit");
+  add("retries", "retries");
+  if ("queue_ready" in q)
+    add(
+      "queue_ready",
+      "queue depth (ready)",
+      q.queue_ready ?? "not observed yet",
+      q.queue_ready === null ? "note" : "",
+    );
+  for (const [key, value] of Object.entries(q))
+    if (!shownKeys.has(key))
+      queueRows.push(...row(key.replace(/_/g, " "), typeof value === "object" ? JSON.stringify(value) : value, "mono"));
   if (q.note) queueRows.push(...row("note", q.note, "note"));
   if (!queueRows.length) queueRows.push(...row("message", "not on the broker at this step", "note"));
   $("panel-queue").replaceChildren(...queueRows);

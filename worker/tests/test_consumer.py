@@ -7,7 +7,18 @@ import pytest
 import redis
 from django.db import IntegrityError
 
-from orders.models import Order, OrderStatus, OrderStep, Payment, WorkerHeartbeat
+from orders.models import (
+    EventKind,
+    Notification,
+    Order,
+    OrderEvent,
+    OrderStatus,
+    OrderStep,
+    OutboxMessage,
+    Payment,
+    Product,
+    WorkerHeartbeat,
+)
 from orders.steps import STEPS
 from worker.consumer import Worker
 from worker.relay import relay_once
@@ -35,6 +46,59 @@ def test_it_consumes_processes_and_acks(broker, place_order, running_worker):
     assert wait_until(lambda: running_worker.processed == 3)
     assert not running_worker.in_flight
     assert wait_until(lambda: WorkerHeartbeat.objects.filter(name="test-worker", processed=3).exists(), 5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_step_snapshots_the_rows_it_wrote_as_it_left_them(broker, place_order, running_worker):
+    first, second = place_order(quantity=2), place_order(quantity=3)
+    relay_once(broker)
+    assert wait_until(lambda: Order.objects.filter(status=OrderStatus.COMPLETED).count() == 2)
+
+    def rows_at(order, kind):
+        event = OrderEvent.objects.filter(order=order, kind=kind).get()
+        return [(row["table"], row["id"], row["fields"]) for row in event.snapshot["db"]["rows"]]
+
+    product = Product.objects.get(sku="BOOK-001")
+    assert product.stock == 10 - 2 - 3
+    # Each order's reservation shows the stock its own decrement left, not today's stock: whichever ran second
+    # saw the other's decrement.
+    seen = {order.pk: rows_at(order, EventKind.INVENTORY_RESERVED) for order in (first, second)}
+    stocks = sorted(fields["stock"] for rows in seen.values() for (_table, _id, fields) in rows)
+    assert stocks in ([5, 8], [5, 7])
+    assert all(rows == [("orders_product", str(product.pk), rows[0][2])] for rows in seen.values())
+
+    for order in (first, second):
+        outbox = OutboxMessage.objects.get(order=order)
+        [(table, pk, accepted)] = rows_at(order, EventKind.ACCEPTED)
+        assert (table, pk, accepted["sent_at"], accepted["publish_attempts"]) == (
+            "orders_outboxmessage",
+            str(outbox.pk),
+            None,
+            0,
+        )
+        [(_table, _pk, published)] = rows_at(order, EventKind.PUBLISHED)
+        assert published["sent_at"] == outbox.sent_at.isoformat() and published["publish_attempts"] == 1
+        payment = Payment.objects.get(order=order)
+        assert rows_at(order, EventKind.PAYMENT_CHARGED) == [
+            (
+                "orders_payment",
+                str(payment.pk),
+                {
+                    "amount": str(payment.amount),
+                    "gateway_reference": payment.gateway_reference,
+                    "created_at": payment.created_at.isoformat(),
+                },
+            )
+        ]
+        notification = Notification.objects.get(order=order)
+        [(table, pk, sent)] = rows_at(order, EventKind.CUSTOMER_NOTIFIED)
+        assert (table, pk, sent["recipient"], sent["subject"]) == (
+            "orders_notification",
+            str(notification.pk),
+            notification.recipient,
+            notification.subject,
+        )
+        assert rows_at(order, EventKind.RECEIVED) == [] and rows_at(order, EventKind.COMPLETED) == []
 
 
 @pytest.mark.django_db(transaction=True)
@@ -113,6 +177,15 @@ def test_a_step_that_raises_settles_its_message_and_the_worker_carries_on(
     bad.refresh_from_db()
     assert bad.failure_reason.startswith("delivery limit reached")
     assert bad.step == OrderStep.INVENTORY_RESERVED  # the finished step stays; a replay resumes after it
+    # The journey's last step names where the message is: parked in the dead-letter queue, with the broker's reason;
+    # and every delivery before it (the returns too) knew the depth of its queue.
+    events = list(OrderEvent.objects.filter(order=bad).order_by("seq"))
+    dead = events[-1].snapshot["queue"]
+    assert dead["queue"] == topo.dead_queue and dead["watched_via"] == topo.dead_watch_queue
+    assert dead["headers"]["x-first-death-reason"] == "delivery_limit"
+    assert dead["from_queue"] == topo.process_queue and dead["delivery_limit"] == topo.delivery_limit
+    returns = [e for e in events if e.kind in (EventKind.RECEIVED, EventKind.REDELIVERED)]
+    assert len(returns) > 1 and all(isinstance(e.snapshot["queue"]["queue_ready"], int) for e in returns)
     assert not Payment.objects.filter(order=bad).exists()
 
     def ready(queue: str) -> int:

@@ -131,7 +131,13 @@ def test_a_declined_payment_fails_and_releases_the_reserved_stock(place_order, p
     product.refresh_from_db()
     assert product.stock == 10
     assert not Payment.objects.exists()
-    assert "Reserved stock released" in OrderEvent.objects.get(order=order, kind="failed").message
+    failed = OrderEvent.objects.get(order=order, kind="failed")
+    assert "Reserved stock released" in failed.message
+    # The journey shows the product row as each step left it: 4 taken, then 4 given back.
+    [reserved] = OrderEvent.objects.get(order=order, kind="inventory_reserved").snapshot["db"]["rows"]
+    [released] = failed.snapshot["db"]["rows"]
+    assert (reserved["fields"]["stock"], reserved["note"]) == (6, "stock -4")
+    assert (released["fields"]["stock"], released["note"]) == (10, "stock +4")
 
 
 @pytest.mark.parametrize(

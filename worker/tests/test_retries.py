@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -20,7 +21,7 @@ from orders.models import (
 )
 from worker.consumer import Worker
 from worker.faults import Faults, NoFaults, TransientFailure
-from worker.processing import REASON_HEADER
+from worker.processing import REASON_HEADER, RETRIES_HEADER
 from worker.relay import relay_once
 from worker.replay import replay_dead_letters
 from worker.tests.processes import wait_until
@@ -114,6 +115,59 @@ def test_an_order_that_keeps_failing_is_dead_lettered_then_replayed(broker, plac
     assert "replayed" in kinds(order)
     assert Payment.objects.filter(order=order).count() == 1
     assert Product.objects.get(sku="BOOK-001").stock == 9
+
+
+def test_the_journey_names_the_delay_queue_at_each_retry_and_the_dead_letter_queue_at_the_end(
+    broker, place_order, start_worker
+):
+    # A real retry: the sandbox's transient failure rate at 1, so every attempt at the first step times out and the
+    # order goes through each delay tier (200/400/800 ms in tests) and is then dead-lettered by the worker.
+    sandbox.sandbox_update(changes={"transient_failure_rate": 1}, via="test")
+    start_worker(Faults(reader=sandbox.SandboxReader(ttl=0)))
+    order = place_order()
+    relay_once(broker)
+    assert wait_until(lambda: status_of(order) == OrderStatus.DEAD_LETTERED, 30)
+    topo = broker.topology
+    tiers = topo.retry_tiers
+    events = list(OrderEvent.objects.filter(order=order).order_by("seq"))
+    worker_events = [e for e in events if e.kind not in (EventKind.ACCEPTED, EventKind.PUBLISHED)]
+    # The depth of the queue named is known at every step the worker records, the first delivery included.
+    assert all(isinstance(e.snapshot["queue"]["queue_ready"], int) for e in worker_events)
+
+    scheduled = [e for e in events if e.kind == EventKind.RETRY_SCHEDULED]
+    assert len(scheduled) == len(tiers)
+    for number, (event, tier) in enumerate(zip(scheduled, tiers, strict=True), start=1):
+        queue = event.snapshot["queue"]
+        assert f"Retry {number} of {len(tiers)}" in event.message and tier.queue in event.message
+        assert queue["queue"] == tier.queue and queue["routing_key"] == tier.queue and queue["exchange"] == ""
+        assert queue["from_queue"] == topo.process_queue
+        assert queue["ttl_ms"] == tier.delay_ms
+        assert queue["retries"] == number  # the header the copy in the delay queue carries, as the text says
+        back_in = datetime.fromisoformat(queue["back_at"]) - event.at
+        assert timedelta(0) < back_in <= timedelta(milliseconds=tier.delay_ms)
+
+    received_back = [e for e in events if e.kind == EventKind.RECEIVED and e.snapshot["queue"].get("retries")]
+    assert [e.snapshot["queue"]["retries"] for e in received_back] == list(range(1, len(tiers) + 1))
+    assert all(e.snapshot["queue"]["queue"] == topo.process_queue for e in received_back)
+    assert all(f"Retry {n} received back" in e.message for n, e in enumerate(received_back, start=1))
+
+    dead = events[-1]
+    assert dead.kind == EventKind.DEAD_LETTERED
+    queue = dead.snapshot["queue"]
+    assert queue["queue"] == topo.dead_queue and queue["exchange"] == topo.dead_letter_exchange
+    assert queue["headers"][REASON_HEADER] == order_reason(order) and queue["retries"] == len(tiers)
+    assert order_reason(order).startswith(f"gave up after {len(tiers)} retries")
+
+    # What the snapshot says is what the broker holds: the parked copy has that reason and retry count.
+    assert wait_until(lambda: broker.channel.queue_declare(topo.dead_queue, passive=True).method.message_count, 10)
+    method, props, _body = broker.channel.basic_get(topo.dead_queue, auto_ack=False)
+    assert props.headers[REASON_HEADER] == queue["headers"][REASON_HEADER]
+    assert props.headers[RETRIES_HEADER] == len(tiers)
+    broker.channel.basic_nack(method.delivery_tag, requeue=True)
+
+
+def order_reason(order) -> str:
+    return Order.objects.get(pk=order.pk).failure_reason
 
 
 def test_step_mode_waits_for_next_step_before_each_step(broker, place_order, start_worker):
