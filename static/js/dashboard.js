@@ -174,6 +174,7 @@ function renderPipeline(p) {
   $("n-cache-keys").textContent = c.available === false ? "down" : fmt(c.keys);
   $("n-cache-hits").textContent = fmt(c.hits);
   $("n-cache-misses").textContent = fmt(c.misses);
+  $("n-page-reads").textContent = fmt(c.page_reads);
   $("n-cache-ratio").textContent =
     c.hit_ratio === null || c.hit_ratio === undefined ? "–" : `${Math.round(c.hit_ratio * 100)}%`;
 }
