@@ -7,11 +7,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from django.utils import timezone
 
 from orders import selectors
 from orders.models import RelayHeartbeat
 from orders.tests.factories import ProductFactory
 from worker.relay import run_relay
+from worker.relay_monitor import RelayMonitor
+from worker.sweeper import Sweeper
 from worker.tests.processes import wait_until
 from worker.tests.proxy import Proxy
 
@@ -78,3 +81,22 @@ def test_a_relay_that_loses_the_broker_reports_it_unreachable_until_it_reconnect
         assert wait_until(lambda: in_state("idle")), heartbeat()
         order.refresh_from_db()
         assert order.status == "queued"
+
+
+def test_the_state_it_reports_broker_trouble_first_then_publishing_then_a_sweep_round():
+    sweeper = Sweeper()
+    monitor = RelayMonitor(sweeper)
+    assert monitor.state() == ("idle", "")
+    # A sweeper round under way: the main queue was seen empty, the relay waits for the workers to report.
+    sweeper.queue_empty_at = timezone.now()
+    assert monitor.state()[0] == "sweeping"
+    monitor.published(3)
+    assert monitor.state() == ("publishing", "")
+    monitor.unreachable("ConnectionResetError; reconnecting in 0.5 s")
+    assert RelayHeartbeat.objects.get().state == "unreachable"  # a change of state is written at once
+    # The beat consumed "published since the last beat"; the broker is still out of reach until a round trip works.
+    assert monitor.state() == ("unreachable", "ConnectionResetError; reconnecting in 0.5 s")
+    monitor.published(0)
+    assert monitor.state()[0] == "sweeping"
+    monitor.stop()
+    assert not RelayHeartbeat.objects.exists()
