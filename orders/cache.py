@@ -107,6 +107,14 @@ def fill_order(representation: dict[str, Any]) -> None:
         log.warning("cache fill skipped: %s", exc)
 
 
+def count_page_read() -> None:
+    """A journey page view: it reads PostgreSQL, not the cache, so it is counted apart from the hits and misses."""
+    try:
+        _client().incr(_stats_key("page_reads"))
+    except RedisError as exc:
+        log.warning("page read not counted: %s", exc)
+
+
 def read_order(order_id: object) -> dict[str, Any] | None:
     """The cached representation, or None on a miss or when Redis is unavailable. Counts hits and misses."""
     key = order_key(order_id)
@@ -157,21 +165,30 @@ class CacheStats(TypedDict, total=False):
     hits: int
     misses: int
     hit_ratio: float | None
+    page_reads: int  # journey page views: they read PostgreSQL, so they are neither hits nor misses
     error: str
 
 
 def stats(*, max_scan: int = 100_000) -> CacheStats:
-    """Order keys cached (counted with SCAN, bounded), and the hit/miss counters."""
+    """Order keys cached (counted with SCAN, bounded), the API's hit/miss counters and the journey page reads."""
     try:
         client = _client()
-        hits, misses = client.mget(_stats_key("hits"), _stats_key("misses"))
+        hits, misses, page_reads = client.mget(_stats_key("hits"), _stats_key("misses"), _stats_key("page_reads"))
         keys = 0
         for _ in client.scan_iter(match=f"{_prefix()}:order:*", count=1000):
             keys += 1
             if keys >= max_scan:
                 break
     except RedisError as exc:
-        return {"available": False, "keys": 0, "hits": 0, "misses": 0, "hit_ratio": None, "error": str(exc)}
+        return {
+            "available": False,
+            "keys": 0,
+            "hits": 0,
+            "misses": 0,
+            "hit_ratio": None,
+            "page_reads": 0,
+            "error": str(exc),
+        }
     hits_n, misses_n = int(hits or 0), int(misses or 0)
     total = hits_n + misses_n
     return {
@@ -180,6 +197,7 @@ def stats(*, max_scan: int = 100_000) -> CacheStats:
         "hits": hits_n,
         "misses": misses_n,
         "hit_ratio": round(hits_n / total, 3) if total else None,
+        "page_reads": int(page_reads or 0),
     }
 
 
@@ -188,7 +206,7 @@ def flush() -> int:
     try:
         client = _client()
         keys = list(client.scan_iter(match=f"{_prefix()}:order:*", count=1000))
-        keys += [_stats_key("hits"), _stats_key("misses")]
+        keys += [_stats_key("hits"), _stats_key("misses"), _stats_key("page_reads")]
         removed = 0
         for start in range(0, len(keys), 500):
             removed += client.delete(*keys[start : start + 500])

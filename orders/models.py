@@ -260,6 +260,30 @@ class WorkerHeartbeat(models.Model):
         return self.name
 
 
+class RelayHeartbeat(models.Model):
+    """An outbox relay process, as it last reported itself (worker/relay_monitor.py, about once a second)."""
+
+    class State(models.TextChoices):
+        IDLE = "idle"  # the outbox is empty: waiting for a NOTIFY or the polling interval
+        PUBLISHING = "publishing"
+        UNREACHABLE = "unreachable"  # the broker is out of reach: backing off before reconnecting
+        SWEEPING = "sweeping"  # a sweeper round is under way (worker/sweeper.py)
+
+    name = models.CharField(max_length=200, primary_key=True)
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    state = models.CharField(max_length=20, choices=State.choices, default=State.IDLE)
+    detail = models.CharField(max_length=300, blank=True, default="")  # e.g. the broker error and the backoff
+    published = models.PositiveBigIntegerField(default=0, help_text="Outbox rows published since it started.")
+    rate = models.FloatField(default=0.0, help_text="Rows published per second over the last few seconds.")
+    last_publish_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class SupervisedProcess(models.Model):
     """One process that the supervisor of `make run` keeps alive (worker/supervisor.py), as it last reported it.
 

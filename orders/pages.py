@@ -15,8 +15,8 @@ from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db.models import Field
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 from rest_framework import serializers
@@ -117,5 +117,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 def journey(request: HttpRequest, order_id: uuid.UUID) -> HttpResponse:
     if not can_watch(request.user):
         return _login(request)
-    order = get_object_or_404(Order, pk=order_id)
+    try:
+        order = selectors.order_page_read(order_id)
+    except Order.DoesNotExist:
+        raise Http404("No such order.") from None
     return render(request, "journey.html", {**_context(request), "order": order, "initial": journey_snapshot(order.pk)})

@@ -36,6 +36,7 @@ from orders.services import (
 )
 from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect, process_data_events
 from worker.monitor import QueueMonitor
+from worker.relay_monitor import RelayMonitor
 from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,9 @@ def run_relay(
     publisher: Publisher | None = None
     monitor: QueueMonitor | None = None
     sweeper = Sweeper()
+    # The dashboard's relay stage: a heartbeat row, written from the loop's own stop checks (worker/relay_monitor.py).
+    relay_monitor = RelayMonitor(sweeper)
+    should_stop = relay_monitor.watch(should_stop)
     try:
         while not should_stop():
             try:
@@ -226,6 +230,7 @@ def run_relay(
                     log.info("relay connected to RabbitMQ")
                     monitor.observe()
                 published = relay_once(publisher)
+                relay_monitor.published(published)
                 backoff.reset()
                 sweeper.tick(functools.partial(_main_queue_ready, publisher))
                 if published == 0:
@@ -236,6 +241,7 @@ def run_relay(
                 if publisher is not None:
                     publisher.close()
                 publisher, monitor = None, None
+                relay_monitor.unreachable(f"{exc or exc.__class__.__name__}; reconnecting in {delay:.1f} s")
                 _sleep(delay, should_stop)
             except DatabaseError as exc:
                 delay = backoff.next_delay()
@@ -243,6 +249,7 @@ def run_relay(
                 close_old_connections()
                 _sleep(delay, should_stop)
     finally:
+        relay_monitor.stop()
         listener.close()
         if publisher is not None:
             publisher.close()

@@ -46,7 +46,14 @@ def test_stats_count_keys_hits_and_misses():
     cache.write_order(rep(order_id, 1))
     cache.read_order(order_id)
     cache.read_order(order_id)
-    assert cache.stats() == {"available": True, "keys": 1, "hits": 2, "misses": 1, "hit_ratio": 0.667}
+    assert cache.stats() == {
+        "available": True,
+        "keys": 1,
+        "hits": 2,
+        "misses": 1,
+        "hit_ratio": 0.667,
+        "page_reads": 0,
+    }
 
 
 def test_flush_removes_this_prefix_only():

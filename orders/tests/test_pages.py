@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from orders import live, services
+from orders import cache, live, services
 from orders.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND
 from orders.models import OrderStatus
 from orders.sandbox import BURST_MAX
@@ -163,3 +163,25 @@ def test_every_page_names_the_active_faults_in_a_banner(staff_client, settings, 
     assert "crash rate 1" in inside and 'id="restore-defaults"' not in inside
     settings.ORDERPIPE_SANDBOX = False
     assert banner_of(staff_client.get("/").content) is None
+
+
+def test_a_journey_page_view_counts_as_a_page_read_never_as_a_cache_hit_or_miss(staff_client, order):
+    before = cache.stats()
+    assert staff_client.get(f"/orders/{order.pk}/").status_code == 200
+    after_page = cache.stats()
+    assert after_page["page_reads"] == before["page_reads"] + 1
+    assert (after_page["hits"], after_page["misses"]) == (before["hits"], before["misses"])
+
+    # The API's read goes through the cache and is counted there (a miss, then a hit), not as a page read.
+    for expected in ("MISS", "HIT"):
+        assert staff_client.get(f"/api/orders/{order.pk}/")["X-Cache"] == expected
+    after_api = cache.stats()
+    assert (after_api["hits"], after_api["misses"]) == (before["hits"] + 1, before["misses"] + 1)
+    assert after_api["page_reads"] == after_page["page_reads"]
+    # An unknown order's page is a 404 and no read.
+    assert staff_client.get("/orders/00000000-0000-0000-0000-000000000000/").status_code == 404
+    assert cache.stats()["page_reads"] == after_page["page_reads"]
+
+    # The dashboard labels them apart, so the hit ratio reads as the API's.
+    html = staff_client.get("/").content.decode()
+    assert "API hit ratio" in html and 'id="n-page-reads"' in html and "page reads (PostgreSQL)" in html

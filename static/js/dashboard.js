@@ -162,6 +162,7 @@ function renderPipeline(p) {
         )
       : [el("li", { class: "muted", text: "no worker heart-beating" })]),
   );
+  renderRelay(p.relays || [], p.outbox.backlog);
   renderProcesses(p.processes || []);
   renderGone(p.gone_workers || []);
   if (p.stock) renderStock(p.stock);
@@ -173,8 +174,46 @@ function renderPipeline(p) {
   $("n-cache-keys").textContent = c.available === false ? "down" : fmt(c.keys);
   $("n-cache-hits").textContent = fmt(c.hits);
   $("n-cache-misses").textContent = fmt(c.misses);
+  $("n-page-reads").textContent = fmt(c.page_reads);
   $("n-cache-ratio").textContent =
     c.hit_ratio === null || c.hit_ratio === undefined ? "–" : `${Math.round(c.hit_ratio * 100)}%`;
+}
+
+const RELAY_STATES = {
+  idle: "idle",
+  publishing: "publishing",
+  unreachable: "broker unreachable",
+  sweeping: "sweeping",
+};
+
+// The relay's heartbeat (worker/relay_monitor.py): running or not, what it is doing, how fast it publishes. Several
+// relays share the outbox: their rates add up; the stage shows the first running one's state.
+function renderRelay(relays, backlog) {
+  const running = relays.filter((r) => r.alive);
+  const state = running.length ? running[0].state : "none";
+  const chip = $("relay-state");
+  chip.dataset.state = state;
+  chip.textContent = running.length ? RELAY_STATES[state] || state : "not running";
+  $("stage-relay").classList.toggle("down", !running.length);
+  $("stage-relay").classList.toggle("busy", state === "publishing");
+  $("n-relay-rate").textContent = running.length ? fmt(running.reduce((sum, r) => sum + r.rate, 0).toFixed(1)) : "–";
+  $("n-relay-backlog").textContent = fmt(backlog);
+  const lastPublish = relays
+    .map((r) => r.last_publish_at)
+    .filter(Boolean)
+    .sort()
+    .pop();
+  $("n-relay-last").textContent = lastPublish ? ago(lastPublish) : "–";
+  let detail;
+  if (running.length) {
+    const first = running[0];
+    detail = first.detail || `${running.length > 1 ? `${running.length} relays · ` : ""}seen ${ago(first.last_seen)}`;
+  } else if (relays.length) {
+    detail = `last seen ${clock(relays[0].last_seen).slice(0, 8)} (${ago(relays[0].last_seen)})`;
+  } else {
+    detail = "start one: manage.py run_relay";
+  }
+  $("relay-detail").textContent = detail;
 }
 
 // What the supervisor of `make run` knows and a heartbeat cannot say: a process crashed, how, and how often it came

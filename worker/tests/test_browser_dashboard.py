@@ -190,15 +190,47 @@ def test_gone_workers_and_a_disconnected_page(browser, staff, tmp_path):
         server.stop()
 
 
+def test_the_relay_stage_shows_running_and_a_publish_rate_during_a_burst(web, browser, staff, broker, tmp_path):
+    context, page = open_dashboard(browser, web)
+    relay = None
+    try:
+        chip = page.locator("#relay-state")
+        assert chip.get_attribute("data-state") == "none" and chip.inner_text() == "not running"
+        relay = Service("run_relay", log_dir=tmp_path).start()
+        page.locator("#relay-state[data-state=idle]").wait_for()
+        assert page.locator("#n-relay-rate").inner_text() == "0"
+
+        page.get_by_label("Orders in burst").fill("500")
+        page.get_by_role("button", name="Place burst").click()
+        page.locator("#burst-result[data-ok=yes]").wait_for()
+        # Both at once: the stage says it is publishing and shows how fast, while the burst goes out.
+        page.wait_for_function(
+            """() => document.getElementById('relay-state').dataset.state === 'publishing'
+                && Number(document.getElementById('n-relay-rate').textContent.replace(/,/g, '')) > 0""",
+            timeout=90_000,
+        )
+        assert page.locator("#relay-state").inner_text() == "publishing"
+        assert page.locator("#n-relay-last").inner_text().endswith("s ago")
+        screenshot(page, "test_the_relay_stage_shows_running_and_a_publish_rate_during_a_burst-1280x800")
+
+        # Let the burst finish and the relay drain the outbox: the database is flushed after the test.
+        page.wait_for_function("() => document.getElementById('n-accepted').textContent === '500'", timeout=90_000)
+        page.wait_for_function("() => document.getElementById('n-relay-backlog').textContent === '0'", timeout=90_000)
+    finally:
+        context.close()
+        if relay is not None:
+            assert relay.stop() == 0, relay.output()
+
+
 @pytest.mark.parametrize(("width", "height"), [(1440, 900), (1280, 800)])
-def test_controls_and_all_six_stages_are_visible_together(web, browser, staff, width, height):
+def test_controls_and_all_stages_are_visible_together(web, browser, staff, width, height):
     # With a fault on, so the banner takes its line too: the tightest case a learner meets.
     sandbox.sandbox_update(changes={"step_mode": True}, via="test")
     context, page = open_dashboard(browser, web, width=width, height=height)
     try:
         assert page.locator("#fault-banner").is_visible()
         in_view = [
-            *(f"#stage-{stage}" for stage in ("api", "db", "exchange", "queues", "workers", "redis")),
+            *(f"#stage-{stage}" for stage in ("api", "db", "relay", "exchange", "queues", "workers", "redis")),
             "#order-form",
             "#burst-form",
             "#sandbox-form",
@@ -213,6 +245,6 @@ def test_controls_and_all_six_stages_are_visible_together(web, browser, staff, w
             assert box is not None, selector
             assert box["x"] >= 0 and box["y"] >= 0, selector
             assert box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, (selector, box)
-        screenshot(page, f"test_controls_and_all_six_stages_are_visible_together-{width}x{height}")
+        screenshot(page, f"test_controls_and_all_stages_are_visible_together-{width}x{height}")
     finally:
         context.close()
