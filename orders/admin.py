@@ -19,8 +19,10 @@ from orders.models import (
     Payment,
     Product,
     QueueStat,
+    RelayHeartbeat,
     SandboxChange,
     SandboxSettings,
+    SupervisedProcess,
     WorkerHeartbeat,
 )
 
@@ -175,6 +177,16 @@ class QueueStatAdmin(admin.ModelAdmin):
 @admin.register(WorkerHeartbeat)
 class WorkerHeartbeatAdmin(admin.ModelAdmin):
     list_display = ["name", "hostname", "pid", "current_order", "processed", "unacked", "last_seen"]
+
+
+@admin.register(RelayHeartbeat)
+class RelayHeartbeatAdmin(admin.ModelAdmin):
+    list_display = ["name", "hostname", "pid", "state", "published", "rate", "last_publish_at", "last_seen"]
+
+
+@admin.register(SupervisedProcess)
+class SupervisedProcessAdmin(admin.ModelAdmin):
+    list_display = ["name", "role", "pid", "state", "restarts", "last_exit", "last_exit_at", "updated_at"]
 
 
 @admin.register(SandboxSettings)

@@ -183,7 +183,7 @@ class ProductListApi(generics.ListAPIView):
 class PipelineApi(APIView):
     @extend_schema(responses={200: OpenApiTypes.OBJECT, **COMMON_ERRORS})
     def get(self, request: Request) -> Response:
-        """The live state: outbox backlog, orders by status, queues, cache, workers."""
+        """The live state: outbox backlog, orders by status, relays, queues, cache, workers, supervised processes."""
         return Response(selectors.pipeline_state())
 
 
