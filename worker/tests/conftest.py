@@ -32,6 +32,34 @@ def browser():
             chromium.close()
 
 
+BROWSER_PASSWORD = "browser-test-password"
+
+
+@pytest.fixture(scope="module")
+def web(django_db_setup, django_db_blocker, tmp_path_factory):
+    """The pages' server only (daphne, HTTP and WebSockets); each test starts the relay and workers it needs."""
+    from worker.tests.processes import Web
+
+    with django_db_blocker.unblock():
+        server = Web(log_dir=tmp_path_factory.mktemp("browser-web")).start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def staff():
+    """The demo product and a staff login (`browser-staff` / BROWSER_PASSWORD) for the browser tests."""
+    from django.contrib.auth import get_user_model
+
+    from orders.tests.factories import ProductFactory
+
+    ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=5000)
+    get_user_model().objects.create_user("browser-staff", password=BROWSER_PASSWORD, is_staff=True)
+
+
 def place_order_from_the_form(page, *, email: str = "browser@example.com", quantity: int = 2) -> str:
     """Place an order of BOOK-001 with the dashboard's form; returns the id the page shows for it."""
     page.get_by_label("Customer email").fill(email)

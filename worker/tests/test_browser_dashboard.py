@@ -8,41 +8,21 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from orders import sandbox
 from orders.models import Order, OrderStatus, SandboxSettings, WorkerHeartbeat
-from orders.tests.factories import ProductFactory
-from worker.tests.conftest import CHROMIUM, place_order_from_the_form
+from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM, place_order_from_the_form
 from worker.tests.processes import ROOT, Service, Web
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
-PASSWORD = "browser-test-password"
+PASSWORD = BROWSER_PASSWORD
 TIMEOUT_MS = 45_000
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def web(django_db_setup, django_db_blocker, tmp_path_factory):
-    """The page's server only; each test starts the relay and workers it needs."""
-    with django_db_blocker.unblock():
-        server = Web(log_dir=tmp_path_factory.mktemp("dashboard-web")).start()
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def staff():
-    ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=5000)
-    get_user_model().objects.create_user("browser-staff", password=PASSWORD, is_staff=True)
 
 
 def open_dashboard(browser, server: Web, *, width: int = 1280, height: int = 800):

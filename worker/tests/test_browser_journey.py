@@ -10,44 +10,24 @@ import threading
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from orders import sandbox, services
 from orders.models import Order, OrderStatus
 from orders.steps import STEPS
-from orders.tests.factories import ProductFactory
 from worker.consumer import Worker
 from worker.faults import Faults
 from worker.relay import relay_once
-from worker.tests.conftest import CHROMIUM
+from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM
 from worker.tests.processes import ROOT, Web, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
-PASSWORD = "browser-test-password"
+PASSWORD = BROWSER_PASSWORD
 TIMEOUT_MS = 45_000
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def web(django_db_setup, django_db_blocker, tmp_path_factory):
-    """The page's server only; each test makes its journeys with a worker of its own, in this process."""
-    with django_db_blocker.unblock():
-        server = Web(log_dir=tmp_path_factory.mktemp("journey-web")).start()
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def staff():
-    ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=5000)
-    get_user_model().objects.create_user("browser-staff", password=PASSWORD, is_staff=True)
 
 
 @pytest.fixture
