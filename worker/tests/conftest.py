@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
 from orders import services
 from orders.models import Order, OutboxMessage
+from worker.consumer import Worker
+from worker.faults import Faults
 from worker.processing import Delivery
 from worker.tests.processes import RUNNING
 
@@ -81,6 +84,28 @@ def _no_service_outlives_its_test():
         if service.proc is not None and service.proc.poll() is None:
             service.proc.kill()
             service.proc.wait(10)
+
+
+@pytest.fixture
+def start_worker(broker):
+    """Start in-process workers on this run's queues (a thread each, `Worker.run`); every one is stopped cleanly at
+    the end of the test. `start(faults=None, **options)` takes Worker's options (prefetch 5 unless given)."""
+    started: list[tuple[Worker, threading.Thread]] = []
+
+    def start(faults: Faults | None = None, **options) -> Worker:
+        options.setdefault("prefetch", 5)
+        options.setdefault("name", f"test-worker-{len(started)}")
+        worker = Worker(faults=faults, **options)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in started:
+        worker.stop()
+        thread.join(20)
+        assert not thread.is_alive()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -19,7 +18,6 @@ from orders.models import (
     StepGrant,
     WorkerHeartbeat,
 )
-from worker.consumer import Worker
 from worker.faults import Faults, NoFaults, TransientFailure
 from worker.processing import REASON_HEADER, RETRIES_HEADER
 from worker.relay import relay_once
@@ -50,24 +48,6 @@ def status_of(order) -> str:
 
 def kinds(order) -> list[str]:
     return list(OrderEvent.objects.filter(order=order).order_by("seq").values_list("kind", flat=True))
-
-
-@pytest.fixture
-def start_worker(broker):
-    started: list[tuple[Worker, threading.Thread]] = []
-
-    def start(faults: Faults) -> Worker:
-        worker = Worker(prefetch=5, name=f"retry-worker-{len(started)}", faults=faults)
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        started.append((worker, thread))
-        return worker
-
-    yield start
-    for worker, thread in started:
-        worker.stop()
-        thread.join(20)
-        assert not thread.is_alive()
 
 
 def test_transient_failures_are_retried_through_the_delay_tiers_then_complete(broker, place_order, start_worker):

@@ -19,7 +19,6 @@ from orders.models import (
     WorkerHeartbeat,
 )
 from worker import sweeper as sweeper_module
-from worker.consumer import Worker
 from worker.relay import relay_once, run_relay
 from worker.sweeper import Sweeper, orders_resend_stale
 from worker.tests.processes import wait_until
@@ -28,24 +27,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 AFTER = 0.5  # seconds without progress before an order counts as stale in these tests
 GRACE = timedelta(seconds=2)
-
-
-@pytest.fixture
-def start_worker(broker):
-    started: list[tuple[Worker, threading.Thread]] = []
-
-    def start() -> Worker:
-        worker = Worker(prefetch=5, concurrency=2, name=f"sweeper-test-{len(started)}")
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        started.append((worker, thread))
-        return worker
-
-    yield start
-    for worker, thread in started:
-        worker.stop()
-        thread.join(20)
-        assert not thread.is_alive()
 
 
 def ready(broker, queue: str | None = None) -> int:
@@ -83,7 +64,7 @@ def test_purged_orders_are_resent_and_complete_once(broker, place_order, start_w
     resent = sweep_until(Sweeper(after=AFTER, every=0), broker, 3)
     assert sorted(resent) == sorted(o.pk for o in orders)
     assert relay_once(broker) == 3
-    start_worker()
+    start_worker(concurrency=2)
     assert wait_until(lambda: Order.objects.filter(status=OrderStatus.COMPLETED).count() == 3, 30)
 
     assert_completed_once(orders)
@@ -108,7 +89,7 @@ def test_the_relay_runs_the_sweeper(broker, place_order, start_worker, settings)
         # The relay finds them stale, re-sends them through the outbox and publishes the new rows itself.
         sent = OutboxMessage.objects.filter(order__in=ids, sent_at__isnull=False)
         assert wait_until(lambda: sent.count() == 4, 60), list(OrderEvent.objects.values_list("kind", "message"))
-        start_worker()
+        start_worker(concurrency=2)
         assert wait_until(lambda: Order.objects.filter(pk__in=ids, status=OrderStatus.COMPLETED).count() == 2, 60)
     finally:
         stop.set()
@@ -126,7 +107,7 @@ def test_a_resent_message_that_was_not_lost_is_harmless(broker, place_order, sta
     assert wait_until(lambda: orders_resend_stale(after=timedelta(seconds=AFTER), retry_grace=GRACE) == [order.pk], 10)
     relay_once(broker)
     assert ready(broker) == 2
-    worker = start_worker()
+    worker = start_worker(concurrency=2)
     assert wait_until(lambda: Order.objects.get(pk=order.pk).status == OrderStatus.COMPLETED, 30)
     # Both copies are settled (acked), and the order was processed once.
     assert wait_until(lambda: worker.processed == 2, 10)
@@ -232,7 +213,7 @@ def test_an_order_a_worker_holds_without_progress_is_not_resent(broker, place_or
     sandbox.sandbox_update(changes={"step_mode": True}, via="test")
     order = place_order()
     relay_once(broker)
-    worker = start_worker()
+    worker = start_worker(concurrency=2)
     assert wait_until(lambda: OrderEvent.objects.filter(order=order, kind=EventKind.STEP_WAITING).exists(), 20)
     assert wait_until(lambda: WorkerHeartbeat.objects.filter(name=worker.name, holding=[str(order.pk)]).exists(), 10)
     OrderEvent.objects.filter(order=order).update(at=F("at") - timedelta(minutes=5))  # no progress for long
