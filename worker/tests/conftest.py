@@ -36,6 +36,36 @@ def browser():
 
 
 BROWSER_PASSWORD = "browser-test-password"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+
+
+def screenshot(page, name: str, *, full_page: bool = True) -> None:
+    """Save what the page shows as artifacts/screenshots/<name>.png (git-ignored), for a person to look at."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+
+
+def log_in(page, *, next_path: str = "/", username: str = "browser-staff", password: str = BROWSER_PASSWORD) -> None:
+    """Log in through the admin's form, land on `next_path` and wait until its live socket (staff-only outside
+    DEBUG) is connected."""
+    page.goto(f"/admin/login/?next={next_path}")
+    origin = page.url.split("/admin/login/", 1)[0]
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{origin}{next_path}")
+    page.locator("#live-status[data-state=live]").wait_for()
+
+
+def open_logged_in(
+    browser, base_url: str, *, next_path: str = "/", width: int = 1280, height: int = 800, timeout_ms: int = 45_000
+):
+    """A fresh browser context of the given size, logged in as `browser-staff`, on `next_path`."""
+    context = browser.new_context(viewport={"width": width, "height": height}, base_url=base_url)
+    context.set_default_timeout(timeout_ms)
+    page = context.new_page()
+    log_in(page, next_path=next_path)
+    return context, page
 
 
 @pytest.fixture(scope="module")

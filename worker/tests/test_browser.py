@@ -11,14 +11,13 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from orders.tests.factories import ProductFactory
-from worker.tests.conftest import CHROMIUM, place_order_from_the_form
-from worker.tests.processes import ROOT, Service, Web
+from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM, open_logged_in, place_order_from_the_form, screenshot
+from worker.tests.processes import Service, Web
 from worker.topology import topology
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-SCREENSHOTS = ROOT / "artifacts" / "screenshots"
-PASSWORD = "browser-test-password"
+PASSWORD = BROWSER_PASSWORD
 TIMEOUT_MS = 30_000
 
 # Without Chromium, skip before the module's web stack is started for nothing.
@@ -46,22 +45,9 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
 def page(stack, browser):
     ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=5000)
     get_user_model().objects.create_user("browser-staff", password=PASSWORD, is_staff=True)
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=stack.url)
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto("/admin/login/?next=/")
-    page.get_by_label("Username").fill("browser-staff")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{stack.url}/")
-    page.locator("#live-status[data-state=live]").wait_for()
+    context, page = open_logged_in(browser, stack.url, timeout_ms=TIMEOUT_MS)
     yield page
     context.close()
-
-
-def screenshot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def test_an_order_placed_from_the_dashboard_completes_live_and_its_journey_shows_each_step(page):

@@ -12,12 +12,11 @@ from django.utils import timezone
 
 from orders import sandbox
 from orders.models import Order, OrderStatus, SandboxSettings, WorkerHeartbeat
-from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM, place_order_from_the_form
-from worker.tests.processes import ROOT, Service, Web
+from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM, open_logged_in, place_order_from_the_form, screenshot
+from worker.tests.processes import Service, Web
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 PASSWORD = BROWSER_PASSWORD
 TIMEOUT_MS = 45_000
 
@@ -26,21 +25,12 @@ if not Path(CHROMIUM).exists():
 
 
 def open_dashboard(browser, server: Web, *, width: int = 1280, height: int = 800):
-    context = browser.new_context(viewport={"width": width, "height": height}, base_url=server.url)
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto("/admin/login/?next=/")
-    page.get_by_label("Username").fill("browser-staff")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{server.url}/")
-    page.locator("#live-status[data-state=live]").wait_for()
-    return context, page
+    return open_logged_in(browser, server.url, width=width, height=height, timeout_ms=TIMEOUT_MS)
 
 
-def screenshot(page, name: str, *, full_page: bool = False) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+def shot(page, name: str, *, full_page: bool = False) -> None:
+    """The viewport by default: these tests are about what a learner sees without scrolling."""
+    screenshot(page, name, full_page=full_page)
 
 
 def apply_settings(page, **fields: str) -> dict:
@@ -75,7 +65,7 @@ def test_supervised_processes_on_the_page(web, browser, staff, broker, tmp_path)
         relay = process_row(page, "relay")
         assert relay.get_attribute("data-state") == "running"
         assert "restarted" not in relay.inner_text() and "exit" not in relay.inner_text()
-        screenshot(page, "test_supervised_processes_on_the_page")
+        shot(page, "test_supervised_processes_on_the_page")
 
         # One click restores the defaults; the order then completes on the restarted worker.
         page.get_by_role("button", name="Restore defaults").click()
@@ -106,7 +96,7 @@ def test_settings_are_shared_live_between_pages(web, browser, staff):
         assert apply_settings(second, **{"Step delay": "200"}) == {"step_delay_ms": 200}
         first.locator("#fault-banner", has_text="step delay 200 ms").wait_for()
         assert SandboxSettings.load().decline_rate == 0.5
-        screenshot(second, "test_settings_are_shared_live_between_pages")
+        shot(second, "test_settings_are_shared_live_between_pages")
 
         # Stock is live too: a restock on one page shows on the other, in the total and in the product list.
         assert second.locator("#stock-total").inner_text() == "5,000"
@@ -164,7 +154,7 @@ def test_gone_workers_and_a_disconnected_page(browser, staff, tmp_path):
         assert page.locator("body").get_attribute("data-live") == "down"
         opacity = page.locator("#n-accepted").evaluate("node => getComputedStyle(node).opacity")
         assert float(opacity) < 1
-        screenshot(page, "test_gone_workers_and_a_disconnected_page")
+        shot(page, "test_gone_workers_and_a_disconnected_page")
     finally:
         context.close()
         server.stop()
@@ -191,7 +181,7 @@ def test_the_relay_stage_shows_running_and_a_publish_rate_during_a_burst(web, br
         )
         assert page.locator("#relay-state").inner_text() == "publishing"
         assert page.locator("#n-relay-last").inner_text().endswith("s ago")
-        screenshot(page, "test_the_relay_stage_shows_running_and_a_publish_rate_during_a_burst-1280x800")
+        shot(page, "test_the_relay_stage_shows_running_and_a_publish_rate_during_a_burst-1280x800")
 
         # Let the burst finish and the relay drain the outbox: the database is flushed after the test.
         page.wait_for_function("() => document.getElementById('n-accepted').textContent === '500'", timeout=90_000)
@@ -225,6 +215,6 @@ def test_controls_and_all_stages_are_visible_together(web, browser, staff, width
             assert box is not None, selector
             assert box["x"] >= 0 and box["y"] >= 0, selector
             assert box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, (selector, box)
-        screenshot(page, f"test_controls_and_all_stages_are_visible_together-{width}x{height}")
+        shot(page, f"test_controls_and_all_stages_are_visible_together-{width}x{height}")
     finally:
         context.close()

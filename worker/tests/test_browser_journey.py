@@ -17,12 +17,11 @@ from orders.steps import STEPS
 from worker.consumer import Worker
 from worker.faults import Faults
 from worker.relay import relay_once
-from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM
-from worker.tests.processes import ROOT, Web, wait_until
+from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM, open_logged_in, screenshot
+from worker.tests.processes import Web, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 PASSWORD = BROWSER_PASSWORD
 TIMEOUT_MS = 45_000
 
@@ -63,16 +62,9 @@ def run_until(broker):
 
 
 def open_journey(browser, server: Web, order: Order):
-    context = browser.new_context(viewport={"width": 1440, "height": 900}, base_url=server.url)
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto(f"/admin/login/?next=/orders/{order.pk}/")
-    page.get_by_label("Username").fill("browser-staff")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(f"/orders/{order.pk}/$"))
-    page.locator("#live-status[data-state=live]").wait_for()
-    return context, page
+    return open_logged_in(
+        browser, server.url, next_path=f"/orders/{order.pk}/", width=1440, height=900, timeout_ms=TIMEOUT_MS
+    )
 
 
 def select(page, kind: str, nth: int = 0) -> tuple[str, str]:
@@ -82,11 +74,6 @@ def select(page, kind: str, nth: int = 0) -> tuple[str, str]:
     seq = item.get_attribute("data-seq")
     page.locator(f"#timeline li.selected[data-seq='{seq}']").wait_for()
     return page.locator("#selected-message").inner_text(), page.locator("#panel-queue").inner_text()
-
-
-def screenshot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def test_the_rabbitmq_panel_names_the_delay_queue_at_each_retry_and_the_dead_letter_queue(

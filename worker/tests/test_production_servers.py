@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 
 from orders.models import Order, OrderStatus
 from orders.tests.factories import ProductFactory
-from worker.tests.conftest import place_order_from_the_form
+from worker.tests.conftest import log_in, place_order_from_the_form
 from worker.tests.processes import ROOT, GunicornWeb, Service, Web, service_env, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -99,12 +99,7 @@ def test_the_dashboard_from_gunicorn_goes_live_over_daphne_with_the_same_login(s
     page.on("websocket", lambda socket: sockets.append(socket.url))
     try:
         # Logged in on gunicorn's port: the session cookie is per host, so daphne's port gets it too.
-        page.goto("/admin/login/?next=/")
-        page.get_by_label("Username").fill("split-staff")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(f"{http.url}/")
-        page.locator("#live-status[data-state=live]").wait_for()  # a staff-only socket: the login crossed ports
+        log_in(page, username="split-staff", password=PASSWORD)  # its staff-only socket: the login crossed ports
 
         assert sockets == [f"ws://127.0.0.1:{ws.port}/ws/pipeline/"]
         assert page.locator("body").get_attribute("data-websocket-port") == str(ws.port)
