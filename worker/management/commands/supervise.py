@@ -7,6 +7,7 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from worker.links import Links
 from worker.supervisor import Supervisor
 
 ROLES = ("web", "ws", "relay", "worker")
@@ -34,7 +35,24 @@ class Command(BaseCommand):
             help="threads per worker when the sandbox is off (default WORKER_CONCURRENCY)",
         )
 
-    def handle(self, *args, bind: str, port: int, only: str, workers: int, concurrency: int | None, **options) -> None:
+        parser.add_argument(
+            "--no-proxies",
+            action="store_true",
+            help="connect the processes to PostgreSQL, RabbitMQ and Redis directly, without the proxies the "
+            "dashboard's outage controls cut (they are never used with ORDERPIPE_SANDBOX=false)",
+        )
+
+    def handle(
+        self,
+        *args,
+        bind: str,
+        port: int,
+        only: str,
+        workers: int,
+        concurrency: int | None,
+        no_proxies: bool,
+        **options,
+    ) -> None:
         roles = tuple(role.strip() for role in only.split(",") if role.strip())
         unknown = sorted(set(roles) - set(ROLES))
         if unknown or not roles:
@@ -46,6 +64,8 @@ class Command(BaseCommand):
             roles=roles,
             workers=workers,
             concurrency=concurrency or settings.WORKER_CONCURRENCY,
+            # The outage controls exist in the sandbox only; elsewhere the processes connect directly.
+            links=Links() if settings.ORDERPIPE_SANDBOX and not no_proxies else None,
         )
         stopping = False
 
