@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from orders import cache, sandbox
+from orders import cache, sandbox, supervision
 from orders.models import (
     Order,
     OrderEvent,
@@ -190,6 +190,8 @@ def pipeline_state() -> dict[str, Any]:
         "stock": [
             {"sku": sku, "stock": stock} for sku, stock in Product.objects.order_by("sku").values_list("sku", "stock")
         ],
+        # Whether the kill and cut controls can work (a supervisor runs), on what, and which links are cut now.
+        "supervisor": supervision.supervisor_state(),
         # Only under `make run`'s supervisor: what each process it keeps alive went through (crashed, restarted).
         "processes": [
             {

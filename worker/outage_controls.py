@@ -108,6 +108,7 @@ class OutageApi(ControlApi):
         return response
 
 
+POISON_FAILURES: tuple[type[BaseException], ...] = (*BROKER_ERRORS, PublishFailed)
 POISON_KINDS = {
     "undecodable": lambda: b"{this is not JSON",
     "unknown_order": lambda: json.dumps({"order_id": str(uuid.uuid4()), "version": MESSAGE_VERSION}).encode(),
@@ -152,7 +153,7 @@ class PoisonApi(ControlApi):
         kind = data.validated_data["kind"]
         try:
             message_id = publish_poison(kind)
-        except (*BROKER_ERRORS, PublishFailed) as exc:
+        except POISON_FAILURES as exc:
             return Response({"detail": f"RabbitMQ unavailable: {exc}"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         live.record_control(
             "poison message", f"{kind.replace('_', ' ')} message {message_id} published", by=request.user.get_username()

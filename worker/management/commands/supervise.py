@@ -7,6 +7,7 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from orders.supervision import POSTGRES_CUT_SECONDS
 from worker.links import Links
 from worker.supervisor import Supervisor
 
@@ -41,6 +42,13 @@ class Command(BaseCommand):
             help="connect the processes to PostgreSQL, RabbitMQ and Redis directly, without the proxies the "
             "dashboard's outage controls cut (they are never used with ORDERPIPE_SANDBOX=false)",
         )
+        parser.add_argument(
+            "--postgres-cut-seconds",
+            type=float,
+            default=POSTGRES_CUT_SECONDS,
+            help=f"how long a cut of PostgreSQL from the page lasts before it restores itself (default "
+            f"{POSTGRES_CUT_SECONDS}; tests shorten it)",
+        )
 
     def handle(
         self,
@@ -51,6 +59,7 @@ class Command(BaseCommand):
         workers: int,
         concurrency: int | None,
         no_proxies: bool,
+        postgres_cut_seconds: float,
         **options,
     ) -> None:
         roles = tuple(role.strip() for role in only.split(",") if role.strip())
@@ -65,7 +74,9 @@ class Command(BaseCommand):
             workers=workers,
             concurrency=concurrency or settings.WORKER_CONCURRENCY,
             # The outage controls exist in the sandbox only; elsewhere the processes connect directly.
-            links=Links() if settings.ORDERPIPE_SANDBOX and not no_proxies else None,
+            links=Links(postgres_cut_seconds=postgres_cut_seconds)
+            if settings.ORDERPIPE_SANDBOX and not no_proxies
+            else None,
         )
         stopping = False
 
