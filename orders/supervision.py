@@ -23,8 +23,9 @@ Action = SupervisorRequest.Action
 HEARTBEAT_EVERY = 2.0
 FRESH_FOR = timedelta(seconds=10)
 SERVICES = ("postgresql", "rabbitmq", "redis")
-# A cut of PostgreSQL restores itself after this long: the staff session, the page's "Restore" request and the web
-# process that files it all need the database, so nobody could undo that cut from the page.
+# A cut of PostgreSQL restores itself after this long (the default of `supervise --postgres-cut-seconds`): the staff
+# session, the page's "Restore" request and the web process that files it all need the database, so nobody could
+# undo that cut from the page. 20 s: long enough to watch the API answer 503 and the workers hold their messages.
 POSTGRES_CUT_SECONDS = 20
 KILLABLE_ROLES = ("worker", "relay")
 UNAVAILABLE = "needs make run's supervisor (manage.py supervise); not running here"
@@ -50,7 +51,6 @@ class SupervisorState(TypedDict):
     reason: str
     processes: list[str]  # what may be killed or stopped
     links: list[LinkState]
-    postgres_cut_seconds: int
 
 
 def _fresh_processes() -> list[SupervisedProcess]:
@@ -84,7 +84,6 @@ def supervisor_state() -> SupervisorState:
             }
             for link in links
         ],
-        "postgres_cut_seconds": POSTGRES_CUT_SECONDS,
     }
 
 

