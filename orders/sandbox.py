@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "decline_rate": 0.0,
     "transient_failure_rate": 0.0,
     "crash_rate": 0.0,
+    "bug_rate": 0.0,
     "paused": False,
     "step_mode": False,
     "workers": 1,
@@ -39,12 +40,13 @@ DEFAULTS: dict[str, Any] = {
 }
 # The faults and modes: while any differs from its default, every page shows a banner naming it (templates/base.html)
 # with a button that restores these defaults. The supervisor's `workers` and `worker_concurrency` are not faults.
-FAULTS = ("step_delay_ms", "decline_rate", "transient_failure_rate", "crash_rate", "paused", "step_mode")
+FAULTS = ("step_delay_ms", "decline_rate", "transient_failure_rate", "crash_rate", "bug_rate", "paused", "step_mode")
 FAULT_LABELS = {
     "step_delay_ms": "step delay",
     "decline_rate": "decline rate",
     "transient_failure_rate": "transient failure rate",
     "crash_rate": "crash rate",
+    "bug_rate": "bug rate",
     "paused": "consumption paused",
     "step_mode": "step-by-step mode",
 }

@@ -11,7 +11,11 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from orders.models import ServiceLink, SupervisedProcess, SupervisorRequest
+from orders import sandbox
+from orders.models import Order, OrderStatus, Payment, ServiceLink, SupervisedProcess, SupervisorRequest
+from worker.faults import Faults
+from worker.relay import relay_once
+from worker.replay import replay_dead_letters
 from worker.tests.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -94,3 +98,27 @@ def test_a_poison_message_lands_in_the_dead_letter_queue_with_its_reason(staff, 
 
     assert wait_until(dead_lettered, timeout=20)
     assert "undecodable" in str(found.get("x-orderpipe-reason"))
+
+
+def test_the_bug_rate_fault_parks_an_order_by_the_delivery_limit_and_a_replay_after_the_fix_completes_it(
+    broker, place_order, start_worker
+):
+    """The story "a step throws something that is not an outage": with bug rate 1 every step raises (a bug, not a
+    timeout), the message is returned to the queue each time and the delivery limit parks it; once the "bug is
+    fixed" (bug rate 0) a replay finishes the order. The worker keeps running throughout."""
+    start_worker(faults=Faults())
+    sandbox.sandbox_update(changes={"bug_rate": 1.0}, via="test")
+    sandbox.reader.invalidate()
+    assert sandbox.sandbox_state()["active_faults"] == ["bug rate 1"]
+    order = place_order()
+    relay_once(broker)
+    assert wait_until(lambda: Order.objects.get(pk=order.pk).status == OrderStatus.DEAD_LETTERED, 30)
+    assert Order.objects.get(pk=order.pk).failure_reason.startswith("delivery limit reached")
+    assert not Payment.objects.filter(order=order).exists()
+
+    sandbox.sandbox_update(changes={"bug_rate": 0.0}, via="test")
+    sandbox.reader.invalidate()  # the worker runs in this process: it would see the change within a second anyway
+    assert replay_dead_letters(order.pk) == 1
+    relay_once(broker)
+    assert wait_until(lambda: Order.objects.get(pk=order.pk).status == OrderStatus.COMPLETED, 30)
+    assert Payment.objects.filter(order=order).count() == 1
