@@ -121,6 +121,11 @@ def test_stories_from_the_page(stack, browser):
         page.locator("#control-log", has_text="restore").first.wait_for()
         screenshot(page, "stories-redis-restored", full_page=False)
 
+        # A poison message from the page lands in the dead-letter queue; the worker carries on.
+        box.get_by_role("button", name="Send a poison message").click()
+        page.locator("#outage-result[data-ok=yes]", has_text="Poison message").wait_for()
+        page.wait_for_function("() => Number(document.querySelector('#queue-rows tr.q-dead td.num')?.textContent) >= 1")
+
         # 4. PostgreSQL is cut: the API answers 503, the relay stage says the database is unreachable (its heartbeat is
         # a PostgreSQL row it cannot write), the cut counts down and restores itself; the page watched throughout.
         postgres = page.locator("#link-list li[data-link=postgresql]")
@@ -136,3 +141,20 @@ def test_stories_from_the_page(stack, browser):
         context.close()
     assert SupervisedProcess.objects.get(name="web").restarts == 0  # the stack stayed up through all of it
     assert time.monotonic() - started < 90
+
+
+def test_without_a_supervisor_the_row_is_disabled_and_says_why(web, browser, staff, broker):
+    """Compose, or workers started by hand: nothing would carry a kill or a cut out, so the page does not offer it."""
+    context, page = open_logged_in(browser, web.url, width=1440, height=900, timeout_ms=TIMEOUT_MS)
+    try:
+        reason = page.locator("#outage-reason")
+        reason.wait_for()
+        assert "needs make run's supervisor" in reason.text_content()
+        box = page.locator("#outage-box")
+        assert box.get_by_role("button", name="Kill (SIGKILL)").is_disabled()
+        for service in ("rabbitmq", "redis", "postgresql"):
+            assert box.locator(f"li[data-link={service}] button").first.is_disabled()
+        assert box.get_by_role("button", name="Send a poison message").is_enabled()  # needs only the broker
+        screenshot(page, "stories-no-supervisor", full_page=False)
+    finally:
+        context.close()
