@@ -38,6 +38,9 @@ def stack(tmp_path, broker, staff):
     port = free_port()
     while not port_free(port + 1):  # daphne takes port + 1
         port = free_port()
+    # Slow steps (1 s each) from the first order on, so the kill lands while the worker holds orders half done. Set
+    # before the worker starts: a running worker sees a change only within a second, time enough to finish them all.
+    sandbox.sandbox_update(changes={"step_delay_ms": 1000}, via="test")
     env = service_env(WEB_WORKERS="1", WEB_THREADS="4")
     service = Service("supervise", "--port", str(port), "--postgres-cut-seconds", "8", log_dir=tmp_path, env=env)
     service.start()
@@ -68,8 +71,6 @@ def test_stories_from_the_page(stack, browser):
         assert box.get_by_role("button", name="Kill (SIGKILL)").is_enabled()
 
         # 1. A worker is killed (SIGKILL) during a few orders: crashed → restarted, every order completes, charged once.
-        # Slow steps (1 s each), so the kill lands while the worker holds orders half done.
-        sandbox.sandbox_update(changes={"step_delay_ms": 1000}, via="test")
         first = place(6, "kill")
         assert wait_until(lambda: Order.objects.filter(pk__in=first, status=OrderStatus.PROCESSING).exists(), 30)
         page.select_option("#kill-process", "worker-1")
