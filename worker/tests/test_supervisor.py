@@ -15,6 +15,7 @@ from orders.models import (
     OrderStatus,
     OutboxMessage,
     Payment,
+    RelayHeartbeat,
     SandboxSettings,
     ServiceLink,
     SupervisedProcess,
@@ -214,7 +215,9 @@ def test_the_supervisor_carries_out_kill_stop_cut_and_restore_requests(supervise
     assert row("worker-1").last_exit == "killed by SIGKILL" and row("worker-1").restarts == 1
 
     # Stop the relay (SIGTERM): it finishes its batch, exits 0, and is restarted too.
+    # (Once it relays: before its signal handlers are installed, a SIGTERM simply ends the process.)
     relay = pid_of("relay")
+    assert wait_until(lambda: RelayHeartbeat.objects.filter(pid=relay).exists(), timeout=30)
     carried_out(supervision.request_signal("relay", kill=False, by="ada"), service)
     assert wait_until(lambda: (r := running("relay")) is not None and r.pid != relay, timeout=30)
     assert row("relay").last_exit == "exit 0"
