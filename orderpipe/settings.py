@@ -235,10 +235,10 @@ CACHES = {
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
 # Every handshake borrows a connection from the layer's pool; when all are busy it waits up to the timeout, then the
-# socket is closed with 4503 (orders/channel_layer.py). One pool per daphne process.
+# socket is closed with 4503 (orderpipe/dashboard/channel_layer.py). One pool per daphne process.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "orders.channel_layer.PooledRedisChannelLayer",
+        "BACKEND": "orderpipe.dashboard.channel_layer.PooledRedisChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
             "prefix": f"{ORDERPIPE_PREFIX}:asgi",
@@ -249,7 +249,7 @@ CHANNEL_LAYERS = {
         },
     }
 }
-# Live sockets (orders/consumers.py): per client (user, or address when anonymous) across all daphne processes;
+# Live sockets (orderpipe/dashboard/consumers.py): per client (user, or address when anonymous) across all daphne processes;
 # a crashed process's sockets stop counting after WS_SLOT_TTL seconds.
 WS_MAX_CONNECTIONS_PER_CLIENT = env_int("WS_MAX_CONNECTIONS_PER_CLIENT", 20)
 WS_SLOT_TTL = env_float("WS_SLOT_TTL", 60.0)

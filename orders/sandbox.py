@@ -14,11 +14,11 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from orders import live
+from orderpipe.dashboard import live
 from orders.events import record_event
 from orders.models import EventKind, Order, OrderEvent, Product, SandboxChange, SandboxSettings, StepGrant
 
-# A burst (the dashboard's "Burst" control, worker/controls.py) places at most this many orders, committed in
+# A burst (the dashboard's "Burst" control, orderpipe/dashboard/controls.py) places at most this many orders, committed in
 # chunks of BURST_CHUNK. Here rather than beside the view, so the dashboard page can show the limit without
 # importing worker.
 BURST_MAX = 10_000

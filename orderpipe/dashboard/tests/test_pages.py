@@ -10,8 +10,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from orders import cache, live, services
-from orders.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND
+from orderpipe.dashboard import live
+from orderpipe.dashboard.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND
+from orders import cache, services
 from orders.models import OrderStatus
 from orders.sandbox import BURST_MAX
 from orders.serializers import MAX_QUANTITY

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orders import live, services
-from orders.broadcaster import Producer
+from orderpipe.dashboard import live
+from orderpipe.dashboard.broadcaster import Producer
+from orders import services
 
 pytestmark = pytest.mark.django_db
 

@@ -26,7 +26,8 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django_redis import get_redis_connection
 
-from orders import cache, live, selectors
+from orderpipe.dashboard import live
+from orders import cache, selectors
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from orders import consumers, live
+from orderpipe.dashboard import consumers, live
 
 websocket_urlpatterns = [
     path(live.PIPELINE_SOCKET_PATH, consumers.PipelineConsumer.as_asgi()),

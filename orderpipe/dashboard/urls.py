@@ -1,6 +1,6 @@
 from django.urls import path
 
-from orders import pages
+from orderpipe.dashboard import pages
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),

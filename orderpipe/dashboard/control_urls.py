@@ -1,6 +1,6 @@
 from django.urls import path
 
-from worker import controls
+from orderpipe.dashboard import controls
 
 urlpatterns = [
     path("burst/", controls.BurstApi.as_view(), name="control-burst"),

@@ -21,9 +21,10 @@ from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 from rest_framework import serializers
 
-from orders import live, sandbox, selectors
+from orderpipe.dashboard import live
+from orderpipe.dashboard.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, journey_snapshot, pipeline_snapshot
+from orders import sandbox, selectors
 from orders.access import can_control, can_watch
-from orders.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, journey_snapshot, pipeline_snapshot
 from orders.models import Order, OrderStatus, SandboxSettings
 from orders.serializers import MAX_LINES, OrderInputSerializer, OrderItemInputSerializer
 
