@@ -1,4 +1,4 @@
-"""ASGI entry point, served by daphne: WebSockets go through Channels (see orderpipe/dashboard/routing.py); HTTP goes to Django.
+"""ASGI entry point, served by daphne: WebSockets go through Channels (orderpipe/dashboard/routing.py), HTTP to Django.
 
 In production daphne is there for the sockets (`/ws/...`, Compose's `ws` service); gunicorn serves HTTP
 (gunicorn.conf.py, orderpipe/wsgi.py). daphne still answers HTTP with the same Django stack, static files included

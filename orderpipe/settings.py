@@ -249,8 +249,8 @@ CHANNEL_LAYERS = {
         },
     }
 }
-# Live sockets (orderpipe/dashboard/consumers.py): per client (user, or address when anonymous) across all daphne processes;
-# a crashed process's sockets stop counting after WS_SLOT_TTL seconds.
+# Live sockets (orderpipe/dashboard/consumers.py): per client (user, or address when anonymous) across all daphne
+# processes; a crashed process's sockets stop counting after WS_SLOT_TTL seconds.
 WS_MAX_CONNECTIONS_PER_CLIENT = env_int("WS_MAX_CONNECTIONS_PER_CLIENT", 20)
 WS_SLOT_TTL = env_float("WS_SLOT_TTL", 60.0)
 WS_RESYNC_INTERVAL = env_float("WS_RESYNC_INTERVAL", 5.0)

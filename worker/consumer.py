@@ -37,8 +37,8 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from pika.spec import Basic, BasicProperties
 
 from orders.models import WorkerHeartbeat
+from orders.sandbox.faults import Faults
 from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect, process_data_events
-from worker.faults import Faults
 from worker.monitor import QueueMonitor
 from worker.processing import (
     REASON_HEADER,

@@ -37,7 +37,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from orders.models import SandboxSettings, SupervisedProcess
-from worker.faults import CRASH_EXIT_CODE
+from orders.sandbox.faults import CRASH_EXIT_CODE
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The sockets are read-only. Controls go through the CSRF-protected HTTP endpoints
 path for them; a control message arriving over a socket is refused (and an anonymous one closes the socket).
 
 Limits (settings WS_*): a client (user, or address when anonymous) holds at most WS_MAX_CONNECTIONS_PER_CLIENT
-sockets, counted in Redis across daphne processes (orderpipe/dashboard/sockets.py), and the next one is closed with 4429; a
+sockets, counted in Redis across daphne processes (dashboard/sockets.py), and the next one is closed with 4429; a
 handshake that cannot get a Redis connection (the channel layer's pool is exhausted, or Redis is down) or the
 database is closed with 4503; a frame that is not a JSON object with an `action` is closed with 4400; `resync` is
 served at most once per WS_RESYNC_INTERVAL seconds per socket. Each of these is one log line, never a traceback.

@@ -27,7 +27,7 @@ from orders.models import EventKind, Order, OrderEvent
 log = logging.getLogger(__name__)
 
 PIPELINE_GROUP = "pipeline"
-# The sockets' URL patterns (orderpipe/dashboard/routing.py); orderpipe/dashboard/pages.py hands them to the page scripts.
+# The sockets' URL patterns (dashboard/routing.py); dashboard/pages.py hands them to the page scripts.
 PIPELINE_SOCKET_PATH = "ws/pipeline/"
 JOURNEY_SOCKET_PATH = "ws/orders/<str:order_id>/"
 # How long a journey page's interest in its order lasts without a refresh (the consumer refreshes it).

@@ -18,7 +18,7 @@ from orders.models import (
     StepGrant,
     WorkerHeartbeat,
 )
-from worker.faults import Faults, NoFaults, TransientFailure
+from orders.sandbox.faults import Faults, NoFaults, TransientFailure
 from worker.processing import REASON_HEADER, RETRIES_HEADER
 from worker.relay import relay_once
 from worker.replay import replay_dead_letters

@@ -18,9 +18,8 @@ from orderpipe.dashboard import live
 from orders.events import record_event
 from orders.models import EventKind, Order, OrderEvent, Product, SandboxChange, SandboxSettings, StepGrant
 
-# A burst (the dashboard's "Burst" control, orderpipe/dashboard/controls.py) places at most this many orders, committed in
-# chunks of BURST_CHUNK. Here rather than beside the view, so the dashboard page can show the limit without
-# importing worker.
+# A burst (the dashboard's "Burst" control, orderpipe/dashboard/controls.py) places at most this many orders,
+# committed in chunks of BURST_CHUNK.
 BURST_MAX = 10_000
 BURST_CHUNK = 100
 # The dashboard's "Restock" adds this many items to each product (or one), at most RESTOCK_MAX per press.
