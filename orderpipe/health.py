@@ -3,7 +3,7 @@
 `/healthz` says the process is alive and touches nothing else (a liveness probe that failed on a database outage
 would restart healthy web processes for nothing). `/readyz` checks PostgreSQL, RabbitMQ and Redis, each with its
 own short-lived connection and a short timeout, and names the ones that failed. `/metrics` is the Prometheus
-scrape (see orders/metrics.py). Relays and workers run the same checks before they start (`wait_for_dependencies`).
+scrape (see orderpipe/scrape.py). Relays and workers run the same checks before they start (`wait_for_dependencies`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
-from orders import metrics
+from orderpipe import scrape
 from orders.permissions import can_scrape_metrics, is_staff
 from worker import broker
 
@@ -189,4 +189,4 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         )
         response["WWW-Authenticate"] = "Bearer"
         return response
-    return HttpResponse(metrics.render_web(), content_type=metrics.CONTENT_TYPE)
+    return HttpResponse(scrape.render_web(), content_type=scrape.CONTENT_TYPE)

@@ -6,12 +6,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from orderpipe import health
+from orderpipe.dashboard.api import PipelineApi
 from orders.api import ApiRootApi
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", ApiRootApi.as_view(), name="api-root"),
     path("api/", include("orders.urls")),
+    path("api/pipeline/", PipelineApi.as_view(), name="api-pipeline"),
     path("api/controls/", include("orderpipe.dashboard.control_urls")),
     path("api/", include("worker.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -27,7 +27,8 @@ from channels.layers import get_channel_layer
 from django_redis import get_redis_connection
 
 from orderpipe.dashboard import live
-from orders import cache, selectors
+from orderpipe.dashboard.state import pipeline_state
+from orders import cache
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Producer:
         state = None
         if ((rows or controls) and since_state >= STATE_MIN_INTERVAL) or since_state >= STATE_MAX_INTERVAL:
             self.last_state_at = now
-            state = {"pipeline": selectors.pipeline_state(), "latest_orders": live.latest_orders()}
+            state = {"pipeline": pipeline_state(), "latest_orders": live.latest_orders()}
         if rows or controls or state:
             messages.append(
                 (

@@ -31,7 +31,8 @@ from redis.exceptions import RedisError
 
 from orderpipe.dashboard import live, sockets
 from orderpipe.dashboard.broadcaster import broadcaster
-from orders import sandbox, selectors
+from orderpipe.dashboard.state import pipeline_state
+from orders import sandbox
 from orders.access import can_control, can_watch
 from orders.models import Order
 from orders.serializers import order_representation
@@ -214,7 +215,7 @@ class PipelineConsumer(LiveConsumer):
 
 def pipeline_snapshot() -> dict[str, Any]:
     return {
-        "state": {"pipeline": selectors.pipeline_state(), "latest_orders": live.latest_orders()},
+        "state": {"pipeline": pipeline_state(), "latest_orders": live.latest_orders()},
         "events": live.recent_feed(),
         "rates": live.recent_rates(),
         "controls": live.recent_controls(),
