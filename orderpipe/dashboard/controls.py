@@ -24,8 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orderpipe.dashboard import live
-from orders import cache, sandbox
+from orders import cache, live, sandbox
 from orders.access import can_control
 from orders.models import Product
 from orders.sandbox import BURST_CHUNK, BURST_MAX, RESTOCK_DEFAULT, RESTOCK_MAX

@@ -2,9 +2,9 @@
 
 from django.urls import path
 
-from orderpipe.dashboard import consumers, live
+from orderpipe.dashboard import consumers, feed
 
 websocket_urlpatterns = [
-    path(live.PIPELINE_SOCKET_PATH, consumers.PipelineConsumer.as_asgi()),
-    path(live.JOURNEY_SOCKET_PATH, consumers.JourneyConsumer.as_asgi()),
+    path(feed.PIPELINE_SOCKET_PATH, consumers.PipelineConsumer.as_asgi()),
+    path(feed.JOURNEY_SOCKET_PATH, consumers.JourneyConsumer.as_asgi()),
 ]

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from orderpipe.dashboard import live
+from orders import live
 from orders.events import record_event
 from orders.models import EventKind, Order, OrderEvent, Product, SandboxChange, SandboxSettings, StepGrant
 

@@ -102,7 +102,7 @@ def test_workers_see_a_change_within_the_reader_ttl():
 
 @pytest.mark.django_db(transaction=True)
 def test_every_change_is_a_control_action_in_the_live_feed_once_committed(staff_api):
-    from orderpipe.dashboard import live
+    from orders import live
 
     patch(staff_api, {"crash_rate": 1, "step_mode": True, "worker_concurrency": 4})
     patch(staff_api, {"crash_rate": 1})  # no change: nothing recorded

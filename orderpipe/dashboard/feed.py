@@ -1,5 +1,7 @@
-"""The live side of the pipeline: channel-layer group names, the messages pushed to them, and the few Redis
-structures the producer reads (which orders are watched, which control actions happened).
+"""The dashboard's live feed: channel-layer group names, the messages pushed to them, and the reads behind them.
+
+The control actions the feed shows are recorded by orders/live.py (the domain records them too); which orders a
+journey page watches is kept here, in Redis.
 
 Every channel-layer group name lives in this module. The message shapes (TypedDicts below) are what
 `static/js/dashboard.js` and `static/js/journey.js` consume.
@@ -7,7 +9,6 @@ Every channel-layer group name lives in this module. The message shapes (TypedDi
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -55,14 +56,6 @@ class FeedEvent(TypedDict):
     at: str
     message: str
     status: str
-
-
-class ControlAction(TypedDict):
-    id: str
-    at: str
-    action: str
-    detail: str
-    by: str
 
 
 class LatestOrder(TypedDict):
@@ -198,7 +191,7 @@ def journey_events_for(order_ids: set[str], *, after_id: int, up_to_id: int) -> 
     return grouped
 
 
-# ---------------------------------------------------------------- Redis: watched orders, control actions
+# ---------------------------------------------------------------- Redis: watched orders
 
 
 def _redis():
@@ -222,56 +215,6 @@ def watched_orders() -> set[str]:
     pipe.zrange(key, 0, -1)
     _, members = pipe.execute()
     return {member.decode() for member in members}
-
-
-def record_control(action: str, detail: str, *, by: str) -> ControlAction:
-    """Log a control action that is not about one order and add it to the live feed's stream."""
-    entry: ControlAction = {
-        "id": "",
-        "at": timezone.now().isoformat(),
-        "action": action,
-        "detail": detail,
-        "by": by,
-    }
-    log.info("control action %s by %s: %s", action, by or "?", detail)
-    try:
-        entry["id"] = (
-            _redis()
-            .xadd(cache.live_controls_key(), {"entry": json.dumps(entry)}, maxlen=200, approximate=True)
-            .decode()
-        )
-    except RedisError as exc:
-        log.warning("control action not added to the live feed: %s", exc)
-    return entry
-
-
-def _decode_controls(rows: list[tuple[bytes, dict[bytes, bytes]]]) -> list[ControlAction]:
-    actions = []
-    for stream_id, fields in rows:
-        entry = json.loads(fields[b"entry"])
-        entry["id"] = stream_id.decode()
-        actions.append(entry)
-    return actions
-
-
-def controls_after(last_id: str) -> list[ControlAction]:
-    return _decode_controls(_redis().xrange(cache.live_controls_key(), min=f"({last_id}", count=100))
-
-
-def recent_controls(limit: int = 10) -> list[ControlAction]:
-    try:
-        rows = _redis().xrevrange(cache.live_controls_key(), count=limit)
-    except RedisError:
-        return []
-    return list(reversed(_decode_controls(rows)))
-
-
-def last_control_id() -> str:
-    try:
-        rows = _redis().xrevrange(cache.live_controls_key(), count=1)
-    except RedisError:
-        return "0-0"
-    return rows[0][0].decode() if rows else "0-0"
 
 
 def new_token() -> str:
