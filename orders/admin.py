@@ -1,3 +1,5 @@
+"""The admin of the domain: catalog, orders and their journey, outbox, payments, and the sandbox's settings."""
+
 from __future__ import annotations
 
 import json

@@ -1,3 +1,5 @@
+"""The REST API's URLs (under /api/); the dashboard's JSON and controls are in orderpipe/dashboard/."""
+
 from django.urls import path
 
 from orders import api

@@ -1,3 +1,5 @@
+"""The dashboard's control endpoints (under /api/controls/): burst, purge a queue, restock, flush the cache."""
+
 from django.urls import path
 
 from orderpipe.dashboard import controls

@@ -1,3 +1,5 @@
+"""The dashboard's pages: the live pipeline at / and an order's journey."""
+
 from django.urls import path
 
 from orderpipe.dashboard import pages

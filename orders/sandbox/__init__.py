@@ -1,5 +1,9 @@
 """The fault injector's settings: stored in one database row, changed through these services (API, admin,
-command, dashboard), recorded in SandboxChange, and read by workers through a one-second cache."""
+command, dashboard), recorded in SandboxChange, and read by workers through a one-second cache.
+
+The package is the sandbox: these services (with the learner's step grants and restock), and the fault injector
+that reads them (`faults`). Its HTTP endpoints are orders/api.py's `/api/sandbox/` and next-step, and the
+dashboard's controls (orderpipe/dashboard/controls.py)."""
 
 from __future__ import annotations
 
