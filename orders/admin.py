@@ -1,3 +1,5 @@
+"""The admin of the domain: catalog, orders and their journey, outbox, payments, and the sandbox's settings."""
+
 from __future__ import annotations
 
 import json
@@ -18,12 +20,8 @@ from orders.models import (
     OutboxMessage,
     Payment,
     Product,
-    QueueStat,
-    RelayHeartbeat,
     SandboxChange,
     SandboxSettings,
-    SupervisedProcess,
-    WorkerHeartbeat,
 )
 
 
@@ -167,26 +165,6 @@ class PaymentAdmin(admin.ModelAdmin):
 class NotificationAdmin(admin.ModelAdmin):
     list_display = ["order", "channel", "recipient", "subject", "sent_at"]
     readonly_fields = ["order", "channel", "recipient", "subject", "body", "sent_at"]
-
-
-@admin.register(QueueStat)
-class QueueStatAdmin(admin.ModelAdmin):
-    list_display = ["name", "role", "ready", "consumers", "observed_at"]
-
-
-@admin.register(WorkerHeartbeat)
-class WorkerHeartbeatAdmin(admin.ModelAdmin):
-    list_display = ["name", "hostname", "pid", "current_order", "processed", "unacked", "last_seen"]
-
-
-@admin.register(RelayHeartbeat)
-class RelayHeartbeatAdmin(admin.ModelAdmin):
-    list_display = ["name", "hostname", "pid", "state", "published", "rate", "last_publish_at", "last_seen"]
-
-
-@admin.register(SupervisedProcess)
-class SupervisedProcessAdmin(admin.ModelAdmin):
-    list_display = ["name", "role", "pid", "state", "restarts", "last_exit", "last_exit_at", "updated_at"]
 
 
 @admin.register(SandboxSettings)

@@ -180,13 +180,6 @@ class ProductListApi(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
 
-class PipelineApi(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **COMMON_ERRORS})
-    def get(self, request: Request) -> Response:
-        """The live state: outbox backlog, orders by status, relays, queues, cache, workers, supervised processes."""
-        return Response(selectors.pipeline_state())
-
-
 # ---------------------------------------------------------------- sandbox (the fault injector)
 
 

@@ -40,7 +40,7 @@ def _stats_key(name: str) -> str:
 
 
 def live_producer_lock_key() -> str:
-    """Held by the one web process that produces the dashboard's live updates (see orders/broadcaster.py)."""
+    """Held by the one daphne process that produces the live updates (orderpipe/dashboard/broadcaster.py)."""
     return f"{_prefix()}:live:producer"
 
 
@@ -55,7 +55,8 @@ def live_controls_key() -> str:
 
 
 def live_socket_slots_key(client: str) -> str:
-    """Sorted set of the live sockets one client (user or address) holds open, scored by expiry (orders/sockets.py)."""
+    """Sorted set of the live sockets one client (user or address) holds open, scored by expiry
+    (orderpipe/dashboard/sockets.py)."""
     return f"{_prefix()}:live:sockets:{client}"
 
 

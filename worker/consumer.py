@@ -36,9 +36,9 @@ from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.spec import Basic, BasicProperties
 
-from orders.models import WorkerHeartbeat
+from orders.sandbox.faults import Faults
 from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect, process_data_events
-from worker.faults import Faults
+from worker.models import WorkerHeartbeat
 from worker.monitor import QueueMonitor
 from worker.processing import (
     REASON_HEADER,

@@ -23,9 +23,9 @@ from orders.events import QueueSnapshot
 from orders.failures import Interrupted as Interrupted  # re-exported: the consumer catches it by this name
 from orders.gateway import Gateway, charge
 from orders.notifications import Notifier, send_confirmation
+from orders.sandbox.faults import Faults
 from orders.services import MESSAGE_VERSION, Transition
 from orders.steps import Ended, Pipeline, Seams, UnknownOrder
-from worker.faults import Faults
 from worker.topology import RetryTier, Topology, topology
 
 log = logging.getLogger(__name__)

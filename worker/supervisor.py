@@ -36,8 +36,9 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from orders.models import SandboxSettings, SupervisedProcess
-from worker.faults import CRASH_EXIT_CODE
+from orders.models import SandboxSettings
+from orders.sandbox.faults import CRASH_EXIT_CODE
+from worker.models import SupervisedProcess
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-// The dashboard: renders the pipeline snapshot, then applies the batches the server pushes (see orders/live.py
+// The dashboard: renders the pipeline snapshot, then applies the batches the server pushes (see dashboard/feed.py
 // for the message shapes). Rendering is coalesced to one animation frame, so a busy pipeline never queues work.
 import {
   ago,

@@ -1,7 +1,7 @@
 // Shared by dashboard.js and journey.js: the server's configuration, the WebSocket with reconnects, the
 // CSRF-protected fetch, small helpers.
 
-// Limits, statuses, close codes and URLs, as the server enforces and serves them (orders/pages.py, page_config):
+// Limits, statuses, close codes and URLs, as the server enforces and serves them (orderpipe/dashboard/pages.py, page_config):
 // the scripts keep no copy of their own.
 export const config = JSON.parse(document.getElementById("orderpipe-config").textContent);
 

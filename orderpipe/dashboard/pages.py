@@ -21,9 +21,10 @@ from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 from rest_framework import serializers
 
-from orders import live, sandbox, selectors
+from orderpipe.dashboard import feed
+from orderpipe.dashboard.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, journey_snapshot, pipeline_snapshot
+from orders import sandbox, selectors
 from orders.access import can_control, can_watch
-from orders.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, journey_snapshot, pipeline_snapshot
 from orders.models import Order, OrderStatus, SandboxSettings
 from orders.serializers import MAX_LINES, OrderInputSerializer, OrderItemInputSerializer
 
@@ -47,8 +48,8 @@ def page_config() -> dict[str, Any]:
     quantity = cast(serializers.IntegerField, OrderItemInputSerializer().fields["quantity"])
     order_fields = OrderInputSerializer().fields
     return {
-        "feedLength": live.FEED_LENGTH,
-        "rateWindowSeconds": live.RATE_WINDOW_SECONDS,
+        "feedLength": feed.FEED_LENGTH,
+        "rateWindowSeconds": feed.RATE_WINDOW_SECONDS,
         "terminalStatuses": sorted(OrderStatus.terminal()),
         "closeCodes": {"forbidden": CLOSE_FORBIDDEN, "notFound": CLOSE_NOT_FOUND},
         "orderIdPlaceholder": ORDER_ID_PLACEHOLDER,
@@ -72,8 +73,8 @@ def page_config() -> dict[str, Any]:
             "flushCache": reverse("control-flush-cache"),
             "restock": reverse("control-restock"),
             "replayDeadLetters": reverse("api-dead-letters-replay"),
-            "pipelineSocket": f"/{live.PIPELINE_SOCKET_PATH}",
-            "journeySocket": f"/{live.JOURNEY_SOCKET_PATH}".replace("<str:order_id>", ORDER_ID_PLACEHOLDER),
+            "pipelineSocket": f"/{feed.PIPELINE_SOCKET_PATH}",
+            "journeySocket": f"/{feed.JOURNEY_SOCKET_PATH}".replace("<str:order_id>", ORDER_ID_PLACEHOLDER),
         },
     }
 

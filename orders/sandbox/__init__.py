@@ -1,5 +1,9 @@
 """The fault injector's settings: stored in one database row, changed through these services (API, admin,
-command, dashboard), recorded in SandboxChange, and read by workers through a one-second cache."""
+command, dashboard), recorded in SandboxChange, and read by workers through a one-second cache.
+
+The package is the sandbox: these services (with the learner's step grants and restock), and the fault injector
+that reads them (`faults`). Its HTTP endpoints are orders/api.py's `/api/sandbox/` and next-step, and the
+dashboard's controls (orderpipe/dashboard/controls.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +22,8 @@ from orders import live
 from orders.events import record_event
 from orders.models import EventKind, Order, OrderEvent, Product, SandboxChange, SandboxSettings, StepGrant
 
-# A burst (the dashboard's "Burst" control, worker/controls.py) places at most this many orders, committed in
-# chunks of BURST_CHUNK. Here rather than beside the view, so the dashboard page can show the limit without
-# importing worker.
+# A burst (the dashboard's "Burst" control, orderpipe/dashboard/controls.py) places at most this many orders,
+# committed in chunks of BURST_CHUNK.
 BURST_MAX = 10_000
 BURST_CHUNK = 100
 # The dashboard's "Restock" adds this many items to each product (or one), at most RESTOCK_MAX per press.
