@@ -66,6 +66,8 @@ class Delivery:
     # Ready messages per queue, as the worker last observed them (worker/monitor.py), so a snapshot can give the
     # depth of the queue the message is handed on to, not only of the one it came from.
     depths: dict[str, int] = field(default_factory=dict)
+    # Acked the moment it arrived (the sandbox's unsafe ack_mode=on_receive): nothing to ack or return afterwards.
+    acked: bool = False
 
     @property
     def queue_ready(self) -> int | None:
