@@ -16,7 +16,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from orders import cache, journal
+from orders import cache, journal, sandbox
 from orders.events import (
     QueueSnapshot,
     RowSnapshot,
@@ -28,6 +28,7 @@ from orders.events import (
     stored_event,
 )
 from orders.models import (
+    CacheMode,
     EventKind,
     IdempotencyKey,
     Order,
@@ -256,9 +257,18 @@ class InvalidTransition(Exception):
 
 def cache_after_commit(transitions: list[Transition]) -> None:
     """Write-through: after the commit, store each order's new representation in Redis and note in its event
-    what the cache then held. Runs outside any transaction; the orders must have their lines prefetched."""
+    what the cache then held. Runs outside any transaction; the orders must have their lines prefetched.
+
+    In the sandbox's cache_aside and off modes nothing is written (only the API's read fills the cache in
+    cache_aside): the event notes what the cache holds instead, which may be an older status."""
+    current = sandbox.modes()
     for item in transitions:
-        state = cache.write_order(order_representation(item.order))
+        if current.cache_mode == CacheMode.WRITE_THROUGH:
+            state = cache.write_order(order_representation(item.order), ttl=current.cache_ttl)
+        else:
+            state = cache.order_state(item.order.pk)
+            state["written"] = False
+            state["note"] = f"not written: sandbox cache_mode={current.cache_mode}"
         attach_cache_state(item.event, state)
 
 
