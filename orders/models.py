@@ -162,6 +162,7 @@ class EventKind(models.TextChoices):
     STEP_WAITING = "step_waiting", "waiting for the next step"
     CONTROL = "control", "control action"
     RESENT = "resent", "re-sent by the sweeper"
+    PUBLISH_FAILED = "publish_failed", "publish failed (no outbox: nothing will retry it)"
 
 
 class OrderEvent(models.Model):
