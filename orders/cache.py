@@ -135,6 +135,21 @@ def stale_reads() -> int:
         return 0
 
 
+def count_ghost_message() -> None:
+    """A worker met a message for an order that does not exist (and dead-lettered it)."""
+    try:
+        _client().incr(_stats_key("ghost_messages"))
+    except RedisError as exc:
+        log.warning("ghost message not counted: %s", exc)
+
+
+def ghost_messages() -> int:
+    try:
+        return int(_client().get(_stats_key("ghost_messages")) or 0)
+    except RedisError:
+        return 0
+
+
 def read_order(order_id: object) -> dict[str, Any] | None:
     """The cached representation, or None on a miss or when Redis is unavailable. Counts hits and misses."""
     key = order_key(order_id)
@@ -227,6 +242,7 @@ def flush() -> int:
         client = _client()
         keys = list(client.scan_iter(match=f"{_prefix()}:order:*", count=1000))
         keys += [_stats_key("hits"), _stats_key("misses"), _stats_key("page_reads"), _stats_key("stale_reads")]
+        keys.append(_stats_key("ghost_messages"))
         removed = 0
         for start in range(0, len(keys), 500):
             removed += client.delete(*keys[start : start + 500])

@@ -19,6 +19,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from orders import cache
 from orders.events import QueueSnapshot
 from orders.failures import Interrupted as Interrupted  # re-exported: the consumer catches it by this name
 from orders.gateway import Gateway, charge
@@ -221,6 +222,10 @@ class Processor:
             started = self.pipeline.receive(order_id, delivery)
         except (PoisonMessage, UnknownOrder) as exc:
             log.warning("poison message %s: %s", delivery.message_id or "?", exc)
+            if isinstance(exc, UnknownOrder):
+                # A ghost: publish_mode=publish_first published it and then the order's commit failed (or has not
+                # landed yet). Counted for the lessons' checkpoint (orders/checkpoints.py `ghost_messages`).
+                cache.count_ghost_message()
             return Verdict(Action.DEAD_LETTER, reason=f"poison message: {exc}")
         if started is None:
             return ACK
