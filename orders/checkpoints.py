@@ -53,9 +53,7 @@ def ghost_messages() -> int:
     return cache.ghost_messages()
 
 
-def stuck_orders(
-    orders: QuerySet[Order] | None = None, *, quiet_for: timedelta = STUCK_AFTER
-) -> list[uuid.UUID]:
+def stuck_orders(orders: QuerySet[Order] | None = None, *, quiet_for: timedelta = STUCK_AFTER) -> list[uuid.UUID]:
     """The domain's half of "lost": orders that are not terminal, have no outbox row waiting to be published (so
     the relay will not send them), and whose journey has not moved for `quiet_for` (so no worker is working on
     them). Such an order is lost only if no message for it exists anywhere either (in a queue, or held unacked or

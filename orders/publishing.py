@@ -87,7 +87,7 @@ def order_accept(
     with transaction.atomic():
         if key is None:
             order = services.order_create(
-                customer_email=customer_email, items=items, note=note, products=products, outbox=outbox
+                customer_email=customer_email, items=items, note=note, products=products, with_outbox=outbox
             )
             body, code, replayed = order_representation(order), 202, False
         else:
@@ -98,7 +98,7 @@ def order_accept(
                 items=items,
                 note=note,
                 products=products,
-                outbox=outbox,
+                with_outbox=outbox,
             )
             if replayed:
                 return record.response_body, record.response_status, True
@@ -125,7 +125,9 @@ def _dual_write_publish(order: Order) -> None:
     try:
         message_id = publish_order(order)
     except PublishError as exc:
-        log.error("dual_write: order %s committed but its publish failed (%s); it will never be processed", order.id, exc)
+        log.error(
+            "dual_write: order %s committed but its publish failed (%s); it will never be processed", order.id, exc
+        )
         with transaction.atomic():
             locked = Order.objects.select_for_update(of=("self",)).get(pk=order.pk)
             record_event(

@@ -163,7 +163,9 @@ def sandbox_update(*, changes: dict[str, Any], changed_by: str = "", via: str) -
         raise ValidationError({name: ["Unknown sandbox setting."] for name in unknown})
     if not settings.ORDERPIPE_SANDBOX:
         refused = sorted(
-            name for name in changes if name in (*UNSAFE_MODES, "accept_failure_rate") and changes[name] != DEFAULTS[name]
+            name
+            for name in changes
+            if name in (*UNSAFE_MODES, "accept_failure_rate") and changes[name] != DEFAULTS[name]
         )
         if refused:
             raise ValidationError(

@@ -62,15 +62,15 @@ def order_message(order: Order) -> dict[str, Any]:
 
 
 def order_create_reference(
-    *, customer_email: str, items: list[dict[str, Any]], note: str = "", outbox: bool = True
+    *, customer_email: str, items: list[dict[str, Any]], note: str = "", with_outbox: bool = True
 ) -> Order:
     """Accept an order, the readable way: price its lines from the catalog and store the order, its lines, an
     outbox message and the first journey event in one transaction, one ORM query per row. The commit's NOTIFY
     wakes the relay. `order_create` does the same in one statement; orders/tests/test_journal.py pins the two.
 
-    `outbox=False` is for the sandbox's unsafe publish modes only (orders/publishing.py): no outbox row, so nothing
-    but the request itself will ever publish the order."""
-    if not outbox:
+    `with_outbox=False` is for the sandbox's unsafe publish modes only (orders/publishing.py): no outbox row, so
+    nothing but the request itself will ever publish the order."""
+    if not with_outbox:
         return _order_create_without_outbox(customer_email=customer_email, items=items, note=note)
     products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
     total = sum((products[i["sku"]].price * i["quantity"] for i in items), Decimal("0.00"))
@@ -133,16 +133,16 @@ def order_create(
     items: list[dict[str, Any]],
     note: str = "",
     products: dict[str, Product] | None = None,
-    outbox: bool = True,
+    with_outbox: bool = True,
 ) -> Order:
     """Accept an order: price its lines from the catalog and store the order, its lines, an outbox message and
     the first journey event in one transaction (one statement, `journal.accept`). The commit's NOTIFY wakes the
     relay. `order_create_reference` is the same, written the readable way.
 
     `products` (sku -> Product) are the catalog rows the caller already read while validating, if it did; the
-    returned order carries its lines, so it can be represented without reading it back. `outbox=False`: see
+    returned order carries its lines, so it can be represented without reading it back. `with_outbox=False`: see
     `order_create_reference` (sandbox only)."""
-    if not outbox:
+    if not with_outbox:
         return _order_create_without_outbox(customer_email=customer_email, items=items, note=note)
     if products is None:
         products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
@@ -363,7 +363,7 @@ def order_create_idempotent(
     items: list[dict[str, Any]],
     note: str = "",
     products: dict[str, Product] | None = None,
-    outbox: bool = True,
+    with_outbox: bool = True,
 ) -> tuple[IdempotencyKey, bool]:
     """Create the order once per key: returns (the stored first response, whether this call is a replay).
 
@@ -377,7 +377,7 @@ def order_create_idempotent(
         with transaction.atomic():
             IdempotencyKey.objects.filter(key=key, expires_at__lte=timezone.now()).delete()
             order = order_create(
-                customer_email=customer_email, items=items, note=note, products=products, outbox=outbox
+                customer_email=customer_email, items=items, note=note, products=products, with_outbox=with_outbox
             )
             record = IdempotencyKey.objects.create(
                 key=key,

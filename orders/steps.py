@@ -264,11 +264,10 @@ class Pipeline:
 
         In the sandbox's unsafe step_guards=off, every step runs on every delivery, finished or not: a redelivery
         reserves the stock again, charges the gateway again (without a key) and emails again."""
-        guarded = self.seams.faults.step_guards()
         for step in STEPS:
             self.wait_before_step(order_id, step.name, message)
             try:
-                self.run_step(step, order_id, message, guarded=guarded)
+                self.run_step(step, order_id, message)
             except PermanentFailure as exc:
                 self.fail(order_id, str(exc), message)
                 return Outcome(Ended.FAILED, step.name, exc)
@@ -276,11 +275,11 @@ class Pipeline:
                 return Outcome(Ended.TRANSIENT, step.name, exc)
         return Outcome(Ended.DONE)
 
-    def run_step(self, step: Step, order_id: uuid.UUID, message: Carrier, *, guarded: bool = True) -> Transition | None:
+    def run_step(self, step: Step, order_id: uuid.UUID, message: Carrier) -> Transition | None:
         """One guarded step. Returns None, changing nothing, when the order is not at the step this one requires.
-        Unguarded (step_guards=off), only the status is checked (the transition table needs `processing`), not the
-        step: a finished step runs again."""
-        at = _at if guarded else _processing
+        Unguarded (the sandbox's step_guards=off), only the status is checked (the transition table needs
+        `processing`), not the step: a finished step runs again."""
+        at = _at if self.seams.faults.step_guards() else _processing
         prepared = None
         if step.outside is not None:
             # An unlocked read is enough to skip a finished step; the guard under the lock below is the real check

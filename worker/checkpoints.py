@@ -56,9 +56,11 @@ def lost_orders(
     candidates = [pk for pk in stuck if str(pk) not in held]
     stats = list(QueueStat.objects.exclude(role="dead"))
     queued = sum(q.ready for q in stats)
-    counts = {"stuck": len(stuck), "held": len(stuck) - len(candidates), "queued": queued}
+    stuck_n, held_n = len(stuck), len(stuck) - len(candidates)
     if not stats or min(q.observed_at for q in stats) < now - observed_within:
-        return Lost(lost=None, why="queue depths not observed recently (is a relay or worker running?)", **counts)
+        why = "queue depths not observed recently (is a relay or worker running?)"
+        return Lost(lost=None, stuck=stuck_n, held=held_n, queued=queued, why=why)
     if queued:
-        return Lost(lost=None, why=f"{queued} message(s) still ready in the queues", **counts)
-    return Lost(lost=len(candidates), order_ids=candidates, **counts)
+        why = f"{queued} message(s) still ready in the queues"
+        return Lost(lost=None, stuck=stuck_n, held=held_n, queued=queued, why=why)
+    return Lost(lost=len(candidates), stuck=stuck_n, held=held_n, queued=queued, order_ids=candidates)

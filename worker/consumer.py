@@ -364,13 +364,17 @@ class Worker:
         or a dead letter is still published (a new message), but a Requeue, or a publish the broker refuses, has no
         message left to return: the order is lost, and the log says so."""
         if isinstance(verdict, Requeue):
-            log.error("ack_mode=on_receive: message %s was acked on receipt; it cannot be returned", delivery.message_id)
+            log.error(
+                "ack_mode=on_receive: message %s was acked on receipt; it cannot be returned", delivery.message_id
+            )
             return
         if verdict.action is not Action.ACK:
             try:
                 self._hand_on(delivery, verdict)
             except PublishFailed as exc:
-                log.error("ack_mode=on_receive: message %s acked on receipt and not handed on (%s)", delivery.message_id, exc)
+                log.error(
+                    "ack_mode=on_receive: message %s acked on receipt and not handed on (%s)", delivery.message_id, exc
+                )
                 return
         if delivery.queue == self.topology.process_queue:
             self.processed += 1

@@ -8,8 +8,8 @@ every other process it starts.
 The number of workers, their concurrency and prefetch are read from the sandbox settings (the page, the admin or
 `manage.py sandbox set workers=3` change them) about once a second, and the supervisor follows: it starts
 workers, stops the highest-numbered ones with SIGTERM (they finish the orders in hand and ack them first), or
-restarts them with the new concurrency or prefetch. With ORDERPIPE_SANDBOX=false the settings are ignored and the command line
-decides.
+restarts them with the new concurrency or prefetch. With ORDERPIPE_SANDBOX=false the settings are ignored and the
+command line decides.
 
 What it sees is written to `SupervisedProcess` rows (state, pid, restarts, last exit status), which the dashboard
 shows: a worker's own heartbeat stops when it dies, only its parent knows it crashed and was restarted.
@@ -127,7 +127,14 @@ class Supervisor:
             return [self.python, "manage.py", "run_relay"]
         # --concurrency last: the supervisor's tests read it from the end of the command line.
         prefetch_args = ["--prefetch", str(prefetch)] if prefetch else []
-        return [self.python, "manage.py", "run_worker", *prefetch_args, "--concurrency", str(concurrency or self.concurrency)]
+        return [
+            self.python,
+            "manage.py",
+            "run_worker",
+            *prefetch_args,
+            "--concurrency",
+            str(concurrency or self.concurrency),
+        ]
 
     def desired(self) -> Desired:
         """The sandbox settings' worker count and concurrency (read at most once a second), else the command line's."""
@@ -205,7 +212,9 @@ class Supervisor:
         for number in range(1, desired.workers + 1):
             name = f"worker-{number}"
             if name not in self.programs:
-                self.programs[name] = Program(name, "worker", self.argv("worker", concurrency=desired.concurrency, prefetch=desired.prefetch))
+                self.programs[name] = Program(
+                    name, "worker", self.argv("worker", concurrency=desired.concurrency, prefetch=desired.prefetch)
+                )
                 changed = True
         wanted = self.argv("worker", concurrency=desired.concurrency, prefetch=desired.prefetch)
         for program in self.programs.values():

@@ -5,50 +5,123 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('orders', '0006_relay_heartbeat'),
+        ("orders", "0006_relay_heartbeat"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='sandboxsettings',
-            name='accept_failure_rate',
-            field=models.FloatField(default=0.0, help_text='Share of POST /api/orders/ whose transaction fails (rolls back) just before its commit.', validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
+            model_name="sandboxsettings",
+            name="accept_failure_rate",
+            field=models.FloatField(
+                default=0.0,
+                help_text="Share of POST /api/orders/ whose transaction fails (rolls back) just before its commit.",
+                validators=[
+                    django.core.validators.MinValueValidator(0.0),
+                    django.core.validators.MaxValueValidator(1.0),
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='sandboxsettings',
-            name='ack_mode',
-            field=models.CharField(choices=[('after_commit', 'after commit (safe)'), ('on_receive', 'on receive (unsafe: a killed worker loses what it held)')], default='after_commit', help_text='UNSAFE when on_receive: workers ack a message as soon as they take it; a killed worker loses it.', max_length=20),
+            model_name="sandboxsettings",
+            name="ack_mode",
+            field=models.CharField(
+                choices=[
+                    ("after_commit", "after commit (safe)"),
+                    ("on_receive", "on receive (unsafe: a killed worker loses what it held)"),
+                ],
+                default="after_commit",
+                help_text="UNSAFE when on_receive: workers ack a message as soon as they take it; a killed worker "
+                "loses it.",
+                max_length=20,
+            ),
         ),
         migrations.AddField(
-            model_name='sandboxsettings',
-            name='cache_mode',
-            field=models.CharField(choices=[('write_through', 'write-through (safe)'), ('cache_aside', 'cache-aside (unsafe: filled on a miss, never invalidated)'), ('off', 'off (no cache)')], default='write_through', help_text='UNSAFE unless write_through: cache_aside fills on a read miss and never invalidates; off: no cache.', max_length=20),
+            model_name="sandboxsettings",
+            name="cache_mode",
+            field=models.CharField(
+                choices=[
+                    ("write_through", "write-through (safe)"),
+                    ("cache_aside", "cache-aside (unsafe: filled on a miss, never invalidated)"),
+                    ("off", "off (no cache)"),
+                ],
+                default="write_through",
+                help_text="UNSAFE unless write_through: cache_aside fills on a read miss and never invalidates; off: "
+                "no cache.",
+                max_length=20,
+            ),
         ),
         migrations.AddField(
-            model_name='sandboxsettings',
-            name='cache_ttl_seconds',
-            field=models.PositiveIntegerField(blank=True, help_text='TTL of the order cache entries (empty: ORDER_CACHE_TTL).', null=True, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(3600)]),
+            model_name="sandboxsettings",
+            name="cache_ttl_seconds",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="TTL of the order cache entries (empty: ORDER_CACHE_TTL).",
+                null=True,
+                validators=[
+                    django.core.validators.MinValueValidator(1),
+                    django.core.validators.MaxValueValidator(3600),
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='sandboxsettings',
-            name='publish_mode',
-            field=models.CharField(choices=[('outbox', 'outbox (safe)'), ('dual_write', 'dual write (unsafe: commit, then publish from the request)'), ('publish_first', 'publish first (unsafe: publish, then commit)')], default='outbox', help_text='UNSAFE unless outbox: how POST /api/orders/ hands the order to RabbitMQ.', max_length=20),
+            model_name="sandboxsettings",
+            name="publish_mode",
+            field=models.CharField(
+                choices=[
+                    ("outbox", "outbox (safe)"),
+                    ("dual_write", "dual write (unsafe: commit, then publish from the request)"),
+                    ("publish_first", "publish first (unsafe: publish, then commit)"),
+                ],
+                default="outbox",
+                help_text="UNSAFE unless outbox: how POST /api/orders/ hands the order to RabbitMQ.",
+                max_length=20,
+            ),
         ),
         migrations.AddField(
-            model_name='sandboxsettings',
-            name='step_guards',
-            field=models.BooleanField(default=True, help_text='UNSAFE when off: steps run without checking they ran before, so a redelivery repeats them (and charges the gateway again, without an idempotency key).'),
+            model_name="sandboxsettings",
+            name="step_guards",
+            field=models.BooleanField(
+                default=True,
+                help_text="UNSAFE when off: steps run without checking they ran before, so a redelivery repeats them "
+                "(and charges the gateway again, without an idempotency key).",
+            ),
         ),
         migrations.AddField(
-            model_name='sandboxsettings',
-            name='worker_prefetch',
-            field=models.PositiveSmallIntegerField(blank=True, help_text='Unacked messages each supervised worker holds (empty: WORKER_PREFETCH). A change restarts the workers.', null=True, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(500)]),
+            model_name="sandboxsettings",
+            name="worker_prefetch",
+            field=models.PositiveSmallIntegerField(
+                blank=True,
+                help_text="Unacked messages each supervised worker holds (empty: WORKER_PREFETCH). A change restarts "
+                "the workers.",
+                null=True,
+                validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(500)],
+            ),
         ),
         migrations.AlterField(
-            model_name='orderevent',
-            name='kind',
-            field=models.CharField(choices=[('accepted', 'accepted by the API'), ('published', 'published to RabbitMQ'), ('received', 'received by a worker'), ('redelivered', 'redelivered to a worker'), ('inventory_reserved', 'inventory reserved'), ('payment_charged', 'payment charged'), ('customer_notified', 'customer notified'), ('completed', 'completed'), ('failed', 'failed'), ('retry_scheduled', 'retry scheduled'), ('dead_lettered', 'dead-lettered'), ('replayed', 'replayed from the dead-letter queue'), ('duplicate_ignored', 'duplicate delivery ignored'), ('step_waiting', 'waiting for the next step'), ('control', 'control action'), ('resent', 're-sent by the sweeper'), ('publish_failed', 'publish failed (no outbox: nothing will retry it)')], max_length=32),
+            model_name="orderevent",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("accepted", "accepted by the API"),
+                    ("published", "published to RabbitMQ"),
+                    ("received", "received by a worker"),
+                    ("redelivered", "redelivered to a worker"),
+                    ("inventory_reserved", "inventory reserved"),
+                    ("payment_charged", "payment charged"),
+                    ("customer_notified", "customer notified"),
+                    ("completed", "completed"),
+                    ("failed", "failed"),
+                    ("retry_scheduled", "retry scheduled"),
+                    ("dead_lettered", "dead-lettered"),
+                    ("replayed", "replayed from the dead-letter queue"),
+                    ("duplicate_ignored", "duplicate delivery ignored"),
+                    ("step_waiting", "waiting for the next step"),
+                    ("control", "control action"),
+                    ("resent", "re-sent by the sweeper"),
+                    ("publish_failed", "publish failed (no outbox: nothing will retry it)"),
+                ],
+                max_length=32,
+            ),
         ),
     ]
