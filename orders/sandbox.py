@@ -155,22 +155,27 @@ def shown_value(value: Any) -> str:
     return str(value)
 
 
+def refuse_unsafe_when_off(changes: dict[str, Any]) -> None:
+    """With ORDERPIPE_SANDBOX=false, any unsafe mode (or the accept fault) set to anything but its safe default is
+    refused: ValidationError naming each field. (`modes()` ignores such a row anyway; this says so up front.)"""
+    if settings.ORDERPIPE_SANDBOX:
+        return
+    refused = sorted(
+        name for name in changes if name in (*UNSAFE_MODES, "accept_failure_rate") and changes[name] != DEFAULTS[name]
+    )
+    if refused:
+        raise ValidationError(
+            {name: ["Unsafe modes are refused when ORDERPIPE_SANDBOX=false (production)."] for name in refused}
+        )
+
+
 @transaction.atomic
 def sandbox_update(*, changes: dict[str, Any], changed_by: str = "", via: str) -> SandboxSettings:
     """Apply and record changes. Raises ValidationError (field -> messages) for unknown fields or bad values."""
     unknown = sorted(set(changes) - set(SandboxSettings.FIELDS))
     if unknown:
         raise ValidationError({name: ["Unknown sandbox setting."] for name in unknown})
-    if not settings.ORDERPIPE_SANDBOX:
-        refused = sorted(
-            name
-            for name in changes
-            if name in (*UNSAFE_MODES, "accept_failure_rate") and changes[name] != DEFAULTS[name]
-        )
-        if refused:
-            raise ValidationError(
-                {name: ["Unsafe modes and faults are refused when ORDERPIPE_SANDBOX=false."] for name in refused}
-            )
+    refuse_unsafe_when_off(changes)
     settings_row = SandboxSettings.objects.select_for_update().get(pk=SandboxSettings.load().pk)
     before = settings_row.as_dict()
     for name, value in changes.items():
