@@ -197,7 +197,7 @@ class SandboxSettingsForm(forms.ModelForm):
         fields = list(SandboxSettings.FIELDS)
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         # The unsafe modes are refused with ORDERPIPE_SANDBOX=false: a form error on the field, not a server error.
         sandbox.refuse_unsafe_when_off({name: cleaned.get(name) for name in self.changed_data})
         return cleaned

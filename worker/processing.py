@@ -96,6 +96,9 @@ class Delivery:
         }
         if self.retries:
             snap["retries"] = self.retries
+        if self.acked:
+            # The journey shows the unsafe mode at work: the broker no longer has this message.
+            note = f"ACKED ON RECEIPT (ack_mode=on_receive): the broker has forgotten this message. {note}".strip()
         if note:
             snap["note"] = note
         return snap

@@ -103,9 +103,7 @@ def test_a_row_left_unsafe_does_nothing_when_the_sandbox_is_off(production, staf
 
 
 def test_the_sandbox_api_refuses_a_mode_value_it_does_not_know_with_the_field(staff_api):
-    response = staff_api.patch(
-        "/api/sandbox/", data=json.dumps({"ack_mode": "never"}), content_type="application/json"
-    )
+    response = staff_api.patch("/api/sandbox/", data=json.dumps({"ack_mode": "never"}), content_type="application/json")
     assert response.status_code == 400
     assert "ack_mode" in response.json()
 

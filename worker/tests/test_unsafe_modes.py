@@ -164,7 +164,9 @@ def test_publish_first_with_a_failing_commit_leaves_a_ghost_message_and_the_outb
     assert checkpoints.ghost_messages() == 1
 
 
-def test_dual_write_with_the_broker_cut_accepts_orders_that_are_never_queued(book, staff_api, broker, start_worker, settings):
+def test_dual_write_with_the_broker_cut_accepts_orders_that_are_never_queued(
+    book, staff_api, broker, start_worker, settings
+):
     start_worker(amqp_url=settings.AMQP_URL)  # the worker keeps the real broker; the API publishes through the proxy
     cut = Proxy(5672)  # never brought up: the API's connections are refused
     settings.AMQP_URLS = [f"amqp://guest:guest@127.0.0.1:{cut.port}/%2F"]
