@@ -48,11 +48,11 @@ def _has_bounds(field_name: str) -> bool:
 
 
 def _choices(field_name: str) -> list[tuple[str, str]]:
-    """A mode's values for a select: (value, label), the safe default first. step_guards is a boolean."""
+    """A mode's values for a select, as (value, text): the values as the API takes them, the safe one marked."""
     choices = getattr(SandboxSettings._meta.get_field(field_name), "choices", None)
-    if choices:
-        return [(str(value), str(label)) for value, label in choices]
-    return [("true", "on (safe)"), ("false", "off (unsafe: a redelivery repeats finished steps)")]
+    values = [str(value) for value, _ in choices] if choices else ["true", "false"]
+    safe = sandbox.shown_value(sandbox.DEFAULTS[field_name])
+    return [(value, f"{value} (safe)" if value == safe else value) for value in values]
 
 
 def page_config() -> dict[str, Any]:
