@@ -170,6 +170,8 @@ function renderPipeline(p) {
   if (p.sandbox) {
     showFaults(p.sandbox.active_faults);
     showUnsafe(p.sandbox.unsafe_modes);
+    // The form's folded "Unsafe modes" box opens while any is on, so what the banner names is in view.
+    if (p.sandbox.unsafe_modes?.length && $("unsafe-modes")) $("unsafe-modes").open = true;
     fillSandbox(p.sandbox.settings);
   }
   const c = p.cache;

@@ -21,6 +21,7 @@ def test_unsafe_modes_from_the_form_raise_the_red_banner_and_one_click_restores_
     context, page = open_logged_in(browser, web.url)
     try:
         assert page.locator("#unsafe-banner").is_hidden()
+        page.locator("#unsafe-modes summary").click()  # folded while every mode is safe
         page.locator("#sandbox-ack_mode").select_option("on_receive")
         page.locator("#sandbox-step_guards").select_option("false")
         with page.expect_request(lambda r: r.method == "PATCH") as request:
