@@ -11,7 +11,9 @@ Every delivery ends in a verdict; none is held without progress:
   once with the order id and the traceback and the message is nacked with requeue. Waiting does not fix a bug, so
   it is not sent through the retry tiers: the quorum queue counts the returns and, past `x-delivery-limit`,
   dead-letters it, and the dead-letter watch marks the order for replay;
-- the worker stopping (or step mode interrupted by a stop) leaves it unacked; it returns when the channel closes.
+- the worker stopping (or step mode interrupted by a stop) leaves it unacked; it returns when the channel closes;
+- in the sandbox's unsafe ack_mode=on_receive the message is acked the moment it arrives (before any step), so the
+  verdict can only hand a retry or a dead letter on: a killed or stopping worker loses what it held.
 The worker's heartbeat lists the orders whose messages it holds, so the sweeper (worker/sweeper.py) knows they are
 not lost.
 """
