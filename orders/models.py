@@ -162,6 +162,7 @@ class EventKind(models.TextChoices):
     STEP_WAITING = "step_waiting", "waiting for the next step"
     CONTROL = "control", "control action"
     RESENT = "resent", "re-sent by the sweeper"
+    PUBLISH_FAILED = "publish_failed", "publish failed (no outbox: nothing will retry it)"
 
 
 class OrderEvent(models.Model):
@@ -239,6 +240,23 @@ class IdempotencyKey(models.Model):
         return self.key
 
 
+class AckMode(models.TextChoices):
+    AFTER_COMMIT = "after_commit", "after commit (safe)"
+    ON_RECEIVE = "on_receive", "on receive (unsafe: a killed worker loses what it held)"
+
+
+class PublishMode(models.TextChoices):
+    OUTBOX = "outbox", "outbox (safe)"
+    DUAL_WRITE = "dual_write", "dual write (unsafe: commit, then publish from the request)"
+    PUBLISH_FIRST = "publish_first", "publish first (unsafe: publish, then commit)"
+
+
+class CacheMode(models.TextChoices):
+    WRITE_THROUGH = "write_through", "write-through (safe)"
+    CACHE_ASIDE = "cache_aside", "cache-aside (unsafe: filled on a miss, never invalidated)"
+    OFF = "off", "off (no cache)"
+
+
 class SandboxSettings(models.Model):
     """The fault injector: one row, read by every worker within a second. All faults are off by default."""
 
@@ -263,6 +281,51 @@ class SandboxSettings(models.Model):
         help_text="Orders each supervised worker processes at once (threads; empty: WORKER_CONCURRENCY). "
         "A change restarts the workers.",
     )
+    # A fault: the API's accept transaction fails after its inserts (and, in publish_mode=publish_first, after the
+    # publish), so it rolls back. Sandbox only.
+    accept_failure_rate = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of POST /api/orders/ whose transaction fails (rolls back) just before its commit.",
+    )
+    worker_prefetch = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(500)],
+        help_text="Unacked messages each supervised worker holds (empty: WORKER_PREFETCH). A change restarts the "
+        "workers.",
+    )
+    # The unsafe modes (orders/sandbox.py `modes`): each switches a guarantee off, on the real code path. Refused,
+    # and ignored if left in the row, when ORDERPIPE_SANDBOX=false.
+    ack_mode = models.CharField(
+        max_length=20,
+        choices=AckMode,
+        default=AckMode.AFTER_COMMIT,
+        help_text="UNSAFE when on_receive: workers ack a message as soon as they take it; a killed worker loses it.",
+    )
+    publish_mode = models.CharField(
+        max_length=20,
+        choices=PublishMode,
+        default=PublishMode.OUTBOX,
+        help_text="UNSAFE unless outbox: how POST /api/orders/ hands the order to RabbitMQ.",
+    )
+    step_guards = models.BooleanField(
+        default=True,
+        help_text="UNSAFE when off: steps run without checking they ran before, so a redelivery repeats them (and "
+        "charges the gateway again, without an idempotency key).",
+    )
+    cache_mode = models.CharField(
+        max_length=20,
+        choices=CacheMode,
+        default=CacheMode.WRITE_THROUGH,
+        help_text="UNSAFE unless write_through: cache_aside fills on a read miss and never invalidates; off: no cache.",
+    )
+    cache_ttl_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(3600)],
+        help_text="TTL of the order cache entries (empty: ORDER_CACHE_TTL).",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     FIELDS = (
@@ -274,6 +337,13 @@ class SandboxSettings(models.Model):
         "step_mode",
         "workers",
         "worker_concurrency",
+        "accept_failure_rate",
+        "worker_prefetch",
+        "ack_mode",
+        "publish_mode",
+        "step_guards",
+        "cache_mode",
+        "cache_ttl_seconds",
     )
 
     class Meta:

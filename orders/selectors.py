@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
 
-from orders import cache
-from orders.models import Order, OrderEvent, Product
+from orders import cache, sandbox
+from orders.models import CacheMode, Order, OrderEvent, Product
 from orders.serializers import order_representation
 
 
@@ -21,14 +22,30 @@ def order_list(*, status: str | None = None) -> QuerySet[Order]:
 
 def order_read(order_id: uuid.UUID | str) -> tuple[dict[str, Any], bool]:
     """The order's representation, from Redis when present. Returns (representation, cache_hit).
-    Raises Order.DoesNotExist."""
-    cached = cache.read_order(order_id)
-    if cached is not None:
-        return cached, True
+    Raises Order.DoesNotExist.
+
+    The sandbox's cache_mode decides: write_through (the workers write after each commit; a miss fills the entry),
+    cache_aside (only this read fills it, and nothing invalidates it: a long TTL serves old statuses), off (PostgreSQL
+    every time). In the sandbox only, a hit costs one more query, the row's status and version, to count a stale
+    read when the cached copy differs (the lessons' checkpoint); production never makes it."""
+    current = sandbox.modes()
+    if current.cache_mode != CacheMode.OFF:
+        cached = cache.read_order(order_id)
+        if cached is not None:
+            if settings.ORDERPIPE_SANDBOX:
+                _count_if_stale(order_id, cached)
+            return cached, True
     order = Order.objects.prefetch_related("lines").get(pk=order_id)
     representation = order_representation(order)
-    cache.fill_order(representation)
+    if current.cache_mode != CacheMode.OFF:
+        cache.fill_order(representation, ttl=current.cache_ttl)
     return representation, False
+
+
+def _count_if_stale(order_id: uuid.UUID | str, cached: dict[str, Any]) -> None:
+    row = Order.objects.filter(pk=order_id).values_list("status", "version").first()
+    if row is not None and (cached.get("status"), cached.get("version")) != row:
+        cache.count_stale_read()
 
 
 def order_page_read(order_id: uuid.UUID | str) -> Order:

@@ -229,6 +229,12 @@ def active_faults() -> list[str]:
     return sandbox.active_faults(sandbox.reader.get())
 
 
+def banners() -> dict[str, list[str]]:
+    """The faults and the unsafe modes that are on, as the journey page's two banners show them."""
+    values = sandbox.reader.get()
+    return {"active_faults": sandbox.active_faults(values), "unsafe_modes": sandbox.active_unsafe_modes(values)}
+
+
 def journey_snapshot(order_id: uuid.UUID) -> dict[str, Any] | None:
     try:
         order = Order.objects.prefetch_related("lines").get(pk=order_id)
@@ -257,20 +263,20 @@ class JourneyConsumer(LiveConsumer):
             await asyncio.sleep(feed.WATCH_TTL_SECONDS / 3)
             await database_sync_to_async(feed.watch_order)(self.order_id)
 
-    async def _watch_faults(self, shown: list[str]) -> None:
+    async def _watch_faults(self, shown: dict[str, list[str]]) -> None:
         """The page's fault banner, kept live: the faults on, sent whenever they change. Read through the process's
         sandbox reader (one query a second per process, however many journeys are open) rather than by joining the
         pipeline group, whose dashboard-sized batches every journey socket would then receive."""
         while True:
             await asyncio.sleep(FAULTS_EVERY_SECONDS)
             try:
-                active = await database_sync_to_async(active_faults)()
+                active = await database_sync_to_async(banners)()
             except DatabaseError as exc:  # the banner stays as it was until the database answers
                 log.warning("journey socket: sandbox settings not read: %s", exc)
                 continue
             if active != shown:
                 shown = active
-                await self.send_json({"type": "sandbox", "active_faults": active})
+                await self.send_json({"type": "sandbox", **active})
 
     async def disconnect(self, code: int) -> None:
         for name in ("keep_watching", "watch_faults"):
@@ -285,10 +291,10 @@ class JourneyConsumer(LiveConsumer):
         snapshot = await database_sync_to_async(journey_snapshot)(self.order_id)
         message: dict[str, Any] = {"type": "snapshot", **(snapshot or {"order": None, "events": []})}
         if settings.ORDERPIPE_SANDBOX:
-            faults = await database_sync_to_async(active_faults)()
-            message["active_faults"] = faults
+            shown = await database_sync_to_async(banners)()
+            message.update(shown)
             if getattr(self, "watch_faults", None) is None:
-                self.watch_faults = asyncio.ensure_future(self._watch_faults(faults))
+                self.watch_faults = asyncio.ensure_future(self._watch_faults(shown))
         await self.send_json(message)
 
     async def order_events(self, message: dict[str, Any]) -> None:

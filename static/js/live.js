@@ -43,6 +43,26 @@ export function showFaults(active) {
   document.getElementById("fault-list").textContent = active.join(", ");
 }
 
+// The red banner: the unsafe modes that are on, by name, and the staff's one click back to the safe modes.
+export function showUnsafe(active) {
+  const banner = document.getElementById("unsafe-banner");
+  if (!banner || !active) return;
+  banner.hidden = active.length === 0;
+  document.getElementById("unsafe-list").textContent = active.join(", ");
+}
+
+function wireRestoreSafe() {
+  const button = document.getElementById("restore-safe-modes");
+  if (!button) return;
+  button.addEventListener("click", async () => {
+    const result = await api("PATCH", config.urls.sandbox, config.safeModes);
+    const out = document.getElementById("restore-safe-result");
+    out.dataset.ok = result.ok ? "yes" : "no";
+    out.textContent = result.ok ? "" : `Refused (${result.status}): ${errorText(result)}`;
+    if (result.ok) showUnsafe([]);
+  });
+}
+
 function wireRestore() {
   const button = document.getElementById("restore-defaults");
   if (!button) return;
@@ -183,3 +203,4 @@ export function fmt(n) {
 }
 
 wireRestore();
+wireRestoreSafe();
