@@ -22,11 +22,11 @@ from orders.models import (
     OutboxMessage,
     Payment,
     Product,
-    WorkerHeartbeat,
 )
 from orders.sandbox.faults import Faults
 from orders.tests.factories import ProductFactory
 from worker import checkpoints as broker_checkpoints
+from worker.models import WorkerHeartbeat
 from worker.processing import ACK, Processor
 from worker.relay import relay_once
 from worker.tests.conftest import delivery_for
