@@ -14,7 +14,7 @@ Who goes through the proxies, and why:
 
 A cut resets every open connection and refuses new ones (the listener closes); a restore listens again on the same
 port, so clients reconnect to the address they were given. The cut of PostgreSQL restores itself after
-POSTGRES_CUT_SECONDS (orders/supervision.py says why). Each link's state is a `ServiceLink` row, refreshed every few
+POSTGRES_CUT_SECONDS (worker/supervision.py says why). Each link's state is a `ServiceLink` row, refreshed every few
 seconds so the page can tell a running supervisor from one that has gone.
 """
 
@@ -31,9 +31,9 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from orders.models import ServiceLink
-from orders.supervision import POSTGRES_CUT_SECONDS
+from worker.models import ServiceLink
 from worker.proxy import Proxy
+from worker.supervision import POSTGRES_CUT_SECONDS
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 // The "What happens when…" controls (staff): kill or stop a supervised process, cut or restore a service link, send
-// a poison message. Kill and cut are requests to `make run`'s supervisor (worker/outage_controls.py): the page only
+// a poison message. Kill and cut are requests to `make run`'s supervisor (orderpipe/dashboard/outages.py): the page only
 // files them and shows what the pipeline state says came of them (the links' state, the processes' restarts, the
 // feed). Without a supervisor (Compose, bare workers) the buttons are disabled and say why.
 import { api, config, el, errorText } from "./live.js";

@@ -1,4 +1,4 @@
-"""The "What happens when…" endpoints (worker/outage_controls.py) on their own: refused without a supervisor, clear
+"""The "What happens when…" endpoints (orderpipe/dashboard/outages.py) on their own: refused without a supervisor, clear
 400s on bad input, a request filed for the supervisor when one runs, and a poison message that really lands in the
 dead-letter queue. The supervisor carrying requests out is tested against a real `supervise` in test_supervisor.py."""
 
@@ -12,8 +12,9 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from orders import sandbox
-from orders.models import Order, OrderStatus, Payment, ServiceLink, SupervisedProcess, SupervisorRequest
-from worker.faults import Faults
+from orders.models import Order, OrderStatus, Payment
+from orders.sandbox.faults import Faults
+from worker.models import ServiceLink, SupervisedProcess, SupervisorRequest
 from worker.relay import relay_once
 from worker.replay import replay_dead_letters
 from worker.tests.processes import wait_until

@@ -9,20 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from orders import sandbox, services, supervision
-from orders.models import (
-    Order,
-    OrderStatus,
-    OutboxMessage,
-    Payment,
-    RelayHeartbeat,
-    SandboxSettings,
-    ServiceLink,
-    SupervisedProcess,
-    SupervisorRequest,
-    WorkerHeartbeat,
-)
+from orders import sandbox, services
+from orders.models import Order, OrderStatus, OutboxMessage, Payment, SandboxSettings
 from orders.tests.factories import ProductFactory
+from worker import supervision
+from worker.models import RelayHeartbeat, ServiceLink, SupervisedProcess, SupervisorRequest, WorkerHeartbeat
 from worker.supervisor import Supervisor, describe_exit, restart_delay
 from worker.tests.processes import Service, wait_until
 

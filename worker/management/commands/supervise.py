@@ -7,8 +7,8 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from orders.supervision import POSTGRES_CUT_SECONDS
 from worker.links import Links
+from worker.supervision import POSTGRES_CUT_SECONDS
 from worker.supervisor import Supervisor
 
 ROLES = ("web", "ws", "relay", "worker")

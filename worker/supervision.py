@@ -1,7 +1,7 @@
 """Requests to `make run`'s supervisor (kill or stop a process, cut or restore a service link), filed by staff from
 the dashboard or by a lesson, and what the page needs to know to offer them.
 
-Plain functions, so a lesson can call them as well as the view (worker/outage_controls.py). They only write a
+Plain functions, so a lesson can call them as well as the view (orderpipe/dashboard/outages.py). They only write a
 `SupervisorRequest` row: the supervisor (worker/supervisor.py) polls for pending requests about once a second,
 carries them out and records the outcome. Without a running supervisor (Compose, bare `run_worker`s) nothing would
 ever carry a request out, so filing one is refused (`SupervisorUnavailable`) rather than left pending forever.
@@ -15,7 +15,7 @@ from typing import TypedDict
 
 from django.utils import timezone
 
-from orders.models import ServiceLink, SupervisedProcess, SupervisorRequest
+from worker.models import ServiceLink, SupervisedProcess, SupervisorRequest
 
 Action = SupervisorRequest.Action
 

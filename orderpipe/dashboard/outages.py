@@ -1,7 +1,7 @@
 """The dashboard's "What happens when…" controls: kill or stop a supervised process, cut or restore a service link,
 send a poison message.
 
-Kill and cut are requests to `make run`'s supervisor (orders/supervision.py files them, worker/supervisor.py carries
+Kill and cut are requests to `make run`'s supervisor (worker/supervision.py files them, worker/supervisor.py carries
 them out within about a second and records the outcome in the live feed): they answer 202 with the request, or 409
 when no supervisor runs (Compose, bare `run_worker`s) and nothing would carry them out. The poison message is
 published here, at once (it needs only the broker), and lands in the dead-letter queue with its reason.
@@ -10,20 +10,16 @@ Staff only, CSRF-protected; with ORDERPIPE_SANDBOX=false every endpoint answers 
 
 from __future__ import annotations
 
-import json
-import uuid
-
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from orders import live, supervision
-from orders.models import SupervisorRequest
-from orders.services import MESSAGE_VERSION
-from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect
-from worker.controls import ControlApi
-from worker.topology import MESSAGE_TYPE, ROUTING_KEY
+from orderpipe.dashboard.controls import ControlApi
+from orders import live
+from worker import supervision
+from worker.models import SupervisorRequest
+from worker.poison import POISON_FAILURES, POISON_KINDS, publish_poison
 
 RequestAccepted = inline_serializer(
     "SupervisorRequestAccepted",
@@ -104,35 +100,6 @@ class OutageApi(ControlApi):
             # The supervisor decides how long (`supervise --postgres-cut-seconds`); the page counts down to its time.
             note += " It restores itself after a fixed time: see the countdown beside it."
         return _accepted(filed, note)
-
-
-POISON_FAILURES: tuple[type[BaseException], ...] = (*BROKER_ERRORS, PublishFailed)
-POISON_KINDS = {
-    "undecodable": lambda: b"{this is not JSON",
-    "unknown_order": lambda: json.dumps({"order_id": str(uuid.uuid4()), "version": MESSAGE_VERSION}).encode(),
-    "wrong_version": lambda: json.dumps({"order_id": str(uuid.uuid4()), "version": 999}).encode(),
-}
-
-
-def publish_poison(kind: str = "undecodable") -> str:
-    """Publish one message no worker can process to the main exchange, as a foreign or broken producer would.
-    A worker rejects it to the dead-letter queue with an `x-orderpipe-reason` header and carries on.
-    Returns the message id."""
-    conn = connect()
-    try:
-        publisher = Publisher(conn)
-        message_id = f"poison-{uuid.uuid4().hex[:8]}"
-        publisher.publish_raw(
-            exchange=publisher.topology.exchange,
-            routing_key=ROUTING_KEY,
-            body=POISON_KINDS[kind](),
-            message_id=message_id,
-            message_type=MESSAGE_TYPE,
-        )
-        return message_id
-    finally:
-        if conn.is_open:
-            conn.close()
 
 
 class PoisonApi(ControlApi):
