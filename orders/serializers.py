@@ -11,6 +11,7 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
+from orders import catalog
 from orders.models import Order, OrderEvent, OrderLine, OrderStatus, Product
 
 MAX_LINES = 50
@@ -51,8 +52,9 @@ class OrderInputSerializer(serializers.Serializer):
         duplicates = sorted({sku for sku in skus if skus.count(sku) > 1})
         if duplicates:
             raise serializers.ValidationError(f"Each sku may appear once; repeated: {', '.join(duplicates)}.")
-        # Kept for pricing (order_create(products=...)), so the catalog is read once per order.
-        self.products = {p.sku: p for p in Product.objects.filter(sku__in=skus).only("id", "sku", "price")}
+        # Kept for pricing (order_create(products=...)), so the catalog is read once per order; from this process's
+        # copy of it while it has not changed (orders/catalog.py).
+        self.products = catalog.catalog_read(skus)
         unknown = [sku for sku in skus if sku not in self.products]
         if unknown:
             raise serializers.ValidationError(f"Unknown sku: {', '.join(unknown)}.")
