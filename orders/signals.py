@@ -1,7 +1,6 @@
 """Keep Redis in step with deletions and the catalog. An order deleted from PostgreSQL (the admin's delete page, its
 bulk "delete selected" action, or any queryset delete, all of which send post_delete per row) is evicted from the
-cache, so
-`GET /api/orders/<id>/` stops serving it from Redis at once instead of for the rest of ORDER_CACHE_TTL.
+cache, so `GET /api/orders/<id>/` stops serving it from Redis at once instead of for the rest of ORDER_CACHE_TTL.
 
 The eviction runs after the commit: evicting inside the transaction would let a read in between (which still sees
 the row) put the entry straight back, and a rolled-back delete would have emptied the cache for nothing.
