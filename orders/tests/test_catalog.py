@@ -16,6 +16,10 @@ from orders.tests.factories import ProductFactory
 pytestmark = pytest.mark.django_db
 
 
+def make_product(**fields: object) -> Product:
+    return ProductFactory(**fields)  # type: ignore[return-value]  # factory_boy's types name the factory
+
+
 def as_prices(products: dict[str, Product]) -> dict[str, tuple[int, Decimal]]:
     return {sku: (p.pk, p.price) for sku, p in products.items()}
 
@@ -34,7 +38,7 @@ def another_process_changes_the_price(product: Product, price: str) -> None:
 
 
 def test_the_copy_serves_without_a_query_and_agrees_with_a_fresh_read(django_assert_num_queries):
-    book, pen = ProductFactory(price=Decimal("12.50")), ProductFactory(price=Decimal("1.99"))
+    book, pen = make_product(price=Decimal("12.50")), make_product(price=Decimal("1.99"))
     skus = [book.sku, pen.sku, "NO-SUCH-SKU"]
     assert agree(skus) == {book.sku: (book.pk, Decimal("12.50")), pen.sku: (pen.pk, Decimal("1.99"))}
     with django_assert_num_queries(1):  # the unknown sku is looked up again; the known ones are not
@@ -44,7 +48,7 @@ def test_the_copy_serves_without_a_query_and_agrees_with_a_fresh_read(django_ass
 
 
 def test_a_save_in_this_process_is_seen_at_once_and_by_the_others_after_commit(django_capture_on_commit_callbacks):
-    book = ProductFactory(price=Decimal("12.50"))
+    book = make_product(price=Decimal("12.50"))
     agree([book.sku])
     token = cache.get(catalog.VERSION_KEY)
     with django_capture_on_commit_callbacks(execute=True):
@@ -55,7 +59,7 @@ def test_a_save_in_this_process_is_seen_at_once_and_by_the_others_after_commit(d
 
 
 def test_a_change_in_another_process_is_seen_through_the_token():
-    book = ProductFactory(price=Decimal("12.50"))
+    book = make_product(price=Decimal("12.50"))
     agree([book.sku])
     another_process_changes_the_price(book, "9.75")
     assert agree([book.sku]) == {book.sku: (book.pk, Decimal("9.75"))}
@@ -64,18 +68,18 @@ def test_a_change_in_another_process_is_seen_through_the_token():
 def test_created_deleted_and_recreated_products(django_capture_on_commit_callbacks):
     assert agree(["LATE-1"]) == {}
     with django_capture_on_commit_callbacks(execute=True):
-        late = ProductFactory(sku="LATE-1", price=Decimal("3.00"))
+        late = make_product(sku="LATE-1", price=Decimal("3.00"))
     assert agree(["LATE-1"]) == {"LATE-1": (late.pk, Decimal("3.00"))}
     with django_capture_on_commit_callbacks(execute=True):
         late.delete()
     assert agree(["LATE-1"]) == {}
     with django_capture_on_commit_callbacks(execute=True):
-        again = ProductFactory(sku="LATE-1", price=Decimal("4.00"))
+        again = make_product(sku="LATE-1", price=Decimal("4.00"))
     assert agree(["LATE-1"]) == {"LATE-1": (again.pk, Decimal("4.00"))}
 
 
 def test_a_flushed_cache_makes_every_process_read_again():
-    book = ProductFactory(price=Decimal("12.50"))
+    book = make_product(price=Decimal("12.50"))
     agree([book.sku])
     Product.objects.filter(pk=book.pk).update(price=Decimal("8.00"))
     cache.delete(catalog.VERSION_KEY)  # the dashboard's "flush cache", a Redis restart
@@ -83,7 +87,7 @@ def test_a_flushed_cache_makes_every_process_read_again():
 
 
 def test_entries_older_than_max_age_are_read_again(monkeypatch):
-    book = ProductFactory(price=Decimal("12.50"))
+    book = make_product(price=Decimal("12.50"))
     agree([book.sku])
     Product.objects.filter(pk=book.pk).update(price=Decimal("7.00"))  # a change whose token replacement was lost
     monkeypatch.setattr(catalog, "MAX_AGE", 0.0)
@@ -91,7 +95,7 @@ def test_entries_older_than_max_age_are_read_again(monkeypatch):
 
 
 def test_without_redis_every_read_is_a_fresh_query(settings, django_assert_num_queries):
-    book = ProductFactory(price=Decimal("12.50"))
+    book = make_product(price=Decimal("12.50"))
     agree([book.sku])
     with socket.socket() as sock:  # a port nobody listens on: Redis refused, as when it is down
         sock.bind(("127.0.0.1", 0))
@@ -103,7 +107,7 @@ def test_without_redis_every_read_is_a_fresh_query(settings, django_assert_num_q
 
 
 def test_the_api_prices_an_order_at_the_price_after_a_change(api, django_capture_on_commit_callbacks):
-    book = ProductFactory(price=Decimal("12.50"))
+    book = make_product(price=Decimal("12.50"))
 
     def place() -> dict:
         response = api.post(

@@ -38,7 +38,7 @@ skus = st.one_of(st.sampled_from([*KNOWN, "NOPE", " FAST-1", "FAST-1 ", "", "x" 
 quantities = st.one_of(
     st.integers(min_value=-2, max_value=102), st.sampled_from(["5", "five", 5.0, 2.5, True, None, [1]])
 )
-items = st.lists(
+line_items: st.SearchStrategy[list[Any]] = st.lists(
     st.one_of(
         st.fixed_dictionaries({"sku": skus, "quantity": quantities}),
         st.fixed_dictionaries({"sku": skus, "quantity": quantities, "extra": st.just(1)}),
@@ -66,7 +66,7 @@ bodies = st.one_of(
         optional={"note": st.sampled_from(["", "gift", " gift", "é", None])},
     ),
     st.fixed_dictionaries(
-        {"customer_email": texts, "items": items},
+        {"customer_email": texts, "items": line_items},
         optional={"note": st.one_of(texts, st.none(), st.just("é"), st.just("n" * 501)), "extra": st.just(1)},
     ),
     st.sampled_from([None, [], "text", 3, {}, {"items": [{"sku": "FAST-1", "quantity": 1}]}]),
