@@ -4,8 +4,11 @@ One run measures, on the local PostgreSQL, RabbitMQ and Redis, in its own databa
 own prefix (`bench-<random>`, removed afterwards), so it never touches a dev instance or a test run:
 
 - API accept: POST /api/orders/ (every request a real, unique order) with wrk at 16 and 64 connections against
-  daphne, uvicorn (2 workers) and gunicorn (2 workers x 4 threads), production settings (DEBUG off, real key);
-- pipeline: a backlog of orders drained by the relay and 1 or 2 workers (zero simulated delay);
+  daphne, uvicorn (2 workers) and gunicorn (2 workers x 4 threads), production settings (DEBUG off, real key), with
+  the server's and PostgreSQL's CPU per request;
+- pipeline: a backlog of orders drained by the relay and 1, 2 or 4 workers (zero simulated delay), each row with the
+  batch size the workers used and the CPU per order of each process (workers, PostgreSQL's backends for the bench's
+  database, relay, broker, Redis) over the drain, from /proc (bench/cpu.py);
 - end to end at a steady 20 orders/s through the API, relay and one worker (accepted -> completed);
 - raw baselines: the order + lines + outbox + event INSERT transaction straight through psycopg at the same
   concurrency, and pika publish-with-confirm and consume-with-ack rates on a quorum queue.
@@ -40,9 +43,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import CpuMeter, broker_pids, redis_pids
 from worker.tests.processes import ROOT, Process, Service, free_port, wait_until
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -100,7 +105,7 @@ FULL = Scale(
     api_seconds=10,
     connections=(16, 64),
     pipeline_orders=5000,
-    workers=(1, 2),
+    workers=(1, 2, 4),
     paced_rate=20,
     paced_seconds=10,
     raw_seconds=5,
@@ -111,7 +116,7 @@ SMOKE = Scale(
     api_seconds=1,
     connections=(2, 4),
     pipeline_orders=50,
-    workers=(1, 2),
+    workers=(1, 2, 4),
     paced_rate=20,
     paced_seconds=1,
     raw_seconds=0.5,
@@ -131,6 +136,8 @@ class Row:
     baseline: str = ""
     baseline_rate: float | None = None
     note: str = ""
+    # CPU seconds by process group over the measured window (pipeline drains; the API rows' server), for the note.
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -406,9 +413,13 @@ def bench_api(report: Report, target: Target, scale: Scale, baselines: dict[int,
             url = f"http://127.0.0.1:{port}/api/orders/"
             if scale.warmup:
                 run_wrk(url, max(scale.connections), 1)  # imports, pools, first queries
+            # The server's process tree (master and forked workers) and the database's backends.
+            meter = CpuMeter({"server": partial(list, [process.proc.pid]), "PostgreSQL": database_backends})  # type: ignore[union-attr]
             for connections in scale.connections:
                 before = orders_count()
+                cpu_before = meter.read()
                 summary, wrk_cpu = run_wrk(url, connections, scale.api_seconds)
+                cpu = meter.delta(cpu_before, meter.read())
                 stored = orders_count() - before
                 seconds = summary["duration_us"] / 1e6
                 accepted = summary["requests"] - summary["status_errors"]
@@ -425,8 +436,11 @@ def bench_api(report: Report, target: Target, scale: Scale, baselines: dict[int,
                         summary["p99_us"] / 1000,
                         f"raw psycopg INSERT tx, {connections} conns",
                         baselines.get(connections),
-                        note=f"wrk CPU {100 * wrk_cpu / seconds:.0f}% of a core"
+                        note=f"wrk CPU {100 * wrk_cpu / seconds:.0f}% of a core; CPU ms/request: "
+                        f"server {1000 * cpu['server'] / max(summary['requests'], 1):.2f}, "
+                        f"PostgreSQL {1000 * cpu['PostgreSQL'] / max(summary['requests'], 1):.2f}"
                         + (f"; {errors} errors" if errors else ""),
+                        cpu=cpu,
                     )
                 )
             reset_orders()
@@ -510,14 +524,125 @@ def journey_times() -> tuple[list[float], dt.datetime | None, dt.datetime | None
     return durations, first, last, not_completed
 
 
+def batch_size() -> int:
+    """Orders a worker runs through one step transaction. Today 1: every order's step is its own transaction (issue
+    14's batched steps would raise it; a setting of that name, when it exists, is what the row reports)."""
+    from django.conf import settings
+
+    return int(getattr(settings, "WORKER_BATCH_SIZE", 1))
+
+
+# The processes whose CPU a drain row reports per order, in the order the note lists them.
+CPU_GROUPS = ("workers", "PostgreSQL", "relay", "broker", "Redis")
+
+
+def database_backends(*, exclude: frozenset[int] = frozenset()) -> list[int]:
+    """The PostgreSQL backends serving the bench's database (the relay's and workers' connections), not this
+    process's own, nor those in `exclude`. Other databases' backends on the shared server are not counted."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return [pid for (pid,) in cursor.fetchall() if pid not in exclude]
+
+
+def cpu_meter(workers: list[Process], relay: Process, *, exclude_backends: frozenset[int] = frozenset()) -> CpuMeter:
+    from django.conf import settings
+
+    def pids(processes: list[Process]) -> Callable[[], list[int]]:
+        return lambda: [p.proc.pid for p in processes if p.proc is not None]
+
+    return CpuMeter(
+        {
+            "workers": pids(workers),
+            "PostgreSQL": lambda: database_backends(exclude=exclude_backends),
+            "relay": pids([relay]),
+            "broker": broker_pids,
+            "Redis": lambda: redis_pids(settings.REDIS_URL),
+        }
+    )
+
+
+def cpu_note(cpu: dict[str, float], orders: int) -> str:
+    parts = ", ".join(f"{name} {1000 * cpu[name] / orders:.1f}" for name in CPU_GROUPS)
+    return f"CPU ms/order: {parts}; total {1000 * sum(cpu.values()) / orders:.1f}"
+
+
+class OutboxHold:
+    """Holds every pending outbox row locked (FOR UPDATE) until release(), which commits and wakes the relay. The
+    relay claims with SKIP LOCKED, so the relay and workers can start and settle (imports, connections) outside the
+    measured window while the backlog waits for them."""
+
+    def __init__(self) -> None:
+        import psycopg
+        from django.db import connection
+
+        db = connection.settings_dict
+        self.conn = psycopg.connect(
+            host=db["HOST"],
+            port=db["PORT"] or 5432,
+            user=db["USER"],
+            password=db["PASSWORD"] or None,
+            dbname=db["NAME"],
+        )
+        self.conn.execute("SELECT id FROM orders_outboxmessage WHERE sent_at IS NULL FOR UPDATE")
+        self.backend_pid: int = self.conn.info.backend_pid
+
+    def release(self) -> None:
+        from orders.services import outbox_channel
+
+        if not self.conn.closed:
+            self.conn.execute("SELECT pg_notify(%s, 'bench')", [outbox_channel()])  # delivered at the commit
+            self.conn.commit()
+            self.conn.close()
+
+
+def wait_settled(processes: list[Process], meter: CpuMeter, timeout: float = 30) -> None:
+    """Wait until each process has logged that it is ready and their CPU has stopped climbing (imports done)."""
+    ready = {"run_worker": " consuming ", "run_relay": "relay connected to RabbitMQ"}
+
+    def logged() -> bool:
+        for process in processes:
+            if process.exited():
+                raise RuntimeError(f"{process.name} exited:\n{process.output(tail=4000)}")
+        return all(ready[p.name] in p.output() for p in processes)
+
+    if not wait_until(logged, timeout, interval=0.1):
+        raise RuntimeError("relay/workers not ready:\n" + "\n".join(p.output(tail=2000) for p in processes))
+    previous = meter.read()
+
+    def quiet() -> bool:
+        nonlocal previous
+        current = meter.read()
+        used = meter.delta(previous, current)
+        previous = current
+        return used["workers"] + used["relay"] < 0.02
+
+    wait_until(quiet, 5, interval=0.3)
+
+
 def bench_pipeline(report: Report, target: Target, scale: Scale, broker_baseline: float) -> None:
+    batch = batch_size()
     for workers in scale.workers:
         reset_orders()
         declare_and_purge()
         preload_orders(scale.pipeline_orders)
-        processes = [manage("run_relay", target=target)] + [manage("run_worker", target=target) for _ in range(workers)]
-        with running(*processes):
-            finished = wait_terminal(scale.pipeline_orders, DRAIN_CAP_SECONDS, processes, fail=False)
+        relay = manage("run_relay", target=target)
+        consumers = [manage("run_worker", target=target) for _ in range(workers)]
+        processes = [relay, *consumers]
+        hold = OutboxHold()
+        try:
+            with running(*processes):
+                meter = cpu_meter(consumers, relay, exclude_backends=frozenset({hold.backend_pid}))
+                wait_settled(processes, meter)
+                before = meter.read()
+                hold.release()
+                finished = wait_terminal(scale.pipeline_orders, DRAIN_CAP_SECONDS, processes, fail=False)
+                cpu = meter.delta(before, meter.read())
+        finally:
+            hold.release()
         durations, first, last, not_completed = journey_times()
         if finished and not_completed:
             raise RuntimeError(f"{not_completed} orders did not complete")
@@ -527,15 +652,17 @@ def bench_pipeline(report: Report, target: Target, scale: Scale, broker_baseline
         report.add(
             Row(
                 f"pipeline: drain {scale.pipeline_orders:,} queued orders",
-                f"relay + {workers} worker{'s' if workers > 1 else ''}",
+                f"relay + {workers} worker{'s' if workers > 1 else ''}, batch {batch}",
                 rate,
                 "orders/s",
                 p50,
                 p99,
                 "raw pika (slower of publish-confirm, consume-ack)",
                 broker_baseline,
-                note="rate: first publish to last completion; latency accepted→completed includes the backlog wait"
+                note="rate: first publish to last completion; latency accepted→completed includes the backlog wait; "
+                + cpu_note(cpu, max(len(durations), 1))
                 + cut,
+                cpu=cpu,
             )
         )
 
@@ -698,7 +825,11 @@ def header(scale: Scale, started: dt.datetime, others: int, load: tuple[float, f
         f"- API: wrk -t1, {scale.api_seconds} s per row after a 1 s warm-up; unique 2-line orders over a "
         f"{CATALOG}-product catalog; pipeline: {scale.pipeline_orders:,} orders; "
         f"raw inserts {scale.raw_seconds:g} s per row, "
-        f"raw broker {scale.raw_messages:,} messages\n\n"
+        f"raw broker {scale.raw_messages:,} messages\n"
+        "- CPU per order/request: utime+stime deltas from /proc/<pid>/stat of each process tree over the measured "
+        "window (a drain: from the released backlog to the last order settled; an API row: the wrk run); PostgreSQL "
+        "is the backends of the bench's database; the broker and Redis are the machine's, so other runs' traffic "
+        "counts there\n\n"
     )
 
 

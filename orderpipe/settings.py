@@ -131,7 +131,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "orders.middleware.LoginThrottleMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    # django.contrib.messages, except on the machine paths (/api/ ...), which never show a message.
+    "orders.middleware.PageMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "orders.middleware.DatabaseUnavailableMiddleware",
 ]

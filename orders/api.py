@@ -25,6 +25,7 @@ from orders.serializers import (
     OrderInputSerializer,
     OrderSerializer,
     ProductSerializer,
+    order_input,
     order_representation,
 )
 from orders.throttles import OrderPlacementThrottle
@@ -128,8 +129,7 @@ class OrderListCreateApi(generics.ListAPIView):
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
             raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 characters."]})
-        data = OrderInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        validated, products = order_input(request.data)
         headers = {}
         code: int
         current = sandbox.modes()
@@ -140,8 +140,8 @@ class OrderListCreateApi(generics.ListAPIView):
                     current=current,
                     key=key,
                     fingerprint=services.request_fingerprint(request.data) if key is not None else "",
-                    products=data.products,
-                    **data.validated_data,
+                    products=products,
+                    **validated,
                 )
             except services.IdempotencyMismatch as exc:
                 raise IdempotencyKeyReused(str(exc)) from None
@@ -150,15 +150,15 @@ class OrderListCreateApi(generics.ListAPIView):
             if replayed:
                 headers["Idempotent-Replayed"] = "true"
         elif key is None:
-            order = services.order_create(**data.validated_data, products=data.products)
+            order = services.order_create(**validated, products=products)
             body, code = order_representation(order), status.HTTP_202_ACCEPTED
         else:
             try:
                 record, replayed = services.order_create_idempotent(
                     key=key,
                     fingerprint=services.request_fingerprint(request.data),
-                    products=data.products,
-                    **data.validated_data,
+                    products=products,
+                    **validated,
                 )
             except services.IdempotencyMismatch as exc:
                 raise IdempotencyKeyReused(str(exc)) from None

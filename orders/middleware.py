@@ -8,6 +8,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from django.conf import settings
+from django.contrib.messages.middleware import MessageMiddleware
 from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -182,3 +183,13 @@ class DatabaseUnavailableMiddleware:
             response["Retry-After"] = "5"
             return response
         return None
+
+
+class PageMessageMiddleware(MessageMiddleware):
+    """django.contrib.messages for the pages and the admin only. The machine paths never show a message, and setting
+    up its storage (a cookie and a session backend) for every API request was work thrown away. Django's own
+    process_response already skips a request that has no storage."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        if not is_machine_path(request.path):
+            super().process_request(request)

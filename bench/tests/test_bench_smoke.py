@@ -27,13 +27,25 @@ def test_bench_produces_every_row(settings, tmp_path):
                 and s.endswith(f"{connections} conns")
                 for m, s in settings_of
             ), (server, connections)
-    assert [s for m, s in settings_of if m.startswith("pipeline")] == ["relay + 1 worker", "relay + 2 workers"]
+    drains = [row for row in report.rows if row.measurement.startswith("pipeline")]
+    batch = bench.batch_size()
+    assert [row.setting for row in drains] == [
+        f"relay + 1 worker, batch {batch}",
+        f"relay + 2 workers, batch {batch}",
+        f"relay + 4 workers, batch {batch}",
+    ]
+    for row in drains:  # CPU per order by process, measured (the workers did work) and printed
+        assert set(row.cpu) == set(bench.CPU_GROUPS), row
+        assert row.cpu["workers"] > 0, row
+        assert all(f"{name} " in row.note for name in bench.CPU_GROUPS), row
     assert any(m.startswith("end to end") for m, _ in settings_of)
     assert sum(m == "baseline: raw psycopg INSERT tx" for m, _ in settings_of) == len(bench.SMOKE.connections)
     assert any(m == "baseline: raw pika publish" for m, _ in settings_of)
     assert any(m == "baseline: raw pika consume" for m, _ in settings_of)
     for row in report.rows:
         assert row.rate and row.rate > 0, row
+        if row.measurement.startswith("API"):
+            assert row.cpu["server"] > 0 and "CPU ms/request: server" in row.note, row
         if row.measurement.startswith(("API", "pipeline")):
             assert row.ratio is not None and row.p99_ms is not None, row
 
