@@ -1,0 +1,377 @@
+"""The lessons, as data: what each teaches, its diagram, its steps (buttons that call the pipeline's existing API
+endpoints), the numbers its checkpoint panel shows and the checkpoints that pass on them. One template
+(templates/lessons/lesson.html) and one script (static/js/lessons.js) render every lesson.
+
+An action's `kind` names what the page's script calls: `sandbox` PATCHes /api/sandbox/ with `params`; `burst`
+POSTs /api/controls/burst/ with the phase's customer email; `replay` replays the phase's dead-lettered orders one by
+one (/api/dead-letters/replay/); `restock`, `flush_cache`, `purge` call their controls; `flaky_client` runs the
+client simulator in the page. Orders placed by an action belong to its `phase`: a lesson compares its phases
+(the unsafe run and the safe one) side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from orders.models import SandboxSettings
+
+Numbers = Mapping[str, Mapping[str, Any]]  # phase -> measure -> value (orderpipe/lessons/measure.py)
+
+# What each measure is called on the page.
+NUMBER_LABELS = {
+    "accepted": "orders accepted",
+    "completed": "completed",
+    "failed": "failed",
+    "dead_lettered": "dead-lettered",
+    "in_flight": "still in flight",
+    "retrying": "retrying now",
+    "retried": "retried at least once",
+    "replayed": "replayed",
+    "parked_by_limit": "parked by the delivery limit",
+    "lost": "lost",
+    "charges": "gateway charges",
+    "charged_twice": "charged twice",
+    "requests": "logical requests sent",
+    "duplicates": "duplicate orders",
+    "seconds": "seconds, first accepted → last completed",
+    "throughput": "orders completed per second",
+    "stale_reads": "stale reads",
+}
+ACTION_KINDS = frozenset({"sandbox", "burst", "replay", "restock", "flush_cache", "purge", "flaky_client"})
+
+
+@dataclass(frozen=True)
+class Action:
+    label: str
+    kind: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    phase: str = ""
+
+    def __post_init__(self) -> None:
+        assert self.kind in ACTION_KINDS, self.kind
+
+
+@dataclass(frozen=True)
+class Step:
+    text: str
+    actions: tuple[Action, ...] = ()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: str
+    label: str
+    phase: str  # whose numbers the panel shows beside it
+    passes: Callable[[Numbers], bool]
+
+
+@dataclass(frozen=True)
+class Phase:
+    id: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Diagram:
+    """A row of boxes joined by labelled arrows (rendered in CSS); `broken` is the index of the arrow the lesson
+    switches off (drawn red and dashed), `note` a line under it."""
+
+    boxes: tuple[str, ...]
+    arrows: tuple[str, ...]
+    broken: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Lesson:
+    number: int
+    slug: str
+    title: str
+    teaches: str  # one line, for the index
+    intro: tuple[str, ...]  # a few plain paragraphs
+    diagram: Diagram
+    phases: tuple[Phase, ...]
+    numbers: tuple[str, ...]
+    steps: tuple[Step, ...]
+    checkpoints: tuple[Checkpoint, ...]
+    minutes: int  # how long it takes a learner, roughly
+    needs_settings: tuple[str, ...] = ()  # sandbox settings it switches (the unsafe modes come with their own issue)
+    needs_supervisor: bool = False  # workers restarted or scaled by `make run`'s supervisor
+
+    @property
+    def available(self) -> bool:
+        return all(name in SandboxSettings.FIELDS for name in self.needs_settings)
+
+    def phase_ids(self) -> list[str]:
+        return [phase.id for phase in self.phases]
+
+
+def _settled(n: Mapping[str, Any]) -> bool:
+    return bool(n["accepted"]) and bool(n["settled"])
+
+
+RETRIES = Lesson(
+    number=5,
+    slug="retries",
+    title="Retries, backoff and dead letters",
+    teaches="A failure that may pass is retried later, not at once; one that never passes is parked, then replayed.",
+    intro=(
+        "The worker calls another system to charge the card: the payment gateway. Sometimes the gateway does not "
+        "answer in time (a timeout). Trying again at once usually fails again, and a worker that sleeps on the "
+        "message blocks everything behind it.",
+        "So the worker republishes the message to a delay queue and acks the original. A delay queue is a queue "
+        "nobody reads: its messages expire after a fixed time (the retry tier: {tiers}) and RabbitMQ sends them "
+        "back to the main queue by itself. Each retry waits in the next, longer tier: that is the backoff.",
+        "After the last tier the order is dead-lettered: its message goes to the dead-letter queue, a parking lot a "
+        "person looks at. Once the cause is fixed, a replay puts the parked orders back on the main queue, and each "
+        "resumes at the step where it stopped (the card is not charged twice: the earlier steps are done).",
+    ),
+    diagram=Diagram(
+        boxes=("main queue", "worker", "delay queue (1st, 2nd, 3rd tier)", "dead-letter queue", "replay"),
+        arrows=("deliver", "timeout → republish, ack", "after the last tier", "fixed → back to the main queue"),
+        note="A delay queue's messages expire after its TTL and RabbitMQ dead-letters them back to the main queue.",
+    ),
+    phases=(Phase("flaky", "with a flaky gateway"),),
+    numbers=("accepted", "completed", "retrying", "retried", "dead_lettered", "replayed", "lost"),
+    steps=(
+        Step(
+            "Make the gateway time out 80% of the time. Each charge that times out is retried later.",
+            (Action("Gateway times out 80%", "sandbox", {"transient_failure_rate": 0.8}),),
+        ),
+        Step(
+            "Place 20 orders. Watch 'retrying now' and 'retried': each retry waits in a delay queue (the dashboard's "
+            "queues show them). An order that times out four times in a row is dead-lettered.",
+            (Action("Place 20 orders", "burst", {"count": 20}, phase="flaky"),),
+        ),
+        Step(
+            "When nothing is retrying any more, fix the gateway, then replay this lesson's dead-lettered orders.",
+            (
+                Action("Fix the gateway", "sandbox", {"transient_failure_rate": 0.0}),
+                Action("Replay dead letters", "replay", phase="flaky"),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "retried-and-parked",
+            "Timeouts were retried with backoff, and the hopeless ones parked: retried > 0, dead-lettered > 0",
+            "flaky",
+            lambda n: n["flaky"]["retried"] > 0 and n["flaky"]["dead_lettered"] > 0,
+        ),
+        Checkpoint(
+            "replayed-and-completed",
+            "After the fix, the replay completed every parked order: replayed > 0, completed = accepted, lost = 0",
+            "flaky",
+            lambda n: (
+                n["flaky"]["replayed"] > 0
+                and n["flaky"]["completed"] == n["flaky"]["accepted"]
+                and n["flaky"]["lost"] == 0
+            ),
+        ),
+    ),
+    minutes=3,
+)
+
+POISON = Lesson(
+    number=6,
+    slug="poison",
+    title="Poison messages and the delivery limit",
+    teaches="A message that crashes every worker is parked after N deliveries, so the others can flow.",
+    intro=(
+        "Some messages can never be processed: the worker crashes every time it takes one (a bug, or data it "
+        "cannot handle). RabbitMQ cannot know why a worker vanished. It only sees a message handed out and never "
+        "acknowledged, so it gives the message to the next worker, which crashes too: a crash loop.",
+        "Quorum queues count the deliveries of each message. Past the delivery limit ({delivery_limit} here, the "
+        "queue's x-delivery-limit) the broker itself moves the message to the dead-letter queue, and the workers "
+        "carry on with the rest. The worker gets a copy and marks the order dead-lettered, 'delivery limit "
+        "reached', for a person to look at and replay once the bug is fixed.",
+        "Here a crash rate of 1 plays the bug: the worker process exits in the middle of a step, and the supervisor "
+        "of `make run` restarts it, waiting a little longer each time (1 s, 2 s, 4 s …).",
+    ),
+    diagram=Diagram(
+        boxes=("main queue", "worker (crashes)", "supervisor restarts it", "dead-letter queue"),
+        arrows=("deliver (count +1)", "exit 70", "after {delivery_limit} deliveries: parked by the broker"),
+        broken=0,
+        note="Unacked messages go back to the queue when their worker's connection dies; the count goes up.",
+    ),
+    phases=(Phase("poison", "the poison order"), Phase("others", "the orders after it")),
+    numbers=("accepted", "completed", "dead_lettered", "parked_by_limit", "in_flight", "lost"),
+    steps=(
+        Step(
+            "Make every worker crash in the middle of a step (crash rate 1).",
+            (Action("Crash rate 1", "sandbox", {"crash_rate": 1.0}),),
+        ),
+        Step(
+            "Place one order: the poison. Watch the worker crash and come back (the dashboard's workers stage) until "
+            "the broker parks the message: dead-lettered, parked by the delivery limit (about half a minute).",
+            (Action("Place the poison order", "burst", {"count": 1}, phase="poison"),),
+        ),
+        Step(
+            "Fix the bug (crash rate 0) and place 20 more orders: they flow; the poison stays parked.",
+            (
+                Action("Crash rate 0", "sandbox", {"crash_rate": 0.0}),
+                Action("Place 20 orders", "burst", {"count": 20}, phase="others"),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "parked",
+            "The crashing message was parked by the delivery limit, not retried forever",
+            "poison",
+            lambda n: n["poison"]["parked_by_limit"] > 0,
+        ),
+        Checkpoint(
+            "others-flow",
+            "The orders placed after it all completed: completed = accepted, lost = 0",
+            "others",
+            lambda n: (
+                _settled(n["others"])
+                and n["others"]["completed"] == n["others"]["accepted"]
+                and n["others"]["lost"] == 0
+            ),
+        ),
+    ),
+    minutes=3,
+    needs_supervisor=True,
+)
+
+IDEMPOTENCY_KEY = Lesson(
+    number=4,
+    slug="idempotency-key",
+    title="Why an Idempotency-Key",
+    teaches="A client that retries places the order twice, unless the retry carries the same key.",
+    intro=(
+        "HTTP clients retry. A phone on a train sends 'place order'; the server commits the order and answers, and "
+        "the answer is lost on the way back. The client cannot tell 'never arrived' from 'arrived, reply lost', so "
+        "it sends the same request again, and the server, seeing a new request, places a second order.",
+        "An Idempotency-Key is a random id the client picks once per logical request and sends with every retry of "
+        "it (a header). The server stores the first response in the same transaction as the order; a retry with the "
+        "same key gets that stored response back (`Idempotent-Replayed: true`) instead of a new order.",
+        "The flaky client below runs in this page: it sends each order, ignores the reply as if the network had "
+        "dropped it after the server committed, and sends the same request once more.",
+    ),
+    diagram=Diagram(
+        boxes=("client", "API", "PostgreSQL"),
+        arrows=("POST, retry after a lost reply", "order + key, one transaction"),
+        broken=0,
+        note="The reply to the first POST is lost: the client cannot tell whether the order exists.",
+    ),
+    phases=(Phase("no-key", "without a key"), Phase("with-key", "with an Idempotency-Key")),
+    numbers=("requests", "accepted", "duplicates", "completed"),
+    steps=(
+        Step(
+            "Run the flaky client without a key: 5 orders, each sent twice.",
+            (Action("Flaky client, no key", "flaky_client", {"count": 5, "key": False}, phase="no-key"),),
+        ),
+        Step(
+            "The same client with an Idempotency-Key: one key per order, the retry sends the same key.",
+            (Action("Flaky client, with a key", "flaky_client", {"count": 5, "key": True}, phase="with-key"),),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "duplicates-without-key",
+            "Without a key, the retries placed duplicate orders: duplicates > 0",
+            "no-key",
+            lambda n: n["no-key"]["duplicates"] > 0,
+        ),
+        Checkpoint(
+            "one-order-each-with-key",
+            "With a key, one order per logical request: duplicates = 0",
+            "with-key",
+            lambda n: (
+                n["with-key"]["requests"] > 0
+                and n["with-key"]["duplicates"] == 0
+                and n["with-key"]["accepted"] == n["with-key"]["requests"]
+            ),
+        ),
+    ),
+    minutes=2,
+)
+
+SCALING = Lesson(
+    number=8,
+    slug="scaling",
+    title="Scaling and concurrency",
+    teaches="More workers and more threads drain a backlog faster, up to what the machine's cores allow.",
+    intro=(
+        "A queue lets you add consumers without changing the producer: every worker takes messages from the same "
+        "queue, and RabbitMQ hands each message to one of them. Two knobs decide how much work happens at once: "
+        "the number of worker processes and each worker's concurrency (threads).",
+        "Here every step waits 100 ms, as a slow gateway would. Waiting is what threads and extra workers overlap: "
+        "four threads wait on four orders at once. Work that keeps a core busy does not scale that way: once the "
+        "machine's cores are busy (this one has {cores}), more workers only queue for them.",
+        "Prefetch is how many unacknowledged messages the broker pushes to a worker ahead of time ({prefetch} by "
+        "default): enough to keep its threads busy, but a large prefetch lets one worker hoard a backlog while a "
+        "worker that starts later has nothing to do.",
+    ),
+    diagram=Diagram(
+        boxes=("backlog in the main queue", "worker-1 … worker-N (threads each)", "PostgreSQL"),
+        arrows=("each message to one worker (prefetch ahead)", "step transactions"),
+    ),
+    phases=(Phase("one", "1 worker, 1 thread"), Phase("many", "2 workers, 4 threads each")),
+    numbers=("accepted", "completed", "in_flight", "seconds", "throughput"),
+    steps=(
+        Step(
+            "One worker with one thread, and a slow step (100 ms each). The supervisor restarts the worker "
+            "with the new concurrency: wait until the workers list shows it running.",
+            (Action("1 worker × 1 thread", "sandbox", {"workers": 1, "worker_concurrency": 1, "step_delay_ms": 100}),),
+        ),
+        Step(
+            "Place 20 orders and note the throughput once they have completed.",
+            (Action("Place 20 orders", "burst", {"count": 20}, phase="one"),),
+        ),
+        Step(
+            "Two workers with four threads each. Wait until both are running.",
+            (Action("2 workers × 4 threads", "sandbox", {"workers": 2, "worker_concurrency": 4}),),
+        ),
+        Step(
+            "Place 20 orders again and compare.",
+            (Action("Place 20 orders", "burst", {"count": 20}, phase="many"),),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "baseline",
+            "One worker, one thread: every order completed and the throughput measured",
+            "one",
+            lambda n: _settled(n["one"]) and n["one"]["throughput"] is not None,
+        ),
+        Checkpoint(
+            "faster",
+            "More workers and threads: at least 1.5 × the throughput",
+            "many",
+            lambda n: (
+                _settled(n["many"])
+                and n["one"]["throughput"] is not None
+                and n["many"]["throughput"] is not None
+                and n["many"]["throughput"] >= 1.5 * n["one"]["throughput"]
+            ),
+        ),
+    ),
+    minutes=3,
+    needs_supervisor=True,
+)
+
+LESSONS: tuple[Lesson, ...] = tuple(
+    sorted((RETRIES, POISON, IDEMPOTENCY_KEY, SCALING), key=lambda lesson: lesson.number)
+)
+BY_SLUG = {lesson.slug: lesson for lesson in LESSONS}
+
+
+def text_values() -> dict[str, str]:
+    """The facts the lesson texts quote ({tiers}, {delivery_limit}, ...), from the settings that decide them."""
+    import os
+
+    tiers = ", ".join(f"{ms / 1000:g} s" for ms in settings.RETRY_DELAYS_MS)
+    return {
+        "tiers": tiers,
+        "delivery_limit": str(settings.AMQP_DELIVERY_LIMIT),
+        "cores": str(os.cpu_count() or 1),
+        "prefetch": str(settings.WORKER_PREFETCH),
+    }
