@@ -139,8 +139,8 @@ RETRIES = Lesson(
     numbers=("accepted", "completed", "retrying", "retried", "dead_lettered", "replayed", "lost"),
     steps=(
         Step(
-            "Make the gateway time out 80% of the time. Each charge that times out is retried later.",
-            (Action("Gateway times out 80%", "sandbox", {"transient_failure_rate": 0.8}),),
+            "Make the gateway time out half the time. Each charge that times out is retried later.",
+            (Action("Gateway times out 50%", "sandbox", {"transient_failure_rate": 0.5}),),
         ),
         Step(
             "Place 20 orders. Watch 'retrying now' and 'retried': each retry waits in a delay queue (the dashboard's "
@@ -190,7 +190,7 @@ POISON = Lesson(
         "carry on with the rest. The worker gets a copy and marks the order dead-lettered, 'delivery limit "
         "reached', for a person to look at and replay once the bug is fixed.",
         "Here a crash rate of 1 plays the bug: the worker process exits in the middle of a step, and the supervisor "
-        "of `make run` restarts it, waiting a little longer each time (1 s, 2 s, 4 s …).",
+        "of make run restarts it, waiting a little longer each time (1 s, 2 s, 4 s …).",
     ),
     diagram=Diagram(
         boxes=("main queue", "worker (crashes)", "supervisor restarts it", "dead-letter queue"),
@@ -206,12 +206,14 @@ POISON = Lesson(
             (Action("Crash rate 1", "sandbox", {"crash_rate": 1.0}),),
         ),
         Step(
-            "Place one order: the poison. Watch the worker crash and come back (the dashboard's workers stage) until "
-            "the broker parks the message: dead-lettered, parked by the delivery limit (about half a minute).",
+            "Place one order: the poison. Watch the worker crash and come back (the workers list) until the broker "
+            "parks the message: dead-lettered, parked by the delivery limit. About a minute: the supervisor waits "
+            "longer after each crash.",
             (Action("Place the poison order", "burst", {"count": 1}, phase="poison"),),
         ),
         Step(
-            "Fix the bug (crash rate 0) and place 20 more orders: they flow; the poison stays parked.",
+            "Fix the bug (crash rate 0) and place 20 more orders: they flow once the worker is back (after its "
+            "last backoff, up to 30 s); the poison stays parked.",
             (
                 Action("Crash rate 0", "sandbox", {"crash_rate": 0.0}),
                 Action("Place 20 orders", "burst", {"count": 20}, phase="others"),
@@ -251,7 +253,7 @@ IDEMPOTENCY_KEY = Lesson(
         "it sends the same request again, and the server, seeing a new request, places a second order.",
         "An Idempotency-Key is a random id the client picks once per logical request and sends with every retry of "
         "it (a header). The server stores the first response in the same transaction as the order; a retry with the "
-        "same key gets that stored response back (`Idempotent-Replayed: true`) instead of a new order.",
+        "same key gets that stored response back (with the header Idempotent-Replayed: true) instead of a new order.",
         "The flaky client below runs in this page: it sends each order, ignores the reply as if the network had "
         "dropped it after the server committed, and sends the same request once more.",
     ),

@@ -127,6 +127,8 @@ def lesson_page(request: HttpRequest, slug: str) -> HttpResponse:
                 "mainQueue": topology().process_queue,
                 "products": reverse("api-product-list"),
                 "pollMs": 1000,
+                # Workers re-read the sandbox settings this often: a settings button finishes once they have.
+                "settingsSeenMs": int(sandbox.reader.ttl * 1000) + 200,
             },
         )
     return render(request, "lessons/lesson.html", context)

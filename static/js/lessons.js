@@ -194,8 +194,12 @@ async function run(action) {
     };
   };
   switch (action.kind) {
-    case "sandbox":
-      return call("PATCH", config.urls.sandbox, action.params);
+    case "sandbox": {
+      // Workers re-read the settings about once a second: the step is done once they can have seen the change.
+      const result = await call("PATCH", config.urls.sandbox, action.params);
+      if (result.ok) await new Promise((resolve) => setTimeout(resolve, lesson.settingsSeenMs));
+      return result;
+    }
     case "burst":
       return call("POST", config.urls.burst, { ...action.params, customer_email: phaseOf(action.phase).email });
     case "restock":

@@ -30,13 +30,29 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / "lessons" / f"{name}.png"), full_page=True)
 
 
+def purge_queues() -> None:
+    """This run's queues, declared and emptied, on a connection of its own (a lesson outlasts the heartbeat timeout
+    of a connection left idle, like the `broker` fixture's)."""
+    from worker.broker import Publisher, connect
+
+    publisher = Publisher(connect())
+    try:
+        publisher.declare_topology()
+        for name in publisher.topology.all_queues():
+            publisher.channel.queue_purge(name)
+    finally:
+        publisher.close()
+
+
 @pytest.fixture
-def supervised(broker, tmp_path):
-    """Relay and workers under the supervisor `make run` uses."""
+def supervised(tmp_path):
+    """Relay and workers under the supervisor `make run` uses, on emptied queues."""
+    purge_queues()
     service = Service("supervise", "--only", "relay,worker", log_dir=tmp_path).start()
     assert wait_until(lambda: WorkerHeartbeat.objects.exists(), timeout=60), service.output()
     yield service
     service.stop(30)
+    purge_queues()
 
 
 @pytest.fixture
@@ -88,14 +104,15 @@ def test_lesson_4_idempotency_key(lesson_page):
     shot(page, "4-idempotency-key-0-start")
     press(page, "Flaky client, no key")
     passed(page, "duplicates-without-key")
-    assert number(page, "no-key", "requests") == "5"
-    assert number(page, "no-key", "accepted") == "10"
-    assert number(page, "no-key", "duplicates") == "5"
+    # Every retry placed a second order: 5 logical requests, 10 orders.
+    numbers_hold(
+        page, lambda n: (n("no-key", "requests"), n("no-key", "accepted"), n("no-key", "duplicates")) == (5, 10, 5)
+    )
     shot(page, "4-idempotency-key-1-unsafe")
 
     press(page, "Flaky client, with a key")
     passed(page, "one-order-each-with-key")
-    assert number(page, "with-key", "accepted") == "5"
+    numbers_hold(page, lambda n: (n("with-key", "requests"), n("with-key", "accepted")) == (5, 5))
     assert number(page, "with-key", "duplicates") == "0"
     assert "Idempotent-Replayed" in page.locator("#client-log").inner_text()
     shot(page, "4-idempotency-key-2-safe")
@@ -104,8 +121,8 @@ def test_lesson_4_idempotency_key(lesson_page):
 
 def test_lesson_5_retries_backoff_and_dead_letters(lesson_page):
     page = lesson_page("retries")
-    press(page, "Gateway times out 80%")
-    page.locator("#fault-banner", has_text="transient failure rate 0.8").wait_for()
+    press(page, "Gateway times out 50%")
+    page.locator("#fault-banner", has_text="transient failure rate 0.5").wait_for()
     press(page, "Place 20 orders")
     passed(page, "retried-and-parked", timeout_ms=60_000)
     # Every order settles: completed after some retries, or dead-lettered after the last tier.
