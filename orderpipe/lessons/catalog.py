@@ -39,9 +39,26 @@ NUMBER_LABELS = {
     "duplicates": "duplicate orders",
     "seconds": "seconds, first accepted → last completed",
     "throughput": "orders completed per second",
-    "stale_reads": "stale reads",
+    "stale_reads": "stale reads (API reads that served an old status)",
+    "ghost_messages": "ghost messages (for orders that do not exist)",
+    "cache_hits": "API reads from Redis (hits)",
+    "cache_misses": "API reads from PostgreSQL (misses)",
 }
-ACTION_KINDS = frozenset({"sandbox", "burst", "replay", "restock", "flush_cache", "purge", "flaky_client"})
+ACTION_KINDS = frozenset(
+    {
+        "sandbox",
+        "burst",
+        "replay",
+        "restock",
+        "flush_cache",
+        "purge",
+        "flaky_client",
+        "kill",  # /api/controls/kill/: the supervisor SIGKILLs a process
+        "outage",  # /api/controls/outage/: the supervisor cuts or restores its link to a service
+        "post_orders",  # the page POSTs orders to /api/orders/ itself (what the publish modes act on; bursts do not)
+        "read_orders",  # the page GETs the phase's orders from the API, a few rounds (the cache lesson)
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,8 @@ class Lesson:
     minutes: int  # how long it takes a learner, roughly
     needs_settings: tuple[str, ...] = ()  # sandbox settings it switches (the unsafe modes come with their own issue)
     needs_supervisor: bool = False  # workers restarted or scaled by `make run`'s supervisor
+    # Counts Redis keeps for the whole sandbox since the cache was last flushed (not per phase): shown apart.
+    counters: tuple[str, ...] = ()
 
     @property
     def available(self) -> bool:
@@ -376,4 +395,5 @@ def text_values() -> dict[str, str]:
         "delivery_limit": str(settings.AMQP_DELIVERY_LIMIT),
         "cores": str(os.cpu_count() or 1),
         "prefetch": str(settings.WORKER_PREFETCH),
+        "sweep_after": f"{settings.SWEEP_AFTER:g}",
     }

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db.models import Count, Exists, Max, Min, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
+from orders import cache
 from orders.models import (
     EventKind,
     GatewayCharge,
@@ -147,7 +148,29 @@ def measure(email: str, *, at: datetime | None = None, where: Whereabouts | None
         "duplicates": flaky.count() - requests,
         "seconds": round(seconds, 1),
         "throughput": round(completed / seconds, 1) if seconds > 0 else None,
+        # The phase's orders, for the page's reads (the cache lesson).
+        "ids": [str(pk) for pk in orders.order_by("created_at").values_list("pk", flat=True)[:100]],
         "replayable_ids": list(
             orders.filter(status=OrderStatus.DEAD_LETTERED).values_list("pk", flat=True).order_by("created_at")[:200]
         ),
     }
+
+
+def counters(names: tuple[str, ...]) -> dict[str, int | None]:
+    """Counts Redis keeps for the whole sandbox since the cache was last flushed (a lesson's "Zero the counters"
+    flushes it): stale reads and ghost messages (orders/cache.py), and the API's cache hits and misses. None when
+    Redis does not answer. They are not per phase: a lesson zeroes them before each phase it measures them in."""
+    if not names:
+        return {}
+    stats = cache.stats()
+    if stats.get("available") is False:
+        return dict.fromkeys(names)
+    values: dict[str, int | None] = {}
+    for name in names:
+        if name == "cache_hits":
+            values[name] = stats.get("hits", 0)
+        elif name == "cache_misses":
+            values[name] = stats.get("misses", 0)
+        else:
+            values[name] = getattr(cache, name)()  # stale_reads(), ghost_messages()
+    return values

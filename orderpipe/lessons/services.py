@@ -11,7 +11,7 @@ from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from orderpipe.lessons.catalog import Lesson
-from orderpipe.lessons.measure import Whereabouts, all_lesson_orders, measure, run_email, run_orders
+from orderpipe.lessons.measure import Whereabouts, all_lesson_orders, counters, measure, run_email, run_orders
 from orderpipe.lessons.models import CheckpointPass, LessonRun
 from orders import sandbox
 from orders.models import GatewayCharge, Order, Payment
@@ -35,7 +35,8 @@ def lesson_state(session_key: str, lesson: Lesson, *, user: str = "") -> dict[st
     at = timezone.now()
     where = Whereabouts.now(at)
     emails = {phase: run_email(lesson.slug, run.run, phase) for phase in lesson.phase_ids()}
-    numbers = {phase: measure(email, at=at, where=where) for phase, email in emails.items()}
+    numbers: dict[str, Any] = {phase: measure(email, at=at, where=where) for phase, email in emails.items()}
+    numbers["counters"] = counters(lesson.counters)
     passed = dict(
         CheckpointPass.objects.filter(session_key=session_key, lesson=lesson.slug).values_list(
             "checkpoint", "passed_at"
@@ -48,7 +49,7 @@ def lesson_state(session_key: str, lesson: Lesson, *, user: str = "") -> dict[st
                 session_key=session_key,
                 lesson=lesson.slug,
                 checkpoint=checkpoint.id,
-                defaults={"numbers": _shown(lesson, numbers[checkpoint.phase]), "user": user},
+                defaults={"numbers": _shown(lesson, numbers, checkpoint.phase), "user": user},
             )
             passed[checkpoint.id] = record.passed_at
         checkpoints.append(
@@ -66,13 +67,15 @@ def lesson_state(session_key: str, lesson: Lesson, *, user: str = "") -> dict[st
         "phases": [
             {"id": p.id, "label": p.label, "email": emails[p.id], "numbers": numbers[p.id]} for p in lesson.phases
         ],
+        "counters": numbers["counters"],
         "queues_observed": where.waiting is not None,
         "checkpoints": checkpoints,
     }
 
 
-def _shown(lesson: Lesson, numbers: dict[str, Any]) -> dict[str, Any]:
-    return {name: numbers[name] for name in lesson.numbers}
+def _shown(lesson: Lesson, numbers: dict[str, Any], phase: str) -> dict[str, Any]:
+    """The numbers a passed checkpoint is recorded with: its phase's, and the lesson's counters."""
+    return {**{name: numbers[phase][name] for name in lesson.numbers}, **numbers["counters"]}
 
 
 def _delete_orders(orders: QuerySet[Order]) -> int:

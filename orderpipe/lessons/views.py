@@ -29,7 +29,7 @@ from orderpipe.lessons.catalog import BY_SLUG, LESSONS, NUMBER_LABELS, Lesson, t
 from orderpipe.lessons.measure import FLAKY_NOTE_PREFIX
 from orders import sandbox
 from orders.access import can_control, can_watch
-from orders.pages import page_config
+from orders.pages import ORDER_ID_PLACEHOLDER, page_config
 from orders.permissions import is_staff
 from worker.topology import topology
 
@@ -110,6 +110,7 @@ def lesson_page(request: HttpRequest, slug: str) -> HttpResponse:
             diagram=diagram_items(lesson, values),
             state=state,
             labels=[(name, NUMBER_LABELS[name]) for name in lesson.numbers],
+            counters=[(name, NUMBER_LABELS[name]) for name in lesson.counters],
             lesson_config={
                 "slug": lesson.slug,
                 "stateUrl": reverse("lesson-state", args=[lesson.slug]),
@@ -126,6 +127,7 @@ def lesson_page(request: HttpRequest, slug: str) -> HttpResponse:
                 "flakyNotePrefix": FLAKY_NOTE_PREFIX,
                 "mainQueue": topology().process_queue,
                 "products": reverse("api-product-list"),
+                "orderApi": reverse("api-order-detail", args=[ORDER_ID_PLACEHOLDER]),
                 "pollMs": 1000,
                 # Workers re-read the sandbox settings this often: a settings button finishes once they have.
                 "settingsSeenMs": int(sandbox.reader.ttl * 1000) + 200,

@@ -3,7 +3,7 @@
 // polls the lesson's state (numbers measured from real state) every second, and the pipeline socket keeps the
 // banner and the workers list live. The flaky client simulator of lesson 4 runs here, in the page.
 
-import { api, config, el, errorText, fmt, openLive, showFaults } from "./live.js";
+import { api, config, el, errorText, fmt, openLive, orderUrl, showFaults } from "./live.js";
 
 const $ = (id) => document.getElementById(id);
 const configEl = $("lesson-config");
@@ -47,6 +47,13 @@ function render() {
       cell.dataset.bad =
         name === "lost" || name === "duplicates" || name === "charged_twice" ? String(phase.numbers[name] > 0) : "";
     }
+  }
+  for (const [name, value] of Object.entries(state.counters || {})) {
+    const cell = $(`c-${name}`);
+    if (!cell) continue;
+    cell.textContent = value === null ? "Redis down" : fmt(value);
+    cell.dataset.value = value ?? "";
+    cell.dataset.bad = name === "stale_reads" || name === "ghost_messages" ? String(value > 0) : "";
   }
   const undecided = state.phases.reduce((sum, phase) => sum + (phase.numbers.lost_undecided || 0), 0);
   const note = $("lost-note");
@@ -131,7 +138,7 @@ async function pickSku() {
   return products[0]?.sku;
 }
 
-function postOrder(body, key) {
+function postOrder(body, key = null) {
   const headers = {
     "Content-Type": "application/json",
     Accept: "application/json",
@@ -144,16 +151,12 @@ function postOrder(body, key) {
 // The flaky client: each logical request is POSTed, its reply "lost" (ignored, as if the network dropped it after
 // the server committed), and the same request POSTed once more, with the same Idempotency-Key when `key` is on.
 async function flakyClient(params, phase) {
-  const log = $("client-log");
-  log.hidden = false;
-  log.textContent = "";
-  const line = (text) => {
-    log.textContent += `${text}\n`;
-  };
   const sku = await pickSku();
   if (!sku) return { ok: false, text: "No product has stock left: restock from the dashboard." };
   const run = Math.random().toString(16).slice(2, 8);
-  line(`client ${run}: ${params.count} orders of ${sku}, ${params.key ? "with" : "without"} an Idempotency-Key`);
+  const line = showLog(
+    `client ${run}: ${params.count} orders of ${sku}, ${params.key ? "with" : "without"} an Idempotency-Key`,
+  );
   for (let n = 1; n <= params.count; n += 1) {
     const body = {
       customer_email: phaseOf(phase).email,
@@ -171,6 +174,57 @@ async function flakyClient(params, phase) {
       return { ok: false, text: "Throttled (429): wait a minute and run it again." };
   }
   return { ok: true, text: `Flaky client done: ${params.count} logical requests, each sent twice.` };
+}
+
+function showLog(title) {
+  const log = $("client-log");
+  log.hidden = false;
+  log.textContent = `${title}\n`;
+  return (text) => {
+    log.textContent += `${text}\n`;
+  };
+}
+
+// POST orders through the public API, one at a time, as a shop's client would (the publish modes act on the API's
+// accept; a burst does not go through it). Says what the server answered.
+async function postOrders(params, phase) {
+  const sku = await pickSku();
+  if (!sku) return { ok: false, text: "No product has stock left: restock from the dashboard." };
+  const line = showLog(`POST ${params.count} orders of ${sku} to the API`);
+  const answers = {};
+  for (let n = 1; n <= params.count; n += 1) {
+    const response = await postOrder({ customer_email: phaseOf(phase).email, items: [{ sku, quantity: 1 }] });
+    answers[response.status] = (answers[response.status] || 0) + 1;
+    line(`order ${n}: ${response.status}${response.status === 202 ? " accepted" : ""}`);
+  }
+  const summary = Object.entries(answers)
+    .map(([code, count]) => `${count} × ${code}`)
+    .join(", ");
+  return { ok: true, text: `${params.count} orders POSTed: ${summary}.` };
+}
+
+// Read the phase's orders through the API a few rounds, as customers refreshing a page would; the server counts
+// the hits, the misses and the stale reads.
+async function readOrders(params, phase) {
+  const ids = phaseOf(phase).numbers.ids;
+  if (!ids.length) return { ok: false, text: "This phase has no orders to read yet." };
+  const line = showLog(`read ${ids.length} orders, ${params.rounds} rounds`);
+  for (let round = 1; round <= params.rounds; round += 1) {
+    const seen = { HIT: 0, MISS: 0 };
+    const statuses = {};
+    for (const id of ids) {
+      const response = await fetch(orderUrl(lesson.orderApi, id), { credentials: "same-origin" });
+      const body = response.ok ? await response.json() : {};
+      seen[response.headers.get("X-Cache")] = (seen[response.headers.get("X-Cache")] || 0) + 1;
+      statuses[body.status] = (statuses[body.status] || 0) + 1;
+    }
+    const shownStatuses = Object.entries(statuses)
+      .map(([status, count]) => `${count} ${status}`)
+      .join(", ");
+    line(`round ${round}: ${seen.HIT} hits, ${seen.MISS} misses; the API said ${shownStatuses}`);
+    if (round < params.rounds) await new Promise((resolve) => setTimeout(resolve, params.everyMs));
+  }
+  return { ok: true, text: `Read ${ids.length} orders ${params.rounds} times.` };
 }
 
 async function replay(phase) {
@@ -210,6 +264,14 @@ async function run(action) {
       return call("POST", config.urls.purgeQueue, { queue: lesson.mainQueue });
     case "replay":
       return replay(action.phase);
+    case "kill":
+      return call("POST", config.urls.kill, { process: action.params.process, signal: "SIGKILL" });
+    case "outage":
+      return call("POST", config.urls.outage, action.params);
+    case "post_orders":
+      return postOrders(action.params, action.phase);
+    case "read_orders":
+      return readOrders(action.params, action.phase);
     case "flaky_client":
       return flakyClient(action.params, action.phase);
     default:
