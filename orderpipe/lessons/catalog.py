@@ -379,8 +379,313 @@ SCALING = Lesson(
     needs_supervisor=True,
 )
 
+ACK_TIMING = Lesson(
+    number=1,
+    slug="ack-timing",
+    title="Why ack after commit",
+    teaches="A worker that acknowledges a message before its work is committed loses that work when it dies.",
+    intro=(
+        "RabbitMQ hands a message to a worker and keeps it until the worker acknowledges it (an ack). If the "
+        "worker's connection dies first, the broker puts the message back in the queue for another worker. That is "
+        "the whole safety net, and it only works if the ack comes after the work is safely stored.",
+        "This worker acks after the last step's commit to PostgreSQL. The unsafe mode ack_mode=on_receive acks as "
+        "soon as a message arrives, as a naive consumer does ('got it!'). The broker then forgets the message: if "
+        "the worker is killed before it finishes, nobody has it any more. The order is stuck half-done, with no "
+        "message anywhere: lost. (Here the sweeper notices after {sweep_after} s and re-sends it; most systems have "
+        "no sweeper.)",
+        "Each worker takes up to {prefetch} messages ahead (its prefetch), so a kill loses up to that many.",
+    ),
+    diagram=Diagram(
+        boxes=("main queue", "worker: reserve, charge, notify, complete", "PostgreSQL"),
+        arrows=("deliver · ack on receipt (unsafe)", "commit · then ack (safe)"),
+        broken=0,
+        note="Acked on receipt, a message is gone from the broker before its work is done.",
+    ),
+    phases=(Phase("on-receive", "ack on receipt"), Phase("after-commit", "ack after commit")),
+    numbers=("accepted", "completed", "in_flight", "lost"),
+    steps=(
+        Step(
+            "Ack on receipt, and slow each step down (200 ms) so the worker holds several orders when it dies.",
+            (Action("Ack on receipt", "sandbox", {"ack_mode": "on_receive", "step_delay_ms": 200}),),
+        ),
+        Step(
+            "Place 30 orders, and while they are processed kill the worker (SIGKILL: no goodbye). The supervisor "
+            "restarts it within a few seconds.",
+            (
+                Action("Place 30 orders", "burst", {"count": 30}, phase="on-receive"),
+                Action("Kill worker-1", "kill", {"process": "worker-1"}),
+            ),
+        ),
+        Step(
+            "Wait until nothing is in flight but the lost ones: the restarted worker finishes what was still in the "
+            "queue. Then ack after commit again (the safe default), and do the same.",
+            (
+                Action("Ack after commit", "sandbox", {"ack_mode": "after_commit"}),
+                Action("Place 30 orders", "burst", {"count": 30}, phase="after-commit"),
+                Action("Kill worker-1", "kill", {"process": "worker-1"}),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "lost-on-receive",
+            "Acked on receipt, the killed worker's orders were lost: lost > 0",
+            "on-receive",
+            lambda n: n["on-receive"]["lost"] > 0,
+        ),
+        Checkpoint(
+            "none-lost-after-commit",
+            "Acked after commit, every order completed despite the kill: lost = 0",
+            "after-commit",
+            lambda n: (
+                _settled(n["after-commit"])
+                and n["after-commit"]["completed"] == n["after-commit"]["accepted"]
+                and n["after-commit"]["lost"] == 0
+            ),
+        ),
+    ),
+    minutes=3,
+    needs_settings=("ack_mode",),
+    needs_supervisor=True,
+)
+
+OUTBOX = Lesson(
+    number=2,
+    slug="outbox",
+    title="Why an outbox",
+    teaches="Writing to the database and publishing to the broker cannot be one step, unless the message is a row.",
+    intro=(
+        "Accepting an order means two writes to two systems: the order row in PostgreSQL and a message in RabbitMQ. "
+        "No transaction spans both. Commit first, then publish (dual_write): if the publish fails, the customer got "
+        "'accepted' and the order is never processed, and nothing records that a message is owed. Publish first, "
+        "then commit (publish_first): if the commit fails, a message goes out for an order that does not exist.",
+        "The outbox makes the message a row: the order and its outbox row commit in one transaction, so both exist "
+        "or neither does. A relay publishes committed rows afterwards and marks them sent only once the broker has "
+        "confirmed; if the broker is down, the rows wait, and nothing is lost.",
+        "These steps POST the orders from this page, through the API (its accept is what the publish mode "
+        "changes). Cutting RabbitMQ needs make run's supervisor, whose proxy carries the web's connection to it.",
+    ),
+    diagram=Diagram(
+        boxes=("API", "PostgreSQL: order + outbox row", "relay", "RabbitMQ"),
+        arrows=("one transaction", "committed rows", "publish, confirm, mark sent"),
+        note="dual_write and publish_first skip the outbox row: API → RabbitMQ directly, before or after the commit.",
+    ),
+    phases=(
+        Phase("dual-write", "dual_write, broker cut"),
+        Phase("publish-first", "publish_first, failing commits"),
+        Phase("outbox", "outbox, broker cut"),
+    ),
+    numbers=("accepted", "completed", "in_flight", "lost"),
+    counters=("ghost_messages",),
+    steps=(
+        Step(
+            "Commit, then publish from the request (dual_write), and cut RabbitMQ.",
+            (
+                Action("dual_write", "sandbox", {"publish_mode": "dual_write"}),
+                Action("Cut RabbitMQ", "outage", {"service": "rabbitmq", "action": "cut"}),
+            ),
+        ),
+        Step(
+            "POST 10 orders: each is accepted (202), and its publish fails. Restore RabbitMQ: nothing comes back, "
+            "no row says a message is owed. Lost.",
+            (
+                Action("POST 10 orders", "post_orders", {"count": 10}, phase="dual-write"),
+                Action("Restore RabbitMQ", "outage", {"service": "rabbitmq", "action": "restore"}),
+            ),
+        ),
+        Step(
+            "Publish, then commit (publish_first), with half the commits failing. Zero the counters (flush the "
+            "cache), then POST 10 orders: the failed ones answer 503, yet their message went out: ghost messages, "
+            "which the worker dead-letters as unknown orders.",
+            (
+                Action("publish_first", "sandbox", {"publish_mode": "publish_first", "accept_failure_rate": 0.5}),
+                Action("Zero the counters", "flush_cache"),
+                Action("POST 10 orders", "post_orders", {"count": 10}, phase="publish-first"),
+            ),
+        ),
+        Step(
+            "The outbox (the safe default), the same cut: the orders wait as outbox rows and are published once the "
+            "broker is back. Zero the counters, cut, POST 10 orders, restore.",
+            (
+                Action("outbox", "sandbox", {"publish_mode": "outbox", "accept_failure_rate": 0.0}),
+                Action("Zero the counters", "flush_cache"),
+                Action("Cut RabbitMQ", "outage", {"service": "rabbitmq", "action": "cut"}),
+                Action("POST 10 orders", "post_orders", {"count": 10}, phase="outbox"),
+                Action("Restore RabbitMQ", "outage", {"service": "rabbitmq", "action": "restore"}),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "dual-write-loses",
+            "dual_write with the broker cut: accepted orders never processed, lost > 0",
+            "dual-write",
+            lambda n: n["dual-write"]["lost"] > 0,
+        ),
+        Checkpoint(
+            "publish-first-ghosts",
+            "publish_first with failing commits: messages for orders that do not exist, ghost messages > 0",
+            "publish-first",
+            lambda n: n["publish-first"]["accepted"] > 0 and (n["counters"]["ghost_messages"] or 0) > 0,
+        ),
+        Checkpoint(
+            "outbox-none",
+            "The outbox through the same cut: every order completed, lost = 0, no ghost message",
+            "outbox",
+            lambda n: (
+                _settled(n["outbox"])
+                and n["outbox"]["completed"] == n["outbox"]["accepted"]
+                and n["outbox"]["lost"] == 0
+                and n["counters"]["ghost_messages"] == 0
+            ),
+        ),
+    ),
+    minutes=4,
+    needs_settings=("publish_mode", "accept_failure_rate"),
+    needs_supervisor=True,
+)
+
+IDEMPOTENT_CONSUMERS = Lesson(
+    number=3,
+    slug="idempotent-consumers",
+    title="Why idempotent consumers",
+    teaches="Every message may arrive twice; a consumer that repeats its work on a redelivery charges twice.",
+    intro=(
+        "A broker promises at-least-once delivery, not exactly-once: when a worker fails before its ack, the "
+        "message comes again, maybe to another worker. So every step must be safe to run twice. Here each step "
+        "runs only from the status it expects (UPDATE … WHERE step = the one before), so a redelivery skips what "
+        "was finished; and the gateway is called with the order id as its idempotency key, so a repeated charge "
+        "returns the first one.",
+        "step_guards=off removes both: a redelivered message runs every step again, and the charge goes to the "
+        "gateway without a key. Our own table still holds one payment per order (a unique constraint), so our "
+        "database looks fine; the gateway's ledger, the customer's card statement, shows the second charge.",
+        "A bug rate plays the failure: a step raises an unexpected error before its commit, the message goes back "
+        "to the queue and is delivered again (up to the delivery limit, {delivery_limit}).",
+    ),
+    diagram=Diagram(
+        boxes=("queue", "worker: charge (gateway) → commit", "gateway ledger"),
+        arrows=("delivered again after a failure", "charge again? key = order id"),
+        broken=1,
+        note="Without the key, each redelivery that reaches the charge step is a new charge.",
+    ),
+    phases=(Phase("guards-off", "step guards off"), Phase("guards-on", "step guards on")),
+    numbers=("accepted", "completed", "dead_lettered", "in_flight", "charges", "charged_twice"),
+    steps=(
+        Step(
+            "Switch the step guards off and make steps fail now and then (bug rate 0.3).",
+            (Action("Step guards off, bug rate 0.3", "sandbox", {"step_guards": False, "bug_rate": 0.3}),),
+        ),
+        Step(
+            "Place 10 orders and watch the gateway's ledger: charges > orders.",
+            (Action("Place 10 orders", "burst", {"count": 10}, phase="guards-off"),),
+        ),
+        Step(
+            "Step guards on (the safe default), the same failures, 10 more orders: one charge each.",
+            (
+                Action("Step guards on", "sandbox", {"step_guards": True}),
+                Action("Place 10 orders", "burst", {"count": 10}, phase="guards-on"),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "charged-twice",
+            "Without guards, redeliveries charged cards twice: charged twice > 0",
+            "guards-off",
+            lambda n: n["guards-off"]["charged_twice"] > 0,
+        ),
+        Checkpoint(
+            "charged-once",
+            "With guards, the same failures charged nobody twice: charged twice = 0",
+            "guards-on",
+            lambda n: _settled(n["guards-on"]) and n["guards-on"]["charged_twice"] == 0,
+        ),
+    ),
+    minutes=2,
+    needs_settings=("step_guards", "bug_rate"),
+)
+
+CACHING = Lesson(
+    number=7,
+    slug="caching",
+    title="Caching: write-through, cache-aside, stale reads",
+    teaches="A cache that is only filled on a miss serves old answers until it expires.",
+    intro=(
+        "GET /api/orders/<id>/ reads Redis first and PostgreSQL only on a miss (X-Cache: HIT or MISS). What "
+        "matters is who keeps Redis up to date. Write-through (the safe default): the worker writes the order to "
+        "Redis after each committed change, so a hit is the latest committed state.",
+        "Cache-aside, as often built: the reader fills Redis on a miss, and nothing updates it when the order "
+        "changes. Until the entry expires (its TTL) every read returns the status it had when it was first read: a "
+        "stale read. A long TTL makes stale reads last; a short one sends more reads to PostgreSQL, and a flush "
+        "under load sends them all at once (a miss storm).",
+        "The page reads this lesson's orders a few times while they are processed; the server counts a stale read "
+        "when a hit's status or version differs from the database row (sandbox only: one more query per hit).",
+    ),
+    diagram=Diagram(
+        boxes=("API read", "Redis", "PostgreSQL", "worker"),
+        arrows=("hit?", "miss → read, fill", "commits; writes Redis (write-through)"),
+        note="Cache-aside leaves out the worker's write: the entry keeps the status of the first read.",
+    ),
+    phases=(Phase("cache-aside", "cache-aside, TTL 600 s"), Phase("write-through", "write-through")),
+    numbers=("accepted", "completed", "in_flight"),
+    counters=("stale_reads", "cache_hits", "cache_misses"),
+    steps=(
+        Step(
+            "Cache-aside with a 10-minute TTL, and slower steps (300 ms) so reads catch orders mid-way. Zero the "
+            "counters (flush the cache).",
+            (
+                Action(
+                    "Cache-aside, TTL 600 s",
+                    "sandbox",
+                    {"cache_mode": "cache_aside", "cache_ttl_seconds": 600, "step_delay_ms": 300},
+                ),
+                Action("Zero the counters", "flush_cache"),
+            ),
+        ),
+        Step(
+            "Place 10 orders, then read them from the API 6 times, once a second.",
+            (
+                Action("Place 10 orders", "burst", {"count": 10}, phase="cache-aside"),
+                Action("Read them 6 times", "read_orders", {"rounds": 6, "everyMs": 1000}, phase="cache-aside"),
+            ),
+        ),
+        Step(
+            "Write-through (the safe default): zero the counters, place 10 orders, read them the same way.",
+            (
+                Action("Write-through", "sandbox", {"cache_mode": "write_through", "cache_ttl_seconds": None}),
+                Action("Zero the counters", "flush_cache"),
+                Action("Place 10 orders", "burst", {"count": 10}, phase="write-through"),
+                Action("Read them 6 times", "read_orders", {"rounds": 6, "everyMs": 1000}, phase="write-through"),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "stale-reads",
+            "Cache-aside served old statuses: stale reads > 0",
+            "cache-aside",
+            lambda n: n["cache-aside"]["accepted"] > 0 and (n["counters"]["stale_reads"] or 0) > 0,
+        ),
+        Checkpoint(
+            "fresh-reads",
+            "Write-through: reads served from Redis, none stale",
+            "write-through",
+            lambda n: (
+                _settled(n["write-through"])
+                and (n["counters"]["cache_hits"] or 0) > 0
+                and n["counters"]["stale_reads"] == 0
+            ),
+        ),
+    ),
+    minutes=2,
+    needs_settings=("cache_mode", "cache_ttl_seconds"),
+)
+
 LESSONS: tuple[Lesson, ...] = tuple(
-    sorted((RETRIES, POISON, IDEMPOTENCY_KEY, SCALING), key=lambda lesson: lesson.number)
+    sorted(
+        (ACK_TIMING, OUTBOX, IDEMPOTENT_CONSUMERS, IDEMPOTENCY_KEY, RETRIES, POISON, CACHING, SCALING),
+        key=lambda lesson: lesson.number,
+    )
 )
 BY_SLUG = {lesson.slug: lesson for lesson in LESSONS}
 

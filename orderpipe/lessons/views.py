@@ -27,9 +27,9 @@ from rest_framework.views import APIView
 from orderpipe.lessons import services
 from orderpipe.lessons.catalog import BY_SLUG, LESSONS, NUMBER_LABELS, Lesson, text_values
 from orderpipe.lessons.measure import FLAKY_NOTE_PREFIX
-from orders import sandbox
+from orders import pages, sandbox
 from orders.access import can_control, can_watch
-from orders.pages import ORDER_ID_PLACEHOLDER, page_config
+from orders.pages import ORDER_ID_PLACEHOLDER
 from orders.permissions import is_staff
 from worker.topology import topology
 
@@ -52,15 +52,9 @@ def _lesson(slug: str) -> Lesson:
 
 
 def _context(request: HttpRequest) -> dict[str, Any]:
-    """What templates/base.html needs (as the dashboard's pages give it)."""
-    return {
-        "can_control": can_control(request.user),
-        "sandbox": settings.ORDERPIPE_SANDBOX,
-        "login_url": f"{reverse('admin:login')}?next={request.get_full_path()}",
-        "config": page_config(),
-        "sandbox_faults": sandbox.sandbox_state()["active_faults"] if settings.ORDERPIPE_SANDBOX else [],
-        "websocket_port": settings.WEBSOCKET_PORT or "",
-    }
+    """What templates/base.html needs: the dashboard pages' own context (banners, login link, page config), so the
+    lesson pages show the same header, banners and live status."""
+    return pages._context(request)
 
 
 def diagram_items(lesson: Lesson, values: dict[str, str]) -> list[dict[str, Any]]:

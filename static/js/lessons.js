@@ -3,6 +3,7 @@
 // polls the lesson's state (numbers measured from real state) every second, and the pipeline socket keeps the
 // banner and the workers list live. The flaky client simulator of lesson 4 runs here, in the page.
 
+import * as live from "./live.js";
 import { api, config, el, errorText, fmt, openLive, orderUrl, showFaults } from "./live.js";
 
 const $ = (id) => document.getElementById(id);
@@ -84,8 +85,15 @@ async function poll() {
 
 // ---------------------------------------------------------------- the workers, from the pipeline socket
 
+// Which service links `make run`'s supervisor has cut now (name -> true), as the pipeline state last said.
+const linksCut = new Map();
+
 function renderPipeline(p) {
-  if (p.sandbox) showFaults(p.sandbox.active_faults);
+  if (p.sandbox) {
+    showFaults(p.sandbox.active_faults);
+    live.showUnsafe?.(p.sandbox.unsafe_modes); // the red banner of the unsafe modes, where this tree has them
+  }
+  for (const link of p.supervisor?.links || []) linksCut.set(link.name, Boolean(link.cut));
   const list = $("lesson-workers");
   if (!list) return;
   const processes = (p.processes || []).filter((proc) => proc.role === "worker");
@@ -239,6 +247,15 @@ async function replay(phase) {
   return { ok: true, text: `${replayed} dead-lettered order(s) replayed.` };
 }
 
+async function waitFor(predicate, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return true;
+}
+
 async function run(action) {
   const call = async (method, url, body) => {
     const result = await api(method, url, body);
@@ -266,8 +283,15 @@ async function run(action) {
       return replay(action.phase);
     case "kill":
       return call("POST", config.urls.kill, { process: action.params.process, signal: "SIGKILL" });
-    case "outage":
-      return call("POST", config.urls.outage, action.params);
+    case "outage": {
+      // The supervisor carries it out within about a second: the step is done once the pipeline state shows it.
+      const result = await call("POST", config.urls.outage, action.params);
+      const cut = action.params.action === "cut";
+      if (result.ok && !(await waitFor(() => linksCut.get(action.params.service) === cut, 15000))) {
+        return { ok: false, text: `${action.label}: the supervisor did not carry it out within 15 s.` };
+      }
+      return result;
+    }
     case "post_orders":
       return postOrders(action.params, action.phase);
     case "read_orders":
