@@ -199,42 +199,44 @@ POISON = Lesson(
     number=6,
     slug="poison",
     title="Poison messages and the delivery limit",
-    teaches="A message that crashes every worker is parked after N deliveries, so the others can flow.",
+    teaches="A message that fails every worker that takes it is parked after N deliveries, so the others can flow.",
     intro=(
-        "Some messages can never be processed: the worker crashes every time it takes one (a bug, or data it "
-        "cannot handle). RabbitMQ cannot know why a worker vanished. It only sees a message handed out and never "
-        "acknowledged, so it gives the message to the next worker, which crashes too: a crash loop.",
+        "Some messages can never be processed: every worker that takes one fails on it (a bug, or data it cannot "
+        "handle). It is not a temporary outage, so waiting and retrying later will not help. The worker does not "
+        "ack it; it returns it to the queue (a nack), and the next worker fails the same way: a loop that burns "
+        "every worker's time, and with a crash instead of an error, kills them one after the other.",
         "Quorum queues count the deliveries of each message. Past the delivery limit ({delivery_limit} here, the "
         "queue's x-delivery-limit) the broker itself moves the message to the dead-letter queue, and the workers "
         "carry on with the rest. The worker gets a copy and marks the order dead-lettered, 'delivery limit "
         "reached', for a person to look at and replay once the bug is fixed.",
-        "Here a crash rate of 1 plays the bug: the worker process exits in the middle of a step, and the supervisor "
-        "of make run restarts it, waiting a little longer each time (1 s, 2 s, 4 s …).",
+        "Here a bug rate of 1 plays the bug: every step raises an unexpected error. (A crash rate of 1 ends the "
+        "same way, slower: the worker process dies at each delivery and make run's supervisor restarts it.)",
     ),
     diagram=Diagram(
-        boxes=("main queue", "worker (crashes)", "supervisor restarts it", "dead-letter queue"),
-        arrows=("deliver (count +1)", "exit 70", "after {delivery_limit} deliveries: parked by the broker"),
+        boxes=("main queue", "worker (a bug: error)", "dead-letter queue"),
+        arrows=(
+            "deliver (count + 1) · nack: back to the queue",
+            "after {delivery_limit} deliveries: parked by the broker",
+        ),
         broken=0,
-        note="Unacked messages go back to the queue when their worker's connection dies; the count goes up.",
+        note="A message returned to the queue is delivered again at once; its delivery count goes up each time.",
     ),
     phases=(Phase("poison", "the poison order"), Phase("others", "the orders after it")),
     numbers=("accepted", "completed", "dead_lettered", "parked_by_limit", "in_flight", "lost"),
     steps=(
         Step(
-            "Make every worker crash in the middle of a step (crash rate 1).",
-            (Action("Crash rate 1", "sandbox", {"crash_rate": 1.0}),),
+            "Put a bug in every step (bug rate 1).",
+            (Action("Bug rate 1", "sandbox", {"bug_rate": 1.0}),),
         ),
         Step(
-            "Place one order: the poison. Watch the worker crash and come back (the workers list) until the broker "
-            "parks the message: dead-lettered, parked by the delivery limit. About a minute: the supervisor waits "
-            "longer after each crash.",
+            "Place one order: the poison. It fails, goes back to the queue, fails again … until the broker parks it: "
+            "dead-lettered, parked by the delivery limit (a few seconds).",
             (Action("Place the poison order", "burst", {"count": 1}, phase="poison"),),
         ),
         Step(
-            "Fix the bug (crash rate 0) and place 20 more orders: they flow once the worker is back (after its "
-            "last backoff, up to 30 s); the poison stays parked.",
+            "Fix the bug (bug rate 0) and place 20 more orders: they flow; the poison stays parked until a replay.",
             (
-                Action("Crash rate 0", "sandbox", {"crash_rate": 0.0}),
+                Action("Bug rate 0", "sandbox", {"bug_rate": 0.0}),
                 Action("Place 20 orders", "burst", {"count": 20}, phase="others"),
             ),
         ),
@@ -242,7 +244,7 @@ POISON = Lesson(
     checkpoints=(
         Checkpoint(
             "parked",
-            "The crashing message was parked by the delivery limit, not retried forever",
+            "The failing message was parked by the delivery limit, not retried forever",
             "poison",
             lambda n: n["poison"]["parked_by_limit"] > 0,
         ),
@@ -257,8 +259,8 @@ POISON = Lesson(
             ),
         ),
     ),
-    minutes=3,
-    needs_supervisor=True,
+    minutes=1,
+    needs_settings=("bug_rate",),
 )
 
 IDEMPOTENCY_KEY = Lesson(
@@ -393,7 +395,9 @@ ACK_TIMING = Lesson(
         "the worker is killed before it finishes, nobody has it any more. The order is stuck half-done, with no "
         "message anywhere: lost. (Here the sweeper notices after {sweep_after} s and re-sends it; most systems have "
         "no sweeper.)",
-        "Each worker takes up to {prefetch} messages ahead (its prefetch), so a kill loses up to that many.",
+        "A worker's prefetch ({prefetch}) limits the messages it holds unacknowledged. Acked on receipt, none "
+        "stays unacknowledged, so the broker keeps pushing: the worker takes most of a backlog, and a kill loses "
+        "all of it.",
     ),
     diagram=Diagram(
         boxes=("main queue", "worker: reserve, charge, notify, complete", "PostgreSQL"),
