@@ -462,7 +462,9 @@ OUTBOX = Lesson(
         "Accepting an order means two writes to two systems: the order row in PostgreSQL and a message in RabbitMQ. "
         "No transaction spans both. Commit first, then publish (dual_write): if the publish fails, the customer got "
         "'accepted' and the order is never processed, and nothing records that a message is owed. Publish first, "
-        "then commit (publish_first): if the commit fails, a message goes out for an order that does not exist.",
+        "then commit (publish_first): if the commit fails, a message goes out for an order that does not exist; "
+        "and a worker quick enough takes the message before the commit lands, finds no order, and dead-letters it: "
+        "that order, committed a moment later, is lost too.",
         "The outbox makes the message a row: the order and its outbox row commit in one transaction, so both exist "
         "or neither does. A relay publishes committed rows afterwards and marks them sent only once the broker has "
         "confirmed; if the broker is down, the rows wait, and nothing is lost.",

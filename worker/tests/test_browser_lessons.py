@@ -14,7 +14,7 @@ import pytest
 
 from orderpipe.lessons.catalog import BY_SLUG
 from orderpipe.lessons.models import CheckpointPass
-from orders.models import SupervisedProcess, WorkerHeartbeat
+from orders.models import Order, SupervisedProcess, WorkerHeartbeat
 from worker.tests.conftest import CHROMIUM, SCREENSHOTS, open_logged_in
 from worker.tests.processes import Service, free_port, service_env, wait_until
 
@@ -166,6 +166,18 @@ def test_lesson_4_idempotency_key(lesson_page):
     print("\nidempotency key: 5 duplicates for 5 logical requests without a key, 0 with one")
     shot(page, "4-idempotency-key-2-safe")
     assert CheckpointPass.objects.filter(lesson="idempotency-key").count() == 2
+
+    # The index counts them; the instructor sees this session's two checkpoints and resets every lesson.
+    page.goto("/lessons/")
+    page.locator("li[data-lesson='idempotency-key']", has_text="2 of 2 checkpoints passed").wait_for()
+    shot(page, "0-index")
+    page.goto("/lessons/instructor/")
+    row = page.locator("#sessions tbody tr").first
+    assert "one-order-each-with-key" in row.inner_text() and "browser-staff" in row.inner_text()
+    shot(page, "0-instructor")
+    page.get_by_role("button", name="Reset every lesson").click()
+    page.locator("#sessions", has_text="No session has opened a lesson yet").wait_for()
+    assert not Order.objects.filter(customer_email__endswith="@lessons.example.com").exists()
 
 
 @runnable("retries")
