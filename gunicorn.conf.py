@@ -87,7 +87,7 @@ control_socket_disable = True
 # Metrics from every worker in one scrape. prometheus_client counts in the process that runs the code, and a scrape
 # reaches one worker, so with 2 workers /metrics would show half the orders and Prometheus would see the counters
 # jump back and forth. In its multiprocess mode every worker writes its counters and histograms to files in one
-# directory and /metrics sums them (orders/metrics.py). The directory is set when the server starts (in the master,
+# directory and /metrics sums them (orderpipe/scrape.py). The directory is set when the server starts (in the master,
 # before any worker imports prometheus_client) and emptied: a fresh temporary one unless the platform names one.
 # Not when this file is merely read (`gunicorn --print-config`), which would leave a directory behind each time.
 _own_metrics_dir = ""

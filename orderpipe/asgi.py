@@ -1,4 +1,4 @@
-"""ASGI entry point, served by daphne: WebSockets go through Channels (see orders/routing.py); HTTP goes to Django.
+"""ASGI entry point, served by daphne: WebSockets go through Channels (orderpipe/dashboard/routing.py), HTTP to Django.
 
 In production daphne is there for the sockets (`/ws/...`, Compose's `ws` service); gunicorn serves HTTP
 (gunicorn.conf.py, orderpipe/wsgi.py). daphne still answers HTTP with the same Django stack, static files included
@@ -22,7 +22,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from orders.routing import websocket_urlpatterns  # noqa: E402
+from orderpipe.dashboard.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

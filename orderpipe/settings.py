@@ -214,9 +214,9 @@ if RELAY_CRASH_AT not in {"", "claimed", "published"}:
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 ORDER_CACHE_TTL = env_int("ORDER_CACHE_TTL", 3600)
 # The project uses this cache only for its connection pool: every Redis call goes through the raw client
-# (`get_redis_connection`, in orders/cache.py, live.py and broadcaster.py), with its own key names and TTLs and its
-# own handling of Redis errors. django-redis's KEY_PREFIX, TIMEOUT and IGNORE_EXCEPTIONS apply only to Django's cache
-# API (`cache.get`/`cache.set`), which nothing here calls, so they are not set.
+# (`get_redis_connection`, in orders/cache.py, orders/live.py and orderpipe/dashboard/), with its own key names and
+# TTLs and its own handling of Redis errors. django-redis's KEY_PREFIX, TIMEOUT and IGNORE_EXCEPTIONS apply only to
+# Django's cache API (`cache.get`/`cache.set`), which nothing here calls, so they are not set.
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
@@ -236,10 +236,10 @@ CACHES = {
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
 # Every handshake borrows a connection from the layer's pool; when all are busy it waits up to the timeout, then the
-# socket is closed with 4503 (orders/channel_layer.py). One pool per daphne process.
+# socket is closed with 4503 (orderpipe/dashboard/channel_layer.py). One pool per daphne process.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "orders.channel_layer.PooledRedisChannelLayer",
+        "BACKEND": "orderpipe.dashboard.channel_layer.PooledRedisChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
             "prefix": f"{ORDERPIPE_PREFIX}:asgi",
@@ -250,8 +250,8 @@ CHANNEL_LAYERS = {
         },
     }
 }
-# Live sockets (orders/consumers.py): per client (user, or address when anonymous) across all daphne processes;
-# a crashed process's sockets stop counting after WS_SLOT_TTL seconds.
+# Live sockets (orderpipe/dashboard/consumers.py): per client (user, or address when anonymous) across all daphne
+# processes; a crashed process's sockets stop counting after WS_SLOT_TTL seconds.
 WS_MAX_CONNECTIONS_PER_CLIENT = env_int("WS_MAX_CONNECTIONS_PER_CLIENT", 20)
 WS_SLOT_TTL = env_float("WS_SLOT_TTL", 60.0)
 WS_RESYNC_INTERVAL = env_float("WS_RESYNC_INTERVAL", 5.0)

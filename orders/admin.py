@@ -1,7 +1,11 @@
+"""The admin of the domain: catalog, orders and their journey, outbox, payments, and the sandbox's settings."""
+
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import CharField, Q
 from django.db.models.functions import Cast
@@ -18,12 +22,8 @@ from orders.models import (
     OutboxMessage,
     Payment,
     Product,
-    QueueStat,
-    RelayHeartbeat,
     SandboxChange,
     SandboxSettings,
-    SupervisedProcess,
-    WorkerHeartbeat,
 )
 
 
@@ -169,30 +169,29 @@ class NotificationAdmin(admin.ModelAdmin):
     readonly_fields = ["order", "channel", "recipient", "subject", "body", "sent_at"]
 
 
-@admin.register(QueueStat)
-class QueueStatAdmin(admin.ModelAdmin):
-    list_display = ["name", "role", "ready", "consumers", "observed_at"]
+class SandboxSettingsForm(forms.ModelForm):
+    class Meta:
+        model = SandboxSettings
+        fields = list(SandboxSettings.FIELDS)
 
-
-@admin.register(WorkerHeartbeat)
-class WorkerHeartbeatAdmin(admin.ModelAdmin):
-    list_display = ["name", "hostname", "pid", "current_order", "processed", "unacked", "last_seen"]
-
-
-@admin.register(RelayHeartbeat)
-class RelayHeartbeatAdmin(admin.ModelAdmin):
-    list_display = ["name", "hostname", "pid", "state", "published", "rate", "last_publish_at", "last_seen"]
-
-
-@admin.register(SupervisedProcess)
-class SupervisedProcessAdmin(admin.ModelAdmin):
-    list_display = ["name", "role", "pid", "state", "restarts", "last_exit", "last_exit_at", "updated_at"]
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        # The unsafe modes are refused with ORDERPIPE_SANDBOX=false: a form error on the field, not a server error.
+        sandbox.refuse_unsafe_when_off({name: cleaned.get(name) for name in self.changed_data})
+        return cleaned
 
 
 @admin.register(SandboxSettings)
 class SandboxSettingsAdmin(admin.ModelAdmin):
+    form = SandboxSettingsForm
     list_display = ["__str__", *SandboxSettings.FIELDS, "updated_at"]
-    fields = list(SandboxSettings.FIELDS)
+    fieldsets = [
+        (None, {"fields": [name for name in SandboxSettings.FIELDS if name not in sandbox.UNSAFE_MODES]}),
+        (
+            "Unsafe modes (each switches a guarantee off; a red banner shows while any is on)",
+            {"fields": [*sandbox.UNSAFE_MODES]},
+        ),
+    ]
 
     def has_add_permission(self, request) -> bool:
         return not SandboxSettings.objects.exists()

@@ -17,8 +17,8 @@ from rest_framework.reverse import reverse as api_reverse
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from orders import sandbox, selectors, services
-from orders.models import Order, OrderStatus, SandboxSettings
+from orders import publishing, sandbox, selectors, services
+from orders.models import Order, OrderStatus, PublishMode, SandboxSettings
 from orders.permissions import PlaceOrdersPublicly, PublicReadOnly, SandboxStaff
 from orders.serializers import (
     OrderEventSerializer,
@@ -46,6 +46,14 @@ class IdempotencyKeyReused(APIException):
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
     default_detail = "This Idempotency-Key was already used with a different request body."
     default_code = "idempotency_key_reused"
+
+
+class AcceptFailedError(APIException):
+    """Sandbox only: the accept transaction failed (accept_failure_rate) or, in publish_first, the publish did."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The order could not be accepted; nothing was stored."
+    default_code = "accept_failed"
 
 
 def parse_order_id(raw: str) -> uuid.UUID:
@@ -124,7 +132,24 @@ class OrderListCreateApi(generics.ListAPIView):
         data.is_valid(raise_exception=True)
         headers = {}
         code: int
-        if key is None:
+        current = sandbox.modes()
+        if current.publish_mode != PublishMode.OUTBOX or current.accept_failure_rate:
+            # The sandbox's unsafe publish modes and accept fault (orders/publishing.py); never in production.
+            try:
+                body, code, replayed = publishing.order_accept(
+                    current=current,
+                    key=key,
+                    fingerprint=services.request_fingerprint(request.data) if key is not None else "",
+                    products=data.products,
+                    **data.validated_data,
+                )
+            except services.IdempotencyMismatch as exc:
+                raise IdempotencyKeyReused(str(exc)) from None
+            except (publishing.AcceptFailed, publishing.PublishError) as exc:
+                raise AcceptFailedError(str(exc)) from None
+            if replayed:
+                headers["Idempotent-Replayed"] = "true"
+        elif key is None:
             order = services.order_create(**data.validated_data, products=data.products)
             body, code = order_representation(order), status.HTTP_202_ACCEPTED
         else:
@@ -178,13 +203,6 @@ class ProductListApi(generics.ListAPIView):
     @extend_schema(responses={200: ProductSerializer(many=True), **COMMON_ERRORS})
     def get(self, request: Request, *args, **kwargs) -> Response:
         return super().get(request, *args, **kwargs)
-
-
-class PipelineApi(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **COMMON_ERRORS})
-    def get(self, request: Request) -> Response:
-        """The live state: outbox backlog, orders by status, relays, queues, cache, workers, supervised processes."""
-        return Response(selectors.pipeline_state())
 
 
 # ---------------------------------------------------------------- sandbox (the fault injector)

@@ -1,3 +1,5 @@
+"""The domain app: orders, their steps and journey, the REST API, the sandbox; connects its signal receivers."""
+
 from django.apps import AppConfig
 
 

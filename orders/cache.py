@@ -25,6 +25,7 @@ class CacheState(TypedDict, total=False):
     value: dict[str, Any] | None
     written: bool
     error: str
+    note: str
 
 
 def _prefix() -> str:
@@ -40,7 +41,7 @@ def _stats_key(name: str) -> str:
 
 
 def live_producer_lock_key() -> str:
-    """Held by the one web process that produces the dashboard's live updates (see orders/broadcaster.py)."""
+    """Held by the one daphne process that produces the live updates (orderpipe/dashboard/broadcaster.py)."""
     return f"{_prefix()}:live:producer"
 
 
@@ -55,7 +56,8 @@ def live_controls_key() -> str:
 
 
 def live_socket_slots_key(client: str) -> str:
-    """Sorted set of the live sockets one client (user or address) holds open, scored by expiry (orders/sockets.py)."""
+    """Sorted set of the live sockets one client (user or address) holds open, scored by expiry
+    (orderpipe/dashboard/sockets.py)."""
     return f"{_prefix()}:live:sockets:{client}"
 
 
@@ -81,10 +83,11 @@ return 1
 _scripts: dict[int, Any] = {}
 
 
-def write_order(representation: dict[str, Any]) -> CacheState:
-    """Write-through after a commit: store the order's public representation unless a newer one is there."""
+def write_order(representation: dict[str, Any], *, ttl: int | None = None) -> CacheState:
+    """Write-through after a commit: store the order's public representation unless a newer one is there.
+    `ttl` in seconds (default ORDER_CACHE_TTL; the sandbox's cache_ttl_seconds passes its own)."""
     key = order_key(representation["id"])
-    ttl = settings.ORDER_CACHE_TTL
+    ttl = ttl or settings.ORDER_CACHE_TTL
     try:
         client = _client()
         # EVALSHA: the script is sent once per connection pool, not with every write (redis-py reloads it if the
@@ -99,10 +102,12 @@ def write_order(representation: dict[str, Any]) -> CacheState:
     return {"key": key, "present": True, "ttl": ttl, "value": representation, "written": bool(written)}
 
 
-def fill_order(representation: dict[str, Any]) -> None:
+def fill_order(representation: dict[str, Any], *, ttl: int | None = None) -> None:
     """Cache-aside fill after a miss. SET NX: never overwrite what a worker wrote meanwhile."""
     try:
-        _client().set(order_key(representation["id"]), json.dumps(representation), ex=settings.ORDER_CACHE_TTL, nx=True)
+        _client().set(
+            order_key(representation["id"]), json.dumps(representation), ex=ttl or settings.ORDER_CACHE_TTL, nx=True
+        )
     except RedisError as exc:
         log.warning("cache fill skipped: %s", exc)
 
@@ -113,6 +118,37 @@ def count_page_read() -> None:
         _client().incr(_stats_key("page_reads"))
     except RedisError as exc:
         log.warning("page read not counted: %s", exc)
+
+
+def count_stale_read() -> None:
+    """A cache hit whose status or version differed from the database row (counted in the sandbox only)."""
+    try:
+        _client().incr(_stats_key("stale_reads"))
+    except RedisError as exc:
+        log.warning("stale read not counted: %s", exc)
+
+
+def stale_reads() -> int:
+    """Stale reads counted since the last flush (0 when Redis is unavailable)."""
+    try:
+        return int(_client().get(_stats_key("stale_reads")) or 0)
+    except RedisError:
+        return 0
+
+
+def count_ghost_message() -> None:
+    """A worker met a message for an order that does not exist (and dead-lettered it)."""
+    try:
+        _client().incr(_stats_key("ghost_messages"))
+    except RedisError as exc:
+        log.warning("ghost message not counted: %s", exc)
+
+
+def ghost_messages() -> int:
+    try:
+        return int(_client().get(_stats_key("ghost_messages")) or 0)
+    except RedisError:
+        return 0
 
 
 def read_order(order_id: object) -> dict[str, Any] | None:
@@ -206,7 +242,8 @@ def flush() -> int:
     try:
         client = _client()
         keys = list(client.scan_iter(match=f"{_prefix()}:order:*", count=1000))
-        keys += [_stats_key("hits"), _stats_key("misses"), _stats_key("page_reads")]
+        keys += [_stats_key("hits"), _stats_key("misses"), _stats_key("page_reads"), _stats_key("stale_reads")]
+        keys.append(_stats_key("ghost_messages"))
         removed = 0
         for start in range(0, len(keys), 500):
             removed += client.delete(*keys[start : start + 500])

@@ -1,4 +1,4 @@
-"""The ways a step can fail, and the fault injector the steps consult (the sandbox implements it in the worker).
+"""The ways a step can fail, and the fault injector the steps consult (orders/sandbox/faults.py implements it).
 
 Kept apart from the steps so the seams (the gateway, the email sender) can raise them without importing the steps.
 """
@@ -45,3 +45,7 @@ class FaultInjector(GatewayFaults, Protocol):
     def maybe_crash(self, step: str) -> None: ...
 
     def step_mode(self) -> bool: ...
+
+    def step_guards(self) -> bool:
+        """False only in the sandbox's unsafe step_guards=off: the steps skip their "done before?" check."""
+        ...

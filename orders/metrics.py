@@ -1,12 +1,12 @@
-"""Prometheus metrics: what every process counts, and what the web process reads at scrape time.
+"""Prometheus metrics: the counters and histograms every process keeps of the pipeline events it commits.
 
 Pipeline events are counted in one place: every write of an event (`orders.events.record_event`,
 `services.order_create`, `services.transition_order` and their readable twins, all writing through
 `orders.journal`) calls `orders.events.count_on_commit`, which calls `event_committed` once the transaction that
 recorded the event commits, so rolled-back work is never counted. Each process (web, relays, workers) exposes its
 own counters; Prometheus sums them across processes. Shared state (outbox backlog, queue depths, cache hit/miss
-counters) is not counted by anyone: the web process reads it when scraped (`PipelineStateCollector`), once per
-scrape, so N workers do not report the same backlog N times.
+counters) is not counted by anyone: the web process reads it when scraped (orderpipe/scrape.py), once per scrape,
+so N workers do not report the same backlog N times.
 
 Useful series (all counters are `orderpipe_order_events_total{kind=...}`):
 accepted, completed, failed, dead_lettered, retry_scheduled (retried), redelivered (redeliveries).
@@ -15,19 +15,12 @@ accepted, completed, failed, dead_lettered, retry_scheduled (retried), redeliver
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
 from datetime import datetime
 
-from django.db import DatabaseError
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import Counter, Histogram
 
-from orders import cache
-from orders.models import EventKind, OutboxMessage, QueueStat
+from orders.models import EventKind
 
-log = logging.getLogger(__name__)
 # One line per committed pipeline event; its name is stable so log pipelines can route on it.
 event_log = logging.getLogger("orderpipe.events")
 
@@ -81,55 +74,3 @@ def event_committed(
         END_TO_END_DURATION.observe(total_seconds)
         extra["end_to_end_ms"] = round(total_seconds * 1000, 1)
     event_log.info("order %s %s after %.1f ms", order_id, kind, extra["duration_ms"], extra=extra)
-
-
-class PipelineStateCollector:
-    """Gauges of shared state, read at scrape time: two queries and one Redis round trip per scrape."""
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            backlog = OutboxMessage.objects.filter(sent_at__isnull=True).count()
-            queues = list(QueueStat.objects.values_list("name", "role", "ready"))
-        except DatabaseError as exc:
-            # A scrape during a database outage still returns the process metrics and the cache counters.
-            log.warning("metrics: pipeline state unavailable: %s", exc)
-        else:
-            yield GaugeMetricFamily(
-                "orderpipe_outbox_backlog", "Outbox messages committed but not yet published", value=backlog
-            )
-            ready = GaugeMetricFamily(
-                "orderpipe_queue_ready_messages",
-                "Messages ready in each RabbitMQ queue, as last observed by a relay or worker",
-                labels=["queue", "role"],
-            )
-            for name, role, count in queues:
-                ready.add_metric([name, role], count)
-            yield ready
-        stats = cache.stats()
-        yield GaugeMetricFamily("orderpipe_cache_up", "1 if Redis answered this scrape", value=int(stats["available"]))
-        yield GaugeMetricFamily("orderpipe_cache_keys", "Order entries in Redis", value=stats["keys"])
-        yield CounterMetricFamily("orderpipe_cache_hits", "Order reads served from Redis", value=stats["hits"])
-        yield CounterMetricFamily(
-            "orderpipe_cache_misses", "Order reads that fell back to PostgreSQL", value=stats["misses"]
-        )
-
-
-# Only the web process serves this registry (relays and workers expose the default one on --metrics-port), so the
-# shared state is reported once.
-PIPELINE_STATE = CollectorRegistry(auto_describe=False)
-PIPELINE_STATE.register(PipelineStateCollector())
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-
-def render_web() -> bytes:
-    """The web server's scrape: its counters and histograms, then the shared pipeline state.
-
-    Under gunicorn (several worker processes) those are the sums over its workers, read from the files each one
-    writes (prometheus_client's multiprocess mode, set up in gunicorn.conf.py); under daphne or in-process, the one
-    process's own. Multiprocess mode has no per-process series (process_cpu_seconds_total and the like)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        workers = CollectorRegistry(auto_describe=False)
-        multiprocess.MultiProcessCollector(workers)
-        return generate_latest(workers) + generate_latest(PIPELINE_STATE)
-    return generate_latest(REGISTRY) + generate_latest(PIPELINE_STATE)

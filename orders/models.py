@@ -162,6 +162,7 @@ class EventKind(models.TextChoices):
     STEP_WAITING = "step_waiting", "waiting for the next step"
     CONTROL = "control", "control action"
     RESENT = "resent", "re-sent by the sweeper"
+    PUBLISH_FAILED = "publish_failed", "publish failed (no outbox: nothing will retry it)"
 
 
 class OrderEvent(models.Model):
@@ -224,93 +225,6 @@ class Notification(models.Model):
         return f"{self.channel} to {self.recipient}: {self.subject}"
 
 
-class QueueStat(models.Model):
-    """The last observed depth of one RabbitMQ queue, written by relays and workers (which hold AMQP
-    connections) so that web requests never open one."""
-
-    name = models.CharField(max_length=200, primary_key=True)
-    role = models.CharField(max_length=16)  # main, retry, dead
-    position = models.PositiveSmallIntegerField(default=0)
-    ready = models.PositiveIntegerField(default=0)
-    consumers = models.PositiveIntegerField(default=0)
-    observed_at = models.DateTimeField()
-
-    class Meta:
-        ordering = ["position", "name"]
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.ready} ready, {self.consumers} consumers"
-
-
-class WorkerHeartbeat(models.Model):
-    """A worker process, as it last reported itself."""
-
-    name = models.CharField(max_length=200, primary_key=True)
-    hostname = models.CharField(max_length=200)
-    pid = models.PositiveIntegerField()
-    current_order = models.UUIDField(null=True, blank=True)
-    # The orders whose messages it holds unacked (in a step or waiting for a thread): not lost, says the sweeper.
-    holding = models.JSONField(default=list, blank=True)
-    processed = models.PositiveIntegerField(default=0)
-    unacked = models.PositiveIntegerField(default=0)
-    started_at = models.DateTimeField()
-    last_seen = models.DateTimeField()
-
-    def __str__(self) -> str:
-        return self.name
-
-
-class RelayHeartbeat(models.Model):
-    """An outbox relay process, as it last reported itself (worker/relay_monitor.py, about once a second)."""
-
-    class State(models.TextChoices):
-        IDLE = "idle"  # the outbox is empty: waiting for a NOTIFY or the polling interval
-        PUBLISHING = "publishing"
-        UNREACHABLE = "unreachable"  # the broker is out of reach: backing off before reconnecting
-        SWEEPING = "sweeping"  # a sweeper round is under way (worker/sweeper.py)
-
-    name = models.CharField(max_length=200, primary_key=True)
-    hostname = models.CharField(max_length=200)
-    pid = models.PositiveIntegerField()
-    state = models.CharField(max_length=20, choices=State.choices, default=State.IDLE)
-    detail = models.CharField(max_length=300, blank=True, default="")  # e.g. the broker error and the backoff
-    published = models.PositiveBigIntegerField(default=0, help_text="Outbox rows published since it started.")
-    rate = models.FloatField(default=0.0, help_text="Rows published per second over the last few seconds.")
-    last_publish_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField()
-    last_seen = models.DateTimeField()
-
-    def __str__(self) -> str:
-        return self.name
-
-
-class SupervisedProcess(models.Model):
-    """One process that the supervisor of `make run` keeps alive (worker/supervisor.py), as it last reported it.
-
-    A worker's own heartbeat (WorkerHeartbeat) stops when the process dies; this row says what happened to it
-    (crashed with which exit status, restarted how often), which only the parent that restarts it can know."""
-
-    class State(models.TextChoices):
-        STARTING = "starting"
-        RUNNING = "running"
-        CRASHED = "crashed"  # exited on its own; restarted after a backoff
-        STOPPING = "stopping"
-        STOPPED = "stopped"  # stopped on purpose (scaled down, or the supervisor shut down)
-
-    name = models.CharField(max_length=50, primary_key=True)  # web, ws, relay, worker-1, worker-2, ...
-    role = models.CharField(max_length=20)
-    pid = models.PositiveIntegerField(null=True, blank=True)
-    state = models.CharField(max_length=20, choices=State.choices)
-    restarts = models.PositiveIntegerField(default=0)
-    last_exit = models.CharField(max_length=200, blank=True, default="")
-    last_exit_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    def __str__(self) -> str:
-        return self.name
-
-
 class IdempotencyKey(models.Model):
     """The first response to a POST that carried an `Idempotency-Key`, stored in the order's own transaction."""
 
@@ -324,6 +238,23 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class AckMode(models.TextChoices):
+    AFTER_COMMIT = "after_commit", "after commit (safe)"
+    ON_RECEIVE = "on_receive", "on receive (unsafe: a killed worker loses what it held)"
+
+
+class PublishMode(models.TextChoices):
+    OUTBOX = "outbox", "outbox (safe)"
+    DUAL_WRITE = "dual_write", "dual write (unsafe: commit, then publish from the request)"
+    PUBLISH_FIRST = "publish_first", "publish first (unsafe: publish, then commit)"
+
+
+class CacheMode(models.TextChoices):
+    WRITE_THROUGH = "write_through", "write-through (safe)"
+    CACHE_ASIDE = "cache_aside", "cache-aside (unsafe: filled on a miss, never invalidated)"
+    OFF = "off", "off (no cache)"
 
 
 class SandboxSettings(models.Model):
@@ -350,6 +281,51 @@ class SandboxSettings(models.Model):
         help_text="Orders each supervised worker processes at once (threads; empty: WORKER_CONCURRENCY). "
         "A change restarts the workers.",
     )
+    # A fault: the API's accept transaction fails after its inserts (and, in publish_mode=publish_first, after the
+    # publish), so it rolls back. Sandbox only.
+    accept_failure_rate = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of POST /api/orders/ whose transaction fails (rolls back) just before its commit.",
+    )
+    worker_prefetch = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(500)],
+        help_text="Unacked messages each supervised worker holds (empty: WORKER_PREFETCH). A change restarts the "
+        "workers.",
+    )
+    # The unsafe modes (orders/sandbox.py `modes`): each switches a guarantee off, on the real code path. Refused,
+    # and ignored if left in the row, when ORDERPIPE_SANDBOX=false.
+    ack_mode = models.CharField(
+        max_length=20,
+        choices=AckMode,
+        default=AckMode.AFTER_COMMIT,
+        help_text="UNSAFE when on_receive: workers ack a message as soon as they take it; a killed worker loses it.",
+    )
+    publish_mode = models.CharField(
+        max_length=20,
+        choices=PublishMode,
+        default=PublishMode.OUTBOX,
+        help_text="UNSAFE unless outbox: how POST /api/orders/ hands the order to RabbitMQ.",
+    )
+    step_guards = models.BooleanField(
+        default=True,
+        help_text="UNSAFE when off: steps run without checking they ran before, so a redelivery repeats them (and "
+        "charges the gateway again, without an idempotency key).",
+    )
+    cache_mode = models.CharField(
+        max_length=20,
+        choices=CacheMode,
+        default=CacheMode.WRITE_THROUGH,
+        help_text="UNSAFE unless write_through: cache_aside fills on a read miss and never invalidates; off: no cache.",
+    )
+    cache_ttl_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(3600)],
+        help_text="TTL of the order cache entries (empty: ORDER_CACHE_TTL).",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     FIELDS = (
@@ -361,6 +337,13 @@ class SandboxSettings(models.Model):
         "step_mode",
         "workers",
         "worker_concurrency",
+        "accept_failure_rate",
+        "worker_prefetch",
+        "ack_mode",
+        "publish_mode",
+        "step_guards",
+        "cache_mode",
+        "cache_ttl_seconds",
     )
 
     class Meta:

@@ -16,7 +16,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from orders import cache, journal
+from orders import cache, journal, sandbox
 from orders.events import (
     QueueSnapshot,
     RowSnapshot,
@@ -28,6 +28,7 @@ from orders.events import (
     stored_event,
 )
 from orders.models import (
+    CacheMode,
     EventKind,
     IdempotencyKey,
     Order,
@@ -60,10 +61,17 @@ def order_message(order: Order) -> dict[str, Any]:
     }
 
 
-def order_create_reference(*, customer_email: str, items: list[dict[str, Any]], note: str = "") -> Order:
+def order_create_reference(
+    *, customer_email: str, items: list[dict[str, Any]], note: str = "", with_outbox: bool = True
+) -> Order:
     """Accept an order, the readable way: price its lines from the catalog and store the order, its lines, an
     outbox message and the first journey event in one transaction, one ORM query per row. The commit's NOTIFY
-    wakes the relay. `order_create` does the same in one statement; orders/tests/test_journal.py pins the two."""
+    wakes the relay. `order_create` does the same in one statement; orders/tests/test_journal.py pins the two.
+
+    `with_outbox=False` is for the sandbox's unsafe publish modes only (orders/publishing.py): no outbox row, so
+    nothing but the request itself will ever publish the order."""
+    if not with_outbox:
+        return _order_create_without_outbox(customer_email=customer_email, items=items, note=note)
     products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
     total = sum((products[i["sku"]].price * i["quantity"] for i in items), Decimal("0.00"))
     with transaction.atomic():
@@ -93,19 +101,49 @@ def order_create_reference(*, customer_email: str, items: list[dict[str, Any]], 
     return attach_lines(order, lines)
 
 
+def _order_create_without_outbox(*, customer_email: str, items: list[dict[str, Any]], note: str) -> Order:
+    products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
+    total = sum((products[i["sku"]].price * i["quantity"] for i in items), Decimal("0.00"))
+    with transaction.atomic():
+        order = Order.objects.create(customer_email=customer_email, note=note, total=total)
+        lines = OrderLine.objects.bulk_create(
+            OrderLine(
+                order=order,
+                product=products[item["sku"]],
+                sku=item["sku"],
+                quantity=item["quantity"],
+                unit_price=products[item["sku"]].price,
+            )
+            for item in items
+        )
+        record_event_reference(
+            order,
+            EventKind.ACCEPTED,
+            f"Accepted by the API: {len(items)} line(s), total {total}. NO outbox message (unsafe publish mode): "
+            "the request publishes it to RabbitMQ itself, and nothing retries that publish.",
+            queue={"note": "no outbox row: the request publishes the message itself"},
+            cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"},
+        )
+    return attach_lines(order, lines)
+
+
 def order_create(
     *,
     customer_email: str,
     items: list[dict[str, Any]],
     note: str = "",
     products: dict[str, Product] | None = None,
+    with_outbox: bool = True,
 ) -> Order:
     """Accept an order: price its lines from the catalog and store the order, its lines, an outbox message and
     the first journey event in one transaction (one statement, `journal.accept`). The commit's NOTIFY wakes the
     relay. `order_create_reference` is the same, written the readable way.
 
     `products` (sku -> Product) are the catalog rows the caller already read while validating, if it did; the
-    returned order carries its lines, so it can be represented without reading it back."""
+    returned order carries its lines, so it can be represented without reading it back. `with_outbox=False`: see
+    `order_create_reference` (sandbox only)."""
+    if not with_outbox:
+        return _order_create_without_outbox(customer_email=customer_email, items=items, note=note)
     if products is None:
         products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
     total = sum((products[i["sku"]].price * i["quantity"] for i in items), Decimal("0.00"))
@@ -256,9 +294,18 @@ class InvalidTransition(Exception):
 
 def cache_after_commit(transitions: list[Transition]) -> None:
     """Write-through: after the commit, store each order's new representation in Redis and note in its event
-    what the cache then held. Runs outside any transaction; the orders must have their lines prefetched."""
+    what the cache then held. Runs outside any transaction; the orders must have their lines prefetched.
+
+    In the sandbox's cache_aside and off modes nothing is written (only the API's read fills the cache in
+    cache_aside): the event notes what the cache holds instead, which may be an older status."""
+    current = sandbox.modes()
     for item in transitions:
-        state = cache.write_order(order_representation(item.order))
+        if current.cache_mode == CacheMode.WRITE_THROUGH:
+            state = cache.write_order(order_representation(item.order), ttl=current.cache_ttl)
+        else:
+            state = cache.order_state(item.order.pk)
+            state["written"] = False
+            state["note"] = f"not written: sandbox cache_mode={current.cache_mode}"
         attach_cache_state(item.event, state)
 
 
@@ -316,6 +363,7 @@ def order_create_idempotent(
     items: list[dict[str, Any]],
     note: str = "",
     products: dict[str, Product] | None = None,
+    with_outbox: bool = True,
 ) -> tuple[IdempotencyKey, bool]:
     """Create the order once per key: returns (the stored first response, whether this call is a replay).
 
@@ -328,7 +376,9 @@ def order_create_idempotent(
     try:
         with transaction.atomic():
             IdempotencyKey.objects.filter(key=key, expires_at__lte=timezone.now()).delete()
-            order = order_create(customer_email=customer_email, items=items, note=note, products=products)
+            order = order_create(
+                customer_email=customer_email, items=items, note=note, products=products, with_outbox=with_outbox
+            )
             record = IdempotencyKey.objects.create(
                 key=key,
                 request_hash=fingerprint,

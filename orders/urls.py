@@ -1,3 +1,5 @@
+"""The REST API's URLs (under /api/); the dashboard's JSON and controls are in orderpipe/dashboard/."""
+
 from django.urls import path
 
 from orders import api
@@ -8,6 +10,5 @@ urlpatterns = [
     path("orders/<str:order_id>/events/", api.OrderEventsApi.as_view(), name="api-order-events"),
     path("orders/<str:order_id>/next-step/", api.NextStepApi.as_view(), name="api-order-next-step"),
     path("products/", api.ProductListApi.as_view(), name="api-product-list"),
-    path("pipeline/", api.PipelineApi.as_view(), name="api-pipeline"),
     path("sandbox/", api.SandboxApi.as_view(), name="api-sandbox"),
 ]

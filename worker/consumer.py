@@ -11,7 +11,9 @@ Every delivery ends in a verdict; none is held without progress:
   once with the order id and the traceback and the message is nacked with requeue. Waiting does not fix a bug, so
   it is not sent through the retry tiers: the quorum queue counts the returns and, past `x-delivery-limit`,
   dead-letters it, and the dead-letter watch marks the order for replay;
-- the worker stopping (or step mode interrupted by a stop) leaves it unacked; it returns when the channel closes.
+- the worker stopping (or step mode interrupted by a stop) leaves it unacked; it returns when the channel closes;
+- in the sandbox's unsafe ack_mode=on_receive the message is acked the moment it arrives (before any step), so the
+  verdict can only hand a retry or a dead letter on: a killed or stopping worker loses what it held.
 The worker's heartbeat lists the orders whose messages it holds, so the sweeper (worker/sweeper.py) knows they are
 not lost.
 """
@@ -36,9 +38,10 @@ from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.spec import Basic, BasicProperties
 
-from orders.models import WorkerHeartbeat
+from orders.models import AckMode
+from orders.sandbox.faults import Faults
 from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect, process_data_events
-from worker.faults import Faults
+from worker.models import WorkerHeartbeat
 from worker.monitor import QueueMonitor
 from worker.processing import (
     REASON_HEADER,
@@ -222,7 +225,21 @@ class Worker:
             log.error("worker: a step thread failed outside its delivery handling", exc_info=future.exception())
 
     def _on_message(self, channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
-        self._submit(channel, self._delivery(self.topology.process_queue, method, props, body), self._process)
+        delivery = self._delivery(self.topology.process_queue, method, props, body)
+        if self._ack_on_receive():
+            # The unsafe mode (sandbox ack_mode=on_receive): the broker forgets the message now, before any step has
+            # committed. From here until the order's last commit, the only copy is this process's memory: killed,
+            # it takes the message with it, and nothing will ever redeliver it.
+            channel.basic_ack(delivery.delivery_tag)
+            delivery.acked = True
+        self._submit(channel, delivery, self._process)
+
+    def _ack_on_receive(self) -> bool:
+        try:
+            return self.faults.modes().ack_mode == AckMode.ON_RECEIVE
+        except DatabaseError:
+            close_old_connections()
+            return False
 
     def _on_dead_letter(
         self, channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes
@@ -309,32 +326,59 @@ class Worker:
         is acked, so the message exists somewhere at every instant."""
         if not channel.is_open:
             return
+        if delivery.acked:
+            self._settle_acked(delivery, verdict)
+            return
         if isinstance(verdict, Requeue):
             channel.basic_nack(delivery.delivery_tag, requeue=True)
             return
         if verdict.action is not Action.ACK:
-            headers = {k: v for k, v in delivery.headers.items() if k not in _BROKER_HEADERS}
-            if verdict.action is Action.RETRY:
-                exchange, routing_key = "", verdict.retry_queue
-                headers[RETRIES_HEADER] = verdict.retries
-            else:
-                exchange, routing_key = self.topology.dead_letter_exchange, delivery.routing_key
-                headers[REASON_HEADER] = verdict.reason[:1000]
             try:
-                assert self.publisher is not None
-                self.publisher.publish_raw(
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    body=delivery.body,
-                    message_id=delivery.message_id,
-                    message_type=MESSAGE_TYPE,
-                    headers=headers,
-                )
+                self._hand_on(delivery, verdict)
             except PublishFailed as exc:
                 log.warning("could not hand delivery %s on (%s); requeueing it", delivery.message_id, exc)
                 channel.basic_nack(delivery.delivery_tag, requeue=True)
                 return
         channel.basic_ack(delivery.delivery_tag)
+        if delivery.queue == self.topology.process_queue:
+            self.processed += 1
+
+    def _hand_on(self, delivery: Delivery, verdict: Verdict) -> None:
+        """Publish the message to its retry tier or the dead letters, confirmed; raises PublishFailed."""
+        headers = {k: v for k, v in delivery.headers.items() if k not in _BROKER_HEADERS}
+        if verdict.action is Action.RETRY:
+            exchange, routing_key = "", verdict.retry_queue
+            headers[RETRIES_HEADER] = verdict.retries
+        else:
+            exchange, routing_key = self.topology.dead_letter_exchange, delivery.routing_key
+            headers[REASON_HEADER] = verdict.reason[:1000]
+        assert self.publisher is not None
+        self.publisher.publish_raw(
+            exchange=exchange,
+            routing_key=routing_key,
+            body=delivery.body,
+            message_id=delivery.message_id,
+            message_type=MESSAGE_TYPE,
+            headers=headers,
+        )
+
+    def _settle_acked(self, delivery: Delivery, verdict: Outcome) -> None:
+        """ack_mode=on_receive: the message was acked when it arrived, so there is nothing to ack or return. A retry
+        or a dead letter is still published (a new message), but a Requeue, or a publish the broker refuses, has no
+        message left to return: the order is lost, and the log says so."""
+        if isinstance(verdict, Requeue):
+            log.error(
+                "ack_mode=on_receive: message %s was acked on receipt; it cannot be returned", delivery.message_id
+            )
+            return
+        if verdict.action is not Action.ACK:
+            try:
+                self._hand_on(delivery, verdict)
+            except PublishFailed as exc:
+                log.error(
+                    "ack_mode=on_receive: message %s acked on receipt and not handed on (%s)", delivery.message_id, exc
+                )
+                return
         if delivery.queue == self.topology.process_queue:
             self.processed += 1
 

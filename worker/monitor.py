@@ -13,8 +13,8 @@ from django.db import DatabaseError
 from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from orders.models import QueueStat
 from worker.broker import BROKER_ERRORS
+from worker.models import QueueStat
 from worker.topology import Topology
 
 log = logging.getLogger(__name__)

@@ -19,13 +19,14 @@ from typing import Any
 
 from django.utils import timezone
 
+from orders import cache
 from orders.events import QueueSnapshot
 from orders.failures import Interrupted as Interrupted  # re-exported: the consumer catches it by this name
 from orders.gateway import Gateway, charge
 from orders.notifications import Notifier, send_confirmation
+from orders.sandbox.faults import Faults
 from orders.services import MESSAGE_VERSION, Transition
 from orders.steps import Ended, Pipeline, Seams, UnknownOrder
-from worker.faults import Faults
 from worker.topology import RetryTier, Topology, topology
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class Delivery:
     # Ready messages per queue, as the worker last observed them (worker/monitor.py), so a snapshot can give the
     # depth of the queue the message is handed on to, not only of the one it came from.
     depths: dict[str, int] = field(default_factory=dict)
+    # Acked the moment it arrived (the sandbox's unsafe ack_mode=on_receive): nothing to ack or return afterwards.
+    acked: bool = False
 
     @property
     def queue_ready(self) -> int | None:
@@ -93,6 +96,9 @@ class Delivery:
         }
         if self.retries:
             snap["retries"] = self.retries
+        if self.acked:
+            # The journey shows the unsafe mode at work: the broker no longer has this message.
+            note = f"ACKED ON RECEIPT (ack_mode=on_receive): the broker has forgotten this message. {note}".strip()
         if note:
             snap["note"] = note
         return snap
@@ -219,6 +225,10 @@ class Processor:
             started = self.pipeline.receive(order_id, delivery)
         except (PoisonMessage, UnknownOrder) as exc:
             log.warning("poison message %s: %s", delivery.message_id or "?", exc)
+            if isinstance(exc, UnknownOrder):
+                # A ghost: publish_mode=publish_first published it and then the order's commit failed (or has not
+                # landed yet). Counted for the lessons' checkpoint (orders/checkpoints.py `ghost_messages`).
+                cache.count_ghost_message()
             return Verdict(Action.DEAD_LETTER, reason=f"poison message: {exc}")
         if started is None:
             return ACK

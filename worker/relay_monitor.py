@@ -21,7 +21,7 @@ from datetime import datetime
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
-from orders.models import RelayHeartbeat
+from worker.models import RelayHeartbeat
 from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)

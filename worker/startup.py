@@ -8,7 +8,7 @@ from collections.abc import Callable
 from django.core.management.base import CommandError
 from prometheus_client import start_http_server
 
-from orderpipe import health
+from worker import dependencies
 
 log = logging.getLogger(__name__)
 
@@ -19,17 +19,20 @@ def require_dependencies(process: str, *, timeout: float, redis_optional: bool =
     """Wait up to `timeout` seconds for PostgreSQL and RabbitMQ (and Redis unless optional), retrying every
     second; then raise CommandError with one line naming what is down, which manage.py prints as its only
     stderr line and exits 1. An optional Redis that is down only logs a warning: the process runs without it."""
-    required: dict[str, Callable[[], None]] = {"postgresql": health.check_postgresql, "rabbitmq": health.check_rabbitmq}
+    required: dict[str, Callable[[], None]] = {
+        "postgresql": dependencies.check_postgresql,
+        "rabbitmq": dependencies.check_rabbitmq,
+    }
     if not redis_optional:
-        required["redis"] = health.check_redis
+        required["redis"] = dependencies.check_redis
     try:
-        health.wait_for_dependencies(required, timeout=timeout)
-    except health.DependencyUnavailable as exc:
+        dependencies.wait_for_dependencies(required, timeout=timeout)
+    except dependencies.DependencyUnavailable as exc:
         raise CommandError(f"{process} cannot start: {exc}") from exc
     if redis_optional:
         try:
-            health.check_redis()
-        except health.DependencyUnavailable as exc:
+            dependencies.check_redis()
+        except dependencies.DependencyUnavailable as exc:
             log.warning("%s starting without Redis (cache writes and live events are skipped): %s", process, exc)
 
 

@@ -5,11 +5,11 @@ restarted after a capped exponential backoff (a worker that crashes at once agai
 ran for a while starts over at the shortest delay), while web, ws and the relay keep running. The same holds for
 every other process it starts.
 
-The number of workers and their concurrency are read from the sandbox settings (the page, the admin or
+The number of workers, their concurrency and prefetch are read from the sandbox settings (the page, the admin or
 `manage.py sandbox set workers=3` change them) about once a second, and the supervisor follows: it starts
 workers, stops the highest-numbered ones with SIGTERM (they finish the orders in hand and ack them first), or
-restarts them with the new concurrency. With ORDERPIPE_SANDBOX=false the settings are ignored and the command line
-decides.
+restarts them with the new concurrency or prefetch. With ORDERPIPE_SANDBOX=false the settings are ignored and the
+command line decides.
 
 What it sees is written to `SupervisedProcess` rows (state, pid, restarts, last exit status), which the dashboard
 shows: a worker's own heartbeat stops when it dies, only its parent knows it crashed and was restarted.
@@ -36,8 +36,9 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from orders.models import SandboxSettings, SupervisedProcess
-from worker.faults import CRASH_EXIT_CODE
+from orders.models import SandboxSettings
+from orders.sandbox.faults import CRASH_EXIT_CODE
+from worker.models import SupervisedProcess
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Program:
 class Desired:
     workers: int
     concurrency: int
+    prefetch: int | None = None  # None: the worker's own default (WORKER_PREFETCH)
 
 
 @dataclass
@@ -116,7 +118,7 @@ class Supervisor:
     def ws_port(self) -> int:
         return self.port + 1
 
-    def argv(self, role: str, *, concurrency: int | None = None) -> list[str]:
+    def argv(self, role: str, *, concurrency: int | None = None, prefetch: int | None = None) -> list[str]:
         bindir = Path(self.python).parent
         if role == "web":
             return [str(bindir / "gunicorn"), "-c", "gunicorn.conf.py", "-b", f"{self.bind}:{self.port}"]
@@ -124,7 +126,16 @@ class Supervisor:
             return [str(bindir / "daphne"), "-b", self.bind, "-p", str(self.ws_port()), "orderpipe.asgi:application"]
         if role == "relay":
             return [self.python, "manage.py", "run_relay"]
-        return [self.python, "manage.py", "run_worker", "--concurrency", str(concurrency or self.concurrency)]
+        # --concurrency last: the supervisor's tests read it from the end of the command line.
+        prefetch_args = ["--prefetch", str(prefetch)] if prefetch else []
+        return [
+            self.python,
+            "manage.py",
+            "run_worker",
+            *prefetch_args,
+            "--concurrency",
+            str(concurrency or self.concurrency),
+        ]
 
     def desired(self) -> Desired:
         """The sandbox settings' worker count and concurrency (read at most once a second), else the command line's."""
@@ -135,7 +146,9 @@ class Supervisor:
             if settings.ORDERPIPE_SANDBOX:
                 try:
                     row = SandboxSettings.load()
-                    desired = Desired(row.workers, row.worker_concurrency or settings.WORKER_CONCURRENCY)
+                    desired = Desired(
+                        row.workers, row.worker_concurrency or settings.WORKER_CONCURRENCY, row.worker_prefetch
+                    )
                 except DatabaseError as exc:  # keep the last known state while the database is away
                     log.warning("supervisor: sandbox settings unreadable (%s); keeping the current workers", exc)
                     desired = self._desired or desired
@@ -200,9 +213,11 @@ class Supervisor:
         for number in range(1, desired.workers + 1):
             name = f"worker-{number}"
             if name not in self.programs:
-                self.programs[name] = Program(name, "worker", self.argv("worker", concurrency=desired.concurrency))
+                self.programs[name] = Program(
+                    name, "worker", self.argv("worker", concurrency=desired.concurrency, prefetch=desired.prefetch)
+                )
                 changed = True
-        wanted = self.argv("worker", concurrency=desired.concurrency)
+        wanted = self.argv("worker", concurrency=desired.concurrency, prefetch=desired.prefetch)
         for program in self.programs.values():
             if program.role == "worker" and program.argv != wanted and program.replace_with != wanted:
                 if program.retiring and program.replace_with is None:

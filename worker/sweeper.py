@@ -36,8 +36,9 @@ from django.db.models import Exists, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from orders.events import record_event
-from orders.models import EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, WorkerHeartbeat
+from orders.models import EventKind, Order, OrderEvent, OrderStatus, OutboxMessage
 from orders.services import order_message, outbox_channel
+from worker.models import WorkerHeartbeat
 
 log = logging.getLogger(__name__)
 

@@ -1,3 +1,5 @@
+"""The worker side's staff API (under /api/): replaying dead letters."""
+
 from django.urls import path
 
 from worker import api

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.urls import NoReverseMatch, reverse
 
 from orders.models import SandboxSettings
 
@@ -118,12 +119,21 @@ class Lesson:
     minutes: int  # how long it takes a learner, roughly
     needs_settings: tuple[str, ...] = ()  # sandbox settings it switches (the unsafe modes come with their own issue)
     needs_supervisor: bool = False  # workers restarted or scaled by `make run`'s supervisor
+    needs_controls: tuple[str, ...] = ()  # URL names of the controls its steps call beyond the sandbox's own
     # Counts Redis keeps for the whole sandbox since the cache was last flushed (not per phase): shown apart.
     counters: tuple[str, ...] = ()
 
     @property
     def available(self) -> bool:
-        return all(name in SandboxSettings.FIELDS for name in self.needs_settings)
+        """Whether this tree has what the lesson switches and presses (an unsafe mode, a fault, a control)."""
+        if not all(name in SandboxSettings.FIELDS for name in self.needs_settings):
+            return False
+        try:
+            for name in self.needs_controls:
+                reverse(name)
+        except NoReverseMatch:
+            return False
+        return True
 
     def phase_ids(self) -> list[str]:
         return [phase.id for phase in self.phases]
@@ -451,6 +461,7 @@ ACK_TIMING = Lesson(
     minutes=3,
     needs_settings=("ack_mode",),
     needs_supervisor=True,
+    needs_controls=("control-kill",),
 )
 
 OUTBOX = Lesson(
@@ -549,6 +560,7 @@ OUTBOX = Lesson(
     minutes=4,
     needs_settings=("publish_mode", "accept_failure_rate"),
     needs_supervisor=True,
+    needs_controls=("control-outage",),
 )
 
 IDEMPOTENT_CONSUMERS = Lesson(

@@ -11,7 +11,7 @@ from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from orderpipe.lessons.catalog import Lesson
-from orderpipe.lessons.measure import Whereabouts, all_lesson_orders, counters, measure, run_email, run_orders
+from orderpipe.lessons.measure import all_lesson_orders, counters, measure, run_email, run_orders
 from orderpipe.lessons.models import CheckpointPass, LessonRun
 from orders import sandbox
 from orders.models import GatewayCharge, Order, Payment
@@ -32,10 +32,8 @@ def lesson_state(session_key: str, lesson: Lesson, *, user: str = "") -> dict[st
     """What the lesson page shows and polls: each phase's email and numbers, each checkpoint and whether this
     session passed it. A checkpoint whose test holds now is recorded as passed (once; it stays passed)."""
     run = current_run(session_key, lesson)
-    at = timezone.now()
-    where = Whereabouts.now(at)
     emails = {phase: run_email(lesson.slug, run.run, phase) for phase in lesson.phase_ids()}
-    numbers: dict[str, Any] = {phase: measure(email, at=at, where=where) for phase, email in emails.items()}
+    numbers: dict[str, Any] = {phase: measure(email) for phase, email in emails.items()}
     numbers["counters"] = counters(lesson.counters)
     passed = dict(
         CheckpointPass.objects.filter(session_key=session_key, lesson=lesson.slug).values_list(
@@ -63,12 +61,11 @@ def lesson_state(session_key: str, lesson: Lesson, *, user: str = "") -> dict[st
     return {
         "lesson": lesson.slug,
         "run": run.run,
-        "at": at,
+        "at": timezone.now(),
         "phases": [
             {"id": p.id, "label": p.label, "email": emails[p.id], "numbers": numbers[p.id]} for p in lesson.phases
         ],
         "counters": numbers["counters"],
-        "queues_observed": where.waiting is not None,
         "checkpoints": checkpoints,
     }
 

@@ -24,12 +24,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from orderpipe.dashboard import pages
+from orderpipe.dashboard.pages import ORDER_ID_PLACEHOLDER
 from orderpipe.lessons import services
 from orderpipe.lessons.catalog import BY_SLUG, LESSONS, NUMBER_LABELS, Lesson, text_values
 from orderpipe.lessons.measure import FLAKY_NOTE_PREFIX
-from orders import pages, sandbox
+from orders import sandbox
 from orders.access import can_control, can_watch
-from orders.pages import ORDER_ID_PLACEHOLDER
 from orders.permissions import is_staff
 from worker.topology import topology
 

@@ -5,7 +5,7 @@ import time
 import pytest
 from django.db import connection
 
-from orderpipe import health
+from worker import dependencies
 
 CLOSED_AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
 CLOSED_REDIS = "redis://127.0.0.1:1/0"
@@ -51,25 +51,25 @@ def test_readyz_is_503_and_names_what_is_down(admin_client, settings):
 
 @pytest.mark.django_db
 def test_the_postgresql_check_fails_when_the_server_does_not_answer():
-    health.check_postgresql(connection.settings_dict)
-    with pytest.raises(health.DependencyUnavailable, match=r"PostgreSQL unreachable at 127\.0\.0\.1:1"):
-        health.check_postgresql({**connection.settings_dict, "HOST": "127.0.0.1", "PORT": "1"})
+    dependencies.check_postgresql(connection.settings_dict)
+    with pytest.raises(dependencies.DependencyUnavailable, match=r"PostgreSQL unreachable at 127\.0\.0\.1:1"):
+        dependencies.check_postgresql({**connection.settings_dict, "HOST": "127.0.0.1", "PORT": "1"})
 
 
 @pytest.mark.django_db
 def test_the_postgresql_check_fails_on_a_missing_database():
-    with pytest.raises(health.DependencyUnavailable, match="does not exist"):
-        health.check_postgresql({**connection.settings_dict, "NAME": "orderpipe_no_such_database"})
+    with pytest.raises(dependencies.DependencyUnavailable, match="does not exist"):
+        dependencies.check_postgresql({**connection.settings_dict, "NAME": "orderpipe_no_such_database"})
 
 
 def test_the_rabbitmq_and_redis_checks_pass_against_the_real_services():
-    health.check_rabbitmq()
-    health.check_redis()
+    dependencies.check_rabbitmq()
+    dependencies.check_redis()
 
 
 def test_passwords_are_redacted_from_messages():
-    assert health.redact("amqp://guest:s3cret@host:5672/%2F") == "amqp://guest:***@host:5672/%2F"
-    assert health.redact("redis://host:6379/0") == "redis://host:6379/0"
+    assert dependencies.redact("amqp://guest:s3cret@host:5672/%2F") == "amqp://guest:***@host:5672/%2F"
+    assert dependencies.redact("redis://host:6379/0") == "redis://host:6379/0"
 
 
 def test_waiting_gives_up_after_the_timeout_and_retries_meanwhile():
@@ -77,22 +77,22 @@ def test_waiting_gives_up_after_the_timeout_and_retries_meanwhile():
 
     def down() -> None:
         calls.append(time.monotonic())
-        raise health.DependencyUnavailable("thing unreachable")
+        raise dependencies.DependencyUnavailable("thing unreachable")
 
-    with pytest.raises(health.DependencyUnavailable, match=r"thing unreachable \(gave up after 1 s\)"):
-        health.wait_for_dependencies({"thing": down}, timeout=1, interval=0.25)
+    with pytest.raises(dependencies.DependencyUnavailable, match=r"thing unreachable \(gave up after 1 s\)"):
+        dependencies.wait_for_dependencies({"thing": down}, timeout=1, interval=0.25)
     assert len(calls) >= 3
 
 
 def test_waiting_returns_once_a_slow_dependency_comes_up():
-    attempts = iter([health.DependencyUnavailable("booting"), None])
+    attempts = iter([dependencies.DependencyUnavailable("booting"), None])
 
     def booting() -> None:
         error = next(attempts)
         if error:
             raise error
 
-    health.wait_for_dependencies({"thing": booting}, timeout=5, interval=0.1)
+    dependencies.wait_for_dependencies({"thing": booting}, timeout=5, interval=0.1)
 
 
 def test_readyz_tells_anyone_what_failed_but_not_where(client, settings):

@@ -10,8 +10,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from orders import services
-from orders.models import QueueStat
-from worker.faults import NoFaults
+from orders.sandbox.faults import NoFaults
+from worker.models import QueueStat
 from worker.processing import ACK, Processor
 from worker.tests.conftest import delivery_for
 

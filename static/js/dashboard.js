@@ -1,4 +1,4 @@
-// The dashboard: renders the pipeline snapshot, then applies the batches the server pushes (see orders/live.py
+// The dashboard: renders the pipeline snapshot, then applies the batches the server pushes (see dashboard/feed.py
 // for the message shapes). Rendering is coalesced to one animation frame, so a busy pipeline never queues work.
 import {
   ago,
@@ -13,6 +13,7 @@ import {
   orderUrl,
   shortId,
   showFaults,
+  showUnsafe,
 } from "./live.js";
 
 const WINDOW_SECONDS = config.rateWindowSeconds;
@@ -168,6 +169,9 @@ function renderPipeline(p) {
   if (p.stock) renderStock(p.stock);
   if (p.sandbox) {
     showFaults(p.sandbox.active_faults);
+    showUnsafe(p.sandbox.unsafe_modes);
+    // The form's folded "Unsafe modes" box opens while any is on, so what the banner names is in view.
+    if (p.sandbox.unsafe_modes?.length && $("unsafe-modes")) $("unsafe-modes").open = true;
     fillSandbox(p.sandbox.settings);
   }
   const c = p.cache;
@@ -519,9 +523,17 @@ function wireControls() {
 
 // The settings as the server last sent them (the pipeline state carries them to every page each second).
 let sandboxShown = null;
-const sandboxInputs = () => [...$("sandbox-form").querySelectorAll("input[name]")];
+const sandboxInputs = () => [...$("sandbox-form").querySelectorAll("input[name], select[name]")];
+// A select holds a mode: its value is a string, except step_guards' "true"/"false".
+const selectValue = (value) => (value === "true" ? true : value === "false" ? false : value);
 const inputValue = (input) =>
-  input.type === "checkbox" ? input.checked : input.value === "" ? null : Number(input.value);
+  input.tagName === "SELECT"
+    ? selectValue(input.value)
+    : input.type === "checkbox"
+      ? input.checked
+      : input.value === ""
+        ? null
+        : Number(input.value);
 const sameValue = (a, b) => a === b || (a !== null && b !== null && Number(a) === Number(b));
 
 // A field follows the server unless this user is editing it (it differs from what the server last sent), so a
@@ -533,7 +545,7 @@ function fillSandbox(data, { force = false } = {}) {
     const editing = !force && sandboxShown && !sameValue(inputValue(input), sandboxShown[input.name]);
     if (editing) continue;
     if (input.type === "checkbox") input.checked = data[input.name];
-    else input.value = data[input.name] ?? "";
+    else input.value = String(data[input.name] ?? "");
   }
   sandboxShown = Object.fromEntries(sandboxInputs().map((input) => [input.name, data[input.name]]));
 }

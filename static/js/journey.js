@@ -1,6 +1,6 @@
 // One order's journey: the timeline of its events and, for the selected one, what PostgreSQL, RabbitMQ and Redis
 // held at that moment (each event's `snapshot`). New events arrive over the order's own WebSocket group.
-import { api, clock, config, el, errorText, openLive, orderUrl, shortId, showFaults } from "./live.js";
+import { api, clock, config, el, errorText, openLive, orderUrl, shortId, showFaults, showUnsafe } from "./live.js";
 
 const $ = (id) => document.getElementById(id);
 const orderId = $("order-id").textContent.trim();
@@ -13,6 +13,7 @@ let followLatest = true;
 function onMessage(message) {
   // The fault banner (templates/base.html) follows the sandbox: the socket sends the faults on, then each change.
   if (message.active_faults) showFaults(message.active_faults);
+  if (message.unsafe_modes) showUnsafe(message.unsafe_modes);
   if (message.type === "sandbox") return;
   if (message.type === "snapshot") {
     order = message.order;

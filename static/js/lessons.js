@@ -56,15 +56,10 @@ function render() {
     cell.dataset.value = value ?? "";
     cell.dataset.bad = name === "stale_reads" || name === "ghost_messages" ? String(value > 0) : "";
   }
-  const undecided = state.phases.reduce((sum, phase) => sum + (phase.numbers.lost_undecided || 0), 0);
+  // Why lost orders cannot be counted yet, if they cannot (a queue holds messages, or nobody observed the queues).
+  const why = state.phases.map((phase) => phase.numbers.lost_undecided && phase.numbers.lost_why).find(Boolean);
   const note = $("lost-note");
-  if (note) {
-    note.textContent = !state.queues_observed
-      ? "Queue depths not observed recently (is a worker or the relay running?): lost orders cannot be counted yet."
-      : undecided
-        ? "'Not yet known': in flight, and a queue still holds messages (or they moved a moment ago)."
-        : "";
-  }
+  if (note) note.textContent = why ? `'Not yet known': ${why}.` : "";
   for (const checkpoint of state.checkpoints) {
     const item = $(`checkpoint-${checkpoint.id}`);
     if (item) item.dataset.passed = checkpoint.passed_at ? "yes" : "no";

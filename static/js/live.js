@@ -1,7 +1,7 @@
 // Shared by dashboard.js and journey.js: the server's configuration, the WebSocket with reconnects, the
 // CSRF-protected fetch, small helpers.
 
-// Limits, statuses, close codes and URLs, as the server enforces and serves them (orders/pages.py, page_config):
+// Limits, statuses, close codes and URLs, as the server enforces and serves them (orderpipe/dashboard/pages.py, page_config):
 // the scripts keep no copy of their own.
 export const config = JSON.parse(document.getElementById("orderpipe-config").textContent);
 
@@ -41,6 +41,26 @@ export function showFaults(active) {
   if (!banner) return;
   banner.hidden = active.length === 0;
   document.getElementById("fault-list").textContent = active.join(", ");
+}
+
+// The red banner: the unsafe modes that are on, by name, and the staff's one click back to the safe modes.
+export function showUnsafe(active) {
+  const banner = document.getElementById("unsafe-banner");
+  if (!banner || !active) return;
+  banner.hidden = active.length === 0;
+  document.getElementById("unsafe-list").textContent = active.join(", ");
+}
+
+function wireRestoreSafe() {
+  const button = document.getElementById("restore-safe-modes");
+  if (!button) return;
+  button.addEventListener("click", async () => {
+    const result = await api("PATCH", config.urls.sandbox, config.safeModes);
+    const out = document.getElementById("restore-safe-result");
+    out.dataset.ok = result.ok ? "yes" : "no";
+    out.textContent = result.ok ? "" : `Refused (${result.status}): ${errorText(result)}`;
+    if (result.ok) showUnsafe([]);
+  });
 }
 
 function wireRestore() {
@@ -183,3 +203,4 @@ export function fmt(n) {
 }
 
 wireRestore();
+wireRestoreSafe();

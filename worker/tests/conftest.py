@@ -8,8 +8,8 @@ import pytest
 
 from orders import services
 from orders.models import Order, OutboxMessage
+from orders.sandbox.faults import Faults
 from worker.consumer import Worker
-from worker.faults import Faults
 from worker.processing import Delivery
 from worker.tests.processes import RUNNING
 

@@ -11,7 +11,8 @@ import pytest
 from django.utils import timezone
 
 from orders import sandbox
-from orders.models import Order, OrderStatus, SandboxSettings, WorkerHeartbeat
+from orders.models import Order, OrderStatus, SandboxSettings
+from worker.models import WorkerHeartbeat
 from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM, open_logged_in, place_order_from_the_form, screenshot
 from worker.tests.processes import Service, Web
 

@@ -13,9 +13,9 @@ import pytest
 
 from orders import sandbox, services
 from orders.models import Order, OrderStatus
+from orders.sandbox.faults import Faults
 from orders.steps import STEPS
 from worker.consumer import Worker
-from worker.faults import Faults
 from worker.relay import relay_once
 from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM, open_logged_in, screenshot
 from worker.tests.processes import Web, wait_until

@@ -14,7 +14,8 @@ import pytest
 
 from orderpipe.lessons.catalog import BY_SLUG
 from orderpipe.lessons.models import CheckpointPass
-from orders.models import Order, SupervisedProcess, WorkerHeartbeat
+from orders.models import Order
+from worker.models import SupervisedProcess, WorkerHeartbeat
 from worker.tests.conftest import CHROMIUM, SCREENSHOTS, open_logged_in
 from worker.tests.processes import Service, free_port, service_env, wait_until
 
@@ -35,7 +36,7 @@ def shot(page, name: str) -> None:
 def runnable(slug: str):
     """Skip a lesson whose unsafe mode or fault this tree does not have (before starting anything for it)."""
     lesson = BY_SLUG[slug]
-    return pytest.mark.skipif(not lesson.available, reason=f"needs sandbox settings {lesson.needs_settings}")
+    return pytest.mark.skipif(not lesson.available, reason=f"needs {lesson.needs_settings} {lesson.needs_controls}")
 
 
 def purge_queues() -> None:

@@ -17,10 +17,10 @@ from orders.models import (
     OutboxMessage,
     Payment,
     Product,
-    WorkerHeartbeat,
 )
 from orders.steps import STEPS
 from worker.consumer import Worker
+from worker.models import WorkerHeartbeat
 from worker.relay import relay_once
 from worker.tests.processes import wait_until
 

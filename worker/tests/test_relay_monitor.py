@@ -9,9 +9,9 @@ from contextlib import contextmanager
 import pytest
 from django.utils import timezone
 
-from orders import selectors
-from orders.models import RelayHeartbeat
+from orderpipe.dashboard.state import pipeline_state
 from orders.tests.factories import ProductFactory
+from worker.models import RelayHeartbeat
 from worker.relay import run_relay
 from worker.relay_monitor import RelayMonitor
 from worker.sweeper import Sweeper
@@ -54,7 +54,7 @@ def test_a_running_relay_reports_idle_then_publishing_with_a_rate_and_leaves_whe
         row = heartbeat()
         assert row.rate > 0 and row.last_publish_at is not None
 
-        relay = selectors.pipeline_state()["relays"]
+        relay = pipeline_state()["relays"]
         assert [(r["alive"], r["published"]) for r in relay] == [(True, 30)]
         assert relay[0]["rate"] > 0 and relay[0]["last_publish_at"] is not None
         # With nothing left to publish it goes back to idle, and the rate falls to 0 once the window has passed.
@@ -72,7 +72,7 @@ def test_a_relay_that_loses_the_broker_reports_it_unreachable_until_it_reconnect
         # It keeps beating while it backs off: still running, not gone.
         seen = heartbeat().last_seen
         assert wait_until(lambda: heartbeat().last_seen > seen and in_state("unreachable")), heartbeat()
-        [state] = selectors.pipeline_state()["relays"]
+        [state] = pipeline_state()["relays"]
         assert (state["alive"], state["state"]) == (True, "unreachable")
 
         order = place_order()

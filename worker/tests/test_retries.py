@@ -7,18 +7,9 @@ from datetime import datetime, timedelta
 import pytest
 
 from orders import sandbox
-from orders.models import (
-    EventKind,
-    Order,
-    OrderEvent,
-    OrderStatus,
-    OrderStep,
-    Payment,
-    Product,
-    StepGrant,
-    WorkerHeartbeat,
-)
-from worker.faults import Faults, NoFaults, TransientFailure
+from orders.models import EventKind, Order, OrderEvent, OrderStatus, OrderStep, Payment, Product, StepGrant
+from orders.sandbox.faults import Faults, NoFaults, TransientFailure
+from worker.models import WorkerHeartbeat
 from worker.processing import REASON_HEADER, RETRIES_HEADER
 from worker.relay import relay_once
 from worker.replay import replay_dead_letters

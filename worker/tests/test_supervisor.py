@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from orders import sandbox, services
-from orders.models import Order, OrderStatus, Payment, SandboxSettings, SupervisedProcess, WorkerHeartbeat
+from orders.models import Order, OrderStatus, Payment, SandboxSettings
 from orders.tests.factories import ProductFactory
+from worker.models import SupervisedProcess, WorkerHeartbeat
 from worker.supervisor import Supervisor, describe_exit, restart_delay
 from worker.tests.processes import Service, wait_until
 

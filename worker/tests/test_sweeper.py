@@ -9,16 +9,9 @@ from django.db.models import Count, F
 from django.utils import timezone
 
 from orders import sandbox
-from orders.models import (
-    EventKind,
-    Order,
-    OrderEvent,
-    OrderStatus,
-    OutboxMessage,
-    Payment,
-    WorkerHeartbeat,
-)
+from orders.models import EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Payment
 from worker import sweeper as sweeper_module
+from worker.models import WorkerHeartbeat
 from worker.relay import relay_once, run_relay
 from worker.sweeper import Sweeper, orders_resend_stale
 from worker.tests.processes import wait_until

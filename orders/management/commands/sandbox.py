@@ -16,6 +16,8 @@ def parse_value(name: str, raw: str) -> object:
     internal = field.get_internal_type()
     if field.null and raw.lower() in {"", "none", "default"}:
         return None
+    if getattr(field, "choices", None):
+        return raw  # checked against the choices by the model's validation
     try:
         if internal == "BooleanField":
             if raw.lower() in {"1", "true", "yes", "on"}:
@@ -31,7 +33,7 @@ def parse_value(name: str, raw: str) -> object:
 
 
 class Command(BaseCommand):
-    help = "Show or change the fault injector. " + USAGE
+    help = "Show or change the fault injector and the unsafe modes (refused when ORDERPIPE_SANDBOX=false). " + USAGE
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("action", choices=["show", "set", "reset"])

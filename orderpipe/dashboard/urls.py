@@ -1,6 +1,8 @@
+"""The dashboard's pages: the live pipeline at / and an order's journey."""
+
 from django.urls import path
 
-from orders import pages
+from orderpipe.dashboard import pages
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),

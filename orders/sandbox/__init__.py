@@ -1,5 +1,9 @@
 """The fault injector's settings: stored in one database row, changed through these services (API, admin,
-command, dashboard), recorded in SandboxChange, and read by workers through a one-second cache."""
+command, dashboard), recorded in SandboxChange, and read by workers through a one-second cache.
+
+The package is the sandbox: these services (with the learner's step grants and restock), and the fault injector
+that reads them (`faults`). Its HTTP endpoints are orders/api.py's `/api/sandbox/` and next-step, and the
+dashboard's controls (orderpipe/dashboard/controls.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import re
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
@@ -16,11 +22,21 @@ from django.utils import timezone
 
 from orders import live
 from orders.events import record_event
-from orders.models import EventKind, Order, OrderEvent, Product, SandboxChange, SandboxSettings, StepGrant
+from orders.models import (
+    AckMode,
+    CacheMode,
+    EventKind,
+    Order,
+    OrderEvent,
+    Product,
+    PublishMode,
+    SandboxChange,
+    SandboxSettings,
+    StepGrant,
+)
 
-# A burst (the dashboard's "Burst" control, worker/controls.py) places at most this many orders, committed in
-# chunks of BURST_CHUNK. Here rather than beside the view, so the dashboard page can show the limit without
-# importing worker.
+# A burst (the dashboard's "Burst" control, orderpipe/dashboard/controls.py) places at most this many orders,
+# committed in chunks of BURST_CHUNK.
 BURST_MAX = 10_000
 BURST_CHUNK = 100
 # The dashboard's "Restock" adds this many items to each product (or one), at most RESTOCK_MAX per press.
@@ -36,10 +52,26 @@ DEFAULTS: dict[str, Any] = {
     "step_mode": False,
     "workers": 1,
     "worker_concurrency": None,
+    "accept_failure_rate": 0.0,
+    "worker_prefetch": None,
+    "ack_mode": AckMode.AFTER_COMMIT.value,
+    "publish_mode": PublishMode.OUTBOX.value,
+    "step_guards": True,
+    "cache_mode": CacheMode.WRITE_THROUGH.value,
+    "cache_ttl_seconds": None,
 }
 # The faults and modes: while any differs from its default, every page shows a banner naming it (templates/base.html)
-# with a button that restores these defaults. The supervisor's `workers` and `worker_concurrency` are not faults.
-FAULTS = ("step_delay_ms", "decline_rate", "transient_failure_rate", "crash_rate", "paused", "step_mode")
+# with a button that restores these defaults. The supervisor's `workers`, `worker_concurrency` and `worker_prefetch`
+# are not faults.
+FAULTS = (
+    "step_delay_ms",
+    "decline_rate",
+    "transient_failure_rate",
+    "crash_rate",
+    "paused",
+    "step_mode",
+    "accept_failure_rate",
+)
 FAULT_LABELS = {
     "step_delay_ms": "step delay",
     "decline_rate": "decline rate",
@@ -47,7 +79,58 @@ FAULT_LABELS = {
     "crash_rate": "crash rate",
     "paused": "consumption paused",
     "step_mode": "step-by-step mode",
+    "accept_failure_rate": "accept failure rate",
 }
+# The unsafe modes: each switches one guarantee off on the real code path. Any value but the default is unsafe;
+# every page shows them in a red banner while on. `cache_ttl_seconds` is not unsafe by itself (it only matters in
+# cache_aside, where a long one makes stale reads last), so it is a setting, not a mode.
+UNSAFE_MODES = ("ack_mode", "publish_mode", "step_guards", "cache_mode")
+
+
+@dataclass(frozen=True)
+class Modes:
+    """The modes in effect. Every code path that behaves differently in an unsafe mode reads them through `modes()`."""
+
+    ack_mode: str = AckMode.AFTER_COMMIT.value
+    publish_mode: str = PublishMode.OUTBOX.value
+    step_guards: bool = True
+    cache_mode: str = CacheMode.WRITE_THROUGH.value
+    cache_ttl_seconds: int | None = None  # None: settings.ORDER_CACHE_TTL
+    accept_failure_rate: float = 0.0
+
+    @property
+    def cache_ttl(self) -> int:
+        return self.cache_ttl_seconds or settings.ORDER_CACHE_TTL
+
+
+SAFE_MODES = Modes()
+
+
+def modes(values: dict[str, Any] | None = None) -> Modes:
+    """The modes in effect: the safe defaults whenever ORDERPIPE_SANDBOX=false (without a query), so a row left
+    unsafe in the database does nothing there; else the settings row as `values` gives it (a worker passes what
+    its Faults read), or as this process's `reader` last read it (at most a second old).
+
+    `accept_failure_rate` rides along: it is a fault, but the API reads it at the same moment as `publish_mode`."""
+    if not settings.ORDERPIPE_SANDBOX:
+        return SAFE_MODES
+    if values is None:
+        values = reader.get()
+    return Modes(
+        ack_mode=values.get("ack_mode", SAFE_MODES.ack_mode),
+        publish_mode=values.get("publish_mode", SAFE_MODES.publish_mode),
+        step_guards=values.get("step_guards", True),
+        cache_mode=values.get("cache_mode", SAFE_MODES.cache_mode),
+        cache_ttl_seconds=values.get("cache_ttl_seconds"),
+        accept_failure_rate=values.get("accept_failure_rate", 0.0),
+    )
+
+
+def active_unsafe_modes(values: dict[str, Any]) -> list[str]:
+    """The unsafe modes that are on, by name, as the red banner lists them: ["ack_mode=on_receive", ...]."""
+    if not settings.ORDERPIPE_SANDBOX:
+        return []
+    return [f"{name}={shown_value(values[name])}" for name in UNSAFE_MODES if values[name] != DEFAULTS[name]]
 
 
 def active_faults(values: dict[str, Any]) -> list[str]:
@@ -75,12 +158,27 @@ def shown_value(value: Any) -> str:
     return str(value)
 
 
+def refuse_unsafe_when_off(changes: dict[str, Any]) -> None:
+    """With ORDERPIPE_SANDBOX=false, any unsafe mode (or the accept fault) set to anything but its safe default is
+    refused: ValidationError naming each field. (`modes()` ignores such a row anyway; this says so up front.)"""
+    if settings.ORDERPIPE_SANDBOX:
+        return
+    refused = sorted(
+        name for name in changes if name in (*UNSAFE_MODES, "accept_failure_rate") and changes[name] != DEFAULTS[name]
+    )
+    if refused:
+        raise ValidationError(
+            {name: ["Unsafe modes are refused when ORDERPIPE_SANDBOX=false (production)."] for name in refused}
+        )
+
+
 @transaction.atomic
 def sandbox_update(*, changes: dict[str, Any], changed_by: str = "", via: str) -> SandboxSettings:
     """Apply and record changes. Raises ValidationError (field -> messages) for unknown fields or bad values."""
     unknown = sorted(set(changes) - set(SandboxSettings.FIELDS))
     if unknown:
         raise ValidationError({name: ["Unknown sandbox setting."] for name in unknown})
+    refuse_unsafe_when_off(changes)
     settings_row = SandboxSettings.objects.select_for_update().get(pk=SandboxSettings.load().pk)
     before = settings_row.as_dict()
     for name, value in changes.items():
@@ -98,7 +196,14 @@ def sandbox_update(*, changes: dict[str, Any], changed_by: str = "", via: str) -
         # Into the live feed (and so onto every open page, with the new settings) only once the change is committed.
         detail = ", ".join(f"{c.field} {shown_value(c.old_value)} → {shown_value(c.new_value)}" for c in recorded)
         transaction.on_commit(lambda: live.record_control("sandbox", f"{detail} (via {via})", by=changed_by))
+        # This process sees its own change at once (others within the reader's second).
+        transaction.on_commit(reader.invalidate)
     return settings_row
+
+
+def sandbox_restore_safe_modes(*, changed_by: str = "", via: str) -> SandboxSettings:
+    """The red banner's one click: every unsafe mode back to its safe default (faults and workers untouched)."""
+    return sandbox_update(changes={name: DEFAULTS[name] for name in UNSAFE_MODES}, changed_by=changed_by, via=via)
 
 
 def sandbox_reset(*, changed_by: str = "", via: str) -> SandboxSettings:
@@ -108,7 +213,7 @@ def sandbox_reset(*, changed_by: str = "", via: str) -> SandboxSettings:
 def sandbox_state() -> dict[str, Any]:
     """What every page shows of the sandbox: the settings and the faults that are on."""
     values = SandboxSettings.load().as_dict()
-    return {"settings": values, "active_faults": active_faults(values)}
+    return {"settings": values, "active_faults": active_faults(values), "unsafe_modes": active_unsafe_modes(values)}
 
 
 class SandboxReader:

@@ -3,20 +3,21 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
-from orders import sandbox, selectors
-from orders.models import WorkerHeartbeat
+from orderpipe.dashboard import state as pipeline
+from orders import sandbox
+from worker.models import WorkerHeartbeat
 
 
 @pytest.mark.django_db
 def test_a_worker_that_stops_heart_beating_is_listed_as_gone_then_forgotten():
     now = timezone.now()
     for name, silent_for in (
-        ("w-live", selectors.WORKER_STALE_AFTER / 2),
-        ("w-gone", selectors.WORKER_STALE_AFTER * 2),
-        ("w-old", selectors.WORKER_FORGET_AFTER * 2),
+        ("w-live", pipeline.WORKER_STALE_AFTER / 2),
+        ("w-gone", pipeline.WORKER_STALE_AFTER * 2),
+        ("w-old", pipeline.WORKER_FORGET_AFTER * 2),
     ):
         WorkerHeartbeat.objects.create(name=name, hostname="h", pid=1, started_at=now, last_seen=now - silent_for)
-    state = selectors.pipeline_state()
+    state = pipeline.pipeline_state()
     assert [w["name"] for w in state["workers"]] == ["w-live"]
     gone = state["gone_workers"]
     assert [w["name"] for w in gone] == ["w-gone"]
@@ -25,8 +26,8 @@ def test_a_worker_that_stops_heart_beating_is_listed_as_gone_then_forgotten():
 
 @pytest.mark.django_db
 def test_the_pipeline_state_carries_the_sandbox_settings_and_the_active_faults():
-    assert selectors.pipeline_state()["sandbox"]["active_faults"] == []
+    assert pipeline.pipeline_state()["sandbox"]["active_faults"] == []
     sandbox.sandbox_update(changes={"crash_rate": 1.0, "step_mode": True, "workers": 3}, via="test")
-    state = selectors.pipeline_state()["sandbox"]
+    state = pipeline.pipeline_state()["sandbox"]
     assert state["settings"]["workers"] == 3
     assert state["active_faults"] == ["crash rate 1", "step-by-step mode"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from orderpipe.dashboard import feed
+from orderpipe.dashboard.broadcaster import Producer
 from orders import live, services
-from orders.broadcaster import Producer
 
 pytestmark = pytest.mark.django_db
 
@@ -31,13 +32,13 @@ def test_a_tick_batches_new_events_and_sends_watched_orders_theirs(product):
     producer = Producer()
     producer.tick()
     watched, unwatched = place(product), place(product)
-    live.watch_order(watched.pk)
+    feed.watch_order(watched.pk)
     live.record_control("flush cache", "2 keys removed", by="ops")
 
     producer.last_state_at = 0  # as if the last pipeline picture were old: this tick recomputes it
     messages = dict(producer.tick())
 
-    pipeline = messages.pop(live.PIPELINE_GROUP)
+    pipeline = messages.pop(feed.PIPELINE_GROUP)
     assert pipeline["type"] == "pipeline.update"
     assert pipeline["event_count"] == 2
     assert {e["order_id"] for e in pipeline["events"]} == {str(watched.pk), str(unwatched.pk)}
@@ -45,8 +46,8 @@ def test_a_tick_batches_new_events_and_sends_watched_orders_theirs(product):
     assert pipeline["state"]["pipeline"]["orders"]["by_status"]["pending"] == 3
     assert sum(accepted for _second, accepted, _completed in pipeline["rates"]) == 2
     # Only the open journey page's order gets its full events (with snapshots); nobody watches the other one.
-    assert list(messages) == [live.order_group(watched.pk)]
-    [event] = messages[live.order_group(watched.pk)]["events"]
+    assert list(messages) == [feed.order_group(watched.pk)]
+    [event] = messages[feed.order_group(watched.pk)]["events"]
     assert (event["kind"], set(event["snapshot"])) == ("accepted", {"db", "queue", "cache"})
 
     assert producer.tick() == []  # nothing new, and the state was sent less than a second ago

@@ -70,6 +70,13 @@ class Faults:
     def paused(self) -> bool:
         return bool(self.settings()["paused"])
 
+    def modes(self) -> sandbox.Modes:
+        """The unsafe modes in effect (the safe defaults when ORDERPIPE_SANDBOX=false)."""
+        return sandbox.modes(self.settings())
+
+    def step_guards(self) -> bool:
+        return self.modes().step_guards
+
 
 class NoFaults(Faults):
     """For tests of the plain pipeline: never consults the database."""

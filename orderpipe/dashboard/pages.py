@@ -21,9 +21,10 @@ from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 from rest_framework import serializers
 
-from orders import live, sandbox, selectors
+from orderpipe.dashboard import feed
+from orderpipe.dashboard.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, journey_snapshot, pipeline_snapshot
+from orders import sandbox, selectors
 from orders.access import can_control, can_watch
-from orders.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, journey_snapshot, pipeline_snapshot
 from orders.models import Order, OrderStatus, SandboxSettings
 from orders.serializers import MAX_LINES, OrderInputSerializer, OrderItemInputSerializer
 
@@ -42,13 +43,26 @@ def _bounds(field_name: str) -> dict[str, float]:
     }
 
 
+def _has_bounds(field_name: str) -> bool:
+    field = SandboxSettings._meta.get_field(field_name)
+    return any(isinstance(v, MinValueValidator) for v in getattr(field, "validators", []))
+
+
+def _choices(field_name: str) -> list[tuple[str, str]]:
+    """A mode's values for a select, as (value, text): the values as the API takes them, the safe one marked."""
+    choices = getattr(SandboxSettings._meta.get_field(field_name), "choices", None)
+    values = [str(value) for value, _ in choices] if choices else ["true", "false"]
+    safe = sandbox.shown_value(sandbox.DEFAULTS[field_name])
+    return [(value, f"{value} (safe)" if value == safe else value) for value in values]
+
+
 def page_config() -> dict[str, Any]:
     """What static/js/*.js needs from the server: limits, statuses, socket close codes, URLs."""
     quantity = cast(serializers.IntegerField, OrderItemInputSerializer().fields["quantity"])
     order_fields = OrderInputSerializer().fields
     return {
-        "feedLength": live.FEED_LENGTH,
-        "rateWindowSeconds": live.RATE_WINDOW_SECONDS,
+        "feedLength": feed.FEED_LENGTH,
+        "rateWindowSeconds": feed.RATE_WINDOW_SECONDS,
         "terminalStatuses": sorted(OrderStatus.terminal()),
         "closeCodes": {"forbidden": CLOSE_FORBIDDEN, "notFound": CLOSE_NOT_FOUND},
         "orderIdPlaceholder": ORDER_ID_PLACEHOLDER,
@@ -60,8 +74,12 @@ def page_config() -> dict[str, Any]:
             "note": {"max": cast(serializers.CharField, order_fields["note"]).max_length},
             "burst": {"min": 1, "max": sandbox.BURST_MAX, "chunk": sandbox.BURST_CHUNK},
             "restock": {"min": 1, "max": sandbox.RESTOCK_MAX, "default": sandbox.RESTOCK_DEFAULT},
-            **{name: _bounds(name) for name in SandboxSettings.FIELDS if name not in {"paused", "step_mode"}},
+            **{name: _bounds(name) for name in SandboxSettings.FIELDS if _has_bounds(name)},
         },
+        # The red banner's "Restore safe modes" patches these.
+        "safeModes": {name: sandbox.DEFAULTS[name] for name in sandbox.UNSAFE_MODES},
+        # The dashboard's "Unsafe modes" selects: each mode's values, the safe one first.
+        "unsafeModes": [{"name": name, "label": name, "choices": _choices(name)} for name in sandbox.UNSAFE_MODES],
         "urls": {
             "orders": reverse("api-order-list"),
             "journey": reverse("journey", args=[ORDER_ID_PLACEHOLDER]),
@@ -72,8 +90,8 @@ def page_config() -> dict[str, Any]:
             "flushCache": reverse("control-flush-cache"),
             "restock": reverse("control-restock"),
             "replayDeadLetters": reverse("api-dead-letters-replay"),
-            "pipelineSocket": f"/{live.PIPELINE_SOCKET_PATH}",
-            "journeySocket": f"/{live.JOURNEY_SOCKET_PATH}".replace("<str:order_id>", ORDER_ID_PLACEHOLDER),
+            "pipelineSocket": f"/{feed.PIPELINE_SOCKET_PATH}",
+            "journeySocket": f"/{feed.JOURNEY_SOCKET_PATH}".replace("<str:order_id>", ORDER_ID_PLACEHOLDER),
         },
     }
 
@@ -86,10 +104,18 @@ def _context(request: HttpRequest) -> dict[str, object]:
         "statuses": OrderStatus.choices,
         "config": page_config(),
         # The banner naming the active faults, on every page (templates/base.html); dashboard.js keeps it live.
-        "sandbox_faults": sandbox.sandbox_state()["active_faults"] if settings.ORDERPIPE_SANDBOX else [],
+        **_banners(),
         # static/js/live.js opens the page's socket on this port of the page's host (empty: the page's origin).
         "websocket_port": settings.WEBSOCKET_PORT or "",
     }
+
+
+def _banners() -> dict[str, list[str]]:
+    """The faults (yellow) and the unsafe modes (red) that are on, for the banners of templates/base.html."""
+    if not settings.ORDERPIPE_SANDBOX:
+        return {"sandbox_faults": [], "sandbox_unsafe": []}
+    state = sandbox.sandbox_state()
+    return {"sandbox_faults": state["active_faults"], "sandbox_unsafe": state["unsafe_modes"]}
 
 
 def _login(request: HttpRequest) -> HttpResponse:

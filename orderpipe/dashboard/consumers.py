@@ -4,7 +4,7 @@ The sockets are read-only. Controls go through the CSRF-protected HTTP endpoints
 path for them; a control message arriving over a socket is refused (and an anonymous one closes the socket).
 
 Limits (settings WS_*): a client (user, or address when anonymous) holds at most WS_MAX_CONNECTIONS_PER_CLIENT
-sockets, counted in Redis across daphne processes (orders/sockets.py), and the next one is closed with 4429; a
+sockets, counted in Redis across daphne processes (dashboard/sockets.py), and the next one is closed with 4429; a
 handshake that cannot get a Redis connection (the channel layer's pool is exhausted, or Redis is down) or the
 database is closed with 4503; a frame that is not a JSON object with an `action` is closed with 4400; `resync` is
 served at most once per WS_RESYNC_INTERVAL seconds per socket. Each of these is one log line, never a traceback.
@@ -29,9 +29,11 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from orders import live, sandbox, selectors, sockets
+from orderpipe.dashboard import feed, sockets
+from orderpipe.dashboard.broadcaster import broadcaster
+from orderpipe.dashboard.state import pipeline_state
+from orders import live, sandbox
 from orders.access import can_control, can_watch
-from orders.broadcaster import broadcaster
 from orders.models import Order
 from orders.serializers import order_representation
 
@@ -202,7 +204,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 class PipelineConsumer(LiveConsumer):
     """`/ws/pipeline/`: the dashboard."""
 
-    group = live.PIPELINE_GROUP
+    group = feed.PIPELINE_GROUP
 
     async def send_snapshot(self) -> None:
         await self.send_json({"type": "snapshot", **await database_sync_to_async(pipeline_snapshot)()})
@@ -213,9 +215,9 @@ class PipelineConsumer(LiveConsumer):
 
 def pipeline_snapshot() -> dict[str, Any]:
     return {
-        "state": {"pipeline": selectors.pipeline_state(), "latest_orders": live.latest_orders()},
-        "events": live.recent_feed(),
-        "rates": live.recent_rates(),
+        "state": {"pipeline": pipeline_state(), "latest_orders": feed.latest_orders()},
+        "events": feed.recent_feed(),
+        "rates": feed.recent_rates(),
         "controls": live.recent_controls(),
     }
 
@@ -227,12 +229,18 @@ def active_faults() -> list[str]:
     return sandbox.active_faults(sandbox.reader.get())
 
 
+def banners() -> dict[str, list[str]]:
+    """The faults and the unsafe modes that are on, as the journey page's two banners show them."""
+    values = sandbox.reader.get()
+    return {"active_faults": sandbox.active_faults(values), "unsafe_modes": sandbox.active_unsafe_modes(values)}
+
+
 def journey_snapshot(order_id: uuid.UUID) -> dict[str, Any] | None:
     try:
         order = Order.objects.prefetch_related("lines").get(pk=order_id)
     except Order.DoesNotExist:
         return None
-    return {"order": order_representation(order), "events": live.journey_events(order_id)}
+    return {"order": order_representation(order), "events": feed.journey_events(order_id)}
 
 
 class JourneyConsumer(LiveConsumer):
@@ -245,30 +253,30 @@ class JourneyConsumer(LiveConsumer):
             return False
         if not await database_sync_to_async(Order.objects.filter(pk=self.order_id).exists)():
             return False
-        self.group = live.order_group(self.order_id)
-        await database_sync_to_async(live.watch_order)(self.order_id)
+        self.group = feed.order_group(self.order_id)
+        await database_sync_to_async(feed.watch_order)(self.order_id)
         self.keep_watching = asyncio.ensure_future(self._refresh_watch())
         return True
 
     async def _refresh_watch(self) -> None:
         while True:
-            await asyncio.sleep(live.WATCH_TTL_SECONDS / 3)
-            await database_sync_to_async(live.watch_order)(self.order_id)
+            await asyncio.sleep(feed.WATCH_TTL_SECONDS / 3)
+            await database_sync_to_async(feed.watch_order)(self.order_id)
 
-    async def _watch_faults(self, shown: list[str]) -> None:
+    async def _watch_faults(self, shown: dict[str, list[str]]) -> None:
         """The page's fault banner, kept live: the faults on, sent whenever they change. Read through the process's
         sandbox reader (one query a second per process, however many journeys are open) rather than by joining the
         pipeline group, whose dashboard-sized batches every journey socket would then receive."""
         while True:
             await asyncio.sleep(FAULTS_EVERY_SECONDS)
             try:
-                active = await database_sync_to_async(active_faults)()
+                active = await database_sync_to_async(banners)()
             except DatabaseError as exc:  # the banner stays as it was until the database answers
                 log.warning("journey socket: sandbox settings not read: %s", exc)
                 continue
             if active != shown:
                 shown = active
-                await self.send_json({"type": "sandbox", "active_faults": active})
+                await self.send_json({"type": "sandbox", **active})
 
     async def disconnect(self, code: int) -> None:
         for name in ("keep_watching", "watch_faults"):
@@ -283,10 +291,10 @@ class JourneyConsumer(LiveConsumer):
         snapshot = await database_sync_to_async(journey_snapshot)(self.order_id)
         message: dict[str, Any] = {"type": "snapshot", **(snapshot or {"order": None, "events": []})}
         if settings.ORDERPIPE_SANDBOX:
-            faults = await database_sync_to_async(active_faults)()
-            message["active_faults"] = faults
+            shown = await database_sync_to_async(banners)()
+            message.update(shown)
             if getattr(self, "watch_faults", None) is None:
-                self.watch_faults = asyncio.ensure_future(self._watch_faults(faults))
+                self.watch_faults = asyncio.ensure_future(self._watch_faults(shown))
         await self.send_json(message)
 
     async def order_events(self, message: dict[str, Any]) -> None:

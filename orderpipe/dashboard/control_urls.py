@@ -1,6 +1,8 @@
+"""The dashboard's control endpoints (under /api/controls/): burst, purge a queue, restock, flush the cache."""
+
 from django.urls import path
 
-from worker import controls
+from orderpipe.dashboard import controls
 
 urlpatterns = [
     path("burst/", controls.BurstApi.as_view(), name="control-burst"),

@@ -10,8 +10,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from orders import cache, live, services
-from orders.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND
+from orderpipe.dashboard import feed
+from orderpipe.dashboard.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND
+from orders import cache, services
 from orders.models import OrderStatus
 from orders.sandbox import BURST_MAX
 from orders.serializers import MAX_QUANTITY
@@ -114,7 +115,7 @@ def test_pages_hand_the_scripts_the_limits_and_urls_the_server_enforces(staff_cl
         assert config["limits"]["quantity"] == {"min": 1, "max": MAX_QUANTITY}
         assert config["limits"]["burst"]["max"] == BURST_MAX
         assert config["limits"]["step_delay_ms"] == {"min": 0, "max": 60_000}
-        assert config["feedLength"] == live.FEED_LENGTH
+        assert config["feedLength"] == feed.FEED_LENGTH
         assert config["closeCodes"] == {"forbidden": CLOSE_FORBIDDEN, "notFound": CLOSE_NOT_FOUND}
         assert sorted(config["terminalStatuses"]) == sorted(OrderStatus.terminal())
         journey = config["urls"]["journey"].replace(config["orderIdPlaceholder"], str(order.pk))

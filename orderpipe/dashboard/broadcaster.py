@@ -26,7 +26,9 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django_redis import get_redis_connection
 
-from orders import cache, live, selectors
+from orderpipe.dashboard import feed
+from orderpipe.dashboard.state import pipeline_state
+from orders import cache, live
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL
 class Producer:
     """The state of one producing run; `tick` is the unit of work, called from a thread (it does blocking I/O)."""
 
-    token: str = field(default_factory=live.new_token)
+    token: str = field(default_factory=feed.new_token)
     last_event_id: int | None = None
     last_control_id: str | None = None
     last_state_at: float = 0.0
@@ -67,19 +69,19 @@ class Producer:
     def tick(self) -> list[tuple[str, dict[str, Any]]]:
         """Read what changed since the last tick; return the (group, message) pairs to send."""
         if self.last_event_id is None:
-            self.last_event_id = live.latest_event_id()
+            self.last_event_id = feed.latest_event_id()
             self.last_control_id = live.last_control_id()
-        rows = live.events_after(self.last_event_id, limit=EVENT_BATCH)
+        rows = feed.events_after(self.last_event_id, limit=EVENT_BATCH)
         controls = live.controls_after(self.last_control_id or "0-0")
         messages: list[tuple[str, dict[str, Any]]] = []
         first_id = self.last_event_id
         if rows:
             self.last_event_id = rows[-1]["id"]
-            watched = live.watched_orders() & {str(row["order_id"]) for row in rows}
+            watched = feed.watched_orders() & {str(row["order_id"]) for row in rows}
             if watched:
-                by_order = live.journey_events_for(watched, after_id=first_id, up_to_id=self.last_event_id)
+                by_order = feed.journey_events_for(watched, after_id=first_id, up_to_id=self.last_event_id)
                 for order_id, events in by_order.items():
-                    messages.append((live.order_group(order_id), {"type": "order.events", "events": events}))
+                    messages.append((feed.order_group(order_id), {"type": "order.events", "events": events}))
         if controls:
             self.last_control_id = controls[-1]["id"]
         now = time.monotonic()
@@ -87,16 +89,16 @@ class Producer:
         state = None
         if ((rows or controls) and since_state >= STATE_MIN_INTERVAL) or since_state >= STATE_MAX_INTERVAL:
             self.last_state_at = now
-            state = {"pipeline": selectors.pipeline_state(), "latest_orders": live.latest_orders()}
+            state = {"pipeline": pipeline_state(), "latest_orders": feed.latest_orders()}
         if rows or controls or state:
             messages.append(
                 (
-                    live.PIPELINE_GROUP,
+                    feed.PIPELINE_GROUP,
                     {
                         "type": "pipeline.update",
-                        "events": [live.feed_event(row) for row in rows[-live.FEED_LENGTH :]],
+                        "events": [feed.feed_event(row) for row in rows[-feed.FEED_LENGTH :]],
                         "event_count": len(rows),
-                        "rates": live.rates_of(rows),
+                        "rates": feed.rates_of(rows),
                         "controls": controls,
                         "state": state,
                     },

@@ -10,10 +10,10 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from rest_framework.test import APIClient
 
+from orderpipe.dashboard.controls import NotEnoughStock, burst_create, burst_plan
 from orders import cache, live
 from orders.models import Order, OrderEvent, OutboxMessage, Product
 from orders.tests.factories import ProductFactory
-from worker.controls import NotEnoughStock, burst_create, burst_plan
 from worker.tests.processes import wait_until
 from worker.topology import topology
 

@@ -16,15 +16,16 @@ from django.db import transaction
 from django.test import Client
 
 from orderpipe.asgi import application
-from orders import services, sockets
-from orders.broadcaster import broadcaster
-from orders.consumers import (
+from orderpipe.dashboard import sockets
+from orderpipe.dashboard.broadcaster import broadcaster
+from orderpipe.dashboard.consumers import (
     CLOSE_BAD_FRAME,
     CLOSE_FORBIDDEN,
     CLOSE_NOT_FOUND,
     CLOSE_TOO_MANY,
     CLOSE_UNAVAILABLE,
 )
+from orders import services
 from orders.models import EventKind, Order, OrderStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -282,9 +283,9 @@ def test_a_malformed_frame_closes_the_socket_with_4400_and_one_log_line(frame, w
         assert message == {"type": "websocket.close", "code": CLOSE_BAD_FRAME}
         await ws.wait(timeout=5)  # the consumer ended normally (an exception would be raised here)
 
-    with caplog.at_level(logging.WARNING, logger="orders.consumers"):
+    with caplog.at_level(logging.WARNING, logger="orderpipe.dashboard.consumers"):
         run(body)
-    lines = [r.getMessage() for r in caplog.records if r.name == "orders.consumers"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "orderpipe.dashboard.consumers"]
     assert len(lines) == 1 and lines[0].endswith(what), lines
     assert not any(r.exc_info for r in caplog.records)
 
@@ -382,9 +383,13 @@ def test_an_exhausted_channel_layer_pool_closes_the_handshake_with_4503(settings
         assert (await ws.receive_json_from(timeout=5))["type"] == "snapshot"
         await ws.disconnect()
 
-    with caplog.at_level(logging.WARNING, logger="orders.consumers"):
+    with caplog.at_level(logging.WARNING, logger="orderpipe.dashboard.consumers"):
         run(body)
-    closes = [r.getMessage() for r in caplog.records if r.name == "orders.consumers" and "closed" in r.getMessage()]
+    closes = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "orderpipe.dashboard.consumers" and "closed" in r.getMessage()
+    ]
     assert len(closes) == 1 and "closed 4503" in closes[0] and "No connection available" in closes[0], closes
     assert not any(r.exc_info for r in caplog.records)
 

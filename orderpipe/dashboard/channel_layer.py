@@ -4,7 +4,7 @@ channels-redis builds a plain redis-py pool of 100 connections that raises `MaxC
 in use. Every handshake borrows one (group_add, and here the per-client socket count), so 200 handshakes at once
 failed half of them with an HTTP 500 and a traceback each. A BlockingConnectionPool of the same size makes a
 handshake wait up to `pool_timeout` seconds for a connection; past that it raises ConnectionError, which the
-consumer answers with close code 4503 (orders/consumers.py).
+consumer answers with close code 4503 (orderpipe/dashboard/consumers.py).
 """
 
 from __future__ import annotations
