@@ -32,6 +32,7 @@ NUMBER_LABELS = {
     "retrying": "retrying now",
     "retried": "retried at least once",
     "replayed": "replayed",
+    "redelivered": "delivered again",
     "parked_by_limit": "parked by the delivery limit",
     "lost": "lost",
     "charges": "gateway charges",
@@ -416,7 +417,7 @@ ACK_TIMING = Lesson(
         note="Acked on receipt, a message is gone from the broker before its work is done.",
     ),
     phases=(Phase("on-receive", "ack on receipt"), Phase("after-commit", "ack after commit")),
-    numbers=("accepted", "completed", "in_flight", "lost"),
+    numbers=("accepted", "completed", "in_flight", "redelivered", "lost"),
     steps=(
         Step(
             "Ack on receipt, and slow each step down (200 ms) so the worker holds several orders when it dies.",
@@ -449,10 +450,11 @@ ACK_TIMING = Lesson(
         ),
         Checkpoint(
             "none-lost-after-commit",
-            "Acked after commit, every order completed despite the kill: lost = 0",
+            "Acked after commit, the killed worker's orders were delivered again and all completed: lost = 0",
             "after-commit",
             lambda n: (
                 _settled(n["after-commit"])
+                and n["after-commit"]["redelivered"] > 0
                 and n["after-commit"]["completed"] == n["after-commit"]["accepted"]
                 and n["after-commit"]["lost"] == 0
             ),
@@ -587,7 +589,7 @@ IDEMPOTENT_CONSUMERS = Lesson(
         note="Without the key, each redelivery that reaches the charge step is a new charge.",
     ),
     phases=(Phase("guards-off", "step guards off"), Phase("guards-on", "step guards on")),
-    numbers=("accepted", "completed", "dead_lettered", "in_flight", "charges", "charged_twice"),
+    numbers=("accepted", "completed", "dead_lettered", "in_flight", "redelivered", "charges", "charged_twice"),
     steps=(
         Step(
             "Switch the step guards off and make steps fail now and then (bug rate 0.3).",
@@ -614,9 +616,11 @@ IDEMPOTENT_CONSUMERS = Lesson(
         ),
         Checkpoint(
             "charged-once",
-            "With guards, the same failures charged nobody twice: charged twice = 0",
+            "With guards, the same failures (orders delivered again) charged nobody twice: charged twice = 0",
             "guards-on",
-            lambda n: _settled(n["guards-on"]) and n["guards-on"]["charged_twice"] == 0,
+            lambda n: (
+                _settled(n["guards-on"]) and n["guards-on"]["redelivered"] > 0 and n["guards-on"]["charged_twice"] == 0
+            ),
         ),
     ),
     minutes=2,

@@ -73,6 +73,8 @@ def measure(email: str) -> dict[str, Any]:
         "retrying": by_status.get(OrderStatus.RETRYING, 0),
         "retried": events.filter(kind=EventKind.RETRY_SCHEDULED).values("order_id").distinct().count(),
         "replayed": events.filter(kind=EventKind.REPLAYED).values("order_id").distinct().count(),
+        # Delivered again (a worker died or gave the message back before its ack): the failure really happened.
+        "redelivered": events.filter(kind=EventKind.REDELIVERED).values("order_id").distinct().count(),
         "parked_by_limit": orders.filter(
             status=OrderStatus.DEAD_LETTERED, failure_reason__startswith="delivery limit"
         ).count(),
