@@ -235,13 +235,16 @@ CACHES = {
 }
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
+# The channel layer may use another Redis URL than the cache: `make run`'s supervisor sends the cache through a proxy
+# a learner can cut (worker/links.py), and keeps the page's live updates on the real Redis.
+CHANNEL_LAYER_REDIS_URL = env_str("CHANNEL_LAYER_REDIS_URL", "") or REDIS_URL
 # Every handshake borrows a connection from the layer's pool; when all are busy it waits up to the timeout, then the
 # socket is closed with 4503 (orderpipe/dashboard/channel_layer.py). One pool per daphne process.
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "orderpipe.dashboard.channel_layer.PooledRedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            "hosts": [CHANNEL_LAYER_REDIS_URL],
             "prefix": f"{ORDERPIPE_PREFIX}:asgi",
             "capacity": 1000,
             "expiry": 30,

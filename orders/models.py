@@ -264,6 +264,11 @@ class SandboxSettings(models.Model):
     decline_rate = models.FloatField(default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
     transient_failure_rate = models.FloatField(default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
     crash_rate = models.FloatField(default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    bug_rate = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Steps raise an unexpected error (a bug): nacked until the delivery limit parks it.",
+    )
     paused = models.BooleanField(default=False, help_text="Workers stop consuming (messages wait in the queue).")
     step_mode = models.BooleanField(
         default=False, help_text="Workers wait before each step of an order until 'Next step' is pressed."
@@ -333,6 +338,7 @@ class SandboxSettings(models.Model):
         "decline_rate",
         "transient_failure_rate",
         "crash_rate",
+        "bug_rate",
         "paused",
         "step_mode",
         "workers",

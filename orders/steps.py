@@ -292,6 +292,7 @@ class Pipeline:
             order = _locked(order_id)
             if not at(order, step):
                 return None
+            self.seams.faults.maybe_hit_bug(step.name)  # sandbox: a bug, before the step changes anything
             if step.transient_faults:
                 self.seams.faults.maybe_fail_transiently(step.name)
             done = step.effect(order, self.seams, prepared)

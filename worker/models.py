@@ -8,6 +8,7 @@ state only (worker/migrations/0001_initial.py, orders/migrations/0007_telemetry_
 from __future__ import annotations
 
 from django.db import models
+from django.db.models import Q
 
 
 class QueueStat(models.Model):
@@ -105,3 +106,58 @@ class SupervisedProcess(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class SupervisorRequest(models.Model):
+    """A staff member's request to `make run`'s supervisor: kill or stop one of its processes, cut or restore one of
+    its links to PostgreSQL, RabbitMQ or Redis (worker/supervision.py files it, worker/supervisor.py carries it out).
+
+    The web process never signals a process or touches a socket itself: it may not be the parent, and the cut links
+    may be its own. It writes this row; the supervisor, which polls about once a second, does the work and writes the
+    outcome here and in the live feed."""
+
+    class Action(models.TextChoices):
+        KILL = "kill", "kill (SIGKILL)"
+        STOP = "stop", "stop (SIGTERM)"
+        CUT = "cut", "cut"
+        RESTORE = "restore", "restore"
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DONE = "done"
+        FAILED = "failed"
+
+    action = models.CharField(max_length=20, choices=Action.choices)
+    target = models.CharField(max_length=50)  # worker-1, relay; postgresql, rabbitmq, redis
+    requested_by = models.CharField(max_length=150, blank=True, default="")
+    requested_at = models.DateTimeField(auto_now_add=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING)
+    result = models.CharField(max_length=300, blank=True, default="")
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        indexes = [models.Index(fields=["id"], name="supervisor_request_pending", condition=Q(state="pending"))]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target} ({self.state})"
+
+
+class ServiceLink(models.Model):
+    """A link from the supervised processes to one service, through a proxy the supervisor owns and can cut
+    (worker/links.py). Written by the supervisor only; its `updated_at` is refreshed every few seconds while the
+    supervisor runs, so a row that stops moving belongs to a supervisor that is gone."""
+
+    name = models.CharField(max_length=20, primary_key=True)  # postgresql, rabbitmq, redis
+    target = models.CharField(max_length=200)  # host:port of the real service
+    proxy_ports = models.CharField(max_length=200)  # where the supervised processes connect instead
+    cut = models.BooleanField(default=False)
+    cut_at = models.DateTimeField(null=True, blank=True)
+    restore_at = models.DateTimeField(null=True, blank=True)  # PostgreSQL's cut restores itself
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'cut' if self.cut else 'up'})"

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 PUBLISH_ERRORS: tuple[type[BaseException], ...] = (PublishFailed, *BROKER_ERRORS)
 
 
-def relay_once(publisher: Publisher, *, batch_size: int | None = None) -> int:
+def relay_once(publisher: Publisher, *, batch_size: int | None = None, queue_ready: int | None = None) -> int:
     """Publish up to one batch of pending outbox messages. Returns how many were published.
 
     Rows are claimed with FOR UPDATE SKIP LOCKED, so any number of relays share the backlog without publishing a
@@ -53,6 +53,10 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None) -> int:
     receives a message before this transaction commits waits on that lock and then sees the order `queued`, so
     the journey reads in the order things happened. If the relay dies after publishing but before commit, the
     rows are published again; the worker's guarded steps make the duplicate harmless.
+
+    `queue_ready` is the main queue's depth as the relay's queue monitor last observed it (about once a second,
+    and on every connect, before this batch); each "published" event carries it, so the journey's RabbitMQ panel
+    shows a depth at that step as at every other (the workers' events carry theirs the same way).
     """
     topo = publisher.topology
     published: list[OutboxMessage] = []
@@ -104,6 +108,7 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None) -> int:
                 "queue": topo.process_queue,
                 "message_id": str(row.id),
                 "outbox_id": row.id,
+                "queue_ready": queue_ready,
                 "note": "confirmed by the broker (publisher confirm, mandatory routing)",
             }
             message = f"Published outbox message #{row.id} to exchange {topo.exchange}; the broker confirmed it."
@@ -229,7 +234,8 @@ def run_relay(
                     monitor = QueueMonitor(publisher.connection, publisher.topology)
                     log.info("relay connected to RabbitMQ")
                     monitor.observe()
-                published = relay_once(publisher)
+                depth = monitor.depth(publisher.topology.process_queue) if monitor is not None else None
+                published = relay_once(publisher, queue_ready=depth)
                 relay_monitor.published(published)
                 backoff.reset()
                 sweeper.tick(functools.partial(_main_queue_ready, publisher))
@@ -237,11 +243,13 @@ def run_relay(
                     _idle(poll, listener, publisher, monitor, should_stop)
             except BROKER_ERRORS as exc:
                 delay = backoff.next_delay()
-                log.warning("relay: broker unavailable (%s); retrying in %.1fs", exc or exc.__class__.__name__, delay)
+                # Some pika errors have no message (str() is empty): name their class instead.
+                reason = str(exc) or exc.__class__.__name__
+                log.warning("relay: broker unavailable (%s); retrying in %.1fs", reason, delay)
                 if publisher is not None:
                     publisher.close()
                 publisher, monitor = None, None
-                relay_monitor.unreachable(f"{exc or exc.__class__.__name__}; reconnecting in {delay:.1f} s")
+                relay_monitor.unreachable(f"{reason}; reconnecting in {delay:.1f} s")
                 _sleep(delay, should_stop)
             except DatabaseError as exc:
                 delay = backoff.next_delay()

@@ -14,6 +14,12 @@ command line decides.
 What it sees is written to `SupervisedProcess` rows (state, pid, restarts, last exit status), which the dashboard
 shows: a worker's own heartbeat stops when it dies, only its parent knows it crashed and was restarted.
 
+Staff can also ask it, from the dashboard, to kill or stop one of its workers or its relay, or to cut one of its links
+to PostgreSQL, RabbitMQ or Redis (worker/links.py): the web process files a `SupervisorRequest`
+(worker/supervision.py), and this loop carries it out within about half a second and records the outcome in the row
+and in the live feed. The web process never signals processes or touches sockets itself: it is not their parent,
+and the links it would cut are its own.
+
 Why not supervisord or circus: the desired state lives in the database and changes at run time from the page; with
 either of them that needs a second process translating database rows into their XML-RPC or ZeroMQ commands, and
 their restart policies (supervisord's startretries/FATAL, no backoff after startsecs) would still need a policy of
@@ -36,9 +42,12 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
+from orders import live
 from orders.models import SandboxSettings
 from orders.sandbox.faults import CRASH_EXIT_CODE
-from worker.models import SupervisedProcess
+from worker.links import Links
+from worker.models import SupervisedProcess, SupervisorRequest
+from worker.supervision import HEARTBEAT_EVERY
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,8 @@ State = SupervisedProcess.State
 HEALTHY_AFTER = 30.0
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 30.0
 STOP_TIMEOUT = 15.0  # SIGTERM, then SIGKILL: a worker finishes its orders in hand first
+REQUESTS_EVERY = 0.5  # seconds between two looks for pending requests from the page
+REQUEST_EXPIRES = 60.0  # a request nobody carried out for this long (no supervisor then) is refused, not done late
 
 
 def describe_exit(returncode: int) -> str:
@@ -110,7 +121,10 @@ class Supervisor:
     read_every: float = 1.0
     clock: Callable[[], float] = time.monotonic
     programs: dict[str, Program] = field(default_factory=dict)
+    links: Links | None = None  # the cuttable proxies in front of the services; None: direct connections
     _last_read: float = -1e9
+    _last_requests: float = -1e9
+    _last_heartbeat: float = -1e9
     _desired: Desired | None = None
 
     # ------------------------------------------------------------ what to run
@@ -169,6 +183,8 @@ class Supervisor:
         if "worker" in self.roles:
             changed |= self._follow(self.desired())
         changed |= self._start_due()
+        self._serve_requests()
+        self._heartbeat()
         return changed
 
     def _reap(self) -> bool:
@@ -263,6 +279,8 @@ class Supervisor:
 
     def _env_for(self, program: Program) -> dict[str, str]:
         env = dict(self.env)
+        if self.links is not None:
+            env.update(self.links.env_for(program.role))
         if program.role == "web":
             env["ORDERPIPE_WEBSOCKET_PORT"] = str(self.ws_port())  # the pages open their sockets on daphne
         if program.role == "worker":
@@ -288,15 +306,92 @@ class Supervisor:
         except DatabaseError as exc:
             log.debug("supervisor: state of %s not recorded: %s", program.name, exc)
 
+    # ------------------------------------------------------------ requests from the page
+
+    def _serve_requests(self) -> None:
+        """Carry out pending `SupervisorRequest`s, oldest first, and restore a PostgreSQL cut whose time is up."""
+        if self.links is not None:
+            for name in self.links.due_restores():
+                result = self.links.restore(name, automatic=True)
+                live.record_control("restore postgresql", f"supervisor: {result}", by="supervisor")
+        now = self.clock()
+        if now - self._last_requests < REQUESTS_EVERY:
+            return
+        self._last_requests = now
+        try:
+            pending = list(SupervisorRequest.objects.filter(state=SupervisorRequest.State.PENDING).order_by("id")[:20])
+        except DatabaseError as exc:
+            log.debug("supervisor: requests unreadable: %s", exc)
+            return
+        for request in pending:
+            age = (timezone.now() - request.requested_at).total_seconds()
+            if age > REQUEST_EXPIRES:
+                ok, result = False, f"expired: not carried out within {REQUEST_EXPIRES:g} s (no supervisor then)"
+            else:
+                try:
+                    ok, result = self.carry_out(request.action, request.target)
+                except Exception as exc:  # a request must never take the supervisor down
+                    log.exception("supervisor: request %s failed", request.pk)
+                    ok, result = False, f"error: {exc}"
+            request.state = SupervisorRequest.State.DONE if ok else SupervisorRequest.State.FAILED
+            request.result, request.done_at = result[:300], timezone.now()
+            try:
+                request.save(update_fields=["state", "result", "done_at"])
+            except DatabaseError as exc:
+                log.warning("supervisor: outcome of request %s not recorded: %s", request.pk, exc)
+            what = f"{SupervisorRequest.Action(request.action).label} {request.target}"
+            live.record_control(what, f"{'done' if ok else 'refused'}: {result}", by=request.requested_by)
+
+    def carry_out(self, action: str, target: str) -> tuple[bool, str]:
+        """Do one request. Returns (done, what happened) in the words the feed shows. Also callable directly."""
+        Action = SupervisorRequest.Action
+        if action in (Action.KILL, Action.STOP):
+            program = self.programs.get(target)
+            if program is None or program.role not in ("worker", "relay"):
+                return False, f"no supervised worker or relay named {target}"
+            if not program.running() or program.proc is None:
+                return False, f"{target} is not running right now (it is waiting for its restart)"
+            sig = signal.SIGKILL if action == Action.KILL else signal.SIGTERM
+            pid = program.pid
+            program.proc.send_signal(sig)
+            log.warning("supervisor: %s sent to %s (pid %s) from the page", sig.name, target, pid)
+            return True, f"{sig.name} sent to {target} (pid {pid}); the supervisor restarts it after its backoff"
+        if action in (Action.CUT, Action.RESTORE):
+            if self.links is None or target not in self.links.links:
+                return False, f"no proxy in front of {target} (the supervisor runs with --no-proxies)"
+            if action == Action.CUT:
+                return True, self.links.cut(target)
+            return True, self.links.restore(target)
+        return False, f"unknown action {action!r}"
+
+    def _heartbeat(self) -> None:
+        """Refresh the rows the page reads, so it can tell a running supervisor from one that is gone."""
+        now = self.clock()
+        if now - self._last_heartbeat < HEARTBEAT_EVERY:
+            return
+        self._last_heartbeat = now
+        try:
+            SupervisedProcess.objects.filter(name__in=list(self.programs)).update(updated_at=timezone.now())
+        except DatabaseError as exc:
+            log.debug("supervisor: heartbeat not recorded: %s", exc)
+        if self.links is not None:
+            self.links.record()
+
     # ------------------------------------------------------------ lifetime
 
     def run(self, should_stop: Callable[[], bool], *, interval: float = 0.25) -> None:
         SupervisedProcess.objects.all().delete()  # rows of an earlier run describe processes that are gone
-        self.start()
-        while not should_stop():
-            self.tick()
-            time.sleep(interval)
-        self.stop()
+        if self.links is not None:
+            self.links.start()
+        try:
+            self.start()
+            while not should_stop():
+                self.tick()
+                time.sleep(interval)
+            self.stop()
+        finally:
+            if self.links is not None:
+                self.links.stop()
 
     def stop(self) -> None:
         """SIGTERM to everything, wait, SIGKILL what is left. Workers finish and ack the orders they hold."""

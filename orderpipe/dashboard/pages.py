@@ -90,6 +90,9 @@ def page_config() -> dict[str, Any]:
             "flushCache": reverse("control-flush-cache"),
             "restock": reverse("control-restock"),
             "replayDeadLetters": reverse("api-dead-letters-replay"),
+            "kill": reverse("control-kill"),
+            "outage": reverse("control-outage"),
+            "poison": reverse("control-poison"),
             "pipelineSocket": f"/{feed.PIPELINE_SOCKET_PATH}",
             "journeySocket": f"/{feed.JOURNEY_SOCKET_PATH}".replace("<str:order_id>", ORDER_ID_PLACEHOLDER),
         },
@@ -135,6 +138,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "initial": pipeline_snapshot(),
             "products": products,
             "stock_total": sum(p.stock for p in products),
+            "outage_services": [("rabbitmq", "RabbitMQ"), ("redis", "Redis (cache)"), ("postgresql", "PostgreSQL")],
         },
     )
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from orders import cache, sandbox
 from orders.models import Order, OrderStatus, OutboxMessage, Product
+from worker import supervision
 from worker.models import QueueStat, RelayHeartbeat, SupervisedProcess, WorkerHeartbeat
 
 WORKER_STALE_AFTER = timedelta(seconds=15)
@@ -146,6 +147,8 @@ def pipeline_state() -> dict[str, Any]:
         "stock": [
             {"sku": sku, "stock": stock} for sku, stock in Product.objects.order_by("sku").values_list("sku", "stock")
         ],
+        # Whether the kill and cut controls can work (a supervisor runs), on what, and which links are cut now.
+        "supervisor": supervision.supervisor_state(),
         # Only under `make run`'s supervisor: what each process it keeps alive went through (crashed, restarted).
         "processes": [
             {

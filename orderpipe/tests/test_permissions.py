@@ -54,6 +54,9 @@ TABLE: dict[str, list[Case]] = {
         Case("POST", "/api/controls/purge-queue/", body={"queue": "nope"}, **same((403, 403, 400)))
     ],
     "api/controls/flush-cache/": [Case("POST", "/api/controls/flush-cache/", **same(STAFF))],
+    "api/controls/kill/": [Case("POST", "/api/controls/kill/", body={"signal": "SIGHUP"}, **same((403, 403, 400)))],
+    "api/controls/outage/": [Case("POST", "/api/controls/outage/", body={"service": "mysql"}, **same((403, 403, 400)))],
+    "api/controls/poison/": [Case("POST", "/api/controls/poison/", body={"kind": "nope"}, **same((403, 403, 400)))],
     "api/controls/restock/": [Case("POST", "/api/controls/restock/", body={"quantity": 0}, **same((403, 403, 400)))],
     "api/dead-letters/replay/": [
         Case("POST", "/api/dead-letters/replay/", body={"order_id": "{order}"}, **same((403, 403, 409)))

@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 CRASH_EXIT_CODE = 70
 
 
+class SandboxBug(RuntimeError):
+    """The sandbox's stand-in for a bug in a step (`bug_rate`): not an outage, not a business failure, so the
+    consumer treats it as any unexpected exception (worker/consumer.py): logged with the traceback, the message
+    returned to the queue, parked by the delivery limit."""
+
+
 def _crash(step: str) -> None:
     # The real thing: the process dies mid-step, inside the step's transaction, without acking or committing.
     log.error("sandbox crash: worker exits in the middle of step %s", step)
@@ -60,6 +66,10 @@ class Faults:
     def maybe_crash(self, step: str) -> None:
         if self.rng.random() < self.settings()["crash_rate"]:
             self.crash(step)
+
+    def maybe_hit_bug(self, step: str) -> None:
+        if self.rng.random() < self.settings()["bug_rate"]:
+            raise SandboxBug(f"sandbox bug: step '{step}' raised (bug rate {self.settings()['bug_rate']:g})")
 
     def declined(self) -> bool:
         return self.rng.random() < self.settings()["decline_rate"]

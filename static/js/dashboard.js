@@ -15,6 +15,7 @@ import {
   showFaults,
   showUnsafe,
 } from "./live.js";
+import { postgresCut, renderOutages, wireOutages } from "./outages.js";
 
 const WINDOW_SECONDS = config.rateWindowSeconds;
 const FEED_MAX = config.feedLength;
@@ -163,7 +164,8 @@ function renderPipeline(p) {
         )
       : [el("li", { class: "muted", text: "no worker heart-beating" })]),
   );
-  renderRelay(p.relays || [], p.outbox.backlog);
+  renderRelay(p.relays || [], p.outbox.backlog, postgresCut(p.supervisor));
+  renderOutages(p.supervisor);
   renderProcesses(p.processes || []);
   renderGone(p.gone_workers || []);
   if (p.stock) renderStock(p.stock);
@@ -192,7 +194,7 @@ const RELAY_STATES = {
 
 // The relay's heartbeat (worker/relay_monitor.py): running or not, what it is doing, how fast it publishes. Several
 // relays share the outbox: their rates add up; the stage shows the first running one's state.
-function renderRelay(relays, backlog) {
+function renderRelay(relays, backlog, databaseCut = false) {
   const running = relays.filter((r) => r.alive);
   const state = running.length ? running[0].state : "none";
   const chip = $("relay-state");
@@ -209,7 +211,15 @@ function renderRelay(relays, backlog) {
     .pop();
   $("n-relay-last").textContent = lastPublish ? ago(lastPublish) : "–";
   let detail;
-  if (running.length) {
+  // It beats every second; silent for longer, it is stuck or cut off from PostgreSQL, where its heartbeat lives.
+  const silentFor = relays.length ? (Date.now() - Date.parse(relays[0].last_seen)) / 1000 : 0;
+  if (databaseCut && relays.length && silentFor > 3) {
+    chip.dataset.state = "unreachable";
+    chip.textContent = "database unreachable";
+    detail = `PostgreSQL is cut: no outbox rows to claim, and no heartbeat (a PostgreSQL row); last beat ${ago(relays[0].last_seen)}`;
+  } else if (running.length && silentFor > 3) {
+    detail = `silent for ${Math.round(silentFor)} s: its heartbeat is a PostgreSQL row, so a relay cut off from the database goes quiet too`;
+  } else if (running.length) {
     const first = running[0];
     detail = first.detail || `${running.length > 1 ? `${running.length} relays · ` : ""}seen ${ago(first.last_seen)}`;
   } else if (relays.length) {
@@ -565,6 +575,7 @@ measureChart();
 window.addEventListener("resize", measureChart);
 onMessage({ type: "snapshot", ...JSON.parse($("initial-state").textContent) });
 wireControls();
+wireOutages();
 openLive(config.urls.pipelineSocket, onMessage);
 // Keep "last seen" texts and the chart's time axis moving even when nothing happens.
 setInterval(schedule, 1000);

@@ -31,8 +31,8 @@ from orders.models import EventKind, GatewayCharge, Order, OrderEvent, OrderStat
 from orders.tests.factories import ProductFactory
 from worker import broker
 from worker.broker import connect
+from worker.proxy import Proxy
 from worker.tests.processes import ROOT, Service, free_port, service_env, wait_until
-from worker.tests.proxy import Proxy
 from worker.topology import topology
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]

@@ -1,4 +1,4 @@
-"""Outages of each service, made real with a TCP proxy the test cuts (worker/tests/proxy.py): the client sees
+"""Outages of each service, made real with a TCP proxy the test cuts (worker/proxy.py): the client sees
 resets and refused connections exactly as in a real outage, while the shared services keep running."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from django.db import connection
 from orders import sandbox, services
 from orders.models import EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Payment
 from orders.tests.factories import ProductFactory
+from worker.proxy import Proxy
 from worker.tests.processes import Service, service_env, wait_until
-from worker.tests.proxy import Proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

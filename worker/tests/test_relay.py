@@ -10,6 +10,7 @@ from django.db import connection
 from orders.models import Order, OrderEvent, OutboxMessage
 from worker.broker import Publisher, connect
 from worker.relay import OutboxListener, relay_once, run_relay
+from worker.tests.processes import wait_until
 from worker.topology import Topology
 
 
@@ -107,6 +108,24 @@ def test_the_relay_loop_publishes_a_new_order_without_waiting_for_the_poll(broke
         stop.set()
         relay.join(10)
     assert not relay.is_alive()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_published_event_carries_the_main_queue_depth_the_relay_observed(broker, place_order):
+    """The journey's RabbitMQ panel shows a queue depth at "published" too, not a dash: the relay loop passes the
+    depth its queue monitor observed (on connect, then about once a second) into each published event."""
+    stop = threading.Event()
+    relay = threading.Thread(target=run_relay, args=(stop.is_set,), kwargs={"poll_interval": 60}, daemon=True)
+    relay.start()
+    try:
+        order = place_order()
+        assert wait_until(lambda: OrderEvent.objects.filter(order=order, kind="published").exists(), timeout=15)
+    finally:
+        stop.set()
+        relay.join(10)
+    queue = OrderEvent.objects.get(order=order, kind="published").snapshot["queue"]
+    assert queue["queue"] == broker.topology.process_queue
+    assert isinstance(queue["queue_ready"], int) and queue["queue_ready"] >= 0
 
 
 def test_topology_is_declared_idempotently(broker):

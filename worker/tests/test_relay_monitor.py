@@ -12,11 +12,11 @@ from django.utils import timezone
 from orderpipe.dashboard.state import pipeline_state
 from orders.tests.factories import ProductFactory
 from worker.models import RelayHeartbeat
+from worker.proxy import Proxy
 from worker.relay import run_relay
 from worker.relay_monitor import RelayMonitor
 from worker.sweeper import Sweeper
 from worker.tests.processes import wait_until
-from worker.tests.proxy import Proxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from orders import sandbox, services
-from orders.models import Order, OrderStatus, Payment, SandboxSettings
+from orders.models import Order, OrderStatus, OutboxMessage, Payment, SandboxSettings
 from orders.tests.factories import ProductFactory
-from worker.models import SupervisedProcess, WorkerHeartbeat
+from worker import supervision
+from worker.models import RelayHeartbeat, ServiceLink, SupervisedProcess, SupervisorRequest, WorkerHeartbeat
 from worker.supervisor import Supervisor, describe_exit, restart_delay
 from worker.tests.processes import Service, wait_until
 
@@ -158,3 +159,102 @@ def test_with_the_sandbox_off_the_command_line_decides(settings):
     supervisor._desired = None
     desired = supervisor.desired()
     assert (desired.workers, desired.concurrency) == (5, 9)
+
+
+# ---------------------------------------------------------------- requests from the page (kill, stop, cut, restore)
+
+
+@pytest.fixture
+def supervised_with_links(tmp_path, broker):
+    """`supervise` with its proxies in front of PostgreSQL, RabbitMQ and Redis, and a short PostgreSQL cut."""
+    service = Service("supervise", "--only", "relay,worker", "--postgres-cut-seconds", "3", log_dir=tmp_path).start()
+    yield service
+    assert service.stop() == 0, service.output()
+    assert not ServiceLink.objects.exists(), "the supervisor's links outlived it"
+
+
+def carried_out(request: SupervisorRequest, service: Service) -> SupervisorRequest:
+    done = supervision.wait_for(request, timeout=15)
+    assert done.state == SupervisorRequest.State.DONE, (done.state, done.result, service.output(4000))
+    return done
+
+
+def link(name: str) -> ServiceLink:
+    return ServiceLink.objects.get(name=name)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_the_supervisor_carries_out_kill_stop_cut_and_restore_requests(supervised_with_links):
+    service = supervised_with_links
+    ProductFactory(sku="BOOK-001", price="25.00", stock=10)
+    assert wait_until(lambda: running("worker-1") is not None and running("relay") is not None, timeout=30), (
+        service.output()
+    )
+    state = supervision.supervisor_state()
+    assert state["available"] and set(state["processes"]) == {"relay", "worker-1"}
+    assert [entry["name"] for entry in state["links"]] == ["postgresql", "rabbitmq", "redis"]
+    # The workers connect through the proxies; the supervisor itself does not.
+    worker_env = Path(f"/proc/{pid_of('worker-1')}/environ").read_bytes().decode().split("\0")
+    assert f"DATABASE_URL=postgres://postgres@127.0.0.1:{link('postgresql').proxy_ports}/" in "\n".join(worker_env)
+
+    # Kill a worker (SIGKILL): it is restarted with backoff, and its row says how it died.
+    victim = pid_of("worker-1")
+    done = carried_out(supervision.request_signal("worker-1", kill=True, by="ada"), service)
+    assert f"SIGKILL sent to worker-1 (pid {victim})" in done.result
+    assert wait_until(lambda: (r := running("worker-1")) is not None and r.pid != victim, timeout=30)
+    assert row("worker-1").last_exit == "killed by SIGKILL" and row("worker-1").restarts == 1
+
+    # Stop the relay (SIGTERM): it finishes its batch, exits 0, and is restarted too.
+    # (Once it relays: before its signal handlers are installed, a SIGTERM simply ends the process.)
+    relay = pid_of("relay")
+    assert wait_until(lambda: RelayHeartbeat.objects.filter(pid=relay).exists(), timeout=30)
+    carried_out(supervision.request_signal("relay", kill=False, by="ada"), service)
+    assert wait_until(lambda: (r := running("relay")) is not None and r.pid != relay, timeout=30)
+    assert row("relay").last_exit == "exit 0"
+
+    # A request for a process that does not exist is refused before it is filed.
+    with pytest.raises(supervision.InvalidRequest, match="worker-9"):
+        supervision.request_signal("worker-9", by="ada")
+
+    # Cut RabbitMQ: orders are accepted into the outbox and stay there; restored, the relay drains it.
+    carried_out(supervision.request_cut("rabbitmq", by="ada"), service)
+    assert link("rabbitmq").cut
+    order = services.order_create(customer_email="cut@example.com", items=[{"sku": "BOOK-001", "quantity": 1}])
+    assert not wait_until(lambda: OutboxMessage.objects.get(order=order).sent_at is not None, timeout=3)
+    carried_out(supervision.request_restore("rabbitmq", by="ada"), service)
+    assert not link("rabbitmq").cut
+    assert wait_until(lambda: Order.objects.get(pk=order.pk).status == OrderStatus.COMPLETED, timeout=60), (
+        service.output(4000)
+    )
+
+    # Cut Redis: orders still complete (without their cache writes); restore.
+    carried_out(supervision.request_cut("redis", by="ada"), service)
+    order = services.order_create(customer_email="redis@example.com", items=[{"sku": "BOOK-001", "quantity": 1}])
+    assert wait_until(lambda: Order.objects.get(pk=order.pk).status == OrderStatus.COMPLETED, timeout=60), (
+        service.output(4000)
+    )
+    carried_out(supervision.request_restore("redis", by="ada"), service)
+
+    # Cut PostgreSQL: it restores itself after its fixed time (3 s here), and the cut shows when it will.
+    carried_out(supervision.request_cut("postgresql", by="ada"), service)
+    cut = link("postgresql")
+    assert cut.cut and cut.restore_at is not None
+    assert wait_until(lambda: not link("postgresql").cut, timeout=15)
+    order = services.order_create(customer_email="pg@example.com", items=[{"sku": "BOOK-001", "quantity": 1}])
+    assert wait_until(lambda: Order.objects.get(pk=order.pk).status == OrderStatus.COMPLETED, timeout=60), (
+        service.output(4000)
+    )
+    assert Payment.objects.count() == Order.objects.filter(status=OrderStatus.COMPLETED).count()
+
+
+@pytest.mark.django_db
+def test_without_a_supervisor_requests_are_refused_not_left_pending():
+    with pytest.raises(supervision.SupervisorUnavailable, match="make run"):
+        supervision.request_signal("worker-1")
+    with pytest.raises(supervision.SupervisorUnavailable):
+        supervision.request_cut("redis")
+    with pytest.raises(supervision.InvalidRequest, match="one of"):
+        supervision.request_cut("mysql")
+    assert not SupervisorRequest.objects.exists()
+    assert supervision.supervisor_state()["available"] is False

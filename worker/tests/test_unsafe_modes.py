@@ -28,10 +28,10 @@ from orders.tests.factories import ProductFactory
 from worker import checkpoints as broker_checkpoints
 from worker.models import WorkerHeartbeat
 from worker.processing import ACK, Processor
+from worker.proxy import Proxy
 from worker.relay import relay_once
 from worker.tests.conftest import delivery_for
 from worker.tests.processes import Service, wait_until
-from worker.tests.proxy import Proxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

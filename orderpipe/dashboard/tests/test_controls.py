@@ -151,5 +151,8 @@ def test_controls_do_not_exist_outside_the_sandbox(staff, settings):
         "/api/controls/purge-queue/",
         "/api/controls/flush-cache/",
         "/api/controls/restock/",
+        "/api/controls/kill/",
+        "/api/controls/outage/",
+        "/api/controls/poison/",
     ]:
         assert post(staff, url, {"count": 1}).status_code == 404

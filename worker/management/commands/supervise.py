@@ -7,6 +7,8 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from worker.links import Links
+from worker.supervision import POSTGRES_CUT_SECONDS
 from worker.supervisor import Supervisor
 
 ROLES = ("web", "ws", "relay", "worker")
@@ -34,7 +36,32 @@ class Command(BaseCommand):
             help="threads per worker when the sandbox is off (default WORKER_CONCURRENCY)",
         )
 
-    def handle(self, *args, bind: str, port: int, only: str, workers: int, concurrency: int | None, **options) -> None:
+        parser.add_argument(
+            "--no-proxies",
+            action="store_true",
+            help="connect the processes to PostgreSQL, RabbitMQ and Redis directly, without the proxies the "
+            "dashboard's outage controls cut (they are never used with ORDERPIPE_SANDBOX=false)",
+        )
+        parser.add_argument(
+            "--postgres-cut-seconds",
+            type=float,
+            default=POSTGRES_CUT_SECONDS,
+            help=f"how long a cut of PostgreSQL from the page lasts before it restores itself (default "
+            f"{POSTGRES_CUT_SECONDS}; tests shorten it)",
+        )
+
+    def handle(
+        self,
+        *args,
+        bind: str,
+        port: int,
+        only: str,
+        workers: int,
+        concurrency: int | None,
+        no_proxies: bool,
+        postgres_cut_seconds: float,
+        **options,
+    ) -> None:
         roles = tuple(role.strip() for role in only.split(",") if role.strip())
         unknown = sorted(set(roles) - set(ROLES))
         if unknown or not roles:
@@ -46,6 +73,10 @@ class Command(BaseCommand):
             roles=roles,
             workers=workers,
             concurrency=concurrency or settings.WORKER_CONCURRENCY,
+            # The outage controls exist in the sandbox only; elsewhere the processes connect directly.
+            links=Links(postgres_cut_seconds=postgres_cut_seconds)
+            if settings.ORDERPIPE_SANDBOX and not no_proxies
+            else None,
         )
         stopping = False
 
