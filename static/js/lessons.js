@@ -3,8 +3,7 @@
 // polls the lesson's state (numbers measured from real state) every second, and the pipeline socket keeps the
 // banner and the workers list live. The flaky client simulator of lesson 4 runs here, in the page.
 
-import * as live from "./live.js";
-import { api, config, el, errorText, fmt, openLive, orderUrl, showFaults } from "./live.js";
+import { api, config, el, errorText, fmt, openLive, orderUrl, showFaults, showUnsafe } from "./live.js";
 
 const $ = (id) => document.getElementById(id);
 const configEl = $("lesson-config");
@@ -86,7 +85,7 @@ const linksCut = new Map();
 function renderPipeline(p) {
   if (p.sandbox) {
     showFaults(p.sandbox.active_faults);
-    live.showUnsafe?.(p.sandbox.unsafe_modes); // the red banner of the unsafe modes, where this tree has them
+    showUnsafe(p.sandbox.unsafe_modes);
   }
   for (const link of p.supervisor?.links || []) linksCut.set(link.name, Boolean(link.cut));
   const list = $("lesson-workers");

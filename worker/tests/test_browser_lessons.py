@@ -15,7 +15,7 @@ import pytest
 from orderpipe.lessons.catalog import BY_SLUG
 from orderpipe.lessons.models import CheckpointPass
 from orders.models import Order
-from worker.models import SupervisedProcess, WorkerHeartbeat
+from worker.models import ServiceLink, SupervisedProcess, WorkerHeartbeat
 from worker.tests.conftest import CHROMIUM, SCREENSHOTS, open_logged_in
 from worker.tests.processes import Service, free_port, service_env, wait_until
 
@@ -101,16 +101,12 @@ def lesson_page(stack, browser):
 
 
 def supervisor_reported() -> bool:
-    """The supervisor's worker runs and heart-beats, and its links are known (where this tree has cuttable links)."""
-    if not SupervisedProcess.objects.filter(name="worker-1", state="running").exists():
-        return False
-    if not WorkerHeartbeat.objects.exists():
-        return False
-    try:
-        from orders.models import ServiceLink  # type: ignore[attr-defined]
-    except ImportError:
-        return True
-    return ServiceLink.objects.filter(name="rabbitmq").exists()
+    """The supervisor's worker runs and heart-beats, and its links are known (the lessons cut RabbitMQ)."""
+    return (
+        SupervisedProcess.objects.filter(name="worker-1", state="running").exists()
+        and WorkerHeartbeat.objects.exists()
+        and ServiceLink.objects.filter(name="rabbitmq").exists()
+    )
 
 
 def press(page, label: str, nth: int = 0, timeout_ms: int = TIMEOUT_MS) -> None:
