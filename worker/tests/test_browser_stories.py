@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from orders import sandbox, services
-from orders.models import EventKind, GatewayCharge, Order, OrderEvent, OrderStatus, Payment, SupervisedProcess
+from orders.models import EventKind, GatewayCharge, Order, OrderEvent, OrderStatus, Payment
+from worker.models import SupervisedProcess
 from worker.tests.conftest import CHROMIUM, open_logged_in, screenshot
 from worker.tests.processes import Service, free_port, service_env, wait_until
 
