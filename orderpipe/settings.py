@@ -117,6 +117,7 @@ INSTALLED_APPS = [
     "channels",
     "orders",
     "worker",
+    "orderpipe.lessons",
 ]
 
 MIDDLEWARE = [

@@ -23,5 +23,6 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics_view, name="metrics"),
+    path("lessons/", include("orderpipe.lessons.urls")),
     path("", include("orderpipe.dashboard.urls")),
 ]

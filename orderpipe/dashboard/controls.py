@@ -83,9 +83,10 @@ def burst_plan(*, count: int) -> list[str]:
     return plan
 
 
-def burst_create(*, count: int, by: str, burst_id: str, plan: list[str] | None = None) -> int:
+def burst_create(*, count: int, by: str, burst_id: str, plan: list[str] | None = None, email: str | None = None) -> int:
     """Create `count` orders through `order_create`, one transaction per chunk of BURST_CHUNK (each order keeps its
     own savepoint and outbox row; the chunk's commit wakes the relay once), of the products `burst_plan` chose.
+    Every order goes to `email` when given (a lesson tags its orders so), else to burst-<id>-<n>@example.com.
     Returns the number created."""
     if plan is None:
         try:
@@ -99,7 +100,7 @@ def burst_create(*, count: int, by: str, burst_id: str, plan: list[str] | None =
         with transaction.atomic():
             for n in range(start, min(count, start + BURST_CHUNK)):
                 order_create(
-                    customer_email=f"burst-{burst_id}-{n}@example.com",
+                    customer_email=email or f"burst-{burst_id}-{n}@example.com",
                     items=[{"sku": plan[n], "quantity": 1}],
                     note=f"burst {burst_id}",
                 )
@@ -110,9 +111,9 @@ def burst_create(*, count: int, by: str, burst_id: str, plan: list[str] | None =
     return created
 
 
-def _run_burst(count: int, by: str, burst_id: str, plan: list[str]) -> None:
+def _run_burst(count: int, by: str, burst_id: str, plan: list[str], email: str | None = None) -> None:
     try:
-        burst_create(count=count, by=by, burst_id=burst_id, plan=plan)
+        burst_create(count=count, by=by, burst_id=burst_id, plan=plan, email=email)
     except Exception:
         log.exception("burst %s failed", burst_id)
         live.record_control("burst", f"burst {burst_id} stopped by an error (see the web log)", by=by)
@@ -123,6 +124,9 @@ def _run_burst(count: int, by: str, burst_id: str, plan: list[str]) -> None:
 class BurstApi(ControlApi):
     class BurstInputSerializer(serializers.Serializer):
         count = serializers.IntegerField(min_value=1, max_value=BURST_MAX)
+        customer_email = serializers.EmailField(
+            required=False, help_text="Every order of the burst goes to this address (the lessons tag theirs so)."
+        )
 
     @extend_schema(
         request=BurstInputSerializer,
@@ -147,7 +151,10 @@ class BurstApi(ControlApi):
         by = request.user.get_username()
         live.record_control("burst", f"burst {burst_id}: placing {count} orders", by=by)
         threading.Thread(
-            target=_run_burst, args=(count, by, burst_id, plan), name=f"burst-{burst_id}", daemon=True
+            target=_run_burst,
+            args=(count, by, burst_id, plan, data.validated_data.get("customer_email")),
+            name=f"burst-{burst_id}",
+            daemon=True,
         ).start()
         return Response({"burst_id": burst_id, "count": count}, status=status.HTTP_202_ACCEPTED)
 

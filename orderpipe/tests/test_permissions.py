@@ -70,6 +70,12 @@ TABLE: dict[str, list[Case]] = {
     "metrics": [Case("GET", "/metrics", production=STAFF, debug=OPEN)],
     "": [Case("GET", "/", production=(302, 302, 200), debug=OPEN)],
     "orders/<uuid:order_id>/": [Case("GET", "/orders/{order}/", production=(302, 302, 200), debug=OPEN)],
+    "lessons/": [Case("GET", "/lessons/", production=(302, 302, 200), debug=OPEN)],
+    "lessons/instructor/": [Case("GET", "/lessons/instructor/", **same((302, 302, 200)))],
+    "lessons/instructor/reset/": [Case("POST", "/lessons/instructor/reset/", **same(STAFF))],
+    "lessons/<slug:slug>/": [Case("GET", "/lessons/retries/", production=(302, 302, 200), debug=OPEN)],
+    "lessons/<slug:slug>/state/": [Case("GET", "/lessons/retries/state/", production=STAFF, debug=OPEN)],
+    "lessons/<slug:slug>/reset/": [Case("POST", "/lessons/retries/reset/", **same(STAFF))],
 }
 
 
@@ -134,6 +140,9 @@ def test_each_client_gets_what_the_table_says(route, mode, clients, settings):
         ("POST", "/api/orders/{order}/next-step/"),
         ("POST", "/api/controls/flush-cache/"),
         ("POST", "/api/dead-letters/replay/"),
+        ("GET", "/lessons/retries/state/"),
+        ("POST", "/lessons/retries/reset/"),
+        ("POST", "/lessons/instructor/reset/"),
     ],
 )
 def test_without_the_sandbox_every_control_and_replay_is_a_404(method, path, clients, settings):

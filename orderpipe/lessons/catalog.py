@@ -1,0 +1,726 @@
+"""The lessons, as data: what each teaches, its diagram, its steps (buttons that call the pipeline's existing API
+endpoints), the numbers its checkpoint panel shows and the checkpoints that pass on them. One template
+(templates/lessons/lesson.html) and one script (static/js/lessons.js) render every lesson.
+
+An action's `kind` names what the page's script calls: `sandbox` PATCHes /api/sandbox/ with `params`; `burst`
+POSTs /api/controls/burst/ with the phase's customer email; `replay` replays the phase's dead-lettered orders one by
+one (/api/dead-letters/replay/); `restock`, `flush_cache`, `purge` call their controls; `flaky_client` runs the
+client simulator in the page. Orders placed by an action belong to its `phase`: a lesson compares its phases
+(the unsafe run and the safe one) side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.urls import NoReverseMatch, reverse
+
+from orders.models import SandboxSettings
+
+Numbers = Mapping[str, Mapping[str, Any]]  # phase -> measure -> value (orderpipe/lessons/measure.py)
+
+# What each measure is called on the page.
+NUMBER_LABELS = {
+    "accepted": "orders accepted",
+    "completed": "completed",
+    "failed": "failed",
+    "dead_lettered": "dead-lettered",
+    "in_flight": "still in flight",
+    "retrying": "retrying now",
+    "retried": "retried at least once",
+    "replayed": "replayed",
+    "redelivered": "delivered again",
+    "parked_by_limit": "parked by the delivery limit",
+    "lost": "lost",
+    "charges": "gateway charges",
+    "charged_twice": "charged twice",
+    "requests": "logical requests sent",
+    "duplicates": "duplicate orders",
+    "seconds": "seconds, first accepted → last completed",
+    "throughput": "orders completed per second",
+    "stale_reads": "stale reads (API reads that served an old status)",
+    "ghost_messages": "ghost messages (for orders that do not exist)",
+    "cache_hits": "API reads from Redis (hits)",
+    "cache_misses": "API reads from PostgreSQL (misses)",
+}
+ACTION_KINDS = frozenset(
+    {
+        "sandbox",
+        "burst",
+        "replay",
+        "restock",
+        "flush_cache",
+        "purge",
+        "flaky_client",
+        "kill",  # /api/controls/kill/: the supervisor SIGKILLs a process
+        "outage",  # /api/controls/outage/: the supervisor cuts or restores its link to a service
+        "post_orders",  # the page POSTs orders to /api/orders/ itself (what the publish modes act on; bursts do not)
+        "read_orders",  # the page GETs the phase's orders from the API, a few rounds (the cache lesson)
+    }
+)
+
+
+@dataclass(frozen=True)
+class Action:
+    label: str
+    kind: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    phase: str = ""
+
+    def __post_init__(self) -> None:
+        assert self.kind in ACTION_KINDS, self.kind
+
+
+@dataclass(frozen=True)
+class Step:
+    text: str
+    actions: tuple[Action, ...] = ()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: str
+    label: str
+    phase: str  # whose numbers the panel shows beside it
+    passes: Callable[[Numbers], bool]
+
+
+@dataclass(frozen=True)
+class Phase:
+    id: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Diagram:
+    """A row of boxes joined by labelled arrows (rendered in CSS); `broken` is the index of the arrow the lesson
+    switches off (drawn red and dashed), `note` a line under it."""
+
+    boxes: tuple[str, ...]
+    arrows: tuple[str, ...]
+    broken: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Lesson:
+    number: int
+    slug: str
+    title: str
+    teaches: str  # one line, for the index
+    intro: tuple[str, ...]  # a few plain paragraphs
+    diagram: Diagram
+    phases: tuple[Phase, ...]
+    numbers: tuple[str, ...]
+    steps: tuple[Step, ...]
+    checkpoints: tuple[Checkpoint, ...]
+    minutes: int  # how long it takes a learner, roughly
+    needs_settings: tuple[str, ...] = ()  # sandbox settings it switches (the unsafe modes come with their own issue)
+    needs_supervisor: bool = False  # workers restarted or scaled by `make run`'s supervisor
+    needs_controls: tuple[str, ...] = ()  # URL names of the controls its steps call beyond the sandbox's own
+    # Counts Redis keeps for the whole sandbox since the cache was last flushed (not per phase): shown apart.
+    counters: tuple[str, ...] = ()
+
+    @property
+    def available(self) -> bool:
+        """Whether this tree has what the lesson switches and presses (an unsafe mode, a fault, a control)."""
+        if not all(name in SandboxSettings.FIELDS for name in self.needs_settings):
+            return False
+        try:
+            for name in self.needs_controls:
+                reverse(name)
+        except NoReverseMatch:
+            return False
+        return True
+
+    def phase_ids(self) -> list[str]:
+        return [phase.id for phase in self.phases]
+
+
+def _settled(n: Mapping[str, Any]) -> bool:
+    return bool(n["accepted"]) and bool(n["settled"])
+
+
+RETRIES = Lesson(
+    number=5,
+    slug="retries",
+    title="Retries, backoff and dead letters",
+    teaches="A failure that may pass is retried later, not at once; one that never passes is parked, then replayed.",
+    intro=(
+        "The worker calls another system to charge the card: the payment gateway. Sometimes the gateway does not "
+        "answer in time (a timeout). Trying again at once usually fails again, and a worker that sleeps on the "
+        "message blocks everything behind it.",
+        "So the worker republishes the message to a delay queue and acks the original. A delay queue is a queue "
+        "nobody reads: its messages expire after a fixed time (the retry tier: {tiers}) and RabbitMQ sends them "
+        "back to the main queue by itself. Each retry waits in the next, longer tier: that is the backoff.",
+        "After the last tier the order is dead-lettered: its message goes to the dead-letter queue, a parking lot a "
+        "person looks at. Once the cause is fixed, a replay puts the parked orders back on the main queue, and each "
+        "resumes at the step where it stopped (the card is not charged twice: the earlier steps are done).",
+    ),
+    diagram=Diagram(
+        boxes=("main queue", "worker", "delay queue (1st, 2nd, 3rd tier)", "dead-letter queue", "replay"),
+        arrows=("deliver", "timeout → republish, ack", "after the last tier", "fixed → back to the main queue"),
+        note="A delay queue's messages expire after its TTL and RabbitMQ dead-letters them back to the main queue.",
+    ),
+    phases=(Phase("flaky", "with a flaky gateway"),),
+    numbers=("accepted", "completed", "retrying", "retried", "dead_lettered", "replayed", "lost"),
+    steps=(
+        Step(
+            "Make the gateway time out half the time. Each charge that times out is retried later.",
+            (Action("Gateway times out 50%", "sandbox", {"transient_failure_rate": 0.5}),),
+        ),
+        Step(
+            "Place 20 orders. Watch 'retrying now' and 'retried': each retry waits in a delay queue (the dashboard's "
+            "queues show them). An order that times out four times in a row is dead-lettered.",
+            (Action("Place 20 orders", "burst", {"count": 20}, phase="flaky"),),
+        ),
+        Step(
+            "When nothing is retrying any more, fix the gateway, then replay this lesson's dead-lettered orders.",
+            (
+                Action("Fix the gateway", "sandbox", {"transient_failure_rate": 0.0}),
+                Action("Replay dead letters", "replay", phase="flaky"),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "retried-and-parked",
+            "Timeouts were retried with backoff, and the hopeless ones parked: retried > 0, dead-lettered > 0",
+            "flaky",
+            lambda n: n["flaky"]["retried"] > 0 and n["flaky"]["dead_lettered"] > 0,
+        ),
+        Checkpoint(
+            "replayed-and-completed",
+            "After the fix, the replay completed every parked order: replayed > 0, completed = accepted, lost = 0",
+            "flaky",
+            lambda n: (
+                n["flaky"]["replayed"] > 0
+                and n["flaky"]["completed"] == n["flaky"]["accepted"]
+                and n["flaky"]["lost"] == 0
+            ),
+        ),
+    ),
+    minutes=3,
+)
+
+POISON = Lesson(
+    number=6,
+    slug="poison",
+    title="Poison messages and the delivery limit",
+    teaches="A message that fails every worker that takes it is parked after N deliveries, so the others can flow.",
+    intro=(
+        "Some messages can never be processed: every worker that takes one fails on it (a bug, or data it cannot "
+        "handle). It is not a temporary outage, so waiting and retrying later will not help. The worker does not "
+        "ack it; it returns it to the queue (a nack), and the next worker fails the same way: a loop that burns "
+        "every worker's time, and with a crash instead of an error, kills them one after the other.",
+        "Quorum queues count the deliveries of each message. Past the delivery limit ({delivery_limit} here, the "
+        "queue's x-delivery-limit) the broker itself moves the message to the dead-letter queue, and the workers "
+        "carry on with the rest. The worker gets a copy and marks the order dead-lettered, 'delivery limit "
+        "reached', for a person to look at and replay once the bug is fixed.",
+        "Here a bug rate of 1 plays the bug: every step raises an unexpected error. (A crash rate of 1 ends the "
+        "same way, slower: the worker process dies at each delivery and make run's supervisor restarts it.)",
+    ),
+    diagram=Diagram(
+        boxes=("main queue", "worker (a bug: error)", "dead-letter queue"),
+        arrows=(
+            "deliver (count + 1) · nack: back to the queue",
+            "after {delivery_limit} deliveries: parked by the broker",
+        ),
+        broken=0,
+        note="A message returned to the queue is delivered again at once; its delivery count goes up each time.",
+    ),
+    phases=(Phase("poison", "the poison order"), Phase("others", "the orders after it")),
+    numbers=("accepted", "completed", "dead_lettered", "parked_by_limit", "in_flight", "lost"),
+    steps=(
+        Step(
+            "Put a bug in every step (bug rate 1).",
+            (Action("Bug rate 1", "sandbox", {"bug_rate": 1.0}),),
+        ),
+        Step(
+            "Place one order: the poison. It fails, goes back to the queue, fails again … until the broker parks it: "
+            "dead-lettered, parked by the delivery limit (a few seconds).",
+            (Action("Place the poison order", "burst", {"count": 1}, phase="poison"),),
+        ),
+        Step(
+            "Fix the bug (bug rate 0) and place 20 more orders: they flow; the poison stays parked until a replay.",
+            (
+                Action("Bug rate 0", "sandbox", {"bug_rate": 0.0}),
+                Action("Place 20 orders", "burst", {"count": 20}, phase="others"),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "parked",
+            "The failing message was parked by the delivery limit, not retried forever",
+            "poison",
+            lambda n: n["poison"]["parked_by_limit"] > 0,
+        ),
+        Checkpoint(
+            "others-flow",
+            "The orders placed after it all completed: completed = accepted, lost = 0",
+            "others",
+            lambda n: (
+                _settled(n["others"])
+                and n["others"]["completed"] == n["others"]["accepted"]
+                and n["others"]["lost"] == 0
+            ),
+        ),
+    ),
+    minutes=1,
+    needs_settings=("bug_rate",),
+)
+
+IDEMPOTENCY_KEY = Lesson(
+    number=4,
+    slug="idempotency-key",
+    title="Why an Idempotency-Key",
+    teaches="A client that retries places the order twice, unless the retry carries the same key.",
+    intro=(
+        "HTTP clients retry. A phone on a train sends 'place order'; the server commits the order and answers, and "
+        "the answer is lost on the way back. The client cannot tell 'never arrived' from 'arrived, reply lost', so "
+        "it sends the same request again, and the server, seeing a new request, places a second order.",
+        "An Idempotency-Key is a random id the client picks once per logical request and sends with every retry of "
+        "it (a header). The server stores the first response in the same transaction as the order; a retry with the "
+        "same key gets that stored response back (with the header Idempotent-Replayed: true) instead of a new order.",
+        "The flaky client below runs in this page: it sends each order, ignores the reply as if the network had "
+        "dropped it after the server committed, and sends the same request once more.",
+    ),
+    diagram=Diagram(
+        boxes=("client", "API", "PostgreSQL"),
+        arrows=("POST, retry after a lost reply", "order + key, one transaction"),
+        broken=0,
+        note="The reply to the first POST is lost: the client cannot tell whether the order exists.",
+    ),
+    phases=(Phase("no-key", "without a key"), Phase("with-key", "with an Idempotency-Key")),
+    numbers=("requests", "accepted", "duplicates", "completed"),
+    steps=(
+        Step(
+            "Run the flaky client without a key: 5 orders, each sent twice.",
+            (Action("Flaky client, no key", "flaky_client", {"count": 5, "key": False}, phase="no-key"),),
+        ),
+        Step(
+            "The same client with an Idempotency-Key: one key per order, the retry sends the same key.",
+            (Action("Flaky client, with a key", "flaky_client", {"count": 5, "key": True}, phase="with-key"),),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "duplicates-without-key",
+            "Without a key, the retries placed duplicate orders: duplicates > 0",
+            "no-key",
+            lambda n: n["no-key"]["duplicates"] > 0,
+        ),
+        Checkpoint(
+            "one-order-each-with-key",
+            "With a key, one order per logical request: duplicates = 0",
+            "with-key",
+            lambda n: (
+                n["with-key"]["requests"] > 0
+                and n["with-key"]["duplicates"] == 0
+                and n["with-key"]["accepted"] == n["with-key"]["requests"]
+            ),
+        ),
+    ),
+    minutes=2,
+)
+
+SCALING = Lesson(
+    number=8,
+    slug="scaling",
+    title="Scaling and concurrency",
+    teaches="More workers and more threads drain a backlog faster, up to what the machine's cores allow.",
+    intro=(
+        "A queue lets you add consumers without changing the producer: every worker takes messages from the same "
+        "queue, and RabbitMQ hands each message to one of them. Two knobs decide how much work happens at once: "
+        "the number of worker processes and each worker's concurrency (threads).",
+        "Here every step waits 100 ms, as a slow gateway would. Waiting is what threads and extra workers overlap: "
+        "four threads wait on four orders at once. Work that keeps a core busy does not scale that way: once the "
+        "machine's cores are busy (this one has {cores}), more workers only queue for them.",
+        "Prefetch is how many unacknowledged messages the broker pushes to a worker ahead of time ({prefetch} by "
+        "default): enough to keep its threads busy, but a large prefetch lets one worker hoard a backlog while a "
+        "worker that starts later has nothing to do.",
+    ),
+    diagram=Diagram(
+        boxes=("backlog in the main queue", "worker-1 … worker-N (threads each)", "PostgreSQL"),
+        arrows=("each message to one worker (prefetch ahead)", "step transactions"),
+    ),
+    phases=(Phase("one", "1 worker, 1 thread"), Phase("many", "2 workers, 4 threads each")),
+    numbers=("accepted", "completed", "in_flight", "seconds", "throughput"),
+    steps=(
+        Step(
+            "One worker with one thread, and a slow step (100 ms each). The supervisor restarts the worker "
+            "with the new concurrency: wait until the workers list shows it running.",
+            (Action("1 worker × 1 thread", "sandbox", {"workers": 1, "worker_concurrency": 1, "step_delay_ms": 100}),),
+        ),
+        Step(
+            "Place 20 orders and note the throughput once they have completed.",
+            (Action("Place 20 orders", "burst", {"count": 20}, phase="one"),),
+        ),
+        Step(
+            "Two workers with four threads each. Wait until both are running.",
+            (Action("2 workers × 4 threads", "sandbox", {"workers": 2, "worker_concurrency": 4}),),
+        ),
+        Step(
+            "Place 20 orders again and compare.",
+            (Action("Place 20 orders", "burst", {"count": 20}, phase="many"),),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "baseline",
+            "One worker, one thread: every order completed and the throughput measured",
+            "one",
+            lambda n: _settled(n["one"]) and n["one"]["throughput"] is not None,
+        ),
+        Checkpoint(
+            "faster",
+            "More workers and threads: at least 1.5 × the throughput",
+            "many",
+            lambda n: (
+                _settled(n["many"])
+                and n["one"]["throughput"] is not None
+                and n["many"]["throughput"] is not None
+                and n["many"]["throughput"] >= 1.5 * n["one"]["throughput"]
+            ),
+        ),
+    ),
+    minutes=3,
+    needs_supervisor=True,
+)
+
+ACK_TIMING = Lesson(
+    number=1,
+    slug="ack-timing",
+    title="Why ack after commit",
+    teaches="A worker that acknowledges a message before its work is committed loses that work when it dies.",
+    intro=(
+        "RabbitMQ hands a message to a worker and keeps it until the worker acknowledges it (an ack). If the "
+        "worker's connection dies first, the broker puts the message back in the queue for another worker. That is "
+        "the whole safety net, and it only works if the ack comes after the work is safely stored.",
+        "This worker acks after the last step's commit to PostgreSQL. The unsafe mode ack_mode=on_receive acks as "
+        "soon as a message arrives, as a naive consumer does ('got it!'). The broker then forgets the message: if "
+        "the worker is killed before it finishes, nobody has it any more. The order is stuck half-done, with no "
+        "message anywhere: lost. (Here the sweeper notices after {sweep_after} s and re-sends it; most systems have "
+        "no sweeper.)",
+        "A worker's prefetch ({prefetch}) limits the messages it holds unacknowledged. Acked on receipt, none "
+        "stays unacknowledged, so the broker keeps pushing: the worker takes most of a backlog, and a kill loses "
+        "all of it.",
+    ),
+    diagram=Diagram(
+        boxes=("main queue", "worker: reserve, charge, notify, complete", "PostgreSQL"),
+        arrows=("deliver · ack on receipt (unsafe)", "commit · then ack (safe)"),
+        broken=0,
+        note="Acked on receipt, a message is gone from the broker before its work is done.",
+    ),
+    phases=(Phase("on-receive", "ack on receipt"), Phase("after-commit", "ack after commit")),
+    numbers=("accepted", "completed", "in_flight", "redelivered", "lost"),
+    steps=(
+        Step(
+            "Ack on receipt, and slow each step down (200 ms) so the worker holds several orders when it dies.",
+            (Action("Ack on receipt", "sandbox", {"ack_mode": "on_receive", "step_delay_ms": 200}),),
+        ),
+        Step(
+            "Place 30 orders, and while they are processed kill the worker (SIGKILL: no goodbye). The supervisor "
+            "restarts it within a few seconds.",
+            (
+                Action("Place 30 orders", "burst", {"count": 30}, phase="on-receive"),
+                Action("Kill worker-1", "kill", {"process": "worker-1"}),
+            ),
+        ),
+        Step(
+            "Wait until nothing is in flight but the lost ones: the restarted worker finishes what was still in the "
+            "queue. Then ack after commit again (the safe default), and do the same.",
+            (
+                Action("Ack after commit", "sandbox", {"ack_mode": "after_commit"}),
+                Action("Place 30 orders", "burst", {"count": 30}, phase="after-commit"),
+                Action("Kill worker-1", "kill", {"process": "worker-1"}),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "lost-on-receive",
+            "Acked on receipt, the killed worker's orders were lost: lost > 0",
+            "on-receive",
+            lambda n: n["on-receive"]["lost"] > 0,
+        ),
+        Checkpoint(
+            "none-lost-after-commit",
+            "Acked after commit, the killed worker's orders were delivered again and all completed: lost = 0",
+            "after-commit",
+            lambda n: (
+                _settled(n["after-commit"])
+                and n["after-commit"]["redelivered"] > 0
+                and n["after-commit"]["completed"] == n["after-commit"]["accepted"]
+                and n["after-commit"]["lost"] == 0
+            ),
+        ),
+    ),
+    minutes=3,
+    needs_settings=("ack_mode",),
+    needs_supervisor=True,
+    needs_controls=("control-kill",),
+)
+
+OUTBOX = Lesson(
+    number=2,
+    slug="outbox",
+    title="Why an outbox",
+    teaches="Writing to the database and publishing to the broker cannot be one step, unless the message is a row.",
+    intro=(
+        "Accepting an order means two writes to two systems: the order row in PostgreSQL and a message in RabbitMQ. "
+        "No transaction spans both. Commit first, then publish (dual_write): if the publish fails, the customer got "
+        "'accepted' and the order is never processed, and nothing records that a message is owed. Publish first, "
+        "then commit (publish_first): if the commit fails, a message goes out for an order that does not exist; "
+        "and a worker quick enough takes the message before the commit lands, finds no order, and dead-letters it: "
+        "that order, committed a moment later, is lost too.",
+        "The outbox makes the message a row: the order and its outbox row commit in one transaction, so both exist "
+        "or neither does. A relay publishes committed rows afterwards and marks them sent only once the broker has "
+        "confirmed; if the broker is down, the rows wait, and nothing is lost.",
+        "These steps POST the orders from this page, through the API (its accept is what the publish mode "
+        "changes). Cutting RabbitMQ needs make run's supervisor, whose proxy carries the web's connection to it.",
+    ),
+    diagram=Diagram(
+        boxes=("API", "PostgreSQL: order + outbox row", "relay", "RabbitMQ"),
+        arrows=("one transaction", "committed rows", "publish, confirm, mark sent"),
+        note="dual_write and publish_first skip the outbox row: API → RabbitMQ directly, before or after the commit.",
+    ),
+    phases=(
+        Phase("dual-write", "dual_write, broker cut"),
+        Phase("publish-first", "publish_first, failing commits"),
+        Phase("outbox", "outbox, broker cut"),
+    ),
+    numbers=("accepted", "completed", "in_flight", "lost"),
+    counters=("ghost_messages",),
+    steps=(
+        Step(
+            "Commit, then publish from the request (dual_write), and cut RabbitMQ.",
+            (
+                Action("dual_write", "sandbox", {"publish_mode": "dual_write"}),
+                Action("Cut RabbitMQ", "outage", {"service": "rabbitmq", "action": "cut"}),
+            ),
+        ),
+        Step(
+            "POST 10 orders: each is accepted (202), and its publish fails. Restore RabbitMQ: nothing comes back, "
+            "no row says a message is owed. Lost.",
+            (
+                Action("POST 10 orders", "post_orders", {"count": 10}, phase="dual-write"),
+                Action("Restore RabbitMQ", "outage", {"service": "rabbitmq", "action": "restore"}),
+            ),
+        ),
+        Step(
+            "Publish, then commit (publish_first), with half the commits failing. Zero the counters (flush the "
+            "cache), then POST 10 orders: the failed ones answer 503, yet their message went out: ghost messages, "
+            "which the worker dead-letters as unknown orders.",
+            (
+                Action("publish_first", "sandbox", {"publish_mode": "publish_first", "accept_failure_rate": 0.5}),
+                Action("Zero the counters", "flush_cache"),
+                Action("POST 10 orders", "post_orders", {"count": 10}, phase="publish-first"),
+            ),
+        ),
+        Step(
+            "The outbox (the safe default), the same cut: the orders wait as outbox rows and are published once the "
+            "broker is back. Zero the counters, cut, POST 10 orders, restore.",
+            (
+                Action("outbox", "sandbox", {"publish_mode": "outbox", "accept_failure_rate": 0.0}),
+                Action("Zero the counters", "flush_cache"),
+                Action("Cut RabbitMQ", "outage", {"service": "rabbitmq", "action": "cut"}),
+                Action("POST 10 orders", "post_orders", {"count": 10}, phase="outbox"),
+                Action("Restore RabbitMQ", "outage", {"service": "rabbitmq", "action": "restore"}),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "dual-write-loses",
+            "dual_write with the broker cut: accepted orders never processed, lost > 0",
+            "dual-write",
+            lambda n: n["dual-write"]["lost"] > 0,
+        ),
+        Checkpoint(
+            "publish-first-ghosts",
+            "publish_first with failing commits: messages for orders that do not exist, ghost messages > 0",
+            "publish-first",
+            lambda n: n["publish-first"]["accepted"] > 0 and (n["counters"]["ghost_messages"] or 0) > 0,
+        ),
+        Checkpoint(
+            "outbox-none",
+            "The outbox through the same cut: every order completed, lost = 0, no ghost message",
+            "outbox",
+            lambda n: (
+                _settled(n["outbox"])
+                and n["outbox"]["completed"] == n["outbox"]["accepted"]
+                and n["outbox"]["lost"] == 0
+                and n["counters"]["ghost_messages"] == 0
+            ),
+        ),
+    ),
+    minutes=4,
+    needs_settings=("publish_mode", "accept_failure_rate"),
+    needs_supervisor=True,
+    needs_controls=("control-outage",),
+)
+
+IDEMPOTENT_CONSUMERS = Lesson(
+    number=3,
+    slug="idempotent-consumers",
+    title="Why idempotent consumers",
+    teaches="Every message may arrive twice; a consumer that repeats its work on a redelivery charges twice.",
+    intro=(
+        "A broker promises at-least-once delivery, not exactly-once: when a worker fails before its ack, the "
+        "message comes again, maybe to another worker. So every step must be safe to run twice. Here each step "
+        "runs only from the status it expects (UPDATE … WHERE step = the one before), so a redelivery skips what "
+        "was finished; and the gateway is called with the order id as its idempotency key, so a repeated charge "
+        "returns the first one.",
+        "step_guards=off removes both: a redelivered message runs every step again, and the charge goes to the "
+        "gateway without a key. Our own table still holds one payment per order (a unique constraint), so our "
+        "database looks fine; the gateway's ledger, the customer's card statement, shows the second charge.",
+        "A bug rate plays the failure: a step raises an unexpected error before its commit, the message goes back "
+        "to the queue and is delivered again (up to the delivery limit, {delivery_limit}).",
+    ),
+    diagram=Diagram(
+        boxes=("queue", "worker: charge (gateway) → commit", "gateway ledger"),
+        arrows=("delivered again after a failure", "charge again? key = order id"),
+        broken=1,
+        note="Without the key, each redelivery that reaches the charge step is a new charge.",
+    ),
+    phases=(Phase("guards-off", "step guards off"), Phase("guards-on", "step guards on")),
+    numbers=("accepted", "completed", "dead_lettered", "in_flight", "redelivered", "charges", "charged_twice"),
+    steps=(
+        Step(
+            "Switch the step guards off and make steps fail now and then (bug rate 0.3).",
+            (Action("Step guards off, bug rate 0.3", "sandbox", {"step_guards": False, "bug_rate": 0.3}),),
+        ),
+        Step(
+            "Place 10 orders and watch the gateway's ledger: charges > orders.",
+            (Action("Place 10 orders", "burst", {"count": 10}, phase="guards-off"),),
+        ),
+        Step(
+            "Step guards on (the safe default), the same failures, 10 more orders: one charge each.",
+            (
+                Action("Step guards on", "sandbox", {"step_guards": True}),
+                Action("Place 10 orders", "burst", {"count": 10}, phase="guards-on"),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "charged-twice",
+            "Without guards, redeliveries charged cards twice: charged twice > 0",
+            "guards-off",
+            lambda n: n["guards-off"]["charged_twice"] > 0,
+        ),
+        Checkpoint(
+            "charged-once",
+            "With guards, the same failures (orders delivered again) charged nobody twice: charged twice = 0",
+            "guards-on",
+            lambda n: (
+                _settled(n["guards-on"]) and n["guards-on"]["redelivered"] > 0 and n["guards-on"]["charged_twice"] == 0
+            ),
+        ),
+    ),
+    minutes=2,
+    needs_settings=("step_guards", "bug_rate"),
+)
+
+CACHING = Lesson(
+    number=7,
+    slug="caching",
+    title="Caching: write-through, cache-aside, stale reads",
+    teaches="A cache that is only filled on a miss serves old answers until it expires.",
+    intro=(
+        "GET /api/orders/<id>/ reads Redis first and PostgreSQL only on a miss (X-Cache: HIT or MISS). What "
+        "matters is who keeps Redis up to date. Write-through (the safe default): the worker writes the order to "
+        "Redis after each committed change, so a hit is the latest committed state.",
+        "Cache-aside, as often built: the reader fills Redis on a miss, and nothing updates it when the order "
+        "changes. Until the entry expires (its TTL) every read returns the status it had when it was first read: a "
+        "stale read. A long TTL makes stale reads last; a short one sends more reads to PostgreSQL, and a flush "
+        "under load sends them all at once (a miss storm).",
+        "The page reads this lesson's orders a few times while they are processed; the server counts a stale read "
+        "when a hit's status or version differs from the database row (sandbox only: one more query per hit).",
+    ),
+    diagram=Diagram(
+        boxes=("API read", "Redis", "PostgreSQL", "worker"),
+        arrows=("hit?", "miss → read, fill", "commits; writes Redis (write-through)"),
+        note="Cache-aside leaves out the worker's write: the entry keeps the status of the first read.",
+    ),
+    phases=(Phase("cache-aside", "cache-aside, TTL 600 s"), Phase("write-through", "write-through")),
+    numbers=("accepted", "completed", "in_flight"),
+    counters=("stale_reads", "cache_hits", "cache_misses"),
+    steps=(
+        Step(
+            "Cache-aside with a 10-minute TTL, and slower steps (300 ms) so reads catch orders mid-way. Zero the "
+            "counters (flush the cache).",
+            (
+                Action(
+                    "Cache-aside, TTL 600 s",
+                    "sandbox",
+                    {"cache_mode": "cache_aside", "cache_ttl_seconds": 600, "step_delay_ms": 300},
+                ),
+                Action("Zero the counters", "flush_cache"),
+            ),
+        ),
+        Step(
+            "Place 10 orders, then read them from the API 6 times, once a second.",
+            (
+                Action("Place 10 orders", "burst", {"count": 10}, phase="cache-aside"),
+                Action("Read them 6 times", "read_orders", {"rounds": 6, "everyMs": 1000}, phase="cache-aside"),
+            ),
+        ),
+        Step(
+            "Write-through (the safe default): zero the counters, place 10 orders, read them the same way.",
+            (
+                Action("Write-through", "sandbox", {"cache_mode": "write_through", "cache_ttl_seconds": None}),
+                Action("Zero the counters", "flush_cache"),
+                Action("Place 10 orders", "burst", {"count": 10}, phase="write-through"),
+                Action("Read them 6 times", "read_orders", {"rounds": 6, "everyMs": 1000}, phase="write-through"),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "stale-reads",
+            "Cache-aside served old statuses: stale reads > 0",
+            "cache-aside",
+            lambda n: n["cache-aside"]["accepted"] > 0 and (n["counters"]["stale_reads"] or 0) > 0,
+        ),
+        Checkpoint(
+            "fresh-reads",
+            "Write-through: reads served from Redis, none stale",
+            "write-through",
+            lambda n: (
+                _settled(n["write-through"])
+                and (n["counters"]["cache_hits"] or 0) > 0
+                and n["counters"]["stale_reads"] == 0
+            ),
+        ),
+    ),
+    minutes=2,
+    needs_settings=("cache_mode", "cache_ttl_seconds"),
+)
+
+LESSONS: tuple[Lesson, ...] = tuple(
+    sorted(
+        (ACK_TIMING, OUTBOX, IDEMPOTENT_CONSUMERS, IDEMPOTENCY_KEY, RETRIES, POISON, CACHING, SCALING),
+        key=lambda lesson: lesson.number,
+    )
+)
+BY_SLUG = {lesson.slug: lesson for lesson in LESSONS}
+
+
+def text_values() -> dict[str, str]:
+    """The facts the lesson texts quote ({tiers}, {delivery_limit}, ...), from the settings that decide them."""
+    import os
+
+    tiers = ", ".join(f"{ms / 1000:g} s" for ms in settings.RETRY_DELAYS_MS)
+    return {
+        "tiers": tiers,
+        "delivery_limit": str(settings.AMQP_DELIVERY_LIMIT),
+        "cores": str(os.cpu_count() or 1),
+        "prefetch": str(settings.WORKER_PREFETCH),
+        "sweep_after": f"{settings.SWEEP_AFTER:g}",
+    }

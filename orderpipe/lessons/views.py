@@ -1,0 +1,202 @@
+"""The lesson pages (index, one lesson, the instructor's) and their JSON: a lesson's state, polled every second by
+static/js/lessons.js, and the resets.
+
+Watching follows the dashboard's rule (`can_watch`: anyone in DEBUG, staff otherwise); acting is a sandbox control
+(`can_control`: staff, sandbox on). The lesson's buttons call the pipeline's existing endpoints (sandbox, burst,
+replay, ...), which enforce the same rule themselves. With ORDERPIPE_SANDBOX=false the pages say that the lessons
+need the sandbox and every JSON endpoint here answers 404, like the other sandbox controls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.csrf import ensure_csrf_cookie
+from drf_spectacular.utils import extend_schema
+from rest_framework.exceptions import NotFound
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from orderpipe.dashboard import pages
+from orderpipe.dashboard.pages import ORDER_ID_PLACEHOLDER
+from orderpipe.lessons import services
+from orderpipe.lessons.catalog import BY_SLUG, LESSONS, NUMBER_LABELS, Lesson, text_values
+from orderpipe.lessons.measure import FLAKY_NOTE_PREFIX
+from orders import sandbox
+from orders.access import can_control, can_watch
+from orders.permissions import is_staff
+from worker.topology import topology
+
+
+def session_key(request: HttpRequest) -> str:
+    """The browser session's key, creating the session if it has none yet (an anonymous learner in DEBUG)."""
+    if request.session.session_key is None:
+        request.session["lessons"] = True
+        request.session.save()
+    key = request.session.session_key
+    assert key is not None
+    return key
+
+
+def _lesson(slug: str) -> Lesson:
+    lesson = BY_SLUG.get(slug)
+    if lesson is None or not lesson.available:
+        raise Http404("No such lesson.")
+    return lesson
+
+
+def _context(request: HttpRequest) -> dict[str, Any]:
+    """What templates/base.html needs: the dashboard pages' own context (banners, login link, page config), so the
+    lesson pages show the same header, banners and live status."""
+    return pages._context(request)
+
+
+def diagram_items(lesson: Lesson, values: dict[str, str]) -> list[dict[str, Any]]:
+    """The diagram's boxes with its arrows between them, in drawing order."""
+    diagram = lesson.diagram
+    items: list[dict[str, Any]] = []
+    for index, box in enumerate(diagram.boxes):
+        items.append({"box": box.format(**values)})
+        if index < len(diagram.arrows):
+            items.append({"arrow": diagram.arrows[index].format(**values), "broken": diagram.broken == index})
+    return items
+
+
+@ensure_csrf_cookie
+def lesson_index(request: HttpRequest) -> HttpResponse:
+    if not can_watch(request.user):
+        return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+    passed: set[tuple[str, str]] = set()
+    if settings.ORDERPIPE_SANDBOX and request.session.session_key:
+        passed = set(
+            services.CheckpointPass.objects.filter(session_key=request.session.session_key).values_list(
+                "lesson", "checkpoint"
+            )
+        )
+    rows = [
+        {
+            "lesson": lesson,
+            "passed": sum((lesson.slug, c.id) in passed for c in lesson.checkpoints),
+            "total": len(lesson.checkpoints),
+        }
+        for lesson in LESSONS
+    ]
+    return render(request, "lessons/index.html", {**_context(request), "rows": rows})
+
+
+@ensure_csrf_cookie
+def lesson_page(request: HttpRequest, slug: str) -> HttpResponse:
+    if not can_watch(request.user):
+        return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+    lesson = _lesson(slug)
+    context: dict[str, Any] = {**_context(request), "lesson": lesson}
+    if settings.ORDERPIPE_SANDBOX:
+        values = text_values()
+        state = services.lesson_state(session_key(request), lesson, user=request.user.get_username())
+        context.update(
+            intro=[paragraph.format(**values) for paragraph in lesson.intro],
+            diagram=diagram_items(lesson, values),
+            state=state,
+            labels=[(name, NUMBER_LABELS[name]) for name in lesson.numbers],
+            counters=[(name, NUMBER_LABELS[name]) for name in lesson.counters],
+            lesson_config={
+                "slug": lesson.slug,
+                "stateUrl": reverse("lesson-state", args=[lesson.slug]),
+                "resetUrl": reverse("lesson-reset", args=[lesson.slug]),
+                "numbers": list(lesson.numbers),
+                "steps": [
+                    [
+                        {"label": a.label, "kind": a.kind, "params": dict(a.params), "phase": a.phase}
+                        for a in step.actions
+                    ]
+                    for step in lesson.steps
+                ],
+                "labels": NUMBER_LABELS,
+                "flakyNotePrefix": FLAKY_NOTE_PREFIX,
+                "mainQueue": topology().process_queue,
+                "products": reverse("api-product-list"),
+                "orderApi": reverse("api-order-detail", args=[ORDER_ID_PLACEHOLDER]),
+                "pollMs": 1000,
+                # Workers re-read the sandbox settings this often: a settings button finishes once they have.
+                "settingsSeenMs": int(sandbox.reader.ttl * 1000) + 200,
+            },
+        )
+    return render(request, "lessons/lesson.html", context)
+
+
+@ensure_csrf_cookie
+def instructor_page(request: HttpRequest) -> HttpResponse:
+    if not is_staff(request.user):
+        return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+    return render(
+        request,
+        "lessons/instructor.html",
+        {
+            **_context(request),
+            "sessions": services.sessions_progress() if settings.ORDERPIPE_SANDBOX else [],
+            "lessons": LESSONS,
+            "reset_url": reverse("lessons-reset-all"),
+        },
+    )
+
+
+class LessonsExist(BasePermission):
+    """Outside the sandbox the lessons' endpoints do not exist (404), like the sandbox controls."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        if not settings.ORDERPIPE_SANDBOX:
+            raise NotFound("The lessons need the sandbox (ORDERPIPE_SANDBOX=false).")
+        return True
+
+
+class CanWatch(LessonsExist):
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return super().has_permission(request, view) and can_watch(request.user)
+
+
+class CanControl(LessonsExist):
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return super().has_permission(request, view) and can_control(request.user)
+
+
+def _api_lesson(slug: str) -> Lesson:
+    try:
+        return _lesson(slug)
+    except Http404:
+        raise NotFound("No such lesson.") from None
+
+
+class LessonStateApi(APIView):
+    permission_classes = [CanWatch]
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request, slug: str) -> Response:
+        """The lesson's numbers per phase and its checkpoints, for this browser session."""
+        lesson = _api_lesson(slug)
+        return Response(services.lesson_state(session_key(request), lesson, user=request.user.get_username()))
+
+
+class LessonResetApi(APIView):
+    permission_classes = [CanControl]
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request, slug: str) -> Response:
+        """Safe defaults, this session's orders of the lesson deleted, a fresh run."""
+        lesson = _api_lesson(slug)
+        return Response(services.lesson_reset(session_key(request), lesson, by=request.user.get_username()))
+
+
+class ResetEveryLessonApi(APIView):
+    permission_classes = [CanControl]
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        """The instructor's reset: every lesson's orders, runs and passed checkpoints, and safe defaults."""
+        return Response(services.reset_every_lesson(by=request.user.get_username()))

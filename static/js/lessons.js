@@ -1,0 +1,356 @@
+// The lesson pages (templates/lessons/*.html): one script for every lesson. The lesson itself is data
+// (orderpipe/lessons/catalog.py): its steps' buttons call the pipeline's existing endpoints, its checkpoint panel
+// polls the lesson's state (numbers measured from real state) every second, and the pipeline socket keeps the
+// banner and the workers list live. The flaky client simulator of lesson 4 runs here, in the page.
+
+import { api, config, el, errorText, fmt, openLive, orderUrl, showFaults, showUnsafe } from "./live.js";
+
+const $ = (id) => document.getElementById(id);
+const configEl = $("lesson-config");
+const lesson = configEl ? JSON.parse(configEl.textContent) : null;
+let state = $("lesson-state") ? JSON.parse($("lesson-state").textContent) : null;
+
+function say(ok, text) {
+  const out = $("lesson-result");
+  if (!out) return;
+  out.dataset.ok = ok ? "yes" : "no";
+  out.textContent = text;
+}
+
+function phaseOf(id) {
+  return state.phases.find((phase) => phase.id === id);
+}
+
+// ---------------------------------------------------------------- the checkpoint panel
+
+function shown(name, numbers) {
+  const value = numbers[name];
+  if (name === "lost") {
+    // Undecided orders may still have a message waiting in a queue: the count is late, never wrong.
+    const parts = [fmt(value)];
+    if (numbers.lost_resent) parts.push(`(${fmt(numbers.lost_resent)} later re-sent by the sweeper)`);
+    if (numbers.lost_undecided) parts.push(`· ${fmt(numbers.lost_undecided)} not yet known`);
+    return parts.join(" ");
+  }
+  if (name === "throughput") return value === null ? "–" : `${value}/s`;
+  if (name === "seconds") return numbers.completed > 1 ? `${value} s` : "–";
+  return fmt(value);
+}
+
+function render() {
+  for (const phase of state.phases) {
+    for (const name of lesson.numbers) {
+      const cell = $(`n-${phase.id}-${name}`);
+      if (!cell) continue;
+      cell.textContent = shown(name, phase.numbers);
+      cell.dataset.value = phase.numbers[name] ?? "";
+      cell.dataset.bad =
+        name === "lost" || name === "duplicates" || name === "charged_twice" ? String(phase.numbers[name] > 0) : "";
+    }
+  }
+  for (const [name, value] of Object.entries(state.counters || {})) {
+    const cell = $(`c-${name}`);
+    if (!cell) continue;
+    cell.textContent = value === null ? "Redis down" : fmt(value);
+    cell.dataset.value = value ?? "";
+    cell.dataset.bad = name === "stale_reads" || name === "ghost_messages" ? String(value > 0) : "";
+  }
+  // Why lost orders cannot be counted yet, if they cannot (a queue holds messages, or nobody observed the queues).
+  const why = state.phases.map((phase) => phase.numbers.lost_undecided && phase.numbers.lost_why).find(Boolean);
+  const note = $("lost-note");
+  if (note) note.textContent = why ? `'Not yet known': ${why}.` : "";
+  for (const checkpoint of state.checkpoints) {
+    const item = $(`checkpoint-${checkpoint.id}`);
+    if (item) item.dataset.passed = checkpoint.passed_at ? "yes" : "no";
+  }
+}
+
+async function poll() {
+  try {
+    const result = await api("GET", lesson.stateUrl);
+    if (result.ok) {
+      state = result.data;
+      render();
+    }
+  } finally {
+    setTimeout(poll, lesson.pollMs);
+  }
+}
+
+// ---------------------------------------------------------------- the workers, from the pipeline socket
+
+// Which service links `make run`'s supervisor has cut now (name -> true), as the pipeline state last said.
+const linksCut = new Map();
+
+function renderPipeline(p) {
+  if (p.sandbox) {
+    showFaults(p.sandbox.active_faults);
+    showUnsafe(p.sandbox.unsafe_modes);
+  }
+  for (const link of p.supervisor?.links || []) linksCut.set(link.name, Boolean(link.cut));
+  const list = $("lesson-workers");
+  if (!list) return;
+  const processes = (p.processes || []).filter((proc) => proc.role === "worker");
+  const items = processes.map((proc) =>
+    el(
+      "li",
+      { "data-process": proc.name, "data-state": proc.state },
+      el("b", { text: proc.name }),
+      ` ${proc.state}${proc.restarts ? `, restarted ${proc.restarts}×` : ""}${proc.last_exit ? ` (last: ${proc.last_exit})` : ""}`,
+    ),
+  );
+  for (const worker of p.workers || []) {
+    items.push(
+      el(
+        "li",
+        { class: "heartbeat", "data-worker": worker.name },
+        el("span", { class: "mono", text: worker.name }),
+        ` processed ${fmt(worker.processed)}, holding ${fmt(worker.unacked)}`,
+      ),
+    );
+  }
+  const queues = p.queues || [];
+  const ready = (role) => queues.filter((q) => q.role === role).reduce((sum, q) => sum + q.ready, 0);
+  items.push(
+    el("li", {
+      class: "muted",
+      text: `queues: main ${fmt(ready("main"))} · retry tiers ${fmt(ready("retry"))} · dead letters ${fmt(ready("dead"))}`,
+    }),
+  );
+  list.replaceChildren(...(items.length ? items : [el("li", { class: "muted", text: "no worker running" })]));
+}
+
+function onPipeline(message) {
+  if ((message.type === "snapshot" || message.type === "update") && message.state)
+    renderPipeline(message.state.pipeline);
+}
+
+// ---------------------------------------------------------------- the steps' buttons
+
+function cookie(name) {
+  const match = document.cookie.match(new RegExp(`(?:^|; )${name}=([^;]*)`));
+  return match ? decodeURIComponent(match[1]) : "";
+}
+
+// A product with stock for the flaky client's orders (the one with the most left).
+async function pickSku() {
+  const result = await api("GET", lesson.products);
+  const products = (result.data?.results || result.data || []).filter((p) => p.stock > 0);
+  products.sort((a, b) => b.stock - a.stock);
+  return products[0]?.sku;
+}
+
+function postOrder(body, key = null) {
+  const headers = {
+    "Content-Type": "application/json",
+    Accept: "application/json",
+    "X-CSRFToken": cookie("csrftoken"),
+  };
+  if (key) headers["Idempotency-Key"] = key;
+  return fetch(config.urls.orders, { method: "POST", credentials: "same-origin", headers, body: JSON.stringify(body) });
+}
+
+// The flaky client: each logical request is POSTed, its reply "lost" (ignored, as if the network dropped it after
+// the server committed), and the same request POSTed once more, with the same Idempotency-Key when `key` is on.
+async function flakyClient(params, phase) {
+  const sku = await pickSku();
+  if (!sku) return { ok: false, text: "No product has stock left: restock from the dashboard." };
+  const run = Math.random().toString(16).slice(2, 8);
+  const line = showLog(
+    `client ${run}: ${params.count} orders of ${sku}, ${params.key ? "with" : "without"} an Idempotency-Key`,
+  );
+  for (let n = 1; n <= params.count; n += 1) {
+    const body = {
+      customer_email: phaseOf(phase).email,
+      items: [{ sku, quantity: 1 }],
+      note: `${lesson.flakyNotePrefix}${run} request ${n}`,
+    };
+    const key = params.key ? crypto.randomUUID() : null;
+    const first = await postOrder(body, key);
+    const retry = await postOrder(body, key);
+    const replayed = retry.headers.get("Idempotent-Replayed") === "true";
+    line(
+      `request ${n}: reply lost (the server had answered ${first.status}) → retried → ${retry.status}${replayed ? ", the stored first response (Idempotent-Replayed)" : ", a new order"}`,
+    );
+    if (first.status === 429 || retry.status === 429)
+      return { ok: false, text: "Throttled (429): wait a minute and run it again." };
+  }
+  return { ok: true, text: `Flaky client done: ${params.count} logical requests, each sent twice.` };
+}
+
+function showLog(title) {
+  const log = $("client-log");
+  log.hidden = false;
+  log.textContent = `${title}\n`;
+  return (text) => {
+    log.textContent += `${text}\n`;
+  };
+}
+
+// POST orders through the public API, one at a time, as a shop's client would (the publish modes act on the API's
+// accept; a burst does not go through it). Says what the server answered.
+async function postOrders(params, phase) {
+  const sku = await pickSku();
+  if (!sku) return { ok: false, text: "No product has stock left: restock from the dashboard." };
+  const line = showLog(`POST ${params.count} orders of ${sku} to the API`);
+  const answers = {};
+  for (let n = 1; n <= params.count; n += 1) {
+    const response = await postOrder({ customer_email: phaseOf(phase).email, items: [{ sku, quantity: 1 }] });
+    answers[response.status] = (answers[response.status] || 0) + 1;
+    line(`order ${n}: ${response.status}${response.status === 202 ? " accepted" : ""}`);
+  }
+  const summary = Object.entries(answers)
+    .map(([code, count]) => `${count} × ${code}`)
+    .join(", ");
+  return { ok: true, text: `${params.count} orders POSTed: ${summary}.` };
+}
+
+// Read the phase's orders through the API a few rounds, as customers refreshing a page would; the server counts
+// the hits, the misses and the stale reads.
+async function readOrders(params, phase) {
+  const ids = phaseOf(phase).numbers.ids;
+  if (!ids.length) return { ok: false, text: "This phase has no orders to read yet." };
+  const line = showLog(`read ${ids.length} orders, ${params.rounds} rounds`);
+  for (let round = 1; round <= params.rounds; round += 1) {
+    const seen = { HIT: 0, MISS: 0 };
+    const statuses = {};
+    for (const id of ids) {
+      const response = await fetch(orderUrl(lesson.orderApi, id), { credentials: "same-origin" });
+      const body = response.ok ? await response.json() : {};
+      seen[response.headers.get("X-Cache")] = (seen[response.headers.get("X-Cache")] || 0) + 1;
+      statuses[body.status] = (statuses[body.status] || 0) + 1;
+    }
+    const shownStatuses = Object.entries(statuses)
+      .map(([status, count]) => `${count} ${status}`)
+      .join(", ");
+    line(`round ${round}: ${seen.HIT} hits, ${seen.MISS} misses; the API said ${shownStatuses}`);
+    if (round < params.rounds) await new Promise((resolve) => setTimeout(resolve, params.everyMs));
+  }
+  return { ok: true, text: `Read ${ids.length} orders ${params.rounds} times.` };
+}
+
+async function replay(phase) {
+  const ids = phaseOf(phase).numbers.replayable_ids;
+  if (!ids.length) return { ok: false, text: "None of this lesson's orders is dead-lettered (yet)." };
+  let replayed = 0;
+  for (const id of ids) {
+    const result = await api("POST", config.urls.replayDeadLetters, { order_id: id });
+    if (!result.ok) return { ok: false, text: `Refused (${result.status}): ${errorText(result)}` };
+    replayed += result.data.replayed;
+  }
+  return { ok: true, text: `${replayed} dead-lettered order(s) replayed.` };
+}
+
+async function waitFor(predicate, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return true;
+}
+
+async function run(action) {
+  const call = async (method, url, body) => {
+    const result = await api(method, url, body);
+    return {
+      ok: result.ok,
+      text: result.ok ? `${action.label}: done.` : `Refused (${result.status}): ${errorText(result)}`,
+    };
+  };
+  switch (action.kind) {
+    case "sandbox": {
+      // Workers re-read the settings about once a second: the step is done once they can have seen the change.
+      const result = await call("PATCH", config.urls.sandbox, action.params);
+      if (result.ok) await new Promise((resolve) => setTimeout(resolve, lesson.settingsSeenMs));
+      return result;
+    }
+    case "burst":
+      return call("POST", config.urls.burst, { ...action.params, customer_email: phaseOf(action.phase).email });
+    case "restock":
+      return call("POST", config.urls.restock, action.params);
+    case "flush_cache":
+      return call("POST", config.urls.flushCache);
+    case "purge":
+      return call("POST", config.urls.purgeQueue, { queue: lesson.mainQueue });
+    case "replay":
+      return replay(action.phase);
+    case "kill":
+      return call("POST", config.urls.kill, { process: action.params.process, signal: "SIGKILL" });
+    case "outage": {
+      // The supervisor carries it out within about a second: the step is done once the pipeline state shows it.
+      const result = await call("POST", config.urls.outage, action.params);
+      const cut = action.params.action === "cut";
+      if (result.ok && !(await waitFor(() => linksCut.get(action.params.service) === cut, 15000))) {
+        return { ok: false, text: `${action.label}: the supervisor did not carry it out within 15 s.` };
+      }
+      return result;
+    }
+    case "post_orders":
+      return postOrders(action.params, action.phase);
+    case "read_orders":
+      return readOrders(action.params, action.phase);
+    case "flaky_client":
+      return flakyClient(action.params, action.phase);
+    default:
+      return { ok: false, text: `Unknown action ${action.kind}` };
+  }
+}
+
+function wireSteps() {
+  for (const button of document.querySelectorAll(".lesson-action")) {
+    button.addEventListener("click", async () => {
+      const action = lesson.steps[Number(button.dataset.step) - 1][Number(button.dataset.action)];
+      button.disabled = true;
+      say(true, `${action.label}…`);
+      try {
+        const result = await run(action);
+        say(result.ok, result.text);
+        if (result.ok) button.dataset.done = "yes";
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+  $("lesson-reset")?.addEventListener("click", async () => {
+    const result = await api("POST", lesson.resetUrl);
+    say(
+      result.ok,
+      result.ok
+        ? `Reset: safe defaults, ${result.data.removed_orders} order(s) deleted.`
+        : `Refused (${result.status}): ${errorText(result)}`,
+    );
+    if (!result.ok) return;
+    for (const button of document.querySelectorAll(".lesson-action")) delete button.dataset.done;
+    $("client-log").hidden = true;
+    const fresh = await api("GET", lesson.stateUrl);
+    if (fresh.ok) {
+      state = fresh.data;
+      render();
+    }
+  });
+}
+
+function wireInstructor() {
+  const button = $("reset-all");
+  if (!button) return;
+  button.addEventListener("click", async () => {
+    const result = await api("POST", button.dataset.url);
+    say(
+      result.ok,
+      result.ok
+        ? `Reset: ${result.data.removed_orders} order(s) deleted, ${result.data.removed_passes} checkpoint(s) forgotten.`
+        : `Refused (${result.status}): ${errorText(result)}`,
+    );
+    if (result.ok) setTimeout(() => location.reload(), 800);
+  });
+}
+
+if (lesson) {
+  render();
+  wireSteps();
+  setTimeout(poll, lesson.pollMs);
+}
+wireInstructor();
+// The banner and the live status on every lesson page; outside the sandbox there is nothing to watch for.
+if (document.getElementById("fault-banner")) openLive(config.urls.pipelineSocket, onPipeline);
