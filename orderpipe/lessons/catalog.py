@@ -16,9 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.urls import NoReverseMatch, reverse
-
-from orders.models import SandboxSettings
 
 Numbers = Mapping[str, Mapping[str, Any]]  # phase -> measure -> value (orderpipe/lessons/measure.py)
 
@@ -118,23 +115,9 @@ class Lesson:
     steps: tuple[Step, ...]
     checkpoints: tuple[Checkpoint, ...]
     minutes: int  # how long it takes a learner, roughly
-    needs_settings: tuple[str, ...] = ()  # sandbox settings it switches (the unsafe modes come with their own issue)
     needs_supervisor: bool = False  # workers restarted or scaled by `make run`'s supervisor
-    needs_controls: tuple[str, ...] = ()  # URL names of the controls its steps call beyond the sandbox's own
     # Counts Redis keeps for the whole sandbox since the cache was last flushed (not per phase): shown apart.
     counters: tuple[str, ...] = ()
-
-    @property
-    def available(self) -> bool:
-        """Whether this tree has what the lesson switches and presses (an unsafe mode, a fault, a control)."""
-        if not all(name in SandboxSettings.FIELDS for name in self.needs_settings):
-            return False
-        try:
-            for name in self.needs_controls:
-                reverse(name)
-        except NoReverseMatch:
-            return False
-        return True
 
     def phase_ids(self) -> list[str]:
         return [phase.id for phase in self.phases]
@@ -271,7 +254,6 @@ POISON = Lesson(
         ),
     ),
     minutes=1,
-    needs_settings=("bug_rate",),
 )
 
 IDEMPOTENCY_KEY = Lesson(
@@ -461,9 +443,7 @@ ACK_TIMING = Lesson(
         ),
     ),
     minutes=3,
-    needs_settings=("ack_mode",),
     needs_supervisor=True,
-    needs_controls=("control-kill",),
 )
 
 OUTBOX = Lesson(
@@ -560,9 +540,7 @@ OUTBOX = Lesson(
         ),
     ),
     minutes=4,
-    needs_settings=("publish_mode", "accept_failure_rate"),
     needs_supervisor=True,
-    needs_controls=("control-outage",),
 )
 
 IDEMPOTENT_CONSUMERS = Lesson(
@@ -624,7 +602,6 @@ IDEMPOTENT_CONSUMERS = Lesson(
         ),
     ),
     minutes=2,
-    needs_settings=("step_guards", "bug_rate"),
 )
 
 CACHING = Lesson(
@@ -700,7 +677,6 @@ CACHING = Lesson(
         ),
     ),
     minutes=2,
-    needs_settings=("cache_mode", "cache_ttl_seconds"),
 )
 
 LESSONS: tuple[Lesson, ...] = tuple(

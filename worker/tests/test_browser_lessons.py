@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from orderpipe.lessons.catalog import BY_SLUG
 from orderpipe.lessons.models import CheckpointPass
 from orders.models import Order
 from worker.models import ServiceLink, SupervisedProcess, WorkerHeartbeat
@@ -31,12 +30,6 @@ def shot(page, name: str) -> None:
     """artifacts/screenshots/lessons/<name>.png: the whole page, text, steps and checkpoint panel."""
     (SCREENSHOTS / "lessons").mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "lessons" / f"{name}.png"), full_page=True)
-
-
-def runnable(slug: str):
-    """Skip a lesson whose unsafe mode or fault this tree does not have (before starting anything for it)."""
-    lesson = BY_SLUG[slug]
-    return pytest.mark.skipif(not lesson.available, reason=f"needs {lesson.needs_settings} {lesson.needs_controls}")
 
 
 def purge_queues() -> None:
@@ -143,7 +136,6 @@ def numbers_hold(page, predicate, timeout_ms: int = TIMEOUT_MS) -> None:
         page.wait_for_timeout(250)
 
 
-@runnable("idempotency-key")
 def test_lesson_4_idempotency_key(lesson_page):
     page = lesson_page("idempotency-key")
     shot(page, "4-idempotency-key-0-start")
@@ -177,7 +169,6 @@ def test_lesson_4_idempotency_key(lesson_page):
     assert not Order.objects.filter(customer_email__endswith="@lessons.example.com").exists()
 
 
-@runnable("retries")
 def test_lesson_5_retries_backoff_and_dead_letters(lesson_page):
     page = lesson_page("retries")
     press(page, "Gateway times out 50%")
@@ -201,7 +192,6 @@ def test_lesson_5_retries_backoff_and_dead_letters(lesson_page):
     shot(page, "5-retries-2-replayed")
 
 
-@runnable("poison")
 def test_lesson_6_poison_message_and_the_delivery_limit(lesson_page):
     page = lesson_page("poison")
     press(page, "Bug rate 1")
@@ -223,7 +213,6 @@ def worker_pids() -> dict[str, int | None]:
     return dict(SupervisedProcess.objects.filter(role="worker", state="running").values_list("name", "pid"))
 
 
-@runnable("scaling")
 def test_lesson_8_scaling_and_concurrency(lesson_page):
     page = lesson_page("scaling")
     before = worker_pids()
@@ -253,7 +242,6 @@ def test_lesson_8_scaling_and_concurrency(lesson_page):
     shot(page, "8-scaling-2-more-workers")
 
 
-@runnable("ack-timing")
 def test_lesson_1_ack_timing(lesson_page):
     page = lesson_page("ack-timing")
     press(page, "Ack on receipt")
@@ -278,7 +266,6 @@ def test_lesson_1_ack_timing(lesson_page):
     shot(page, "1-ack-timing-2-after-commit")
 
 
-@runnable("outbox")
 def test_lesson_2_outbox(lesson_page):
     page = lesson_page("outbox")
     press(page, "dual_write")
@@ -310,7 +297,6 @@ def test_lesson_2_outbox(lesson_page):
     shot(page, "2-outbox-3-outbox")
 
 
-@runnable("idempotent-consumers")
 def test_lesson_3_idempotent_consumers(lesson_page):
     page = lesson_page("idempotent-consumers")
     press(page, "Step guards off, bug rate 0.3")
@@ -328,7 +314,6 @@ def test_lesson_3_idempotent_consumers(lesson_page):
     shot(page, "3-idempotent-consumers-2-guards-on")
 
 
-@runnable("caching")
 def test_lesson_7_caching(lesson_page):
     page = lesson_page("caching")
     press(page, "Cache-aside, TTL 600 s")
