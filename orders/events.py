@@ -61,6 +61,8 @@ class QueueSnapshot(TypedDict, total=False):
     headers: dict[str, str]
     watched_via: str
     delivery_limit: int
+    # The worker that took the delivery (its heartbeat name).
+    worker: str
 
 
 class Snapshot(TypedDict):

@@ -208,6 +208,7 @@ class Worker:
             message_id=props.message_id or "",
             headers=dict(props.headers or {}),
             depths=dict(self.monitor.ready) if self.monitor else {},
+            worker=self.name,
         )
 
     def _submit(self, channel: BlockingChannel, delivery: Delivery, work: Callable[[Delivery], Verdict | None]) -> None:

@@ -69,6 +69,8 @@ class Delivery:
     depths: dict[str, int] = field(default_factory=dict)
     # Acked the moment it arrived (the sandbox's unsafe ack_mode=on_receive): nothing to ack or return afterwards.
     acked: bool = False
+    # The worker process that took it (its heartbeat name): the journey says who, and lesson 8 counts per worker.
+    worker: str = ""
 
     @property
     def queue_ready(self) -> int | None:
@@ -96,6 +98,8 @@ class Delivery:
         }
         if self.retries:
             snap["retries"] = self.retries
+        if self.worker:
+            snap["worker"] = self.worker
         if self.acked:
             # The journey shows the unsafe mode at work: the broker no longer has this message.
             note = f"ACKED ON RECEIPT (ack_mode=on_receive): the broker has forgotten this message. {note}".strip()
