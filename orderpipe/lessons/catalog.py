@@ -38,6 +38,9 @@ NUMBER_LABELS = {
     "duplicates": "duplicate orders",
     "seconds": "seconds, first accepted → last completed",
     "throughput": "orders completed per second",
+    "workers_used": "workers that took the phase's orders",
+    "most_by_one_worker": "orders taken by the busiest worker",
+    "workers_running": "workers running now",
     "stale_reads": "stale reads (API reads that served an old status)",
     "ghost_messages": "ghost messages (for orders that do not exist)",
     "cache_hits": "API reads from Redis (hits)",
@@ -314,7 +317,7 @@ SCALING = Lesson(
     number=8,
     slug="scaling",
     title="Scaling and concurrency",
-    teaches="More workers and more threads drain a backlog faster, up to what the machine's cores allow.",
+    teaches="More workers and threads drain a backlog faster, up to the cores; a large prefetch lets one hoard it.",
     intro=(
         "A queue lets you add consumers without changing the producer: every worker takes messages from the same "
         "queue, and RabbitMQ hands each message to one of them. Two knobs decide how much work happens at once: "
@@ -330,8 +333,22 @@ SCALING = Lesson(
         boxes=("backlog in the main queue", "worker-1 … worker-N (threads each)", "PostgreSQL"),
         arrows=("each message to one worker (prefetch ahead)", "step transactions"),
     ),
-    phases=(Phase("one", "1 worker, 1 thread"), Phase("many", "2 workers, 4 threads each")),
-    numbers=("accepted", "completed", "in_flight", "seconds", "throughput"),
+    phases=(
+        Phase("one", "1 worker, 1 thread"),
+        Phase("many", "2 workers, 4 threads each"),
+        Phase("hoard", "prefetch 50, second worker late"),
+        Phase("share", "prefetch 1, second worker late"),
+    ),
+    numbers=(
+        "accepted",
+        "completed",
+        "in_flight",
+        "seconds",
+        "throughput",
+        "workers_running",
+        "workers_used",
+        "most_by_one_worker",
+    ),
     steps=(
         Step(
             "One worker with one thread, and a slow step (100 ms each). The supervisor restarts the worker "
@@ -349,6 +366,33 @@ SCALING = Lesson(
         Step(
             "Place 20 orders again and compare.",
             (Action("Place 20 orders", "burst", {"count": 20}, phase="many"),),
+        ),
+        Step(
+            "Now prefetch. One worker with one thread again, and a prefetch of 50: the broker may push it 50 "
+            "messages it has not acknowledged. Wait until the workers list shows it running.",
+            (
+                Action(
+                    "1 worker, prefetch 50", "sandbox", {"workers": 1, "worker_concurrency": 1, "worker_prefetch": 50}
+                ),
+            ),
+        ),
+        Step(
+            "Place 30 orders. Once they are accepted, start a second worker: is there anything left for it?",
+            (
+                Action("Place 30 orders", "burst", {"count": 30}, phase="hoard"),
+                Action("Start a second worker", "sandbox", {"workers": 2}),
+            ),
+        ),
+        Step(
+            "Prefetch 1: back to one worker, which now holds one message at a time. Wait until it runs.",
+            (Action("1 worker, prefetch 1", "sandbox", {"workers": 1, "worker_prefetch": 1}),),
+        ),
+        Step(
+            "Place 30 orders and start the second worker again, the same way.",
+            (
+                Action("Place 30 orders", "burst", {"count": 30}, phase="share"),
+                Action("Start a second worker", "sandbox", {"workers": 2}),
+            ),
         ),
     ),
     checkpoints=(
@@ -368,6 +412,18 @@ SCALING = Lesson(
                 and n["many"]["throughput"] is not None
                 and n["many"]["throughput"] >= 1.5 * n["one"]["throughput"]
             ),
+        ),
+        Checkpoint(
+            "hoarded",
+            "Prefetch 50: two workers running, yet one took the whole backlog (workers used = 1)",
+            "hoard",
+            lambda n: _settled(n["hoard"]) and n["hoard"]["workers_running"] >= 2 and n["hoard"]["workers_used"] == 1,
+        ),
+        Checkpoint(
+            "shared",
+            "Prefetch 1: the late worker got its share (workers used = 2)",
+            "share",
+            lambda n: _settled(n["share"]) and n["share"]["workers_used"] >= 2,
         ),
     ),
     minutes=3,

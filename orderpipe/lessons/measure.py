@@ -15,18 +15,24 @@ later re-sent by the sweeper".
 
 from __future__ import annotations
 
+from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 from django.db.models import Count, Max, Min, QuerySet
+from django.utils import timezone
 
 from orders import cache, checkpoints
 from orders.models import EventKind, Order, OrderEvent, OrderStatus
 from worker.checkpoints import lost_orders
+from worker.models import WorkerHeartbeat
 
 # Every order a lesson places goes to an address of this domain; `run_email` names the run and phase in it.
 LESSON_DOMAIN = "lessons.example.com"
 # The flaky client's orders carry `note="flaky <client run> request <n>"`: one logical request each.
 FLAKY_NOTE_PREFIX = "flaky "
+# A worker that reported within this long is running (its heartbeat comes about once a second).
+WORKER_ALIVE = timedelta(seconds=5)
 
 
 def run_email(slug: str, run: str, phase: str) -> str:
@@ -63,6 +69,12 @@ def measure(email: str) -> dict[str, Any]:
     completed = by_status.get(OrderStatus.COMPLETED, 0)
     seconds = (span["last"] - span["first"]).total_seconds() if completed > 1 and span["first"] else 0.0
     terminal = sum(by_status.get(status, 0) for status in OrderStatus.terminal())
+    # Which worker took each order's first delivery (the worker's name is in the received event's queue snapshot):
+    # lesson 8 shows a large prefetch letting one worker hoard a backlog that a second worker then cannot share.
+    taken_by = Counter(
+        events.filter(kind=EventKind.RECEIVED).values_list("snapshot__queue__worker", flat=True).order_by()
+    )
+    taken_by.pop(None, None)
     return {
         "accepted": accepted,
         "completed": completed,
@@ -88,6 +100,9 @@ def measure(email: str) -> dict[str, Any]:
         "charged_twice": checkpoints.charged_twice(orders),
         "requests": requests,
         "duplicates": flaky.count() - requests,
+        "workers_used": len(taken_by),
+        "most_by_one_worker": max(taken_by.values(), default=0),
+        "workers_running": WorkerHeartbeat.objects.filter(last_seen__gte=timezone.now() - WORKER_ALIVE).count(),
         "seconds": round(seconds, 1),
         "throughput": round(completed / seconds, 1) if seconds > 0 else None,
         # The phase's orders, for the page's reads (the cache lesson), and its dead-lettered ones, for a replay.

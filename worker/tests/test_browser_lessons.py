@@ -241,6 +241,27 @@ def test_lesson_8_scaling_and_concurrency(lesson_page):
     assert many >= 1.5 * one
     shot(page, "8-scaling-2-more-workers")
 
+    # Prefetch 50: one worker takes the whole backlog before a second one starts; prefetch 1: the late one shares it.
+    for nth, (phase, button, checkpoint) in enumerate(
+        (("hoard", "1 worker, prefetch 50", "hoarded"), ("share", "1 worker, prefetch 1", "shared"))
+    ):
+        restarted_from = worker_pids()
+        press(page, button)
+        assert wait_until(
+            lambda old=restarted_from: worker_pids().keys() == {"worker-1"} and worker_pids() != old, timeout=60
+        )
+        assert wait_until(lambda: WorkerHeartbeat.objects.filter(pid=worker_pids()["worker-1"]).exists(), timeout=60)
+        press(page, "Place 30 orders", nth=nth)
+        numbers_hold(page, lambda n, phase=phase: n(phase, "accepted") == 30)
+        press(page, "Start a second worker", nth=nth)
+        assert wait_until(lambda: worker_pids().keys() == {"worker-1", "worker-2"}, timeout=60)
+        passed(page, checkpoint, timeout_ms=90_000)
+        used, busiest = number(page, phase, "workers_used"), number(page, phase, "most_by_one_worker")
+        print(f"{phase}: workers used {used}, the busiest took {busiest} of 30")
+    assert int(number(page, "hoard", "workers_used")) == 1
+    assert int(number(page, "share", "workers_used")) == 2
+    shot(page, "8-scaling-3-prefetch")
+
 
 def test_lesson_1_ack_timing(lesson_page):
     page = lesson_page("ack-timing")
