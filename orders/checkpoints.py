@@ -42,8 +42,9 @@ def gateway_charges(orders: QuerySet[Order] | None = None) -> int:
 
 
 def stale_reads() -> int:
-    """Cache hits of GET /api/orders/<id>/ that served a status or version other than the database row's, since the
-    cache was last flushed. Counted in the sandbox only (orders/selectors.py `order_read`: one more query per hit)."""
+    """Cache hits of GET /api/orders/<id>/ that served a status or version other than the database row's, where the
+    row had changed more than a second before the read (orders/selectors.py `STALE_AFTER`), since the cache was last
+    flushed. Counted in the sandbox only (orders/selectors.py `order_read`: one more query per hit)."""
     return cache.stale_reads()
 
 

@@ -681,7 +681,11 @@ CACHING = Lesson(
         arrows=("hit?", "miss → read, fill", "commits; writes Redis (write-through)"),
         note="Cache-aside leaves out the worker's write: the entry keeps the status of the first read.",
     ),
-    phases=(Phase("cache-aside", "cache-aside, TTL 600 s"), Phase("write-through", "write-through")),
+    phases=(
+        Phase("cache-aside", "cache-aside, TTL 600 s"),
+        Phase("write-through", "write-through"),
+        Phase("storm", "write-through, cache flushed"),
+    ),
     numbers=("accepted", "completed", "in_flight"),
     counters=("stale_reads", "cache_hits", "cache_misses"),
     steps=(
@@ -713,6 +717,16 @@ CACHING = Lesson(
                 Action("Read them 6 times", "read_orders", {"rounds": 6, "everyMs": 1000}, phase="write-through"),
             ),
         ),
+        Step(
+            "A miss storm: place 10 more orders and let them complete (the worker caches each one), then flush the "
+            "cache and read them all at once. Nothing is cached any more, so every read goes to PostgreSQL: with "
+            "thousands of readers, that is the load a flush (or a Redis restart) sends to the database.",
+            (
+                Action("Place 10 orders", "burst", {"count": 10}, phase="storm"),
+                Action("Flush the cache", "flush_cache"),
+                Action("Read them once", "read_orders", {"rounds": 1, "everyMs": 0}, phase="storm"),
+            ),
+        ),
     ),
     checkpoints=(
         Checkpoint(
@@ -729,6 +743,16 @@ CACHING = Lesson(
                 _settled(n["write-through"])
                 and (n["counters"]["cache_hits"] or 0) > 0
                 and n["counters"]["stale_reads"] == 0
+            ),
+        ),
+        Checkpoint(
+            "miss-storm",
+            "After a flush, every read of the completed orders missed and went to PostgreSQL",
+            "storm",
+            lambda n: (
+                _settled(n["storm"])
+                and n["counters"]["cache_hits"] == 0
+                and (n["counters"]["cache_misses"] or 0) >= n["storm"]["accepted"]
             ),
         ),
     ),

@@ -355,3 +355,14 @@ def test_lesson_7_caching(lesson_page):
     assert page.locator("#c-stale_reads").get_attribute("data-value") == "0"
     print(f"\ncaching: {stale} stale reads with cache-aside, 0 with write-through")
     shot(page, "7-caching-2-write-through")
+
+    # A miss storm: completed orders are all cached (write-through); a flush sends every read to PostgreSQL.
+    press(page, "Place 10 orders", nth=2)
+    numbers_hold(page, lambda n: n("storm", "completed") == 10, timeout_ms=60_000)
+    press(page, "Flush the cache")
+    press(page, "Read them once")
+    passed(page, "miss-storm", timeout_ms=30_000)
+    misses = int(page.locator("#c-cache_misses").get_attribute("data-value"))
+    assert page.locator("#c-cache_hits").get_attribute("data-value") == "0" and misses >= 10
+    print(f"miss storm: {misses} of 10 reads went to PostgreSQL after the flush")
+    shot(page, "7-caching-3-miss-storm")
