@@ -336,6 +336,7 @@ SCALING = Lesson(
     phases=(
         Phase("one", "1 worker, 1 thread"),
         Phase("many", "2 workers, 4 threads each"),
+        Phase("four", "4 workers, 4 threads each"),
         Phase("hoard", "prefetch 50, second worker late"),
         Phase("share", "prefetch 1, second worker late"),
     ),
@@ -366,6 +367,14 @@ SCALING = Lesson(
         Step(
             "Place 20 orders again and compare.",
             (Action("Place 20 orders", "burst", {"count": 20}, phase="many"),),
+        ),
+        Step(
+            "Four workers with four threads each, and 20 orders again: compare the throughput with two workers. Once "
+            "the machine's cores are busy, more workers mostly wait for them.",
+            (
+                Action("4 workers × 4 threads", "sandbox", {"workers": 4, "worker_concurrency": 4}),
+                Action("Place 20 orders", "burst", {"count": 20}, phase="four"),
+            ),
         ),
         Step(
             "Now prefetch. One worker with one thread again, and a prefetch of 50: the broker may push it 50 "
@@ -412,6 +421,12 @@ SCALING = Lesson(
                 and n["many"]["throughput"] is not None
                 and n["many"]["throughput"] >= 1.5 * n["one"]["throughput"]
             ),
+        ),
+        Checkpoint(
+            "four-workers",
+            "Four workers: every order completed and the throughput measured, to compare with two",
+            "four",
+            lambda n: _settled(n["four"]) and n["four"]["throughput"] is not None,
         ),
         Checkpoint(
             "hoarded",

@@ -241,6 +241,12 @@ def test_lesson_8_scaling_and_concurrency(lesson_page):
     assert many >= 1.5 * one
     shot(page, "8-scaling-2-more-workers")
 
+    press(page, "4 workers × 4 threads")
+    assert wait_until(lambda: len(worker_pids()) == 4, timeout=60)
+    press(page, "Place 20 orders", nth=2)
+    passed(page, "four-workers", timeout_ms=90_000)
+    print(f"4 workers × 4 threads: {number(page, 'four', 'throughput')}/s")
+
     # Prefetch 50: one worker takes the whole backlog before a second one starts; prefetch 1: the late one shares it.
     for nth, (phase, button, checkpoint) in enumerate(
         (("hoard", "1 worker, prefetch 50", "hoarded"), ("share", "1 worker, prefetch 1", "shared"))
