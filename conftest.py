@@ -35,8 +35,10 @@ def _drop_leftover_test_db_sessions(django_db_setup, django_db_blocker):
     yield
     from django.db import connection
 
-    if connection.settings_dict["NAME"] != os.environ["DATABASE_TEST_NAME"]:
-        return  # no test used the database, so pytest-django created none (settings still name the real one)
+    if not connection.settings_dict["NAME"].startswith(os.environ["DATABASE_TEST_NAME"]):
+        # No test used the database, so pytest-django created none (settings still name the real one). Under
+        # pytest-xdist each worker's database is this name plus its suffix (`_gw0`).
+        return
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
