@@ -23,7 +23,7 @@ from worker.topology import Topology, topology
 log = logging.getLogger(__name__)
 
 # What a caller catches to mean "the broker is not reachable right now".
-BROKER_ERRORS: tuple[type[BaseException], ...] = (AMQPError, OSError)
+BROKER_ERRORS: tuple[type[Exception], ...] = (AMQPError, OSError)
 
 
 class PublishFailed(Exception):
@@ -269,7 +269,7 @@ class Publisher:
         if self._window is None:
             try:
                 self._window = _ConfirmWindow(self.connection, timeout)
-            except (AMQPError, OSError) as exc:
+            except BROKER_ERRORS as exc:
                 return [exc] * len(messages)
         window = self._window
         try:
@@ -356,7 +356,7 @@ class _ConfirmWindow:
                 self.published += 1
                 self.pending[self.published] = index
             self._wait(lambda: not self.pending, timeout)
-        except (AMQPError, OSError) as exc:
+        except BROKER_ERRORS as exc:
             lost = self.closed or exc  # the broker's reason for closing the channel says more than pika's
         # Published and never confirmed, or never published once the channel failed: the caller tries them again.
         unsettled = [index for index in range(len(messages)) if index not in self.settled]

@@ -46,9 +46,6 @@ from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
-# A publish the broker did not take (nacked, unroutable) or a broker out of reach: the row stays pending.
-PUBLISH_ERRORS: tuple[type[BaseException], ...] = (PublishFailed, *BROKER_ERRORS)
-
 
 def relay_once(publisher: Publisher, *, batch_size: int | None = None, queue_ready: int | None = None) -> int:
     """Publish up to one batch of pending outbox messages. Returns how many were published.
@@ -161,6 +158,8 @@ def _publish(publisher: Publisher, rows: list[OutboxMessage]) -> list[Exception 
 
 
 def _publish_each(publisher: Publisher, rows: list[OutboxMessage]) -> list[Exception | None]:
+    """The reference: publish one row, wait for its confirm, then the next. A refused row does not stop the batch
+    (the next row may route elsewhere, or find room in the queue); a lost broker does."""
     verdicts: list[Exception | None] = []
     for row in rows:
         try:
@@ -174,7 +173,7 @@ def _publish_each(publisher: Publisher, rows: list[OutboxMessage]) -> list[Excep
         except PublishFailed as exc:
             verdicts.append(exc)
         except BROKER_ERRORS as exc:
-            verdicts.append(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            verdicts.append(exc)
             break
         else:
             verdicts.append(None)
