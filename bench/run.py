@@ -10,8 +10,12 @@ own prefix (`bench-<random>`, removed afterwards), so it never touches a dev ins
   batch size the workers used and the CPU per order of each process (workers, PostgreSQL's backends for the bench's
   database, relay, broker, Redis) over the drain, from /proc (bench/cpu.py);
 - end to end at a steady 20 orders/s through the API, relay and one worker (accepted -> completed);
+- relay only: a backlog of outbox rows published by the relay's unit of work (`relay_once`, in this process) with
+  one confirm awaited per row (RELAY_CONFIRM_WINDOW=1, the relay before windows) and with the default window, each
+  with the CPU per row of the relay, PostgreSQL and the broker;
 - raw baselines: the order + lines + outbox + event INSERT transaction straight through psycopg at the same
-  concurrency, and pika publish-with-confirm and consume-with-ack rates on a quorum queue.
+  concurrency, pika publish-with-confirm and consume-with-ack rates on a quorum queue, and pika publishing windows
+  of confirms (SelectConnection).
 
 Every project figure is printed beside its baseline as a ratio. The table also goes to bench/results/<date>.md.
 """
@@ -31,6 +35,7 @@ import random
 import resource
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +51,7 @@ from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from bench.cpu import CpuMeter, broker_pids, redis_pids
 from worker.tests.processes import ROOT, Process, Service, free_port, wait_until
@@ -67,7 +73,7 @@ def random_items() -> list[dict[str, Any]]:
 DEFAULT_DATABASE = "orderpipe_bench"
 # A drain slower than this is measured on the orders completed so far, so a slow machine still gets its table.
 DRAIN_CAP_SECONDS = 180
-PARTS = frozenset({"api", "pipeline", "e2e"})
+PARTS = frozenset({"api", "pipeline", "e2e", "relay"})
 
 # The HTTP servers compared. gunicorn is started exactly as production runs it (gunicorn.conf.py, the `web` service in
 # Compose); daphne, which serves the WebSockets in production, and uvicorn are the alternatives it was chosen over.
@@ -260,6 +266,27 @@ def running(*processes: Process) -> Iterator[None]:
     finally:
         for process in processes:
             process.stop()
+            wait_group_gone(process)
+
+
+def wait_group_gone(process: Process, timeout: float = 10) -> None:
+    """Wait until every process of `process`'s group has exited, not only its leader: a server's forked worker that
+    outlives its master by a moment can still write to Redis (the catalog's version token, on a request it was
+    finishing) after the run's cleanup. SIGKILL whatever is left after `timeout`."""
+    if not process.own_group or process.proc is None:
+        return
+    group = process.proc.pid
+
+    def gone() -> bool:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    if not wait_until(gone, timeout, interval=0.05):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- raw baselines
@@ -363,6 +390,72 @@ def raw_broker_rates(count: int, prefix: str) -> tuple[float, float]:
         with contextlib.suppress(Exception):
             conn.close()
     return publish_rate, consume_rate
+
+
+def raw_windowed_publish_rate(count: int, prefix: str, window: int) -> float:
+    """pika's asynchronous adapter (SelectConnection), as the relay publishes: `window` persistent, mandatory messages
+    to a quorum queue, then wait for all their confirms, then the next window. Returns messages/s."""
+    import pika
+
+    from worker.broker import connection_parameters
+
+    queue = f"{prefix}.bench.raw-window"
+    body = json.dumps({"order_id": str(uuid.uuid4()), "version": 1, "total": "18.90"}).encode()
+    props = pika.BasicProperties(
+        content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent, type="order.placed"
+    )
+    state = {"sent": 0, "started": 0.0, "elapsed": 0.0}
+    unconfirmed: set[int] = set()
+    failure: list[BaseException] = []
+
+    def publish_window(channel: Any) -> None:
+        for _ in range(min(window, count - state["sent"])):
+            channel.basic_publish("", queue, body, props, mandatory=True)
+            state["sent"] += 1
+            unconfirmed.add(int(state["sent"]))
+
+    def on_confirm(channel: Any, frame: Any) -> None:
+        tag = frame.method.delivery_tag
+        unconfirmed.difference_update([t for t in unconfirmed if t <= tag] if frame.method.multiple else [tag])
+        if unconfirmed:
+            return
+        if state["sent"] < count:
+            publish_window(channel)
+        else:
+            state["elapsed"] = time.perf_counter() - state["started"]
+            channel.queue_delete(queue, callback=lambda _frame: channel.connection.close())
+
+    def start(channel: Any) -> None:
+        state["started"] = time.perf_counter()
+        publish_window(channel)
+
+    def on_channel(channel: Any) -> None:
+        channel.confirm_delivery(partial(on_confirm, channel), callback=lambda _frame: start(channel))
+
+    def on_open(conn: Any) -> None:
+        conn.channel(
+            on_open_callback=lambda channel: channel.queue_declare(
+                queue,
+                durable=True,
+                arguments={"x-queue-type": "quorum"},
+                callback=lambda _frame: channel.queue_purge(queue, callback=lambda _frame: on_channel(channel)),
+            )
+        )
+
+    def on_open_error(conn: Any, error: BaseException) -> None:
+        failure.append(error)
+        conn.ioloop.stop()
+
+    conn = pika.SelectConnection(
+        connection_parameters(),
+        on_open_callback=on_open,
+        on_open_error_callback=on_open_error,
+        on_close_callback=lambda conn, _reason: conn.ioloop.stop(),
+    )
+    conn.ioloop.start()
+    if failure or not state["elapsed"]:
+        raise RuntimeError(f"raw windowed publish did not finish: {failure or state}")
+    return count / state["elapsed"]
 
 
 # ---------------------------------------------------------------- API accept
@@ -667,6 +760,71 @@ def bench_pipeline(report: Report, target: Target, scale: Scale, broker_baseline
         )
 
 
+def bench_relay(report: Report, scale: Scale, baselines: dict[int, float]) -> None:
+    """The relay alone: `scale.pipeline_orders` accepted orders' outbox rows published by `relay_once` in this process
+    (no workers), with one confirm awaited per row, then with the default window. `baselines`: raw pika's rate
+    by window size (1: confirm each)."""
+    from django.conf import settings
+    from django.db import connection
+    from django.test import override_settings
+
+    from orders.models import OutboxMessage
+    from worker import relay
+    from worker.broker import Publisher, connect
+
+    rows = scale.pipeline_orders
+    # The time relay_once spends publishing and awaiting confirms (`_publish`), the part the window shortens; the
+    # rest is its transaction (claim, order locks, bulk update, events) and the cache writes after the commit.
+    publishing = [0.0]
+    publish = relay._publish
+
+    def timed_publish(*args: Any) -> list[Exception | None]:
+        started = time.perf_counter()
+        try:
+            return publish(*args)
+        finally:
+            publishing[0] += time.perf_counter() - started
+
+    for window in sorted({1, settings.RELAY_CONFIRM_WINDOW}):
+        reset_orders()
+        declare_and_purge()
+        preload_orders(rows)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+        meter = CpuMeter({"PostgreSQL": partial(list, [backend]), "broker": broker_pids})
+        publisher = Publisher(connect())
+        publishing[0] = 0.0
+        try:
+            with override_settings(RELAY_CONFIRM_WINDOW=window), patch.object(relay, "_publish", timed_publish):
+                before, cpu_started, started = meter.read(), time.process_time(), time.perf_counter()
+                while relay.relay_once(publisher):
+                    pass
+                elapsed = time.perf_counter() - started
+                cpu = {"relay": time.process_time() - cpu_started, **meter.delta(before, meter.read())}
+        finally:
+            publisher.close()
+        sent = OutboxMessage.objects.filter(sent_at__isnull=False).count()
+        if sent != rows:
+            raise RuntimeError(f"relay only: {sent} of {rows} outbox rows sent")
+        per_row = ", ".join(f"{name} {1000 * seconds / rows:.2f}" for name, seconds in cpu.items())
+        report.add(
+            Row(
+                f"relay only: {rows:,} outbox rows → confirmed",
+                "one confirm awaited per row (window 1)" if window == 1 else f"window of {window} confirms",
+                rows / elapsed,
+                "rows/s",
+                baseline="raw pika, confirm each" if window == 1 else f"raw pika, windows of {window}",
+                baseline_rate=baselines.get(window),
+                note=f"relay_once in the bench's process, batches of {settings.RELAY_BATCH_SIZE}; wall ms/row "
+                f"{1000 * elapsed / rows:.2f}, of which publishing and awaiting confirms "
+                f"{1000 * publishing[0] / rows:.2f}; CPU ms/row: {per_row}",
+                cpu=cpu,
+            )
+        )
+    reset_orders()
+
+
 def bench_paced(report: Report, target: Target, scale: Scale, server: str) -> None:
     """Orders through the API at a steady rate, with relay and one worker: accepted -> completed latency."""
     reset_orders()
@@ -731,6 +889,7 @@ def run(
 ) -> Report:
     """Run the measurements (`parts`, default all) against `target` (database already migrated) and return the
     table's rows. The raw baselines always run: every project figure is printed beside one."""
+    from django.conf import settings
     from django.db import connection
 
     from orders import cache
@@ -741,10 +900,10 @@ def run(
         raise RuntimeError("wrk is not installed (`apt-get install -y wrk`; `make bench` installs it)")
     servers = servers or list(SERVERS)
     report = Report()
-    reset_orders()
-    seed_products()
-    connection.close()
     try:
+        reset_orders()
+        seed_products()  # sets the catalog's version token in Redis (orders/signals.py): cleaned up below
+        connection.close()
         print("raw baselines", flush=True)
         raw_inserts: dict[int, float] = {}
         raw_rows = []
@@ -769,6 +928,13 @@ def run(
             Row("baseline: raw pika publish", "confirm each, persistent, quorum queue", publish_rate, "msg/s")
         )
         raw_rows.append(Row("baseline: raw pika consume", "ack each, prefetch as the worker", consume_rate, "msg/s"))
+        window = settings.RELAY_CONFIRM_WINDOW
+        windowed_rate = raw_windowed_publish_rate(scale.raw_messages, target.prefix, window)
+        raw_rows.append(
+            Row(
+                "baseline: raw pika publish", f"windows of {window} confirms (SelectConnection)", windowed_rate, "msg/s"
+            )
+        )
 
         if "api" in parts:
             print("API accept", flush=True)
@@ -779,6 +945,9 @@ def run(
         if "e2e" in parts:
             print("end to end", flush=True)
             bench_paced(report, target, scale, paced_server)
+        if "relay" in parts:
+            print("relay only", flush=True)
+            bench_relay(report, scale, {1: publish_rate, window: windowed_rate})
         for row in raw_rows:
             report.add(row)
     finally:
@@ -787,9 +956,11 @@ def run(
             topology().delete(conn.channel())
             conn.close()
         with contextlib.suppress(Exception):
-            cache.delete_prefix(target.prefix)
-        with contextlib.suppress(Exception):
             reset_orders()
+        # Last, once every server, relay and worker of the run has exited (`running`): nothing writes after it, so no
+        # key of the run's prefix (orders, counters, the catalog's version token) outlives the run.
+        with contextlib.suppress(Exception):
+            cache.delete_prefix(target.prefix)
     return report
 
 
@@ -843,7 +1014,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paced-server", default="gunicorn", help="web server for the end-to-end row")
     parser.add_argument("--output", type=Path, default=None, help="results file (default bench/results/<date>.md)")
     parser.add_argument("--pipeline-orders", type=int, default=None, help="orders per drain (default 5,000)")
-    parser.add_argument("--only", default=",".join(sorted(PARTS)), help="comma-separated subset of api,pipeline,e2e")
+    parser.add_argument(
+        "--only", default=",".join(sorted(PARTS)), help="comma-separated subset of api,pipeline,e2e,relay"
+    )
     args = parser.parse_args(argv)
 
     configure_standalone(args.database)

@@ -201,6 +201,10 @@ AMQP_DELIVERY_LIMIT = env_int("AMQP_DELIVERY_LIMIT", 5)
 RETRY_DELAYS_MS = [int(x) for x in env_list("ORDERPIPE_RETRY_DELAYS_MS", "1000,5000,30000")]
 RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 100)
 RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 2.0)
+# Outbox rows the relay publishes before waiting for their confirms (worker/relay.py); 1 waits for each in turn.
+RELAY_CONFIRM_WINDOW = env_int("RELAY_CONFIRM_WINDOW", 100)
+if RELAY_CONFIRM_WINDOW < 1:
+    raise ImproperlyConfigured(f"RELAY_CONFIRM_WINDOW must be at least 1, got {RELAY_CONFIRM_WINDOW}")
 # The sweeper (run by the relay) re-sends an order whose message is nowhere to be found after SWEEP_AFTER seconds
 # without progress; it looks every SWEEP_EVERY seconds. SWEEP_AFTER=0 turns it off.
 SWEEP_AFTER = env_float("ORDERPIPE_SWEEP_AFTER", 60.0)

@@ -8,6 +8,9 @@ import json
 import logging
 import os
 import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -20,11 +23,20 @@ from worker.topology import Topology, topology
 log = logging.getLogger(__name__)
 
 # What a caller catches to mean "the broker is not reachable right now".
-BROKER_ERRORS: tuple[type[BaseException], ...] = (AMQPError, OSError)
+BROKER_ERRORS: tuple[type[Exception], ...] = (AMQPError, OSError)
 
 
 class PublishFailed(Exception):
     """The broker did not take responsibility for a message (nacked or unroutable)."""
+
+
+class ConfirmTimeout(AMQPError):
+    """A window's confirms did not all come within CONFIRM_TIMEOUT: the broker is out of reach in all but name."""
+
+
+# How long `Publisher.publish_many` waits for a window's confirms. A broker that blocks publishers (memory or disk
+# alarm) is already given up on after `blocked_connection_timeout` (30 s, below); this bounds every other stall.
+CONFIRM_TIMEOUT = 30.0
 
 
 def node_urls(url: str | None = None) -> list[str]:
@@ -163,14 +175,39 @@ def describe_error(exc: BaseException) -> str:
     return text if text.startswith(name) else f"{name}: {text}"
 
 
+def _properties(message_id: str, message_type: str, headers: dict[str, Any] | None) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type="application/json",
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=message_id,
+        type=message_type,
+        headers=headers or {},
+    )
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a window (`Publisher.publish_many`)."""
+
+    exchange: str
+    routing_key: str
+    body: dict[str, Any]
+    message_id: str
+    message_type: str
+    headers: dict[str, Any] | None = None
+
+
 class Publisher:
-    """Publishes persistent JSON messages with publisher confirms and mandatory routing on one channel."""
+    """Publishes persistent JSON messages with publisher confirms and mandatory routing: `publish` one at a time on
+    `channel` (it returns once the broker confirmed the message), `publish_many` a window at a time on a second
+    channel of the same connection (one wait for all the window's confirms)."""
 
     def __init__(self, connection: BlockingConnection, topo: Topology | None = None) -> None:
         self.connection = connection
         self.topology = topo or topology()
         self.channel: BlockingChannel = connection.channel()
         self.channel.confirm_delivery()
+        self._window: _ConfirmWindow | None = None
 
     def declare_topology(self) -> None:
         self.topology.declare(self.channel)
@@ -206,25 +243,42 @@ class Publisher:
         headers: dict[str, Any] | None = None,
     ) -> None:
         """Like `publish`, for a body already encoded (a message passed on to a retry tier or the dead letters)."""
-        properties = pika.BasicProperties(
-            content_type="application/json",
-            delivery_mode=pika.DeliveryMode.Persistent,
-            message_id=message_id,
-            type=message_type,
-            headers=headers or {},
-        )
         try:
             self.channel.basic_publish(
                 exchange=exchange,
                 routing_key=routing_key,
                 body=body,
-                properties=properties,
+                properties=_properties(message_id, message_type, headers),
                 mandatory=True,
             )
         except UnroutableError as exc:
-            raise PublishFailed(f"unroutable: no queue bound for {exchange!r}/{routing_key!r}") from exc
+            raise PublishFailed(_unroutable(exchange, routing_key)) from exc
         except NackError as exc:
-            raise PublishFailed("the broker nacked the message (queue full or rejecting publishes)") from exc
+            raise PublishFailed(NACKED) from exc
+
+    def publish_many(self, messages: Sequence[Message], *, timeout: float = CONFIRM_TIMEOUT) -> list[Exception | None]:
+        """Publish every message, then wait once for all their confirms. Returns one verdict per message, in order:
+        None when the broker confirmed it, PublishFailed when it returned it (unroutable) or nacked it, or the
+        broker error (one of BROKER_ERRORS) that closed the connection or channel before its confirm came. Each
+        verdict is the message's own: a refused message does not undo the others' confirms. Message ids must be
+        unique within a window (a basic.return names its message only by its properties)."""
+        if not messages:
+            return []
+        if self.connection.is_closed:  # lost as the previous window settled: say so rather than "no channel"
+            return [AMQPConnectionError("the connection to RabbitMQ is closed")] * len(messages)
+        if self._window is None:
+            try:
+                self._window = _ConfirmWindow(self.connection, timeout)
+            except BROKER_ERRORS as exc:
+                return [exc] * len(messages)
+        window = self._window
+        try:
+            return window.publish(messages, timeout)
+        finally:
+            if window.broken:
+                # Confirms still owed to this channel would be counted against the next window's tags.
+                self._window = None
+                window.close()
 
     def close(self) -> None:
         try:
@@ -232,3 +286,134 @@ class Publisher:
                 self.connection.close()
         except BROKER_ERRORS:
             pass
+
+
+NACKED = "the broker nacked the message (queue full or rejecting publishes)"
+
+
+def _unroutable(exchange: str, routing_key: str) -> str:
+    return f"unroutable: no queue bound for {exchange!r}/{routing_key!r}"
+
+
+class _ConfirmWindow:
+    """A channel in confirm mode whose confirms are counted as they come instead of awaited one by one.
+
+    BlockingChannel waits for each confirm inside `basic_publish` and has no public way to publish without waiting.
+    The pika Channel it wraps (`BlockingChannel._impl`, the one private name used here) has: `confirm_delivery`
+    with an ack/nack callback, `add_on_return_callback` and a `basic_publish` that only queues the frames, which is
+    pika's asynchronous API as its asynchronous publisher example uses it. Everything still runs on the caller's
+    one BlockingConnection (its failover, heartbeats and queue monitor unchanged), driven by its public
+    `process_data_events`; a SelectConnection or aio-pika would mean a second connection per relay to keep alive
+    and fail over.
+
+    The broker numbers a confirm-mode channel's publishes 1, 2, 3 ... (the delivery tags its acks and nacks carry);
+    `multiple` settles every tag up to the one named. A mandatory message that no queue takes comes back as a
+    basic.return before its ack (RabbitMQ's ordering guarantee), matched to its message by message_id.
+    """
+
+    def __init__(self, connection: BlockingConnection, timeout: float) -> None:
+        self.connection = connection
+        self.blocking = connection.channel()
+        # Private (see the class docstring); pika's stubs do not declare it.
+        self.channel: pika.channel.Channel = self.blocking._impl  # type: ignore[attr-defined]
+        self.published = 0
+        self.pending: dict[int, int] = {}  # delivery tag -> index in the window
+        self.returned: set[int] = set()  # indexes
+        self.messages: Sequence[Message] = ()
+        self.indexes: dict[str, int] = {}  # message_id -> index
+        self.settled: set[int] = set()  # indexes confirmed, returned or nacked
+        self.verdicts: list[Exception | None] = []
+        self.closed: Exception | None = None
+        self.broken = False
+        self.channel.add_on_close_callback(self._on_close)
+        self.channel.add_on_return_callback(self._on_return)
+        selected: list[pika.frame.Method] = []
+
+        def on_select_ok(frame: pika.frame.Method) -> None:
+            selected.append(frame)
+            self._wake()
+
+        self.channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=on_select_ok)
+        self._wait(lambda: bool(selected), timeout)
+
+    def publish(self, messages: Sequence[Message], timeout: float) -> list[Exception | None]:
+        self.indexes = {message.message_id: index for index, message in enumerate(messages)}
+        if len(self.indexes) != len(messages):
+            raise ValueError("publish_many: message ids must be unique within a window")
+        self.messages = messages
+        self.returned, self.settled = set(), set()
+        self.verdicts = [None] * len(messages)
+        lost: Exception | None = None
+        try:
+            for index, message in enumerate(messages):
+                self.channel.basic_publish(
+                    exchange=message.exchange,
+                    routing_key=message.routing_key,
+                    body=json.dumps(message.body).encode(),
+                    properties=_properties(message.message_id, message.message_type, message.headers),
+                    mandatory=True,
+                )
+                self.published += 1
+                self.pending[self.published] = index
+            self._wait(lambda: not self.pending, timeout)
+        except BROKER_ERRORS as exc:
+            lost = self.closed or exc  # the broker's reason for closing the channel says more than pika's
+        # Published and never confirmed, or never published once the channel failed: the caller tries them again.
+        unsettled = [index for index in range(len(messages)) if index not in self.settled]
+        for index in unsettled:
+            self.verdicts[index] = lost or ConfirmTimeout("no confirm")
+        self.broken = lost is not None or bool(unsettled)
+        self.pending = {}
+        return self.verdicts
+
+    def _wait(self, done: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if self.closed is not None:
+                raise self.closed
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConfirmTimeout(f"no confirm within {timeout:g} s")
+            process_data_events(self.connection, remaining)
+
+    def _wake(self) -> None:
+        # process_data_events returns early only for the BlockingConnection's own events (timers, channel events),
+        # not for callbacks on the wrapped channel: a zero-delay timer ends its wait as soon as the window settles.
+        self.connection.call_later(0, _nothing)
+
+    def _on_confirm(self, frame: pika.frame.Method) -> None:
+        method = frame.method
+        tags = [tag for tag in self.pending if tag <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        for tag in tags:
+            index = self.pending.pop(tag, None)
+            if index is None:
+                continue
+            self.settled.add(index)
+            if nacked:
+                self.verdicts[index] = PublishFailed(NACKED)
+            elif index in self.returned:
+                message = self.messages[index]
+                self.verdicts[index] = PublishFailed(_unroutable(message.exchange, message.routing_key))
+        if not self.pending:
+            self._wake()
+
+    def _on_return(
+        self, _channel: Any, method: pika.spec.Basic.Return, properties: pika.BasicProperties, _body: bytes
+    ) -> None:
+        index = self.indexes.get(properties.message_id or "")
+        if index is not None:
+            self.returned.add(index)
+
+    def _on_close(self, _channel: Any, reason: Exception) -> None:
+        self.closed = reason
+        self._wake()
+
+    def close(self) -> None:
+        with contextlib.suppress(*BROKER_ERRORS):
+            if self.blocking.is_open:
+                self.blocking.close()
+
+
+def _nothing() -> None:
+    pass

@@ -8,6 +8,11 @@ Killed at any point, the relay loses nothing: killed after claiming rows, it has
 still unsent when its transaction dies; killed after the broker confirmed some rows but before its commit, those
 rows are still unsent and are published again (a duplicate message, which the worker's step guards make a no-op).
 `ORDERPIPE_RELAY_CRASH_AT` (tests only) makes the relay SIGKILL itself at either point of its first batch.
+
+A batch is published a window at a time (RELAY_CONFIRM_WINDOW rows, every one mandatory) and the window's confirms
+are awaited together: one round trip to the broker per window, not per row. A row is marked sent only once its own
+confirm came; a row the broker returned (unroutable) or nacked, or did not confirm before the connection was lost,
+stays pending with its attempt and error recorded, whatever happened to the rows beside it.
 """
 
 from __future__ import annotations
@@ -34,15 +39,12 @@ from orders.services import (
     outbox_channel,
     transition_order,
 )
-from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect, process_data_events
+from worker.broker import BROKER_ERRORS, Message, Publisher, PublishFailed, connect, process_data_events
 from worker.monitor import QueueMonitor
 from worker.relay_monitor import RelayMonitor
 from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
-
-# A publish the broker did not take (nacked, unroutable) or a broker out of reach: the row stays pending.
-PUBLISH_ERRORS: tuple[type[BaseException], ...] = (PublishFailed, *BROKER_ERRORS)
 
 
 def relay_once(publisher: Publisher, *, batch_size: int | None = None, queue_ready: int | None = None) -> int:
@@ -77,24 +79,17 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None, queue_rea
             .filter(pk__in={row.order_id for row in rows})
             .prefetch_related("lines")
         }
-        for row in rows:
-            try:
-                publisher.publish(
-                    exchange=topo.exchange,
-                    routing_key=row.routing_key,
-                    body=row.payload,
-                    message_id=str(row.id),
-                    message_type=row.message_type,
-                )
-            except PUBLISH_ERRORS as exc:
-                # Keep what was confirmed so far; this row stays pending and is tried again.
-                row.publish_attempts += 1
-                row.last_error = str(exc)[:1000] or exc.__class__.__name__
-                row.save(update_fields=["publish_attempts", "last_error"])
-                failure = exc
-                break
-            row.sent_at = timezone.now()
+        for row, verdict in zip(rows, _publish(publisher, rows), strict=False):
             row.publish_attempts += 1
+            if verdict is not None:
+                # The broker did not confirm this row: it stays pending and is tried again; the others keep their
+                # own verdicts (a refused row does not undo a confirmed one).
+                row.last_error = str(verdict)[:1000] or verdict.__class__.__name__
+                row.save(update_fields=["publish_attempts", "last_error"])
+                if failure is None or isinstance(failure, PublishFailed):
+                    failure = verdict  # a lost broker outranks a refusal: it is raised after the commit
+                continue
+            row.sent_at = timezone.now()
             row.last_error = ""
             published.append(row)
         if published:
@@ -132,6 +127,57 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None, queue_rea
     if failure is not None:
         log.warning("outbox publish refused: %s", failure)
     return len(published)
+
+
+def _publish(publisher: Publisher, rows: list[OutboxMessage]) -> list[Exception | None]:
+    """Publish `rows` and return a verdict for each row tried, in order: None once the broker confirmed it, else
+    the error (PublishFailed: refused; one of BROKER_ERRORS: the broker went away before confirming). Rows after a
+    lost broker are not tried (the list is shorter). RELAY_CONFIRM_WINDOW rows at a time are published before
+    their confirms are awaited together; with a window of 1 each row's confirm is awaited before the next publish,
+    the readable reference (`_publish_each`) the windowed path must agree with (worker/tests/test_relay.py)."""
+    window = settings.RELAY_CONFIRM_WINDOW
+    if window == 1:
+        return _publish_each(publisher, rows)
+    exchange = publisher.topology.exchange
+    verdicts: list[Exception | None] = []
+    for start in range(0, len(rows), window):
+        messages = [
+            Message(
+                exchange=exchange,
+                routing_key=row.routing_key,
+                body=row.payload,
+                message_id=str(row.id),
+                message_type=row.message_type,
+            )
+            for row in rows[start : start + window]
+        ]
+        verdicts += publisher.publish_many(messages)
+        if any(verdict is not None and not isinstance(verdict, PublishFailed) for verdict in verdicts):
+            break
+    return verdicts
+
+
+def _publish_each(publisher: Publisher, rows: list[OutboxMessage]) -> list[Exception | None]:
+    """The reference: publish one row, wait for its confirm, then the next. A refused row does not stop the batch
+    (the next row may route elsewhere, or find room in the queue); a lost broker does."""
+    verdicts: list[Exception | None] = []
+    for row in rows:
+        try:
+            publisher.publish(
+                exchange=publisher.topology.exchange,
+                routing_key=row.routing_key,
+                body=row.payload,
+                message_id=str(row.id),
+                message_type=row.message_type,
+            )
+        except PublishFailed as exc:
+            verdicts.append(exc)
+        except BROKER_ERRORS as exc:
+            verdicts.append(exc)
+            break
+        else:
+            verdicts.append(None)
+    return verdicts
 
 
 def _main_queue_ready(publisher: Publisher) -> int:

@@ -39,8 +39,12 @@ def test_bench_produces_every_row(settings, tmp_path):
         assert row.cpu["workers"] > 0, row
         assert all(f"{name} " in row.note for name in bench.CPU_GROUPS), row
     assert any(m.startswith("end to end") for m, _ in settings_of)
+    relayed = [row for row in report.rows if row.measurement.startswith("relay only")]
+    assert [row.setting.startswith("one confirm awaited per row") for row in relayed] == [True, False]
+    for row in relayed:  # each beside its raw pika baseline, with the relay's CPU per row measured
+        assert row.ratio is not None and row.cpu["relay"] > 0 and "CPU ms/row: relay " in row.note, row
     assert sum(m == "baseline: raw psycopg INSERT tx" for m, _ in settings_of) == len(bench.SMOKE.connections)
-    assert any(m == "baseline: raw pika publish" for m, _ in settings_of)
+    assert sum(m == "baseline: raw pika publish" for m, _ in settings_of) == 2  # confirm each, windowed
     assert any(m == "baseline: raw pika consume" for m, _ in settings_of)
     for row in report.rows:
         assert row.rate and row.rate > 0, row

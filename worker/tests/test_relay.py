@@ -8,7 +8,8 @@ import pytest
 from django.db import connection
 
 from orders.models import Order, OrderEvent, OutboxMessage
-from worker.broker import Publisher, connect
+from worker.broker import BROKER_ERRORS, Publisher, _ConfirmWindow, connect
+from worker.proxy import Proxy
 from worker.relay import OutboxListener, relay_once, run_relay
 from worker.tests.processes import wait_until
 from worker.topology import Topology
@@ -69,6 +70,84 @@ def test_an_unroutable_message_stays_in_the_outbox_with_the_error(broker, place_
         assert order.status == "pending"
     finally:
         broker.channel.exchange_delete(lonely.exchange)
+
+
+def _outcome(rows: list[OutboxMessage]) -> list[tuple[bool, int, str]]:
+    """(sent, attempts, the error's kind) of each row."""
+    kinds = {"unroutable": "unroutable", "the broker nacked": "nacked", "": ""}
+    for row in rows:
+        row.refresh_from_db()
+    return [
+        (
+            row.sent_at is not None,
+            row.publish_attempts,
+            next(k for p, k in kinds.items() if row.last_error.startswith(p)),
+        )
+        for row in rows
+    ]
+
+
+@pytest.mark.django_db
+def test_windowed_confirms_mark_the_same_rows_sent_as_one_confirm_at_a_time(broker, place_order, settings):
+    """The same outbox (six rows: the second one unroutable, the fifth and sixth past a full queue's limit, so
+    nacked) relayed with a confirm awaited per row (the reference), with windows of 4 (two windows) and of 100:
+    every way marks exactly the confirmed rows sent and records an attempt and the error on each refused one."""
+    full = Topology(prefix=f"{settings.ORDERPIPE_PREFIX}-window", delivery_limit=5, retry_delays_ms=())
+    queue = f"{full.prefix}.capped"
+    broker.channel.exchange_declare(full.exchange, exchange_type="direct", durable=True)
+    # A classic queue that holds three messages and nacks (reject-publish) every publish past them, in order.
+    broker.channel.queue_declare(queue, arguments={"x-max-length": 3, "x-overflow": "reject-publish"})
+    broker.channel.queue_bind(queue, full.exchange, routing_key="order.placed")
+    publisher = Publisher(broker.connection, full)
+    outcomes = {}
+    try:
+        for window in (1, 4, 100):
+            settings.RELAY_CONFIRM_WINDOW = window
+            broker.channel.queue_purge(queue)
+            rows = [OutboxMessage.objects.get(order=place_order()) for _ in range(6)]
+            OutboxMessage.objects.filter(pk=rows[1].pk).update(routing_key="nowhere")
+            assert relay_once(publisher) == 3
+            outcomes[window] = _outcome(rows)
+            queued = [get_one(broker, queue)[1].message_id for _ in range(3)]
+            assert queued == [str(rows[i].id) for i in (0, 2, 3)]
+            assert get_one(broker, queue)[0] is None
+            OutboxMessage.objects.filter(sent_at__isnull=True).delete()  # the next round's outbox is its own
+    finally:
+        broker.channel.queue_delete(queue)
+        broker.channel.exchange_delete(full.exchange)
+    sent, unroutable, nacked = (True, 1, ""), (False, 1, "unroutable"), (False, 1, "nacked")
+    assert outcomes[1] == [sent, unroutable, sent, sent, nacked, nacked]
+    assert outcomes[4] == outcomes[100] == outcomes[1]
+
+
+@pytest.mark.django_db
+def test_a_connection_lost_mid_window_leaves_every_unconfirmed_row_pending(broker, place_order, settings, monkeypatch):
+    """Two windows of two rows; the relay's link to the broker is cut (a real reset, through a proxy) once the
+    second window is published and before any of its confirms can arrive. The first window's rows stay sent, the
+    second's stay pending with the attempt and the loss recorded, and the relay raises a broker error so that its
+    loop reconnects."""
+    settings.RELAY_CONFIRM_WINDOW = 2
+    orders = [place_order() for _ in range(4)]
+    rows = [OutboxMessage.objects.get(order=order) for order in orders]
+    with Proxy(5672) as proxy:
+        wait = _ConfirmWindow._wait
+
+        def cut_before_the_second_windows_confirms(window: _ConfirmWindow, done, timeout: float) -> None:
+            if window.messages and window.messages[0].message_id == str(rows[2].id):
+                proxy.down()
+            wait(window, done, timeout)
+
+        monkeypatch.setattr(_ConfirmWindow, "_wait", cut_before_the_second_windows_confirms)
+        publisher = Publisher(connect(f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"))
+        with pytest.raises(BROKER_ERRORS):
+            relay_once(publisher)
+        publisher.close()
+    monkeypatch.undo()
+    assert _outcome(rows)[:2] == [(True, 1, ""), (True, 1, "")]
+    for row in rows[2:]:
+        assert (row.sent_at, row.publish_attempts) == (None, 1) and row.last_error
+    assert [Order.objects.get(pk=o.pk).status for o in orders] == ["queued", "queued", "pending", "pending"]
+    assert relay_once(broker) == 2
 
 
 @pytest.mark.django_db(transaction=True)
