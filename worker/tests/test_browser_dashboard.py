@@ -210,6 +210,17 @@ def test_controls_and_all_stages_are_visible_together(web, browser, staff, width
             "#place-burst",
             "#flush-cache",
             "#restock",
+            # The "What happens when…" row: a learner kills or cuts while watching the stages react.
+            "#outage-box",
+            "#kill-process",
+            "#kill-sigkill",
+            "#kill-sigterm",
+            *(
+                f"#link-list li[data-link={service}] button.link-{action}"
+                for service in ("postgresql", "rabbitmq", "redis")
+                for action in ("cut", "restore")
+            ),
+            "#send-poison",
         ]
         for selector in in_view:
             box = page.locator(selector).bounding_box()
