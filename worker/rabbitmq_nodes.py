@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,14 @@ class ClusterNodes:
             return None
         os.kill(node.pid, signal.SIGKILL)
         log.warning("supervisor: SIGKILL sent to %s (pid %s) from the page", node.name, node.pid)
+        # Gone before we answer (milliseconds): a look at the nodes in between would take it for up again.
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                os.kill(node.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
         return node
 
     def start(self, number: int) -> None:

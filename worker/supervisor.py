@@ -127,7 +127,7 @@ class Supervisor:
     links: Links | None = None  # the cuttable proxies in front of the services; None: direct connections
     cluster: ClusterNodes | None = None  # the RabbitMQ nodes the page may kill and restart; None: one broker
     _node_states: dict[str, str] = field(default_factory=dict)
-    _killed: set[str] = field(default_factory=set)  # nodes killed from the page, not yet seen down
+    _killed: set[str] = field(default_factory=set)  # nodes killed from the page, until they are seen up again
     _last_read: float = -1e9
     _last_requests: float = -1e9
     _last_heartbeat: float = -1e9
@@ -444,7 +444,6 @@ class Supervisor:
     def _record_node(self, node: Node, state: str, last_exit: str | None = None) -> None:
         """Best effort, like `_record`. A node that comes up after being seen down counts as restarted."""
         previous = self._node_states.get(node.name)
-        self._node_states[node.name] = state
         values: dict[str, object] = {"role": NODE_ROLE, "pid": node.pid, "state": state}
         if state == State.RUNNING:
             values["started_at"] = timezone.now()
@@ -458,8 +457,10 @@ class Supervisor:
                 if state == State.RUNNING and previous in (State.STARTING, State.CRASHED):
                     row.restarts += 1
                 row.save()
-        except DatabaseError as exc:
+        except DatabaseError as exc:  # not remembered either: the next look records it again
             log.debug("supervisor: state of %s not recorded: %s", node.name, exc)
+            return
+        self._node_states[node.name] = state
 
     def _heartbeat(self) -> None:
         """Refresh the rows the page reads, so it can tell a running supervisor from one that is gone."""
