@@ -65,6 +65,8 @@ function linkText(link) {
   return "cut";
 }
 
+const NODE_WORDS = { running: "up", starting: "starting", crashed: "down" };
+
 // A node as the supervisor last saw it: up, starting, or down since when and how.
 function nodeText(node) {
   if (node.state === "running") return node.restarts ? `up · restarted ${node.restarts}×` : "up";
@@ -101,7 +103,7 @@ function renderNodes(supervisor) {
       ...nodes.map((node) =>
         el("option", {
           value: node.name,
-          text: `${node.name} (${node.state === "running" ? "up" : node.state === "starting" ? "starting" : "down"})`,
+          text: `${node.name} (${NODE_WORDS[node.state] || node.state})`,
         }),
       ),
     );
