@@ -18,12 +18,21 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# `make run CLUSTER=1` first starts (or reuses) `make cluster`'s three RabbitMQ nodes and runs against all three, so
+# the dashboard can kill and restart them. The nodes outlive `make run`: `make cluster-stop` stops them.
+CLUSTER ?=
+
 run: install
 	$(PY) manage.py ensure_database
 	$(PY) manage.py migrate --no-input -v0
 	$(PY) manage.py seed_demo
 	$(PY) manage.py ensure_demo_staff
+ifeq ($(CLUSTER),1)
+	bin/rabbitmq-cluster start
+	AMQP_URL="$$(bin/rabbitmq-cluster url)" PORT=$(PORT) WEB_BIND=$(WEB_BIND) PYTHON=$(PY) bin/run-all
+else
 	PORT=$(PORT) WEB_BIND=$(WEB_BIND) PYTHON=$(PY) bin/run-all
+endif
 
 # Two pytest-xdist workers, a test file each at a time (`--dist loadfile`: a file's module fixtures, such as its
 # servers or its three-node cluster, stay in one process). Each worker has its own database, queue prefix and Redis

@@ -121,6 +121,7 @@ class SupervisorRequest(models.Model):
         STOP = "stop", "stop (SIGTERM)"
         CUT = "cut", "cut"
         RESTORE = "restore", "restore"
+        RESTART = "restart", "restart"  # a RabbitMQ node of the cluster, after a kill
 
     class State(models.TextChoices):
         PENDING = "pending"
@@ -128,7 +129,7 @@ class SupervisorRequest(models.Model):
         FAILED = "failed"
 
     action = models.CharField(max_length=20, choices=Action.choices)
-    target = models.CharField(max_length=50)  # worker-1, relay; postgresql, rabbitmq, redis
+    target = models.CharField(max_length=50)  # worker-1, relay; postgresql, rabbitmq, redis; rabbitmq-1 (a node)
     requested_by = models.CharField(max_length=150, blank=True, default="")
     requested_at = models.DateTimeField(auto_now_add=True)
     state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING)

@@ -1,5 +1,5 @@
-"""Requests to `make run`'s supervisor (kill or stop a process, cut or restore a service link), filed by staff from
-the dashboard or by a lesson, and what the page needs to know to offer them.
+"""Requests to `make run`'s supervisor (kill or stop a process, cut or restore a service link, kill or restart a
+RabbitMQ node), filed by staff from the dashboard or by a lesson, and what the page needs to know to offer them.
 
 Plain functions, so a lesson can call them as well as the view (orderpipe/dashboard/outages.py). They only write a
 `SupervisorRequest` row: the supervisor (worker/supervisor.py) polls for pending requests about once a second,
@@ -28,7 +28,13 @@ SERVICES = ("postgresql", "rabbitmq", "redis")
 # undo that cut from the page. 20 s: long enough to watch the API answer 503 and the workers hold their messages.
 POSTGRES_CUT_SECONDS = 20
 KILLABLE_ROLES = ("worker", "relay")
+NODE_ROLE = "rabbitmq"  # the rows of the cluster's nodes (rabbitmq-1 …), kept by the supervisor
 UNAVAILABLE = "needs make run's supervisor (manage.py supervise); not running here"
+NO_CLUSTER = (
+    "needs a RabbitMQ cluster: start `make cluster` and `make run AMQP_URL=…` (the URL it prints), "
+    "or `make run CLUSTER=1`"
+)
+NODE_ACTIONS = ("kill", "restart")
 
 
 class SupervisorUnavailable(Exception):
@@ -46,11 +52,22 @@ class LinkState(TypedDict):
     restore_at: str | None
 
 
+class NodeState(TypedDict):
+    name: str
+    state: str  # running, starting, crashed (down)
+    pid: int | None
+    last_exit: str
+    last_exit_at: str | None
+    restarts: int
+
+
 class SupervisorState(TypedDict):
     available: bool
     reason: str
     processes: list[str]  # what may be killed or stopped
     links: list[LinkState]
+    nodes: list[NodeState]  # the RabbitMQ cluster's nodes; empty with one broker
+    cluster_reason: str  # why the node controls are off ("" when they are on)
 
 
 def _fresh_processes() -> list[SupervisedProcess]:
@@ -68,13 +85,27 @@ def _fresh_links() -> list[ServiceLink]:
 
 def supervisor_state() -> SupervisorState:
     """Whether the kill and cut controls can work here, and on what: shown on the page, checked before filing."""
-    processes = [p.name for p in _fresh_processes() if p.role in KILLABLE_ROLES]
+    fresh = _fresh_processes()
+    processes = [p.name for p in fresh if p.role in KILLABLE_ROLES]
+    nodes = [p for p in fresh if p.role == NODE_ROLE]
     links = _fresh_links()
     available = bool(processes)
     return {
         "available": available,
         "reason": "" if available else UNAVAILABLE,
         "processes": processes,
+        "nodes": [
+            {
+                "name": node.name,
+                "state": node.state,
+                "pid": node.pid,
+                "last_exit": node.last_exit,
+                "last_exit_at": node.last_exit_at.isoformat() if node.last_exit_at else None,
+                "restarts": node.restarts,
+            }
+            for node in nodes
+        ],
+        "cluster_reason": "" if not available or nodes else NO_CLUSTER,
         "links": [
             {
                 "name": link.name,
@@ -103,6 +134,28 @@ def request_signal(process: str, *, kill: bool = True, by: str = "") -> Supervis
             f"No supervised worker or relay named {process!r}; running: {', '.join(killable) or 'none'}."
         )
     return _file(Action.KILL if kill else Action.STOP, process, by)
+
+
+def request_node(node: str, *, action: str, by: str = "") -> SupervisorRequest:
+    """Ask the supervisor to SIGKILL one of the RabbitMQ cluster's nodes (`action="kill"`: the survivors elect new
+    queue leaders, clients reconnect to them) or to start a killed one again (`"restart"`: it rejoins and catches
+    up). Only when the AMQP_URL the supervisor runs with names the nodes of `make cluster`."""
+    if action not in NODE_ACTIONS:
+        raise InvalidRequest(f"Unknown action {action!r}; one of: {', '.join(NODE_ACTIONS)}.")
+    fresh = _fresh_processes()
+    if not fresh:
+        raise SupervisorUnavailable(UNAVAILABLE)
+    nodes = {p.name: p for p in fresh if p.role == NODE_ROLE}
+    if not nodes:
+        raise SupervisorUnavailable(NO_CLUSTER)
+    row = nodes.get(node)
+    if row is None:
+        raise InvalidRequest(f"No RabbitMQ node named {node!r}; the cluster has: {', '.join(sorted(nodes))}.")
+    if action == "kill" and row.state != SupervisedProcess.State.RUNNING:
+        raise InvalidRequest(f"{node} is not running ({row.state}); restart it first.")
+    if action == "restart" and row.state != SupervisedProcess.State.CRASHED:
+        raise InvalidRequest(f"{node} is {row.state}; only a node that is down can be restarted.")
+    return _file(Action.KILL if action == "kill" else Action.RESTART, node, by)
 
 
 def request_cut(service: str, *, by: str = "") -> SupervisorRequest:

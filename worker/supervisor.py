@@ -18,7 +18,9 @@ Staff can also ask it, from the dashboard, to kill or stop one of its workers or
 to PostgreSQL, RabbitMQ or Redis (worker/links.py): the web process files a `SupervisorRequest`
 (worker/supervision.py), and this loop carries it out within about half a second and records the outcome in the row
 and in the live feed. The web process never signals processes or touches sockets itself: it is not their parent,
-and the links it would cut are its own.
+and the links it would cut are its own. When the AMQP_URL names the nodes of `make cluster`'s RabbitMQ cluster, the
+page may also ask it to kill a node or start it again (worker/rabbitmq_nodes.py); their rows (`rabbitmq-1` …) say
+whether each is up, which the supervisor checks every few seconds but never mends by itself.
 
 Why not supervisord or circus: the desired state lives in the database and changes at run time from the page; with
 either of them that needs a second process translating database rows into their XML-RPC or ZeroMQ commands, and
@@ -47,7 +49,8 @@ from orders.models import SandboxSettings
 from orders.sandbox.faults import CRASH_EXIT_CODE
 from worker.links import Links
 from worker.models import SupervisedProcess, SupervisorRequest
-from worker.supervision import HEARTBEAT_EVERY
+from worker.rabbitmq_nodes import ClusterNodes, Node
+from worker.supervision import HEARTBEAT_EVERY, NODE_ROLE
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,9 @@ class Supervisor:
     clock: Callable[[], float] = time.monotonic
     programs: dict[str, Program] = field(default_factory=dict)
     links: Links | None = None  # the cuttable proxies in front of the services; None: direct connections
+    cluster: ClusterNodes | None = None  # the RabbitMQ nodes the page may kill and restart; None: one broker
+    _node_states: dict[str, str] = field(default_factory=dict)
+    _killed: set[str] = field(default_factory=set)  # nodes killed from the page, until they are seen up again
     _last_read: float = -1e9
     _last_requests: float = -1e9
     _last_heartbeat: float = -1e9
@@ -184,6 +190,7 @@ class Supervisor:
             changed |= self._follow(self.desired())
         changed |= self._start_due()
         self._serve_requests()
+        self._finish_node_starts()
         self._heartbeat()
         return changed
 
@@ -193,7 +200,8 @@ class Supervisor:
             if program.proc is None or program.proc.poll() is None:
                 continue
             changed = True
-            how = describe_exit(program.proc.returncode)
+            returncode = program.proc.returncode
+            how = describe_exit(returncode)
             program.proc = None
             if program.retiring:
                 program.retiring = False
@@ -211,10 +219,18 @@ class Supervisor:
             program.failures = 1 if ran_for >= HEALTHY_AFTER else program.failures + 1
             delay = restart_delay(program.failures)
             program.start_at = self.clock() + delay
+            # Exit 0 is a clean stop (a SIGTERM from the page: the orders in hand were finished and acked), not a crash:
+            # its row says "starting" (stopped, waiting for its restart), so the page keeps offering it as a target.
+            clean = returncode == 0
             log.warning(
-                "supervisor: %s crashed (%s) after %.1f s; restarting in %.0f s", program.name, how, ran_for, delay
+                "supervisor: %s %s (%s) after %.1f s; restarting in %.0f s",
+                program.name,
+                "stopped" if clean else "crashed",
+                how,
+                ran_for,
+                delay,
             )
-            self._record(program, State.CRASHED, last_exit=how)
+            self._record(program, State.STARTING if clean else State.CRASHED, last_exit=how)
         return changed
 
     def _follow(self, desired: Desired) -> bool:
@@ -345,6 +361,9 @@ class Supervisor:
     def carry_out(self, action: str, target: str) -> tuple[bool, str]:
         """Do one request. Returns (done, what happened) in the words the feed shows. Also callable directly."""
         Action = SupervisorRequest.Action
+        number = self.cluster.number_of(target) if self.cluster is not None else None
+        if number is not None:
+            return self._carry_out_on_node(action, target, number)
         if action in (Action.KILL, Action.STOP):
             program = self.programs.get(target)
             if program is None or program.role not in ("worker", "relay"):
@@ -364,14 +383,95 @@ class Supervisor:
             return True, self.links.restore(target)
         return False, f"unknown action {action!r}"
 
+    # ------------------------------------------------------------ the RabbitMQ cluster's nodes
+
+    def _carry_out_on_node(self, action: str, name: str, number: int) -> tuple[bool, str]:
+        assert self.cluster is not None
+        if action == SupervisorRequest.Action.KILL:
+            if number in self.cluster.starting:
+                return False, f"{name} is starting; kill it once it is up"
+            killed = self.cluster.kill(number)
+            if killed is None:
+                return False, f"{name} is down already"
+            self._killed.add(name)
+            self._record_node(Node(number, killed.port, None), State.CRASHED, "killed by SIGKILL")
+            return True, (
+                f"SIGKILL sent to {name} (pid {killed.pid}, port {killed.port}); the other nodes carry on, "
+                "restart it from the page"
+            )
+        if action == SupervisorRequest.Action.RESTART:
+            if number in self.cluster.starting:
+                return False, f"{name} is starting already"
+            if any(node.number == number and node.pid for node in self.cluster.nodes()):
+                return False, f"{name} is running; kill it first"
+            self.cluster.start(number)
+            self._record_node(Node(number, self.cluster.numbers[number], None), State.STARTING)
+            return True, f"starting {name}: it rejoins the cluster and its queue members catch up (seconds)"
+        return False, f"a RabbitMQ node can be killed or restarted, not {action!r}"
+
+    def _finish_node_starts(self) -> None:
+        """A restart from the page has ended: say so in the feed and record the node as it is now."""
+        if self.cluster is None:
+            return
+        finished = self.cluster.finished()
+        for number, ok, words in finished:
+            live.record_control(f"restart rabbitmq-{number}", f"{'done' if ok else 'failed'}: {words}", by="supervisor")
+        if finished:
+            self._watch_nodes()
+
+    def _watch_nodes(self) -> None:
+        """Record each node's state when it changes: up with its pid, or down (killed from the page or otherwise)."""
+        if self.cluster is None:
+            return
+        try:
+            nodes = self.cluster.nodes()
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            log.debug("supervisor: nodes unreadable: %s", exc)
+            return
+        for node in nodes:
+            if node.number in self.cluster.starting:
+                continue
+            state = State.RUNNING if node.pid else State.CRASHED
+            if self._node_states.get(node.name) == state:
+                continue
+            if state == State.RUNNING:
+                self._killed.discard(node.name)
+                self._record_node(node, state)
+            else:
+                how = "killed by SIGKILL" if node.name in self._killed else "down (not started, or stopped elsewhere)"
+                self._record_node(node, state, how)
+
+    def _record_node(self, node: Node, state: str, last_exit: str | None = None) -> None:
+        """Best effort, like `_record`. A node that comes up after being seen down counts as restarted."""
+        previous = self._node_states.get(node.name)
+        values: dict[str, object] = {"role": NODE_ROLE, "pid": node.pid, "state": state}
+        if state == State.RUNNING:
+            values["started_at"] = timezone.now()
+        if last_exit is not None:
+            values["last_exit"], values["last_exit_at"] = last_exit, timezone.now()
+        try:
+            row, created = SupervisedProcess.objects.get_or_create(name=node.name, defaults=values)
+            if not created:
+                for key, value in values.items():
+                    setattr(row, key, value)
+                if state == State.RUNNING and previous in (State.STARTING, State.CRASHED):
+                    row.restarts += 1
+                row.save()
+        except DatabaseError as exc:  # not remembered either: the next look records it again
+            log.debug("supervisor: state of %s not recorded: %s", node.name, exc)
+            return
+        self._node_states[node.name] = state
+
     def _heartbeat(self) -> None:
         """Refresh the rows the page reads, so it can tell a running supervisor from one that is gone."""
         now = self.clock()
         if now - self._last_heartbeat < HEARTBEAT_EVERY:
             return
         self._last_heartbeat = now
+        self._watch_nodes()
         try:
-            SupervisedProcess.objects.filter(name__in=list(self.programs)).update(updated_at=timezone.now())
+            names = [*self.programs, *self._node_states]
+            SupervisedProcess.objects.filter(name__in=names).update(updated_at=timezone.now())
         except DatabaseError as exc:
             log.debug("supervisor: heartbeat not recorded: %s", exc)
         if self.links is not None:

@@ -1,5 +1,5 @@
 """The dashboard's control endpoints (under /api/controls/): burst, purge a queue, restock, flush the cache, and the
-"What happens when…" stories' kill, outage and poison controls."""
+"What happens when…" stories' kill, outage, node and poison controls."""
 
 from django.urls import path
 
@@ -12,5 +12,6 @@ urlpatterns = [
     path("flush-cache/", controls.FlushCacheApi.as_view(), name="control-flush-cache"),
     path("kill/", outages.KillApi.as_view(), name="control-kill"),
     path("outage/", outages.OutageApi.as_view(), name="control-outage"),
+    path("node/", outages.NodeApi.as_view(), name="control-node"),
     path("poison/", outages.PoisonApi.as_view(), name="control-poison"),
 ]

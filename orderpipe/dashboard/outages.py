@@ -1,11 +1,12 @@
 """The dashboard's "What happens when…" controls: kill or stop a supervised process, cut or restore a service link,
-send a poison message.
+kill or restart a node of the RabbitMQ cluster, send a poison message.
 
-Kill and cut are requests to `make run`'s supervisor (worker/supervision.py files them, worker/supervisor.py carries
-them out within about a second and records the outcome in the live feed): they answer 202 with the request, or 409
-when no supervisor runs (Compose, bare `run_worker`s) and nothing would carry them out. The poison message is
-published here, at once (it needs only the broker), and lands in the dead-letter queue with its reason.
-Staff only, CSRF-protected; with ORDERPIPE_SANDBOX=false every endpoint answers 404 (`ControlApi`).
+Kill, cut and the node controls are requests to `make run`'s supervisor (worker/supervision.py files them,
+worker/supervisor.py carries them out within about a second and records the outcome in the live feed): they answer
+202 with the request, or 409 when no supervisor runs (Compose, bare `run_worker`s) and nothing would carry them out,
+or, for a node, when the supervisor runs against one broker rather than `make cluster`'s three nodes.
+The poison message is published here, at once (it needs only the broker), and lands in the dead-letter queue with
+its reason. Staff only, CSRF-protected; with ORDERPIPE_SANDBOX=false every endpoint answers 404 (`ControlApi`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,30 @@ class OutageApi(ControlApi):
         if action == "cut" and service == "postgresql":
             # The supervisor decides how long (`supervise --postgres-cut-seconds`); the page counts down to its time.
             note += " It restores itself after a fixed time: see the countdown beside it."
+        return _accepted(filed, note)
+
+
+class NodeApi(ControlApi):
+    class NodeInputSerializer(serializers.Serializer):
+        node = serializers.CharField(max_length=50, help_text="rabbitmq-1, rabbitmq-2 or rabbitmq-3")
+        action = serializers.ChoiceField(choices=list(supervision.NODE_ACTIONS))
+
+    @extend_schema(request=NodeInputSerializer, responses={202: RequestAccepted, 409: Refused})
+    def post(self, request: Request) -> Response:
+        """Ask the supervisor to SIGKILL a node of the RabbitMQ cluster (the survivors elect new queue leaders, the
+        relay and workers reconnect to them, nothing is lost) or to start a killed node again. 409 unless the
+        supervisor runs with an AMQP_URL naming `make cluster`'s nodes."""
+        data = self.NodeInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node, action = data.validated_data["node"], data.validated_data["action"]
+        by = request.user.get_username()
+        filed = _file(lambda: supervision.request_node(node, action=action, by=by))
+        if isinstance(filed, Response):
+            return filed
+        if action == "kill":
+            note = f"The supervisor SIGKILLs {node} within a second: watch the orders go on through the other nodes."
+        else:
+            note = f"The supervisor starts {node} again; it rejoins the cluster within seconds."
         return _accepted(filed, note)
 
 

@@ -92,6 +92,7 @@ def page_config() -> dict[str, Any]:
             "replayDeadLetters": reverse("api-dead-letters-replay"),
             "kill": reverse("control-kill"),
             "outage": reverse("control-outage"),
+            "node": reverse("control-node"),
             "poison": reverse("control-poison"),
             "pipelineSocket": f"/{feed.PIPELINE_SOCKET_PATH}",
             "journeySocket": f"/{feed.JOURNEY_SOCKET_PATH}".replace("<str:order_id>", ORDER_ID_PLACEHOLDER),

@@ -56,6 +56,7 @@ TABLE: dict[str, list[Case]] = {
     "api/controls/flush-cache/": [Case("POST", "/api/controls/flush-cache/", **same(STAFF))],
     "api/controls/kill/": [Case("POST", "/api/controls/kill/", body={"signal": "SIGHUP"}, **same((403, 403, 400)))],
     "api/controls/outage/": [Case("POST", "/api/controls/outage/", body={"service": "mysql"}, **same((403, 403, 400)))],
+    "api/controls/node/": [Case("POST", "/api/controls/node/", body={"action": "nuke"}, **same((403, 403, 400)))],
     "api/controls/poison/": [Case("POST", "/api/controls/poison/", body={"kind": "nope"}, **same((403, 403, 400)))],
     "api/controls/restock/": [Case("POST", "/api/controls/restock/", body={"quantity": 0}, **same((403, 403, 400)))],
     "api/dead-letters/replay/": [

@@ -164,9 +164,11 @@ function renderPipeline(p) {
         )
       : [el("li", { class: "muted", text: "no worker heart-beating" })]),
   );
-  renderRelay(p.relays || [], p.outbox.backlog, postgresCut(p.supervisor));
+  const supervisedRelay = (p.processes || []).find((proc) => proc.name === "relay") || null;
+  renderRelay(p.relays || [], p.outbox.backlog, postgresCut(p.supervisor), supervisedRelay);
   renderOutages(p.supervisor);
-  renderProcesses(p.processes || []);
+  // The cluster's nodes are drawn under the exchange (outages.js), not among the workers.
+  renderProcesses((p.processes || []).filter((proc) => proc.role !== "rabbitmq"));
   renderGone(p.gone_workers || []);
   if (p.stock) renderStock(p.stock);
   if (p.sandbox) {
@@ -194,8 +196,12 @@ const RELAY_STATES = {
 
 // The relay's heartbeat (worker/relay_monitor.py): running or not, what it is doing, how fast it publishes. Several
 // relays share the outbox: their rates add up; the stage shows the first running one's state.
-function renderRelay(relays, backlog, databaseCut = false) {
-  const running = relays.filter((r) => r.alive);
+// Under `make run` the supervisor's row for the relay (`supervised`) knows at once what a heartbeat says only after
+// WORKER_STALE_AFTER: a killed relay is down now, and the heartbeat it left behind (another pid, silent) is not a
+// second running relay.
+function renderRelay(relays, backlog, databaseCut = false, supervised = null) {
+  const silent = (r) => (Date.now() - Date.parse(r.last_seen)) / 1000 > 3;
+  const running = relays.filter((r) => r.alive && !(supervised && r.pid !== supervised.pid && silent(r)));
   const state = running.length ? running[0].state : "none";
   const chip = $("relay-state");
   chip.dataset.state = state;
@@ -227,13 +233,25 @@ function renderRelay(relays, backlog, databaseCut = false) {
   } else {
     detail = "start one: manage.py run_relay";
   }
+  if (supervised && supervised.state !== "running") {
+    chip.dataset.state = "none";
+    chip.textContent = supervised.state === "crashed" ? "crashed · restarting" : supervised.state;
+    $("stage-relay").classList.add("down");
+    $("stage-relay").classList.remove("busy");
+    $("n-relay-rate").textContent = "–";
+    detail = `${supervised.last_exit || supervised.state}: the outbox waits until the supervisor restarts it`;
+  } else if (supervised?.restarts) {
+    const last = supervised.last_exit ? ` after ${supervised.last_exit} ${ago(supervised.last_exit_at)}` : "";
+    detail += ` · restarted ${supervised.restarts}×${last}`;
+  }
   $("relay-detail").textContent = detail;
 }
 
 // What the supervisor of `make run` knows and a heartbeat cannot say: a process crashed, how, and how often it came
 // back (worker/supervisor.py). Empty when the processes run without it.
 function processText(proc) {
-  const parts = [proc.state];
+  // "starting" after an exit: it stopped (cleanly, or for new settings) and the supervisor starts it again.
+  const parts = [proc.state === "starting" && proc.last_exit ? "stopped · restarting" : proc.state];
   if (proc.restarts) parts.push(`restarted ${proc.restarts}×`);
   if (proc.last_exit)
     parts.push(`last exit: ${proc.last_exit}${proc.last_exit_at ? ` ${ago(proc.last_exit_at)}` : ""}`);

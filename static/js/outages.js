@@ -1,8 +1,9 @@
-// The "What happens when…" controls (staff): kill or stop a supervised process, cut or restore a service link, send
-// a poison message. Kill and cut are requests to `make run`'s supervisor (orderpipe/dashboard/outages.py): the page only
+// The "What happens when…" controls (staff): kill or stop a supervised process, cut or restore a service link, kill or
+// restart a node of the RabbitMQ cluster, send a poison message. Kill and cut are requests to `make run`'s supervisor (orderpipe/dashboard/outages.py): the page only
 // files them and shows what the pipeline state says came of them (the links' state, the processes' restarts, the
-// feed). Without a supervisor (Compose, bare workers) the buttons are disabled and say why.
-import { api, config, el, errorText } from "./live.js";
+// feed). Without a supervisor (Compose, bare workers) the buttons are disabled and say why; so are the node controls
+// when the supervisor runs against one broker instead of `make cluster`'s three nodes.
+import { ago, api, config, el, errorText } from "./live.js";
 
 const $ = (id) => document.getElementById(id);
 const LINK_LABELS = { postgresql: "PostgreSQL", rabbitmq: "RabbitMQ", redis: "Redis" };
@@ -34,6 +35,16 @@ export function wireOutages() {
       const { service, action } = button.dataset;
       send(config.urls.outage, { service, action }, (data) => data.note);
     });
+  for (const [id, action] of [
+    ["node-kill", "kill"],
+    ["node-restart", "restart"],
+  ])
+    $(id).addEventListener("click", () => {
+      const node = $("node-pick").value;
+      if (!node) return;
+      send(config.urls.node, { node, action }, (data) => data.note);
+    });
+  $("node-pick").addEventListener("change", () => renderNodes(lastSupervisor));
   $("send-poison").addEventListener("click", () =>
     send(
       config.urls.poison,
@@ -54,7 +65,63 @@ function linkText(link) {
   return "cut";
 }
 
+const NODE_WORDS = { running: "up", starting: "starting", crashed: "down" };
+
+// A node as the supervisor last saw it: up, starting, or down since when and how.
+function nodeText(node) {
+  if (node.state === "running") return node.restarts ? `up · restarted ${node.restarts}×` : "up";
+  if (node.state === "starting") return "starting…";
+  const since = node.last_exit_at ? ` ${ago(node.last_exit_at)}` : "";
+  return `down · ${node.last_exit || "gone"}${since}`;
+}
+
+function renderNodes(supervisor) {
+  const nodes = supervisor.available ? supervisor.nodes || [] : [];
+  $("node-list").replaceChildren(
+    ...nodes.map((node) =>
+      el(
+        "li",
+        { "data-node": node.name, "data-state": node.state, title: node.pid ? `pid ${node.pid}` : "" },
+        el("span", { class: "dot" }),
+        el("span", { class: "mono", text: node.name }),
+        el("span", { class: "nstate", text: nodeText(node) }),
+      ),
+    ),
+  );
+  if (!$("outage-box")) return;
+  const reason = supervisor.available ? supervisor.cluster_reason : "";
+  $("node-reason").hidden = !reason;
+  $("node-reason").textContent = reason ? `RabbitMQ node: ${reason}.` : "";
+  const off = !supervisor.available || Boolean(reason);
+  $("node-pick").disabled = off;
+  const select = $("node-pick");
+  const chosen = select.value;
+  const wanted = nodes.map((node) => `${node.name}|${node.state}`).join();
+  if (select.dataset.shown !== wanted) {
+    select.dataset.shown = wanted;
+    select.replaceChildren(
+      ...nodes.map((node) =>
+        el("option", {
+          value: node.name,
+          text: `${node.name} (${NODE_WORDS[node.state] || node.state})`,
+        }),
+      ),
+    );
+    if (nodes.some((node) => node.name === chosen)) select.value = chosen;
+  }
+  // Kill a node that is up, restart one that is down: the buttons follow the picked node's state.
+  const picked = nodes.find((node) => node.name === select.value);
+  $("node-kill").disabled = off || picked?.state !== "running";
+  $("node-restart").disabled = off || picked?.state !== "crashed";
+}
+
+let lastSupervisor = { available: false, nodes: [] };
+
 export function renderOutages(supervisor) {
+  if (supervisor) {
+    lastSupervisor = supervisor;
+    renderNodes(supervisor);
+  }
   if (!$("outage-box") || !supervisor) return;
   const reason = $("outage-reason");
   reason.hidden = supervisor.available;

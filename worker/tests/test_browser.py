@@ -57,7 +57,8 @@ def test_an_order_placed_from_the_dashboard_completes_live_and_its_journey_shows
     row = page.locator(f"#latest-orders tr[data-order='{order_id}']")
     row.locator(".status-chip", has_text="completed").wait_for()
     page.locator("#feed li.k-completed").first.wait_for()
-    assert page.locator("#count-completed").inner_text() == "1"
+    # The counts come with the pipeline state (every 0.5-1 s), not with the events: wait for them rather than race.
+    page.wait_for_function("() => document.getElementById('count-completed').textContent === '1'")
     assert page.locator("#worker-list li.alive").count() == 1
     assert page.locator("#queue-rows tr[data-queue$='.orders.process']").count() == 1
     screenshot(page, "dashboard")

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from orders import sandbox
 from orders.models import Order, OrderStatus, SandboxSettings
-from worker.models import WorkerHeartbeat
+from worker.models import SupervisedProcess, WorkerHeartbeat
 from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM, open_logged_in, place_order_from_the_form, screenshot
 from worker.tests.processes import Service, Web
 
@@ -195,11 +195,16 @@ def test_the_relay_stage_shows_running_and_a_publish_rate_during_a_burst(web, br
 
 @pytest.mark.parametrize(("width", "height"), [(1440, 900), (1280, 800)])
 def test_controls_and_all_stages_are_visible_together(web, browser, staff, width, height):
-    # With a fault on, so the banner takes its line too: the tightest case a learner meets.
+    # With a fault on, so the banner takes its line too, and under `make run` with one broker, so the node controls
+    # say why they are off (three lines): the tightest case a learner meets. The supervisor's rows are dated ahead so
+    # that they stay fresh however long the page takes to open on a busy machine.
     sandbox.sandbox_update(changes={"step_mode": True}, via="test")
+    SupervisedProcess.objects.create(name="worker-1", role="worker", pid=1, state="running")
+    SupervisedProcess.objects.update(updated_at=timezone.now() + timedelta(minutes=5))
     context, page = open_dashboard(browser, web, width=width, height=height)
     try:
         assert page.locator("#fault-banner").is_visible()
+        page.locator("#node-reason", has_text="make cluster").wait_for()
         in_view = [
             *(f"#stage-{stage}" for stage in ("api", "db", "relay", "exchange", "queues", "workers", "redis")),
             "#order-form",
@@ -210,6 +215,21 @@ def test_controls_and_all_stages_are_visible_together(web, browser, staff, width
             "#place-burst",
             "#flush-cache",
             "#restock",
+            # The "What happens when…" row: a learner kills or cuts while watching the stages react.
+            "#outage-box",
+            "#kill-process",
+            "#kill-sigkill",
+            "#kill-sigterm",
+            *(
+                f"#link-list li[data-link={service}] button.link-{action}"
+                for service in ("postgresql", "rabbitmq", "redis")
+                for action in ("cut", "restore")
+            ),
+            "#node-pick",
+            "#node-kill",
+            "#node-restart",
+            "#node-reason",
+            "#send-poison",
         ]
         for selector in in_view:
             box = page.locator(selector).bounding_box()

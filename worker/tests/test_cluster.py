@@ -1,9 +1,10 @@
 """A three-node RabbitMQ cluster (bin/rabbitmq-cluster) on free loopback ports: every queue has a member on each node,
 and a burst of orders survives the death (SIGKILL) of the node that leads the main queue, and of the node the relay
-is connected to. Run alone with `pytest -m cluster`.
+is connected to; a learner kills a node from the dashboard under `make run`'s supervisor and restarts it there. Run
+alone with `pytest -m cluster`.
 
 The nodes are shared by the module (starting them takes half a minute); a case starts again the node the previous
-case killed."""
+case killed. Screenshots go to artifacts/screenshots/cluster-*.png."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +33,9 @@ from orders.models import EventKind, GatewayCharge, Order, OrderEvent, OrderStat
 from orders.tests.factories import ProductFactory
 from worker import broker
 from worker.broker import connect
+from worker.models import SupervisedProcess
 from worker.proxy import Proxy
+from worker.tests.conftest import open_logged_in, screenshot
 from worker.tests.processes import ROOT, Service, free_port, service_env, wait_until
 from worker.topology import topology
 
@@ -225,6 +229,88 @@ def test_the_node_that_dropped_us_is_tried_last(monkeypatch):
 
 def completed(ids: list[uuid.UUID]) -> int:
     return Order.objects.filter(pk__in=ids, status=OrderStatus.COMPLETED).count()
+
+
+def port_pair() -> int:
+    """A free port whose successor is free too: `supervise --port P` runs gunicorn on P and daphne on P + 1."""
+    while True:
+        port = free_port()
+        with contextlib.suppress(OSError), socket.socket() as probe:
+            probe.bind(("127.0.0.1", port + 1))
+            return port
+
+
+# Before the burst cases: it starts with the three nodes the fixture started and leaves them so (it restarts the node
+# it kills), which spares a node start.
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_a_learner_kills_a_node_from_the_page_and_restarts_it(cluster, tmp_path, browser, staff):
+    cluster_env = {key: value for key, value in cluster.env.items() if key.startswith("RABBITMQ_CLUSTER_")}
+    port = port_pair()
+    env = service_env(AMQP_URL=cluster.url, WEB_WORKERS="1", WEB_THREADS="4", **cluster_env)
+    stack = Service("supervise", "--port", str(port), log_dir=tmp_path, env=env).start()
+    url = f"http://127.0.0.1:{port}"
+    ids: list[uuid.UUID] = []
+
+    def place(count: int) -> None:
+        for _ in range(count):
+            order = services.order_create(
+                customer_email=f"node{len(ids)}@example.com", items=[{"sku": "BOOK-001", "quantity": 1}]
+            )
+            ids.append(order.pk)
+
+    context = None
+    try:
+        stack.wait_http(f"{url}/healthz", timeout=40)
+        context, page = open_logged_in(browser, url, width=1280, height=800)
+        nodes = page.locator("#node-list li[data-state=running]")
+        page.wait_for_function("() => document.querySelectorAll('#node-list li[data-state=running]').length === 3")
+        assert page.locator("#node-kill").is_enabled() and page.locator("#node-reason").is_hidden()
+        # The relay and the worker declared the topology with a member on each node: the main queue's leader is the
+        # victim, so its two followers must elect a new one while orders are in flight.
+        assert wait_until(lambda: replicated(cluster) is not None, 120, interval=1), json.dumps(cluster.queues())
+        leader = cluster.queues()[topology().process_queue]["leader"]
+        victim = next(n for n in NODES if cluster.node(n) == leader)
+        name = f"rabbitmq-{victim}"
+        place(20)
+        assert wait_until(lambda: completed(ids) >= 5, 60), stack.output(4000)
+
+        page.select_option("#node-pick", name)
+        page.get_by_role("button", name="Kill node (SIGKILL)").click()
+        page.locator("#outage-result[data-ok=yes]").wait_for()
+        down = page.locator(f"#node-list li[data-node='{name}'][data-state=crashed]", has_text="killed by SIGKILL")
+        down.wait_for()
+        assert cluster.pid(victim) is None
+        page.locator("#control-log", has_text=f"SIGKILL sent to {name}").wait_for()
+        place(20)  # published through the failover, taken from the new leader
+        assert wait_until(lambda: completed(ids) == 40, 120), stack.output(4000)
+        page.wait_for_function("() => document.getElementById('count-completed').textContent === '40'")
+        assert nodes.count() == 2
+        screenshot(page, "cluster-node-killed", full_page=False)
+
+        page.select_option("#node-pick", name)
+        assert page.locator("#node-kill").is_disabled()  # it is down: only "Restart node" applies
+        page.get_by_role("button", name="Restart node").click()
+        page.locator(f"#node-list li[data-node='{name}'][data-state=starting]").or_(
+            page.locator(f"#node-list li[data-node='{name}'][data-state=running]")
+        ).wait_for()
+        back = page.locator(f"#node-list li[data-node='{name}'][data-state=running]", has_text="restarted 1×")
+        back.wait_for(timeout=150_000)
+        assert cluster.pid(victim) is not None
+        page.locator("#control-log", has_text=f"restart {name}").first.wait_for()
+        place(5)
+        assert wait_until(lambda: completed(ids) == 45, 60), stack.output(4000)
+        page.wait_for_function("() => document.getElementById('count-completed').textContent === '45'")
+        screenshot(page, "cluster-node-restarted", full_page=False)
+        web = SupervisedProcess.objects.get(name="web")
+    finally:
+        if context is not None:
+            context.close()
+        code = stack.stop()
+    assert code == 0, stack.output(4000)
+    assert web.restarts == 0  # the stack stayed up
+    assert Payment.objects.filter(order_id__in=ids).count() == 45  # none lost, none charged twice
+    assert GatewayCharge.objects.filter(order_ref__in=[str(pk) for pk in ids]).count() == 45
 
 
 @pytest.mark.django_db(transaction=True)

@@ -84,6 +84,57 @@ def test_with_a_supervisor_a_request_is_filed_for_it(staff, a_supervisor_runs):
     assert SupervisorRequest.objects.filter(action="cut", target="postgresql").exists()
 
 
+def cluster_nodes(*states: str) -> None:
+    """The rows a supervisor running against `make cluster`'s nodes keeps fresh (rabbitmq-1 …)."""
+    for number, state in enumerate(states, start=1):
+        SupervisedProcess.objects.create(name=f"rabbitmq-{number}", role="rabbitmq", pid=100 + number, state=state)
+
+
+def test_the_node_controls_need_a_supervisor_and_a_cluster(staff, a_supervisor_runs):
+    # One broker (the AMQP_URL names one node): refused with the way to get a cluster, also shown on the page.
+    response = post(staff, "/api/controls/node/", {"node": "rabbitmq-2", "action": "kill"})
+    assert response.status_code == 409
+    assert "make cluster" in response.json()["detail"] and "make run CLUSTER=1" in response.json()["detail"]
+    state = staff.get("/api/pipeline/").json()["supervisor"]
+    assert state["available"] is True and state["nodes"] == [] and "make cluster" in state["cluster_reason"]
+    SupervisedProcess.objects.all().delete()  # no supervisor at all: its own reason comes first
+    response = post(staff, "/api/controls/node/", {"node": "rabbitmq-2", "action": "kill"})
+    assert response.status_code == 409 and response.json()["code"] == "no_supervisor"
+    assert not SupervisorRequest.objects.exists()
+
+
+def test_a_node_request_is_filed_and_bad_ones_are_clear_400s(staff, a_supervisor_runs):
+    cluster_nodes("running", "crashed", "running")
+    state = staff.get("/api/pipeline/").json()["supervisor"]
+    assert [(n["name"], n["state"]) for n in state["nodes"]] == [
+        ("rabbitmq-1", "running"),
+        ("rabbitmq-2", "crashed"),
+        ("rabbitmq-3", "running"),
+    ]
+    assert state["cluster_reason"] == "" and "rabbitmq-1" not in state["processes"]  # not in the process picker
+    bad = [
+        ({"node": "rabbitmq-7", "action": "kill"}, "rabbitmq-1, rabbitmq-2, rabbitmq-3"),
+        ({"node": "rabbitmq-1", "action": "nuke"}, "nuke"),
+        ({"node": "rabbitmq-2", "action": "kill"}, "restart it first"),  # down already
+        ({"node": "rabbitmq-1", "action": "restart"}, "only a node that is down"),
+        ({"action": "kill"}, "node"),
+    ]
+    for body, says in bad:
+        response = post(staff, "/api/controls/node/", body)
+        assert response.status_code == 400, body
+        assert says in json.dumps(response.json()), (body, response.json())
+    assert not SupervisorRequest.objects.exists()
+
+    response = post(staff, "/api/controls/node/", {"node": "rabbitmq-1", "action": "kill"})
+    assert response.status_code == 202, response.json()
+    response = post(staff, "/api/controls/node/", {"node": "rabbitmq-2", "action": "restart"})
+    assert response.status_code == 202, response.json()
+    filed = list(SupervisorRequest.objects.order_by("id").values_list("action", "target", "requested_by", "state"))
+    assert filed == [("kill", "rabbitmq-1", "ops", "pending"), ("restart", "rabbitmq-2", "ops", "pending")]
+    # A node is not a worker: the kill endpoint does not reach it.
+    assert post(staff, "/api/controls/kill/", {"process": "rabbitmq-3"}).status_code == 400
+
+
 def test_a_poison_message_lands_in_the_dead_letter_queue_with_its_reason(staff, broker, start_worker):
     start_worker()
     response = post(staff, "/api/controls/poison/", {"kind": "undecodable"})

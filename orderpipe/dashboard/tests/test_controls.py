@@ -153,6 +153,7 @@ def test_controls_do_not_exist_outside_the_sandbox(staff, settings):
         "/api/controls/restock/",
         "/api/controls/kill/",
         "/api/controls/outage/",
+        "/api/controls/node/",
         "/api/controls/poison/",
     ]:
         assert post(staff, url, {"count": 1}).status_code == 404

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from worker.links import Links
+from worker.rabbitmq_nodes import ClusterNodes
 from worker.supervision import POSTGRES_CUT_SECONDS
 from worker.supervisor import Supervisor
 
@@ -78,6 +79,13 @@ class Command(BaseCommand):
             if settings.ORDERPIPE_SANDBOX and not no_proxies
             else None,
         )
+        if settings.ORDERPIPE_SANDBOX:  # with an AMQP_URL naming `make cluster`'s nodes, the page may kill them
+            supervisor.cluster = ClusterNodes.find(settings.AMQP_URLS, env=supervisor.env)
+        if supervisor.cluster is not None:
+            logging.getLogger(__name__).info(
+                "supervisor: RabbitMQ nodes %s can be killed and restarted from the page",
+                ", ".join(f"rabbitmq-{n}" for n in supervisor.cluster.numbers),
+            )
         stopping = False
 
         def stop(signum, frame) -> None:
