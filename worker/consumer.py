@@ -8,9 +8,9 @@ the dead letters, confirmed before the ack) is done on the connection's own thre
 Deliveries are run in batches (orders/batch.py: one transaction per step for all of them) while no fault and no
 unsafe mode is on: each arriving delivery joins the worker's pending list, and a step thread that becomes free takes
 the whole list, whatever is in hand then; it never waits for more, so a lone delivery at low load goes through as a
-batch of one (which takes the per-order steps: it has nothing to share). The batch's acks go after its last commit, in one `multiple` ack where no other delivery of the
-channel below them is unsettled. With a fault or an unsafe mode on, each delivery has its own step thread, as the
-lessons show it.
+batch of one (which takes the per-order steps: it has nothing to share). The batch's acks go after its last commit,
+in one `multiple` ack where no other delivery of the channel below them is unsettled. With a fault or an unsafe
+mode on, each delivery has its own step thread, as the lessons show it.
 
 Every delivery ends in a verdict; none is held without progress:
 - a database outage keeps the message unacked and retries the step until the database answers;

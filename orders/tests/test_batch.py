@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 
-from orders import gateway
-from orders.failures import PaymentDeclined
 from orders.models import GatewayCharge, Notification, Order, OrderEvent, OutboxMessage, Payment, Product
 from orders.sandbox.faults import NoFaults
 from orders.services import order_create
@@ -29,7 +27,6 @@ ORDERS = [
     [{"sku": "BOOK-001", "quantity": 1}],
     [{"sku": "BOOK-001", "quantity": 4}],
 ]
-DECLINED = 4
 # What differs between two runs of the same orders and says nothing about the rows: times, outbox ids, delivery tags.
 VARYING = {
     "message_id",
@@ -65,13 +62,17 @@ def delivery(order: Order, tag: int) -> Delivery:
     )
 
 
-def processor(declined: Order) -> Processor:
-    def charge(order: Order, faults: Any) -> str:
-        if order.pk == declined.pk:
-            raise PaymentDeclined("payment declined by the (simulated) card issuer")
-        return gateway.charge(order, faults)
+class DecliningTheLast(NoFaults):
+    """No fault is on (the batch runs), but the gateway's last new charge is declined: the fifth order's, as the
+    out-of-stock order never asks."""
 
-    return Processor(faults=NoFaults(), gateway=charge)
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def declined(self) -> bool:
+        self.asked += 1
+        return self.asked == len(ORDERS) - 1
 
 
 def rows(orders: list[Order]) -> dict[str, Any]:
@@ -135,13 +136,13 @@ def test_the_batched_and_the_per_order_steps_leave_identical_rows_and_verdicts()
         ProductFactory(sku=sku, price="12.50")
     # The same orders (emails a0… and b0… sort alike), run one by one, then as one batch, from the same stock.
     one_by_one = place("a")
-    alone = processor(one_by_one[DECLINED])
+    alone = Processor(faults=DecliningTheLast())
     verdicts_alone = [alone.process(delivery(order, n + 1)) for n, order in enumerate(one_by_one)]
     expected = rows(one_by_one)
 
     batched = place("b")
     deliveries = [delivery(order, n + 1) for n, order in enumerate(batched)]
-    verdicts = {id(d): verdict for d, verdict in processor(batched[DECLINED]).process_batch(deliveries)}
+    verdicts = {id(d): verdict for d, verdict in Processor(faults=DecliningTheLast()).process_batch(deliveries)}
     assert [verdicts[id(d)] for d in deliveries] == verdicts_alone == [ACK] * len(ORDERS)
     assert rows(batched) == expected
 
