@@ -235,6 +235,9 @@ def test_a_batch_with_failing_orders_commits_the_others_and_settles_each_message
     worker.executor.submit(release.wait, 20)
     relay_once(broker)
     assert wait_until(lambda: len(worker.pending) == len(orders), 10)
+    # Held as a batch, they are in the heartbeat's `holding` as held one by one (the sweeper leaves them alone).
+    held = sorted(str(order.pk) for order in orders)
+    assert wait_until(lambda: WorkerHeartbeat.objects.filter(name=worker.name, holding=held, unacked=6).exists(), 5)
     release.set()
 
     assert wait_until(lambda: Order.objects.filter(status__in=OrderStatus.terminal()).count() == len(orders), 20)
