@@ -472,12 +472,15 @@ class Worker:
     def _ack_all(self, channel: BlockingChannel, tags: list[int]) -> None:
         """Ack `tags` (ascending): one `multiple` ack for those below every other unsettled delivery of the channel
         (a multiple ack settles every delivery up to its tag), then the rest one by one."""
-        others = self.unsettled.difference(tags) if channel is self.channel else {0}
-        below = [tag for tag in tags if tag < min(others, default=tags[-1] + 1 if tags else 0)]
+        # The lowest delivery of the channel still unsettled that is not in `tags` (0 for a channel we no longer
+        # track: one by one there).
+        floor = min(self.unsettled.difference(tags), default=None) if channel is self.channel else 0
+        below = [tag for tag in tags if floor is None or tag < floor]
         if len(below) > 1:
             channel.basic_ack(below[-1], multiple=True)
-        rest = tags[len(below) :] if len(below) > 1 else tags
-        for tag in rest:
+        else:
+            below = []
+        for tag in tags[len(below) :]:
             channel.basic_ack(tag)
         self.unsettled.difference_update(tags)
 

@@ -266,3 +266,29 @@ def test_a_batch_with_failing_orders_commits_the_others_and_settles_each_message
     topo = broker.topology
     assert [ready(topo.process_queue), ready(topo.dead_queue)] == [0, 0]
     assert all(ready(tier.queue) == 0 for tier in topo.retry_tiers)
+
+
+class RecordingChannel:
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, bool]] = []
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.acks.append((tag, multiple))
+
+
+@pytest.mark.parametrize(
+    ("acked", "expected"),
+    [
+        ([1, 2, 3], [(3, True)]),  # the lowest unsettled: one multiple ack
+        ([2, 3], [(2, False), (3, False)]),  # 1 is still held by another thread: a multiple ack would settle it
+        ([1, 2, 4], [(2, True), (4, False)]),  # 3 is still held: the run below it, then the rest one by one
+        ([5], [(5, False)]),
+    ],
+)
+def test_a_batch_is_acked_with_multiple_only_below_every_other_unsettled_delivery(acked, expected):
+    worker = Worker(name="acks")
+    worker.channel = channel = RecordingChannel()  # type: ignore[assignment]
+    worker.unsettled = {1, 2, 3, 4, 5}
+    worker._ack_all(channel, acked)  # type: ignore[arg-type]
+    assert channel.acks == expected
+    assert worker.unsettled == {1, 2, 3, 4, 5} - set(acked)
