@@ -112,6 +112,22 @@ def _locked(order_ids: list[uuid.UUID]) -> dict[uuid.UUID, Order]:
 
 
 def _receive(items: list[Item]) -> None:
+    try:
+        transitions = _take_in(items)
+    except OUTAGE:
+        raise
+    except Exception:
+        # The batch's statement failed (rolled back): each order is received on its own, the per-order way.
+        log.warning("batched receive of %d orders failed; they go one by one", len(items), exc_info=True)
+        for item in items:
+            item.alone, item.received = True, False
+        return
+    cache_after_batch_commit(transitions)
+
+
+def _take_in(items: list[Item]) -> list[Transition]:
+    """Take the fresh orders into `processing` (one transaction): one locked read, one read of their lines, one
+    statement for their moves and `received` events."""
     transitions: list[Transition] = []
     with transaction.atomic():
         orders = _locked([item.order_id for item in items])
@@ -138,7 +154,7 @@ def _receive(items: list[Item]) -> None:
             transitions = transition_many(changes, to=OrderStatus.PROCESSING, kind=EventKind.RECEIVED)
     for item, moved in zip(taken, transitions, strict=True):
         item.received, item.order = True, moved.order
-    cache_after_batch_commit(transitions)
+    return transitions
 
 
 def _split(item: Item, exc: Exception, step: Step) -> None:
@@ -158,7 +174,9 @@ def _run_step(pipeline: Pipeline, step: Step, running: list[Item]) -> None:
     prepared: dict[uuid.UUID, Any] = {}
     if step.outside is not None:
         # The call to the other system, before the step's transaction and outside it, as in `run_step`.
-        answers = _call_outside(step, [item.order for item in running if item.order is not None], seams)
+        orders = [item.order for item in running if item.order is not None]
+        assert len(orders) == len(running), "a running item has its order"
+        answers = _call_outside(step, orders, seams)
         for item, answer in zip(running, answers, strict=True):
             if isinstance(answer, Exception):
                 _split(item, answer, step)
@@ -169,10 +187,10 @@ def _run_step(pipeline: Pipeline, step: Step, running: list[Item]) -> None:
     moving: list[Item] = []
     try:
         with transaction.atomic():
-            orders = _locked([item.order_id for item in entered])
+            locked = _locked([item.order_id for item in entered]) if entered else {}
             ready: list[tuple[Item, Order]] = []
             for item in entered:
-                order = orders.get(item.order_id)
+                order = locked.get(item.order_id)
                 if order is None or not (order.status == OrderStatus.PROCESSING and order.step == step.requires):
                     item.alone = True  # moved under us (another worker took it): the per-order guards decide
                     continue
@@ -184,7 +202,7 @@ def _run_step(pipeline: Pipeline, step: Step, running: list[Item]) -> None:
                     _split(item, exc, step)
                     continue
                 ready.append((item, attach_lines(order, item.lines)))
-            results = EFFECTS[step.name]([order for _, order in ready], seams, prepared)
+            results = EFFECTS[step.name]([order for _, order in ready], seams, prepared) if ready else []
             changes = []
             for (item, order), done in zip(ready, results, strict=True):
                 if isinstance(done, Exception):

@@ -8,7 +8,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db import IntegrityError
 
+from orders import batch
 from orders.models import GatewayCharge, Notification, Order, OrderEvent, OutboxMessage, Payment, Product
 from orders.sandbox.faults import NoFaults
 from orders.services import order_create
@@ -160,3 +162,24 @@ def test_the_batched_and_the_per_order_steps_leave_identical_rows_and_verdicts()
     # Each reservation shows the stock as it left it, after the ones before it in the batch.
     assert [[row["fields"]["stock"] for row in snapshot] for snapshot in reserved] == [[8, 0], [5, 49], [4], [0]]
     assert Decimal(expected["payments"][0]["amount"]) == Decimal("37.50")
+
+
+def test_a_batch_statement_that_fails_leaves_each_order_to_the_per_order_steps(monkeypatch):
+    for sku in STOCK:
+        ProductFactory(sku=sku, price="12.50")
+    orders = place("c")
+
+    def broken(orders: list[Order], seams: Any, references: dict[Any, Any]) -> list[Any]:
+        raise IntegrityError('duplicate key value violates unique constraint "injected"')
+
+    monkeypatch.setitem(batch.EFFECTS, "charge payment", broken)
+    deliveries = [delivery(order, n + 1) for n, order in enumerate(orders)]
+    assert [verdict for _, verdict in Processor(faults=NoFaults()).process_batch(deliveries)] == [ACK] * len(ORDERS)
+
+    statuses = [Order.objects.get(pk=order.pk).status for order in orders]
+    assert statuses == ["completed", "failed", "completed", "completed", "completed"]
+    assert Payment.objects.count() == GatewayCharge.objects.count() == 4
+    # Reserved in the batch; charged (and on) one order at a time, each in its own transaction.
+    charged = OrderEvent.objects.filter(kind="payment_charged")
+    assert OrderEvent.objects.filter(kind="inventory_reserved").values("at").distinct().count() == 1
+    assert charged.count() == charged.values("at").distinct().count() == 4
