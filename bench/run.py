@@ -617,12 +617,20 @@ def journey_times() -> tuple[list[float], dt.datetime | None, dt.datetime | None
     return durations, first, last, not_completed
 
 
-def batch_size() -> int:
-    """Orders a worker runs through one step transaction. Today 1: every order's step is its own transaction (issue
-    14's batched steps would raise it; a setting of that name, when it exists, is what the row reports)."""
-    from django.conf import settings
+def batch_size() -> float:
+    """The mean number of orders the workers ran through one step transaction over the drain: a batched step writes
+    its orders' events in one statement, at one time (orders/batch.py), and a step of one order has a time of its
+    own, so it is the step events per distinct (kind, time)."""
+    from django.db import connection
 
-    return int(getattr(settings, "WORKER_BATCH_SIZE", 1))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT count(*)::float / greatest(count(DISTINCT (kind, at)), 1) FROM orders_orderevent
+            WHERE kind IN ('received', 'inventory_reserved', 'payment_charged', 'customer_notified', 'completed')
+            """
+        )
+        return cursor.fetchone()[0]
 
 
 # The processes whose CPU a drain row reports per order, in the order the note lists them.
@@ -717,7 +725,6 @@ def wait_settled(processes: list[Process], meter: CpuMeter, timeout: float = 30)
 
 
 def bench_pipeline(report: Report, target: Target, scale: Scale, broker_baseline: float) -> None:
-    batch = batch_size()
     for workers in scale.workers:
         reset_orders()
         declare_and_purge()
@@ -737,6 +744,7 @@ def bench_pipeline(report: Report, target: Target, scale: Scale, broker_baseline
         finally:
             hold.release()
         durations, first, last, not_completed = journey_times()
+        batch = batch_size()
         if finished and not_completed:
             raise RuntimeError(f"{not_completed} orders did not complete")
         rate = len(durations) / max((last - first).total_seconds(), 1e-3)
@@ -745,7 +753,7 @@ def bench_pipeline(report: Report, target: Target, scale: Scale, broker_baseline
         report.add(
             Row(
                 f"pipeline: drain {scale.pipeline_orders:,} queued orders",
-                f"relay + {workers} worker{'s' if workers > 1 else ''}, batch {batch}",
+                f"relay + {workers} worker{'s' if workers > 1 else ''}, batch {batch:.1f}",
                 rate,
                 "orders/s",
                 p50,

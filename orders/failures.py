@@ -51,3 +51,7 @@ class FaultInjector(GatewayFaults, Protocol):
     def step_guards(self) -> bool:
         """False only in the sandbox's unsafe step_guards=off: the steps skip their "done before?" check."""
         ...
+
+    def batchable(self) -> bool:
+        """True while no fault and no unsafe mode is on: the worker may run the deliveries it holds as one batch."""
+        ...

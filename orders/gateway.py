@@ -18,11 +18,13 @@ from decimal import Decimal
 
 from django.db import IntegrityError, transaction
 
-from orders.failures import GatewayFaults, PaymentDeclined
+from orders.failures import GatewayFaults, PaymentDeclined, TransientFailure
 from orders.models import GatewayCharge, Order
 
 # What a step calls: the order to charge and the sandbox's faults -> the gateway's reference for the charge.
 Gateway = Callable[[Order, GatewayFaults], str]
+# The batched steps' call: the orders -> for each, its reference or the exception that answers it.
+BatchGateway = Callable[[list[Order], GatewayFaults], list[str | Exception]]
 
 
 def charge(order: Order, faults: GatewayFaults) -> str:
@@ -50,6 +52,57 @@ def charge_with_key(*, key: str, order_ref: str, amount: Decimal, faults: Gatewa
         return GatewayCharge.objects.values_list("reference", flat=True).get(idempotency_key=key)
 
 
+def charge_many(orders: list[Order], faults: GatewayFaults) -> list[str | Exception]:
+    """`charge` for many orders in one call, as a provider's batch endpoint answers: each charge keyed by its order
+    id, each answered on its own (its reference, or the timeout or decline that is its answer), the new charges
+    written in one transaction of the provider's. Used by the batched steps (orders/batch.py)."""
+    answers: dict[str, str | Exception] = {}
+    for order in orders:
+        try:
+            faults.maybe_fail_transiently("charge payment")
+        except TransientFailure as exc:
+            answers[str(order.id)] = exc
+    asked = [order for order in orders if str(order.id) not in answers]
+    for key, reference in GatewayCharge.objects.filter(
+        idempotency_key__in=[str(order.id) for order in asked]
+    ).values_list("idempotency_key", "reference"):
+        answers[str(key)] = reference
+    new = []
+    for order in asked:
+        if str(order.id) in answers:
+            continue
+        if faults.declined():
+            answers[str(order.id)] = PaymentDeclined("payment declined by the (simulated) card issuer")
+            continue
+        new.append(order)
+    try:
+        with transaction.atomic(durable=True):
+            for charged in GatewayCharge.objects.bulk_create(
+                GatewayCharge(
+                    idempotency_key=str(order.id), order_ref=str(order.id), amount=order.total, reference=_reference()
+                )
+                for order in new
+            ):
+                answers[str(charged.idempotency_key)] = charged.reference
+    except IntegrityError:
+        # Another worker charged one of them meanwhile (a duplicate delivery): each key on its own, as `charge` does.
+        for order in new:
+            answers[str(order.id)] = charge_with_key(
+                key=str(order.id), order_ref=str(order.id), amount=order.total, faults=_NoMoreFaults()
+            )
+    return [answers[str(order.id)] for order in orders]
+
+
+class _NoMoreFaults:
+    """The faults were decided for this call already; its retry of a racing key asks none again."""
+
+    def maybe_fail_transiently(self, step: str) -> None:
+        pass
+
+    def declined(self) -> bool:
+        return False
+
+
 def charge_without_key(order: Order, faults: GatewayFaults) -> str:
     """The unsafe call, kept for the lesson that switches the step guards off: every call is a new charge."""
     faults.maybe_fail_transiently("charge payment")
@@ -59,7 +112,11 @@ def charge_without_key(order: Order, faults: GatewayFaults) -> str:
         return _insert(key=None, order_ref=str(order.id), amount=order.total)
 
 
+def _reference() -> str:
+    return f"sim_{uuid.uuid4().hex[:20]}"
+
+
 def _insert(*, key: str | None, order_ref: str, amount: Decimal) -> str:
-    reference = f"sim_{uuid.uuid4().hex[:20]}"
+    reference = _reference()
     GatewayCharge.objects.create(idempotency_key=key, order_ref=order_ref, amount=amount, reference=reference)
     return reference

@@ -6,7 +6,10 @@ the same order. Two ways to write are kept side by side, pinned to each other by
 
 - the readable ORM path (`append_reference`), which `services.order_create_reference` and
   `services.transition_reference` use: one query per row, the way to learn what is written;
-- the fast path: one statement per change (`accept`, `transition`, `append`), which is what the pipeline runs.
+- the fast path: one statement per change (`accept`, `transition`, `append`), which is what the pipeline runs;
+- the batch path: one statement for a step's changes to many orders (`transition_many`, `set_cache_states`), which
+  a worker runs for the deliveries it holds (orders/batch.py), pinned to the per-order path by
+  orders/tests/test_batch.py.
 
 The statements are built with `psycopg.sql` from the models' table and column names, once, at import.
 """
@@ -121,6 +124,46 @@ _SET_CACHE_STATE_UNSYNCED = _render(
     sql.SQL(
         "UPDATE {event} SET snapshot = jsonb_set(snapshot, '{{cache}}', %(state)s::jsonb)"
         " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS this_transaction_only WHERE id = %(id)s"
+    ).format(event=EVENT)
+)
+
+
+# The batch's guarded UPDATE and its events in one statement: `_TRANSITION` for many orders at once. Each input row
+# names an order, the status and version it was read at under the caller's lock, and its event; only the orders still
+# there move, and only they get an event, numbered after their own last one. `{columns}` are the further columns the
+# transitions set (the same for every row of one statement), typed for jsonb_to_recordset; `{changes}` assigns them.
+_TRANSITION_MANY = sql.SQL("""
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
+        AS input(n integer, id uuid, from_status varchar, from_version integer, status varchar, kind varchar,
+                 message text, snapshot jsonb{columns})
+), moved AS (
+    UPDATE {order} SET status = input.status, version = {order}.version + 1, updated_at = %(at)s{changes}
+    FROM input
+    WHERE {order}.id = input.id AND {order}.status = input.from_status AND {order}.version = input.from_version
+    RETURNING {order}.id
+), previous AS (
+    SELECT order_id, MAX(seq) AS seq, MAX(at) AS at FROM {event}
+    WHERE order_id IN (SELECT id FROM input) GROUP BY order_id
+), inserted AS (
+    INSERT INTO {event} (order_id, seq, kind, at, message, snapshot)
+    SELECT input.id, COALESCE(previous.seq, 0) + 1, input.kind, %(at)s, input.message, input.snapshot
+    FROM input JOIN moved ON moved.id = input.id LEFT JOIN previous ON previous.order_id = input.id
+    ORDER BY input.n
+    RETURNING order_id, id, seq
+)
+SELECT inserted.order_id, inserted.id, inserted.seq, previous.at
+FROM inserted LEFT JOIN previous ON previous.order_id = inserted.order_id
+""")
+
+# The post-commit cache states of a batch's events, in one statement (see _SET_CACHE_STATE_UNSYNCED for why its
+# commit need not wait for the disk).
+_SET_CACHE_STATES_UNSYNCED = _render(
+    sql.SQL(
+        "UPDATE {event} SET snapshot = jsonb_set(snapshot, '{{cache}}', input.state)"
+        " FROM jsonb_to_recordset(%(states)s::jsonb) AS input(id bigint, state jsonb),"
+        " (SELECT set_config('synchronous_commit', 'off', true)) AS this_transaction_only"
+        " WHERE {event}.id = input.id"
     ).format(event=EVENT)
 )
 
@@ -275,6 +318,87 @@ def _transition_statement(names: tuple[str, ...]) -> str:
         for name in names
     ]
     return _render(_TRANSITION.format(order=ORDER, event=EVENT, previous=_PREVIOUS, changes=sql.Composed(assignments)))
+
+
+@dataclass(frozen=True)
+class Move:
+    """One order's part of `transition_many`: where it was (read under the caller's lock), where it goes, the
+    further fields it sets, and its event."""
+
+    order_id: object
+    from_status: str
+    from_version: int
+    to: str
+    changes: dict[str, Any]
+    kind: EventKind
+    message: str
+    snapshot: Mapping[str, Any]
+
+
+def transition_many(moves: list[Move], *, at: datetime) -> dict[str, Appended]:
+    """`transition` for many orders in one guarded statement (_TRANSITION_MANY): each order still at its
+    `from_status` and `from_version` moves and gets its event, all at `at`. Every move must set the same fields.
+    Returns the appended events by order id (as text); an order that had moved on is missing from it."""
+    if not moves:
+        return {}
+    names = tuple(moves[0].changes)
+    assert all(tuple(move.changes) == names for move in moves), "one statement sets one list of fields"
+    rows = [
+        {
+            "n": n,
+            "id": str(move.order_id),
+            "from_status": move.from_status,
+            "from_version": move.from_version,
+            "status": move.to,
+            "kind": str(move.kind),
+            "message": move.message,
+            "snapshot": move.snapshot,
+            **{f"set_{name}": move.changes[name] for name in names},
+        }
+        for n, move in enumerate(moves)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_transition_many_statement(names), {"rows": json.dumps(rows, default=_json_value), "at": at})
+        return {str(order_id): Appended(pk, seq, previous_at) for order_id, pk, seq, previous_at in cursor.fetchall()}
+
+
+def _json_value(value: object) -> object:
+    # Full precision: DjangoJSONEncoder would cut a datetime to milliseconds, and the row must hold what the event's
+    # snapshot shows.
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _order_type(name: str) -> str:
+    db_type = _order_field(name).db_type(connection)
+    assert db_type, f"{name} has no column type"
+    return db_type
+
+
+@functools.cache
+def _transition_many_statement(names: tuple[str, ...]) -> str:
+    """_TRANSITION_MANY setting the columns of these fields too, each from the input's `set_<name>`."""
+    columns = [sql.SQL(", {} {}").format(sql.Identifier(f"set_{name}"), sql.SQL(_order_type(name))) for name in names]
+    assignments = [
+        sql.SQL(", {} = input.{}").format(sql.Identifier(_order_column(name)), sql.Identifier(f"set_{name}"))
+        for name in names
+    ]
+    return _render(
+        _TRANSITION_MANY.format(
+            order=ORDER, event=EVENT, columns=sql.Composed(columns), changes=sql.Composed(assignments)
+        )
+    )
+
+
+def set_cache_states(states: list[tuple[int, dict[str, Any]]]) -> None:
+    """`set_cache_state` for a batch's events, in one statement of its own (outside any transaction)."""
+    if not states:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SET_CACHE_STATES_UNSYNCED, {"states": json.dumps([{"id": pk, "state": state} for pk, state in states])}
+        )
 
 
 def set_cache_state(event_id: int, state: dict[str, Any]) -> None:

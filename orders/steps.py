@@ -101,10 +101,46 @@ def reserve_inventory(order: Order, seams: Seams, _: Any) -> Done:
     for line in sorted(order.lines.all(), key=lambda item: item.product_id):
         stock = change_stock(line.product_id, -line.quantity)
         if stock is None:
-            raise OutOfStock(f"out of stock: {line.sku} (wanted {line.quantity})")
+            raise out_of_stock(line)
         rows.append(product_row(line.product_id, line.sku, stock, -line.quantity))
-    reserved = ", ".join(f"{line.quantity} × {line.sku}" for line in order.lines.all())
-    return Done(message=f"Reserved {reserved}.", rows=rows)
+    return reserved(order, rows)
+
+
+# What a step's effect says it did, shared with the batched steps (orders/batch.py) so both write the same events.
+
+
+def out_of_stock(line: OrderLine) -> OutOfStock:
+    return OutOfStock(f"out of stock: {line.sku} (wanted {line.quantity})")
+
+
+def reserved(order: Order, rows: list[RowSnapshot]) -> Done:
+    taken = ", ".join(f"{line.quantity} × {line.sku}" for line in order.lines.all())
+    return Done(message=f"Reserved {taken}.", rows=rows)
+
+
+def charged(order: Order, payment: Payment) -> Done:
+    return Done(
+        message=f"Charged {order.total} (gateway reference {payment.gateway_reference}).", rows=[payment_row(payment)]
+    )
+
+
+def notified(order: Order, notification: Notification) -> Done:
+    return Done(
+        message=f"Emailed {order.customer_email}: “{notification.subject}”.", rows=[notification_row(notification)]
+    )
+
+
+def completed(payment: Payment, order: Order) -> Done:
+    result = {
+        "payment_reference": payment.gateway_reference,
+        "charged": str(payment.amount),
+        "notified": order.customer_email,
+    }
+    return Done(
+        message="Completed. The message is acknowledged after this commit.",
+        to=OrderStatus.COMPLETED,
+        changes={"result": result, "completed_at": timezone.now()},
+    )
 
 
 _CHANGE_STOCK = (
@@ -148,7 +184,7 @@ def record_payment(order: Order, seams: Seams, reference: str) -> Done:
             )
     else:
         payment = Payment.objects.create(order=order, amount=order.total, gateway_reference=reference)
-    return Done(message=f"Charged {order.total} (gateway reference {reference}).", rows=[payment_row(payment)])
+    return charged(order, payment)
 
 
 def notify_customer(order: Order, seams: Seams, _: Any) -> Done:
@@ -162,21 +198,11 @@ def notify_customer(order: Order, seams: Seams, _: Any) -> Done:
         )
         return Done(message=f"Emailed {order.customer_email}: “{subject}”.", rows=[notification_row(notification)])
     notification = Notification.objects.create(order=order, recipient=order.customer_email, subject=subject, body=body)
-    return Done(message=f"Emailed {order.customer_email}: “{subject}”.", rows=[notification_row(notification)])
+    return notified(order, notification)
 
 
 def complete(order: Order, seams: Seams, _: Any) -> Done:
-    payment = Payment.objects.get(order=order)
-    result = {
-        "payment_reference": payment.gateway_reference,
-        "charged": str(payment.amount),
-        "notified": order.customer_email,
-    }
-    return Done(
-        message="Completed. The message is acknowledged after this commit.",
-        to=OrderStatus.COMPLETED,
-        changes={"result": result, "completed_at": timezone.now()},
-    )
+    return completed(Payment.objects.get(order=order), order)
 
 
 STEPS: tuple[Step, ...] = (

@@ -5,6 +5,13 @@ service the connection (heartbeats, deliveries, acks, republishing) while the st
 Step threads hand their verdict back with `add_callback_threadsafe`; the ack (or the republish to a retry tier or
 the dead letters, confirmed before the ack) is done on the connection's own thread, after the step's commit.
 
+Deliveries are run in batches (orders/batch.py: one transaction per step for all of them) while no fault and no
+unsafe mode is on: each arriving delivery joins the worker's pending list, and a step thread that becomes free takes
+the whole list, whatever is in hand then; it never waits for more, so a lone delivery at low load goes through as a
+batch of one (which takes the per-order steps: it has nothing to share). The batch's acks go after its last commit,
+in one `multiple` ack where no other delivery of the channel below them is unsettled. With a fault or an unsafe
+mode on, each delivery has its own step thread, as the lessons show it.
+
 Every delivery ends in a verdict; none is held without progress:
 - a database outage keeps the message unacked and retries the step until the database answers;
 - any other exception (an IntegrityError, a KeyError, a Redis error that escaped: a bug, not an outage) is logged
@@ -108,6 +115,14 @@ class Worker:
         self.in_flight: set[Future] = set()
         # The order each unsettled delivery carries (None for an undecodable body), reported in the heartbeat.
         self.holding: dict[Future, str | None] = {}
+        # Deliveries waiting for a step thread to take them as a batch, and every batched delivery until it is handed
+        # to the connection's thread to settle (by id(delivery): the order it carries), for the heartbeat.
+        self.pending: list[Delivery] = []
+        self.pending_lock = threading.Lock()
+        self.batched: dict[int, str | None] = {}
+        # The delivery tags of the current channel not yet acked or nacked (the connection's thread only): a
+        # `multiple` ack must not settle a delivery another thread still works on.
+        self.unsettled: set[int] = set()
         self.processed = 0
         self.current_order: str | None = None
         self.started_at = timezone.now()
@@ -143,6 +158,7 @@ class Worker:
     def _connect(self) -> None:
         self.connection = connect(self.amqp_url)
         self.channel = self.connection.channel()
+        self.unsettled = set()
         self.topology.declare(self.channel)
         self.channel.basic_qos(prefetch_count=self.prefetch)
         # Retries and dead letters are published on their own confirm channel, from this thread only.
@@ -233,7 +249,45 @@ class Worker:
             # it takes the message with it, and nothing will ever redeliver it.
             channel.basic_ack(delivery.delivery_tag)
             delivery.acked = True
+        else:
+            self.unsettled.add(delivery.delivery_tag)
+            if self._batchable():
+                self._hold(channel, delivery)
+                return
         self._submit(channel, delivery, self._process)
+
+    def _batchable(self) -> bool:
+        try:
+            return self.processor.batchable()
+        except DatabaseError:
+            close_old_connections()
+            return False  # the per-order way keeps it unacked until the database answers
+
+    def _hold(self, channel: BlockingChannel, delivery: Delivery) -> None:
+        """Add the delivery to what is in hand, and ask a step thread to take what is in hand then."""
+        self.batched[id(delivery)] = peek_order_id(delivery.body)
+        with self.pending_lock:
+            self.pending.append(delivery)
+        future = self.executor.submit(self._take, channel)
+        self.in_flight.add(future)
+        future.add_done_callback(self._taken)
+
+    def _take(self, channel: BlockingChannel) -> None:
+        """Runs on a step thread: everything pending, as one batch (nothing, if a thread free before it took it)."""
+        with self.pending_lock:
+            deliveries, self.pending = self.pending, []
+        if not deliveries:
+            return
+        try:
+            self._handle_batch(channel, deliveries)
+        finally:
+            for delivery in deliveries:
+                self.batched.pop(id(delivery), None)
+
+    def _taken(self, future: Future) -> None:
+        self.in_flight.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("worker: a batch failed outside its delivery handling", exc_info=future.exception())
 
     def _ack_on_receive(self) -> bool:
         try:
@@ -245,6 +299,7 @@ class Worker:
     def _on_dead_letter(
         self, channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes
     ) -> None:
+        self.unsettled.add(method.delivery_tag)
         self._submit(channel, self._delivery(self.topology.dead_watch_queue, method, props, body), self._watch)
 
     def _process(self, delivery: Delivery) -> Verdict | None:
@@ -281,6 +336,53 @@ class Worker:
             channel.connection.add_callback_threadsafe(functools.partial(self._settle, channel, delivery, outcome))
         except BROKER_ERRORS:
             log.warning("connection closed before settling delivery %s; it will be redelivered", delivery.delivery_tag)
+
+    def _handle_batch(self, channel: BlockingChannel, deliveries: list[Delivery]) -> None:
+        """`_handle` for a batch (`Processor.process_batch`): each delivery's verdict is settled as `_handle` settles
+        it, all of them in one callback to the connection's thread once the batch is done. A database outage keeps
+        the ones without a verdict yet and runs them again when the database answers."""
+        outcomes: dict[int, Outcome] = {}
+        backoff = Backoff(cap=5.0)
+        self.current_order = peek_order_id(deliveries[0].body)
+        try:
+            while not self.stopping.is_set():
+                left = [delivery for delivery in deliveries if id(delivery) not in outcomes]
+                if not left:
+                    break
+                try:
+                    for delivery, result in self.processor.process_batch(left):
+                        outcomes[id(delivery)] = (
+                            result if isinstance(result, Verdict) else self._unexpected(delivery, result)
+                        )
+                except Interrupted as exc:
+                    log.info("%s; leaving the messages unacked", exc)
+                    break
+                except DB_ERRORS as exc:
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "worker: database unavailable (%s); retrying %d deliveries in %.1fs",
+                        exc,
+                        len(left),
+                        delay,
+                    )
+                    connection.close()
+                    if self.stopping.wait(delay):
+                        break
+                except Exception as exc:
+                    # Outside any one order (the batch's own code): each delivery it left is settled as unexpected.
+                    for delivery in left:
+                        if id(delivery) not in outcomes:
+                            outcomes[id(delivery)] = self._unexpected(delivery, exc)
+        finally:
+            self.current_order = None
+        close_old_connections()
+        settled = [(delivery, outcomes[id(delivery)]) for delivery in deliveries if id(delivery) in outcomes]
+        if not settled:
+            return  # the worker is stopping: left unacked, they return to the queue when the channel closes
+        try:
+            channel.connection.add_callback_threadsafe(functools.partial(self._settle_batch, channel, settled))
+        except BROKER_ERRORS:
+            log.warning("connection closed before settling %d deliveries; they will be redelivered", len(settled))
 
     def _unexpected(self, delivery: Delivery, exc: Exception) -> Outcome:
         """Not an outage: a bug or bad data that waiting will not fix. Logged once per delivery with the order and
@@ -330,19 +432,57 @@ class Worker:
         if delivery.acked:
             self._settle_acked(delivery, verdict)
             return
+        if self._hand_on_or_nack(channel, delivery, verdict):
+            channel.basic_ack(delivery.delivery_tag)
+            self.unsettled.discard(delivery.delivery_tag)
+            if delivery.queue == self.topology.process_queue:
+                self.processed += 1
+
+    def _hand_on_or_nack(self, channel: BlockingChannel, delivery: Delivery, verdict: Outcome) -> bool:
+        """Everything `_settle` does before the ack: nack a Requeue, publish a retry or a dead letter (confirmed).
+        Returns whether the delivery is to be acked."""
         if isinstance(verdict, Requeue):
             channel.basic_nack(delivery.delivery_tag, requeue=True)
-            return
+            self.unsettled.discard(delivery.delivery_tag)
+            return False
         if verdict.action is not Action.ACK:
             try:
                 self._hand_on(delivery, verdict)
             except PublishFailed as exc:
                 log.warning("could not hand delivery %s on (%s); requeueing it", delivery.message_id, exc)
                 channel.basic_nack(delivery.delivery_tag, requeue=True)
-                return
-        channel.basic_ack(delivery.delivery_tag)
-        if delivery.queue == self.topology.process_queue:
-            self.processed += 1
+                self.unsettled.discard(delivery.delivery_tag)
+                return False
+        return True
+
+    def _settle_batch(self, channel: BlockingChannel, settled: list[tuple[Delivery, Outcome]]) -> None:
+        """`_settle` for a batch, on the connection's thread: the nacks and hand-ons first (each confirmed before its
+        ack), then the acks together."""
+        if not channel.is_open:
+            return
+        acks: list[Delivery] = []
+        for delivery, verdict in settled:
+            if delivery.acked:
+                self._settle_acked(delivery, verdict)
+            elif self._hand_on_or_nack(channel, delivery, verdict):
+                acks.append(delivery)
+        self._ack_all(channel, sorted(delivery.delivery_tag for delivery in acks))
+        self.processed += sum(1 for delivery in acks if delivery.queue == self.topology.process_queue)
+
+    def _ack_all(self, channel: BlockingChannel, tags: list[int]) -> None:
+        """Ack `tags` (ascending): one `multiple` ack for those below every other unsettled delivery of the channel
+        (a multiple ack settles every delivery up to its tag), then the rest one by one."""
+        # The lowest delivery of the channel still unsettled that is not in `tags` (0 for a channel we no longer
+        # track: one by one there).
+        floor = min(self.unsettled.difference(tags), default=None) if channel is self.channel else 0
+        below = [tag for tag in tags if floor is None or tag < floor]
+        if len(below) > 1:
+            channel.basic_ack(below[-1], multiple=True)
+        else:
+            below = []
+        for tag in tags[len(below) :]:
+            channel.basic_ack(tag)
+        self.unsettled.difference_update(tags)
 
     def _hand_on(self, delivery: Delivery, verdict: Verdict) -> None:
         """Publish the message to its retry tier or the dead letters, confirmed; raises PublishFailed."""
@@ -407,9 +547,9 @@ class Worker:
                     "hostname": socket.gethostname(),
                     "pid": os.getpid(),
                     "current_order": self.current_order,
-                    "holding": sorted({order for order in list(self.holding.values()) if order}),
+                    "holding": sorted({order for order in [*self.holding.values(), *self.batched.values()] if order}),
                     "processed": self.processed,
-                    "unacked": len(self.in_flight),
+                    "unacked": len(self.holding) + len(self.batched),
                     "started_at": self.started_at,
                     "last_seen": timezone.now(),
                 },

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
@@ -20,13 +20,14 @@ from typing import Any
 from django.utils import timezone
 
 from orders import cache
+from orders.batch import OUTAGE, Item, run_batch
 from orders.events import QueueSnapshot
 from orders.failures import Interrupted as Interrupted  # re-exported: the consumer catches it by this name
 from orders.gateway import Gateway, charge
 from orders.notifications import Notifier, send_confirmation
 from orders.sandbox.faults import Faults
 from orders.services import MESSAGE_VERSION, Transition
-from orders.steps import Ended, Pipeline, Seams, UnknownOrder
+from orders.steps import Ended, Outcome, Pipeline, Seams, UnknownOrder
 from worker.topology import RetryTier, Topology, topology
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,26 @@ def peek_order_id(body: bytes) -> str | None:
         return None
 
 
+def _guarded(work: Callable[..., Verdict], *args: Any) -> Verdict | Exception:
+    """`work`'s verdict, or the unexpected exception it raised (an outage or Interrupted propagates)."""
+    try:
+        return work(*args)
+    except (*OUTAGE, Interrupted):
+        raise
+    except Exception as exc:
+        return exc
+
+
+def _fresh_order(delivery: Delivery) -> uuid.UUID | None:
+    """The order a first delivery (not redelivered, not a retry) names, or None: what the batched path may take."""
+    if delivery.redelivered or delivery.retries or delivery.delivery_count > 1:
+        return None
+    try:
+        return decode(delivery.body)
+    except PoisonMessage:
+        return None
+
+
 # ---------------------------------------------------------------- the processor
 
 
@@ -221,6 +242,10 @@ class Processor:
             seams=Seams(faults=self.faults, charge=gateway, notify=notify), should_stop=should_stop
         )
 
+    def batchable(self) -> bool:
+        """Whether deliveries may be run as a batch now (no fault, no unsafe mode: `Faults.batchable`)."""
+        return self.faults.batchable()
+
     def process(self, delivery: Delivery) -> Verdict:
         """Handle one delivery end to end. Database errors propagate (the caller keeps the message unacked);
         Interrupted means the worker is stopping and the message must stay unacked too."""
@@ -236,7 +261,52 @@ class Processor:
             return Verdict(Action.DEAD_LETTER, reason=f"poison message: {exc}")
         if started is None:
             return ACK
-        outcome = self.pipeline.run(order_id, delivery)
+        return self.verdict(order_id, self.pipeline.run(order_id, delivery), delivery)
+
+    def process_batch(self, deliveries: list[Delivery]) -> Iterator[tuple[Delivery, Verdict | Exception]]:
+        """Handle the deliveries a worker holds, yielding each with its verdict (or the unexpected exception that
+        ended it, for the caller to settle as it settles one from `process`).
+
+        The fresh ones (first deliveries of orders no worker has started, one per order) run as one batch, one
+        transaction per step (orders/batch.py); every other delivery, and any order the batch leaves, goes through
+        `process` (or, if the batch took it into `processing`, through the per-order steps), one by one, after the
+        batch. Each gets exactly the verdict `process` would give it. Database errors and Interrupted propagate;
+        what was yielded before them is settled, so the caller runs only the rest again."""
+        items: list[tuple[Delivery, Item]] = []
+        alone: list[Delivery] = []
+        taken: set[uuid.UUID] = set()
+        batchable = self.batchable()
+        for delivery in deliveries:
+            order_id = _fresh_order(delivery) if batchable else None
+            if order_id is None or order_id in taken:
+                alone.append(delivery)
+                continue
+            taken.add(order_id)
+            items.append((delivery, Item(order_id=order_id, message=delivery)))
+        if len(items) == 1:
+            # A batch of one gains nothing from the batched statements: it goes the per-order way, as it always did.
+            alone.insert(0, items.pop()[0])
+        if items:
+            run_batch(self.pipeline, [item for _, item in items])
+        for delivery, item in items:
+            if item.alone and not item.received:
+                alone.append(delivery)
+            elif item.alone:
+                yield delivery, _guarded(self.resume, item.order_id, delivery)
+            elif item.error is not None:
+                yield delivery, item.error
+            else:
+                assert item.outcome is not None
+                yield delivery, _guarded(self.verdict, item.order_id, item.outcome, delivery)
+        for delivery in alone:
+            yield delivery, _guarded(self.process, delivery)
+
+    def resume(self, order_id: uuid.UUID, delivery: Delivery) -> Verdict:
+        """The rest of `process` for an order already received: its unfinished steps, one by one."""
+        return self.verdict(order_id, self.pipeline.run(order_id, delivery), delivery)
+
+    def verdict(self, order_id: uuid.UUID, outcome: Outcome, delivery: Delivery) -> Verdict:
+        """The verdict for how an order's steps ended."""
         if outcome.ended is Ended.FAILED:
             log.info("order %s failed: %s", order_id, outcome.error)
         elif outcome.ended is Ended.TRANSIENT:

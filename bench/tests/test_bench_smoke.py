@@ -28,12 +28,10 @@ def test_bench_produces_every_row(settings, tmp_path):
                 for m, s in settings_of
             ), (server, connections)
     drains = [row for row in report.rows if row.measurement.startswith("pipeline")]
-    batch = bench.batch_size()
-    assert [row.setting for row in drains] == [
-        f"relay + 1 worker, batch {batch}",
-        f"relay + 2 workers, batch {batch}",
-        f"relay + 4 workers, batch {batch}",
-    ]
+    # Each drain row reports the mean batch its workers ran (at least 1: a batch of one).
+    for row, workers in zip(drains, ["relay + 1 worker", "relay + 2 workers", "relay + 4 workers"], strict=True):
+        setting, batch = row.setting.split(", batch ")
+        assert setting == workers and float(batch) >= 1, row
     for row in drains:  # CPU per order by process, measured (the workers did work) and printed
         assert set(row.cpu) == set(bench.CPU_GROUPS), row
         assert row.cpu["workers"] > 0, row

@@ -87,6 +87,21 @@ class Faults:
     def step_guards(self) -> bool:
         return self.modes().step_guards
 
+    def batchable(self) -> bool:
+        """Whether a worker may run the deliveries it holds as one batch (orders/batch.py): only while every fault
+        is off and every mode is safe. Otherwise each delivery goes the per-order way, where step-by-step mode,
+        step delays, fault rates and the unsafe modes are shown one order at a time."""
+        values = self.settings()
+        if any(values[name] != sandbox.DEFAULTS[name] for name in sandbox.FAULTS):
+            return False
+        modes = self.modes()
+        return (modes.ack_mode, modes.publish_mode, modes.step_guards, modes.cache_mode) == (
+            sandbox.SAFE_MODES.ack_mode,
+            sandbox.SAFE_MODES.publish_mode,
+            sandbox.SAFE_MODES.step_guards,
+            sandbox.SAFE_MODES.cache_mode,
+        )
+
 
 class NoFaults(Faults):
     """For tests of the plain pipeline: never consults the database."""

@@ -62,3 +62,20 @@ def test_it_refuses_to_run_inside_our_transaction():
     # Inside the step's transaction a crash would roll the "provider's" charge back, which no real provider does.
     with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
         gateway.charge_with_key(key="order-4", order_ref="order-4", amount=Decimal("5.00"), faults=Faults())
+
+
+def test_a_batch_charge_answers_each_order_as_its_own_charge_would(product):
+    orders = [
+        services.order_create(customer_email=f"batch{n}@example.com", items=[{"sku": product.sku, "quantity": 1}])
+        for n in range(3)
+    ]
+    first = gateway.charge(orders[0], Faults())
+    answers = gateway.charge_many(orders, Faults())
+    # The key seen before answers its first charge; the two new ones are charged once each.
+    assert answers[0] == first and len(set(answers)) == 3
+    assert GatewayCharge.objects.filter(order_ref__in=[str(o.id) for o in orders]).count() == 3
+    assert gateway.charge_many(orders, Faults(declined=True)) == answers  # replayed keys are not declined
+    late = services.order_create(customer_email="late@example.com", items=[{"sku": product.sku, "quantity": 1}])
+    [declined] = gateway.charge_many([late], Faults(declined=True))
+    assert isinstance(declined, PaymentDeclined)
+    assert not GatewayCharge.objects.filter(order_ref=str(late.id)).exists()

@@ -202,3 +202,93 @@ def test_a_step_that_raises_settles_its_message_and_the_worker_carries_on(
     relay_once(broker)
     assert wait_until(lambda: Order.objects.get(pk=good.pk).status == OrderStatus.COMPLETED, 20)
     assert wait_until(lambda: not running_worker.in_flight, 5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_with_failing_orders_commits_the_others_and_settles_each_message(broker, start_worker):
+    """Six fresh deliveries taken as one batch: one order out of stock, one declined by the gateway. The other four
+    complete in the batch's transactions, and every message is settled: nothing left unacked, one charge each."""
+    from dataclasses import replace
+
+    from orders import gateway, services
+    from orders.failures import PaymentDeclined
+    from orders.models import GatewayCharge
+    from orders.tests.factories import ProductFactory
+
+    ProductFactory(sku="BOOK-001", price="25.00", stock=100)
+    ProductFactory(sku="MUG-002", price="9.00", stock=1)
+    orders = [
+        services.order_create(customer_email=f"b{n}@example.com", items=[{"sku": sku, "quantity": 1}])
+        for n, sku in enumerate(["BOOK-001", "MUG-002", "MUG-002", "BOOK-001", "BOOK-001", "BOOK-001"])
+    ]
+    out_of_stock, declined = orders[2], orders[4]
+
+    def charge(order, faults):
+        if order.pk == declined.pk:
+            raise PaymentDeclined("payment declined by the (simulated) card issuer")
+        return gateway.charge(order, faults)
+
+    worker = start_worker(prefetch=10, concurrency=1)
+    worker.processor.pipeline.seams = replace(worker.processor.pipeline.seams, charge=charge)
+    # The only step thread is kept busy until every delivery is in hand, so the six are taken as one batch.
+    release = threading.Event()
+    worker.executor.submit(release.wait, 20)
+    relay_once(broker)
+    assert wait_until(lambda: len(worker.pending) == len(orders), 10)
+    # Held as a batch, they are in the heartbeat's `holding` as held one by one (the sweeper leaves them alone).
+    held = sorted(str(order.pk) for order in orders)
+    assert wait_until(lambda: WorkerHeartbeat.objects.filter(name=worker.name, holding=held, unacked=6).exists(), 5)
+    release.set()
+
+    assert wait_until(lambda: Order.objects.filter(status__in=OrderStatus.terminal()).count() == len(orders), 20)
+    statuses = [Order.objects.get(pk=order.pk).status for order in orders]
+    assert statuses == [
+        OrderStatus.FAILED if order in (out_of_stock, declined) else OrderStatus.COMPLETED for order in orders
+    ]
+    assert Order.objects.get(pk=out_of_stock.pk).failure_reason == "out of stock: MUG-002 (wanted 1)"
+    assert Order.objects.get(pk=declined.pk).failure_reason.startswith("payment declined")
+    # One transaction per step for the batch: the four that completed share each step's event time.
+    assert OrderEvent.objects.filter(kind=EventKind.COMPLETED).values("at").distinct().count() == 1
+    assert OrderEvent.objects.filter(kind=EventKind.RECEIVED).values("at").distinct().count() == 1
+    # One charge each, stock taken by the completed ones only (the declined one's reservation released).
+    assert Payment.objects.count() == 4 and GatewayCharge.objects.count() == 4
+    assert dict(Product.objects.values_list("sku", "stock")) == {"BOOK-001": 100 - 3, "MUG-002": 0}
+
+    # Every message settled (acked: a failed order is done with), nothing held, nothing back in a queue.
+    assert wait_until(lambda: worker.processed == len(orders) and not worker.in_flight, 10)
+    assert not worker.unsettled and not worker.batched and not worker.pending
+    worker.stop()
+    assert wait_until(lambda: worker.connection is None, 20)
+
+    def ready(queue: str) -> int:
+        return broker.channel.queue_declare(queue, passive=True).method.message_count
+
+    topo = broker.topology
+    assert [ready(topo.process_queue), ready(topo.dead_queue)] == [0, 0]
+    assert all(ready(tier.queue) == 0 for tier in topo.retry_tiers)
+
+
+class RecordingChannel:
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, bool]] = []
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.acks.append((tag, multiple))
+
+
+@pytest.mark.parametrize(
+    ("acked", "expected"),
+    [
+        ([1, 2, 3], [(3, True)]),  # the lowest unsettled: one multiple ack
+        ([2, 3], [(2, False), (3, False)]),  # 1 is still held by another thread: a multiple ack would settle it
+        ([1, 2, 4], [(2, True), (4, False)]),  # 3 is still held: the run below it, then the rest one by one
+        ([5], [(5, False)]),
+    ],
+)
+def test_a_batch_is_acked_with_multiple_only_below_every_other_unsettled_delivery(acked, expected):
+    worker = Worker(name="acks")
+    worker.channel = channel = RecordingChannel()  # type: ignore[assignment]
+    worker.unsettled = {1, 2, 3, 4, 5}
+    worker._ack_all(channel, acked)  # type: ignore[arg-type]
+    assert channel.acks == expected
+    assert worker.unsettled == {1, 2, 3, 4, 5} - set(acked)

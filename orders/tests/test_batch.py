@@ -1,0 +1,185 @@
+"""The batched steps (one transaction per step for many orders) leave exactly the rows the per-order steps leave."""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import IntegrityError
+
+from orders import batch
+from orders.models import GatewayCharge, Notification, Order, OrderEvent, OutboxMessage, Payment, Product
+from orders.sandbox.faults import NoFaults
+from orders.services import order_create
+from orders.tests.factories import ProductFactory
+from worker.processing import ACK, Delivery, Processor
+
+pytestmark = pytest.mark.django_db
+
+STOCK = {"BOOK-001": 10, "MUG-002": 1, "PEN-003": 50}
+# In the order the per-order runs take them, and the batch holds them: the second finds the only mug taken by the
+# first (out of stock, nothing reserved), the last is declined by the gateway (its reservation released).
+ORDERS = [
+    [{"sku": "MUG-002", "quantity": 1}, {"sku": "BOOK-001", "quantity": 2}],
+    [{"sku": "PEN-003", "quantity": 5}, {"sku": "MUG-002", "quantity": 1}],
+    [{"sku": "BOOK-001", "quantity": 3}, {"sku": "PEN-003", "quantity": 1}],
+    [{"sku": "BOOK-001", "quantity": 1}],
+    [{"sku": "BOOK-001", "quantity": 4}],
+]
+# What differs between two runs of the same orders and says nothing about the rows: times, outbox ids, delivery tags.
+VARYING = {
+    "message_id",
+    "outbox_id",
+    "at",
+    "created_at",
+    "updated_at",
+    "completed_at",
+    "sent_at",
+    "placed_at",
+    "delivery_tag",
+    "back_at",
+}
+
+
+def place(run: str) -> list[Order]:
+    for sku, stock in STOCK.items():
+        Product.objects.filter(sku=sku).update(stock=stock)
+    return [order_create(customer_email=f"{run}{n}@example.com", items=items) for n, items in enumerate(ORDERS)]
+
+
+def delivery(order: Order, tag: int) -> Delivery:
+    outbox = OutboxMessage.objects.get(order=order)
+    return Delivery(
+        body=json.dumps(outbox.payload).encode(),
+        delivery_tag=tag,
+        exchange="test.orders",
+        routing_key="order.placed",
+        queue="test.orders.process",
+        message_id=str(outbox.id),
+        depths={"test.orders.process": 4},
+        worker="test-worker",
+    )
+
+
+class DecliningTheLast(NoFaults):
+    """No fault is on (the batch runs), but the gateway's last new charge is declined: the fifth order's, as the
+    out-of-stock order never asks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def declined(self) -> bool:
+        self.asked += 1
+        return self.asked == len(ORDERS) - 1
+
+
+def rows(orders: list[Order]) -> dict[str, Any]:
+    """Everything stored for the orders, each id replaced by the order's position and each time by a marker."""
+    names: dict[str, str] = {}
+    for n, order in enumerate(orders):
+        names[str(order.pk)] = f"<order {n}>"
+        names[str(order.pk)[:8]] = f"<order {n}>"
+        names[order.customer_email] = f"<customer {n}>"
+        for reference in GatewayCharge.objects.filter(order_ref=str(order.pk)).values_list("reference", flat=True):
+            names[reference] = f"<charge {n}>"
+
+    def same(value: Any) -> Any:
+        text = json.dumps(value, default=str)
+        for old, new in names.items():
+            text = text.replace(old, new)
+        return strip(json.loads(re.sub(r"outbox message #\d+", "outbox message #<outbox>", text)))
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            if value.get("table") in (
+                Payment._meta.db_table,
+                Notification._meta.db_table,
+                OutboxMessage._meta.db_table,
+            ):
+                value = {**value, "id": "<id>"}
+            return {key: "<varies>" if key in VARYING else strip(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [strip(item) for item in value]
+        return value
+
+    ids = [order.pk for order in orders]
+    return {
+        "orders": same(list(Order.objects.filter(pk__in=ids).order_by("customer_email").values())),
+        "events": same(
+            [
+                [event.seq, event.kind, event.message, event.snapshot]
+                for event in OrderEvent.objects.filter(order__in=ids).order_by("order__customer_email", "seq")
+            ]
+        ),
+        "payments": same(
+            list(
+                Payment.objects.filter(order__in=ids)
+                .order_by("order__customer_email")
+                .values("order_id", "amount", "gateway_reference")
+            )
+        ),
+        "notifications": same(
+            list(
+                Notification.objects.filter(order__in=ids)
+                .order_by("order__customer_email")
+                .values("order_id", "channel", "recipient", "subject", "body")
+            )
+        ),
+        "stock": dict(Product.objects.filter(sku__in=STOCK).values_list("sku", "stock")),
+    }
+
+
+def test_the_batched_and_the_per_order_steps_leave_identical_rows_and_verdicts():
+    for sku in STOCK:
+        ProductFactory(sku=sku, price="12.50")
+    # The same orders (emails a0… and b0… sort alike), run one by one, then as one batch, from the same stock.
+    one_by_one = place("a")
+    alone = Processor(faults=DecliningTheLast())
+    verdicts_alone = [alone.process(delivery(order, n + 1)) for n, order in enumerate(one_by_one)]
+    expected = rows(one_by_one)
+
+    batched = place("b")
+    deliveries = [delivery(order, n + 1) for n, order in enumerate(batched)]
+    verdicts = {id(d): verdict for d, verdict in Processor(faults=DecliningTheLast()).process_batch(deliveries)}
+    assert [verdicts[id(d)] for d in deliveries] == verdicts_alone == [ACK] * len(ORDERS)
+    assert rows(batched) == expected
+
+    # Not vacuous: the batch ran (one statement per step: its events share one time); three completed, one out of
+    # stock, one declined with its stock released.
+    assert OrderEvent.objects.filter(order__in=batched, kind="received").values("at").distinct().count() == 1
+    assert OrderEvent.objects.filter(order__in=one_by_one, kind="received").values("at").distinct().count() == 5
+    statuses = [order["status"] for order in expected["orders"]]
+    assert statuses == ["completed", "failed", "completed", "completed", "failed"]
+    assert expected["stock"] == {"BOOK-001": 10 - 2 - 3 - 1, "MUG-002": 0, "PEN-003": 50 - 1}
+    assert Payment.objects.filter(order__in=batched).count() == 3
+    received = [event for event in expected["events"] if event[1] == "received"]
+    assert received[0][3]["queue"]["worker"] == "test-worker" and received[0][3]["queue"]["queue_ready"] == 4
+    reserved = [event[3]["db"]["rows"] for event in expected["events"] if event[1] == "inventory_reserved"]
+    # Each reservation shows the stock as it left it, after the ones before it in the batch.
+    assert [[row["fields"]["stock"] for row in snapshot] for snapshot in reserved] == [[8, 0], [5, 49], [4], [0]]
+    assert Decimal(expected["payments"][0]["amount"]) == Decimal("37.50")
+
+
+def test_a_batch_statement_that_fails_leaves_each_order_to_the_per_order_steps(monkeypatch):
+    for sku in STOCK:
+        ProductFactory(sku=sku, price="12.50")
+    orders = place("c")
+
+    def broken(orders: list[Order], seams: Any, references: dict[Any, Any]) -> list[Any]:
+        raise IntegrityError('duplicate key value violates unique constraint "injected"')
+
+    monkeypatch.setitem(batch.EFFECTS, "charge payment", broken)
+    deliveries = [delivery(order, n + 1) for n, order in enumerate(orders)]
+    assert [verdict for _, verdict in Processor(faults=NoFaults()).process_batch(deliveries)] == [ACK] * len(ORDERS)
+
+    statuses = [Order.objects.get(pk=order.pk).status for order in orders]
+    assert statuses == ["completed", "failed", "completed", "completed", "completed"]
+    assert Payment.objects.count() == GatewayCharge.objects.count() == 4
+    # Reserved in the batch; charged (and on) one order at a time, each in its own transaction.
+    charged = OrderEvent.objects.filter(kind="payment_charged")
+    assert OrderEvent.objects.filter(kind="inventory_reserved").values("at").distinct().count() == 1
+    assert charged.count() == charged.values("at").distinct().count() == 4
