@@ -183,3 +183,36 @@ def test_a_batch_statement_that_fails_leaves_each_order_to_the_per_order_steps(m
     charged = OrderEvent.objects.filter(kind="payment_charged")
     assert OrderEvent.objects.filter(kind="inventory_reserved").values("at").distinct().count() == 1
     assert charged.count() == charged.values("at").distinct().count() == 4
+
+
+def test_the_batch_statements_find_their_rows_through_an_index():
+    """The batch's UPDATEs join their rows to a JSON recordset, whose size the planner cannot know (it guesses 100):
+    without the `= ANY` of the ids beside the join, it reads the orders and events tables whole on every step (13 ms
+    per statement at 15,000 orders, growing with the tables). Planned here over 3,000 orders with 5 events each."""
+    from django.db import connection
+
+    from orders import journal
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO orders_order (id, status, step, customer_email, total, note, failure_reason, attempts, "
+            "version, created_at, updated_at) SELECT gen_random_uuid(), 'processing', 'none', 'a@example.com', 10, "
+            "'', '', 1, 1, now(), now() FROM generate_series(1, 3000)"
+        )
+        cursor.execute(
+            "INSERT INTO orders_orderevent (order_id, seq, kind, at, message, snapshot) "
+            "SELECT id, seq, 'received', now(), '', '{}' FROM orders_order, generate_series(1, 5) AS seq"
+        )
+        cursor.execute("ANALYZE orders_order, orders_orderevent")  # rolled back with the test's transaction
+        cursor.execute("SELECT id FROM orders_order LIMIT 1")
+        (order_id,) = cursor.fetchone()
+        row = {"n": 0, "id": str(order_id), "from_status": "processing", "from_version": 1, "status": "processing"}
+        row |= {"kind": "received", "message": "m", "snapshot": {}, "set_attempts": 2}
+        statements = [
+            (journal._transition_many_statement(("attempts",)), {"rows": json.dumps([row]), "ids": [order_id]}),
+            (journal._SET_CACHE_STATES_UNSYNCED, {"states": json.dumps([{"id": 1, "state": {}}]), "ids": [1]}),
+        ]
+        for statement, params in statements:
+            cursor.execute(f"EXPLAIN {statement}", {"at": None, **params})
+            plan = "\n".join(line for (line,) in cursor.fetchall())
+            assert not re.search(r"Seq Scan on orders_(order|orderevent)\b", plan), plan
