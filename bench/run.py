@@ -230,6 +230,19 @@ def reset_orders() -> None:
         )
 
 
+def analyze_orders() -> None:
+    """Refresh the planner's statistics of the order tables after a preload. The tables were just emptied and
+    refilled, and autovacuum analyzes them only after its next nap (up to a minute): until then the planner believes
+    them empty and reads them whole where an index would do, which no long-running deployment sees."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ANALYZE orders_order, orders_orderline, orders_outboxmessage, orders_orderevent, orders_payment, "
+            "orders_notification, orders_product"
+        )
+
+
 def seed_products() -> None:
     from orders.models import Product
 
@@ -729,6 +742,7 @@ def bench_pipeline(report: Report, target: Target, scale: Scale, broker_baseline
         reset_orders()
         declare_and_purge()
         preload_orders(scale.pipeline_orders)
+        analyze_orders()
         relay = manage("run_relay", target=target)
         consumers = [manage("run_worker", target=target) for _ in range(workers)]
         processes = [relay, *consumers]
