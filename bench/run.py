@@ -630,6 +630,28 @@ def journey_times() -> tuple[list[float], dt.datetime | None, dt.datetime | None
     return durations, first, last, not_completed
 
 
+def legs_ms() -> list[tuple[str, float]]:
+    """Where an order's time goes: for each kind of journey event, the median milliseconds since the order's event
+    before it (accepted -> published is the relay's leg, published -> received the broker's and the worker's take),
+    in the order the events come."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT kind, percentile_cont(0.5) WITHIN GROUP (ORDER BY gap) * 1000
+            FROM (
+                SELECT kind, seq, EXTRACT(EPOCH FROM at - lag(at) OVER (PARTITION BY order_id ORDER BY seq)) AS gap
+                FROM orders_orderevent
+            ) AS legs
+            WHERE gap IS NOT NULL
+            GROUP BY kind
+            ORDER BY min(seq)
+            """
+        )
+        return [(kind, float(ms)) for kind, ms in cursor.fetchall()]
+
+
 def batch_size() -> float:
     """The mean number of orders the workers ran through one step transaction over the drain: a batched step writes
     its orders' events in one statement, at one time (orders/batch.py), and a step of one order has a time of its
@@ -875,6 +897,7 @@ def bench_paced(report: Report, target: Target, scale: Scale, server: str) -> No
     durations, _first, _last, not_completed = journey_times()
     if not_completed:
         raise RuntimeError(f"{not_completed} paced orders did not complete")
+    legs = ", ".join(f"{kind} {ms:.1f}" for kind, ms in legs_ms())
     p50, p99 = percentiles_ms(durations)
     report.add(
         Row(
@@ -884,7 +907,7 @@ def bench_paced(report: Report, target: Target, scale: Scale, server: str) -> No
             "orders/s",
             p50,
             p99,
-            note="accepted→completed, from the events' timestamps",
+            note=f"accepted→completed, from the events' timestamps; median ms since the event before, by event: {legs}",
         )
     )
 
