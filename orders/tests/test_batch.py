@@ -208,7 +208,7 @@ def test_the_batch_statements_find_their_rows_through_an_index():
         (order_id,) = cursor.fetchone()
         row = {"n": 0, "id": str(order_id), "from_status": "processing", "from_version": 1, "status": "processing"}
         row |= {"kind": "received", "message": "m", "snapshot": {}, "set_attempts": 2}
-        statements = [
+        statements: list[tuple[str, dict[str, Any]]] = [
             (journal._transition_many_statement(("attempts",)), {"rows": json.dumps([row]), "ids": [order_id]}),
             (journal._SET_CACHE_STATES_UNSYNCED, {"states": json.dumps([{"id": 1, "state": {}}]), "ids": [1]}),
         ]
