@@ -3,7 +3,7 @@ Dockerfile's CMD, `make run`). WebSockets are not served here: daphne runs besid
 
 Why gunicorn with threads (WSGI) for HTTP: it accepted the most orders. On the 2-core development machine,
 POST /api/orders/ at 64 connections reached 338 orders/s with 2 workers x 4 threads, against 299/s for
-`uvicorn --workers 2` and 220/s for daphne (bench/run.py; the table in the README's Benchmark section). The CPU is
+`uvicorn --workers 2` and 220/s for daphne (bench/run.py; the table in docs/09-benchmark.md). The CPU is
 the limit there (about 3 ms per order in the server), not waits: threads only fill the short gaps while a request
 waits on PostgreSQL's answers.
 
@@ -53,7 +53,7 @@ bind = f"{os.environ.get('WEB_BIND', '') or '127.0.0.1'}:{env_int('PORT', 8000)}
 workers = env_int("WEB_WORKERS", 2)
 # gthread: each worker serves requests from a pool of threads. While one request waits on PostgreSQL's answers
 # (the GIL is released) another runs, so a worker keeps its core busy; more threads than that only add contention
-# (the layouts compared in the README's Benchmark section measured within the noise of 2 x 4).
+# (the layouts compared in docs/09-benchmark.md measured within the noise of 2 x 4).
 worker_class = "gthread"
 threads = env_int("WEB_THREADS", 4)
 

@@ -193,7 +193,7 @@ if not AMQP_URLS or not all(url.startswith(("amqp://", "amqps://")) for url in A
 ORDERPIPE_PREFIX = env_str("ORDERPIPE_PREFIX", "orderpipe")
 WORKER_PREFETCH = env_int("WORKER_PREFETCH", 10)
 # Orders a worker processes at once (threads). A step is a few round trips to PostgreSQL and Redis, and a thread
-# waiting on one holds no CPU, so a few threads keep one worker process near a full core (the README's Benchmark:
+# waiting on one holds no CPU, so a few threads keep one worker process near a full core (docs/09-benchmark.md:
 # the CPU, not the disk, is the limit). Past that, run more worker processes rather than more threads.
 WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 4)
 AMQP_HEARTBEAT = env_int("AMQP_HEARTBEAT", 30)
@@ -282,7 +282,7 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "orders@orderpipe.local")
 ORDERPIPE_SANDBOX = env_bool("ORDERPIPE_SANDBOX", True)
 
 # ---------------------------------------------------------------- security
-# The permission model is in orders/permissions.py and the README's "Security" section.
+# The permission model is in orders/permissions.py and docs/05-security.md.
 
 # Behind a TLS-terminating proxy: cookies only over HTTPS, HSTS, and (opt-in) trust the proxy's scheme header and
 # redirect plain HTTP. All off by default so `make run` works over http://localhost.

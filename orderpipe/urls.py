@@ -1,4 +1,4 @@
-"""Every URL here has a permission decision in the README's "Security" table, and
+"""Every URL here has a permission decision in the table in docs/05-security.md, and
 orderpipe/tests/test_permissions.py fails for a URL it does not know."""
 
 from django.contrib import admin

@@ -38,7 +38,7 @@ class BasicInDebugScheme(BasicScheme):
 
 
 ERROR = inline_serializer("Error", fields={"detail": serializers.CharField()})
-# Any endpoint: 403 (not allowed: see the README's Security table, or a bad login), 429 (throttled, Retry-After).
+# Any endpoint: 403 (not allowed: see the table in docs/05-security.md, or a bad login), 429 (throttled, Retry-After).
 COMMON_ERRORS = {403: ERROR, 429: ERROR}
 FIELD_ERRORS = OpenApiResponse(OpenApiTypes.OBJECT, description="Field errors: {field: [messages]}")
 

@@ -1,4 +1,4 @@
-"""Who may call which endpoint of the REST API (and /metrics). The README's "Security" table is this module in
+"""Who may call which endpoint of the REST API (and /metrics). The table in docs/05-security.md is this module in
 words, and orderpipe/tests/test_permissions.py walks every URL of the URLconf against that table.
 
 DRF's default (`DEFAULT_PERMISSION_CLASSES`) is `StaffOrDebugReadOnly`: a view that states nothing is readable by

@@ -299,7 +299,7 @@ def test_the_example_configuration_loads_and_points_at_the_compose_services():
     mq = environment(SERVICES["rabbitmq"])
     assert example["AMQP_URL"].startswith(f"amqp://{mq['RABBITMQ_DEFAULT_USER']}:{mq['RABBITMQ_DEFAULT_PASS']}@")
     # The settings accept these values once the published demo key is replaced, as the file asks: a production-mode
-    # start refuses that key (README, Security).
+    # start refuses that key (docs/05-security.md).
     code = (
         "from django.conf import settings; assert not settings.DEBUG; "
         "print(settings.DATABASES['default']['HOST'], settings.WEBSOCKET_PORT)"
@@ -357,7 +357,7 @@ def test_the_rabbitmq_password_comes_from_the_environment():
     raw = SERVICES["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"]
     assert raw.startswith("${RABBITMQ_PASSWORD:-"), raw
     assert interpolate(raw, {"RABBITMQ_PASSWORD": "s3cret"}) == "s3cret"
-    assert "RABBITMQ_PASSWORD" in (ROOT / "README.md").read_text()
+    assert "RABBITMQ_PASSWORD" in (ROOT / "docs" / "07-operations-and-docker.md").read_text()
 
 
 def test_the_ws_port_is_the_one_the_pages_connect_to():

@@ -1,6 +1,6 @@
-"""The README's configuration table is the list of every environment variable the project reads: a variable read
-in orderpipe/settings.py or gunicorn.conf.py that the table does not list (or one the table lists that nothing
-reads) fails here. The reads are found in the code's syntax tree, not by running it."""
+"""The configuration table (docs/06-configuration.md) is the list of every environment variable the project reads:
+a variable read in orderpipe/settings.py or gunicorn.conf.py that the table does not list (or one the table lists
+that nothing reads) fails here. The reads are found in the code's syntax tree, not by running it."""
 
 from __future__ import annotations
 
@@ -49,11 +49,10 @@ def env_reads(path: Path) -> set[str]:
     return names
 
 
-def readme_table() -> set[str]:
-    """The variables named in the first column of the table under README's `## Configuration`."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
+def documented_table() -> set[str]:
+    """The variables named in the first column of the table in docs/06-configuration.md."""
+    page = (ROOT / "docs" / "06-configuration.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
     return {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", row.split("|")[1])}
 
 
@@ -63,11 +62,11 @@ def test_the_env_reads_are_found():
     assert {"WEB_WORKERS", "PORT"} <= env_reads(ROOT / "gunicorn.conf.py")
 
 
-def test_the_readme_table_lists_every_variable_read_and_nothing_else():
+def test_the_documented_table_lists_every_variable_read_and_nothing_else():
     read = set().union(*(env_reads(ROOT / path) for path in READERS))
-    listed = readme_table()
-    assert not read - listed, f"read but missing from the README's configuration table: {sorted(read - listed)}"
-    assert not listed - read, f"in the README's configuration table but read by nothing: {sorted(listed - read)}"
+    listed = documented_table()
+    assert not read - listed, f"read but missing from docs/06-configuration.md: {sorted(read - listed)}"
+    assert not listed - read, f"in docs/06-configuration.md but read by nothing: {sorted(listed - read)}"
 
 
 def test_settings_read_the_environment_only_through_the_helpers():

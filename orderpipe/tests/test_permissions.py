@@ -1,4 +1,4 @@
-"""The permission model (the README's "Security" table), checked for every URL of the URLconf: a URL pattern
+"""The permission model (the table in docs/05-security.md), checked for every URL of the URLconf: a URL pattern
 missing from TABLE fails `test_every_url_has_a_permission_decision`, so no endpoint ships without one."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def url_patterns(patterns=None, prefix: str = ""):
 
 def test_every_url_has_a_permission_decision():
     routes = set(url_patterns())
-    assert routes - set(TABLE) == set(), "URLs without a decision in TABLE (and the README's Security table)"
+    assert routes - set(TABLE) == set(), "URLs without a decision in TABLE (and docs/05-security.md)"
     assert set(TABLE) - routes == set(), "TABLE names URLs that no longer exist"
 
 

@@ -1,6 +1,6 @@
 """Dependency direction: the project package `orderpipe` (settings, urls, dashboard) → `worker` (transport and its
 telemetry) → `orders` (the domain). `orders` imports neither `worker` nor `orderpipe`, and only the worker speaks
-AMQP (pika); `worker` never imports `orderpipe`. And the README names only files that exist.
+AMQP (pika); `worker` never imports `orderpipe`.
 
 The tests under orders/tests and worker/tests are left out: some drive an order through the worker end to end, or
 read what the dashboard shows.
@@ -9,7 +9,6 @@ read what the dashboard shows.
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import pytest
@@ -78,9 +77,3 @@ def test_no_module_in_worker_imports_the_project(path):
     if name in EXCEPTIONS:
         pytest.skip(EXCEPTIONS[name])
     assert forbidden(imported(path), FORBIDDEN_IN_WORKER) == [], f"{name} imports upward, into orderpipe"
-
-
-def test_the_readme_names_only_files_that_exist():
-    named = set(re.findall(r"`([\w./-]+\.(?:py|yml|toml|html|js|css|md))`", (ROOT / "README.md").read_text()))
-    assert "orders/steps.py" in named  # the code tour is read
-    assert sorted(name for name in named if not (ROOT / name).exists()) == []

@@ -79,7 +79,7 @@ def test_gunicorn_accepts_orders_and_serves_static_files(servers):
 
     # The order goes all the way (and the worker is idle again before the test's database flush).
     def completed() -> bool:
-        # From the database: reading an order over HTTP needs staff outside DEBUG (README, Security).
+        # From the database: reading an order over HTTP needs staff outside DEBUG (docs/05-security.md).
         return Order.objects.get(pk=order_id).status == OrderStatus.COMPLETED
 
     assert wait_until(completed, timeout=30, interval=0.2), http.output()[-2000:]
