@@ -147,9 +147,9 @@ function drawHeader(lanes, xs) {
     const x = xs[lane.key];
     group.append(
       svg("rect", {
-        x: x - 42,
+        x: x - 46,
         y: 4,
-        width: 84,
+        width: 92,
         height: HEAD - 8,
         rx: 6,
         fill: "#ffffff",
@@ -281,8 +281,17 @@ function drawArrow(table, event, row, xs, width, selected) {
     tabindex: 0,
     role: "button",
     "aria-pressed": String(selected),
-    "aria-label": `#${event.seq} ${event.label || event.kind}: ${names[arrow.source]} to ${names[arrow.target]}, ${label}, at ${clock(event.at)}`,
   });
+  // Its name is the label it shows; the <desc> adds what the gutter and the lanes say.
+  group.append(
+    svg(
+      "desc",
+      {},
+      `#${event.seq}, ${names[arrow.source]} to ${names[arrow.target]}, ${event.label || event.kind} at ${clock(
+        event.at,
+      )}${row.first ? "" : `, ${gapText(row.gapMs)} after the step before`}`,
+    ),
+  );
   // The row's hit area (transparent: the selected row's band is drawn under the loops, in buildSvg).
   group.append(
     svg("rect", {
@@ -302,6 +311,7 @@ function drawArrow(table, event, row, xs, width, selected) {
       "font-weight": 600,
       fill: MUTED,
       "font-family": "monospace",
+      "aria-hidden": "true",
     }),
     text(row.first ? "" : gapText(row.gapMs), {
       x: 40,
@@ -310,6 +320,7 @@ function drawArrow(table, event, row, xs, width, selected) {
       fill: MUTED,
       "font-family": "monospace",
       class: "seq-gap",
+      "aria-hidden": "true",
     }),
   );
   const strokeWidth = selected ? 2.5 : 1.6;
@@ -359,12 +370,18 @@ function drawArrow(table, event, row, xs, width, selected) {
 
 // The whole diagram as one <svg>. With `header`, the lane names are drawn on top (the export); without, the page
 // shows them in a separate sticky strip (`headerSvg`) so they stay in view while the arrows scroll.
-export function buildSvg(table, events, { width, selectedSeq = null, header = true, title = "Sequence diagram" } = {}) {
+export function buildSvg(
+  table,
+  events,
+  { width, selectedSeq = null, header = true, title = "Sequence diagram", caption = "" } = {},
+) {
   const xs = laneXs(table.lanes, width);
   const fullWidth = Math.max(width, GUTTER + 8 + MIN_LANE * table.lanes.length);
   const { rows, height: arrowsHeight } = layout(events);
   const top = (header ? HEAD : 0) + TOP;
-  const height = top + arrowsHeight + BOTTOM;
+  const captionLines = caption ? caption.split("\n") : [];
+  const lifelinesEnd = top + arrowsHeight + BOTTOM;
+  const height = lifelinesEnd + captionLines.length * 16 + (caption ? 6 : 0);
   const root = svg("svg", {
     xmlns: NS,
     width: fullWidth,
@@ -389,7 +406,7 @@ export function buildSvg(table, events, { width, selectedSeq = null, header = tr
         x1: xs[lane.key],
         y1: header ? HEAD : 0,
         x2: xs[lane.key],
-        y2: height,
+        y2: lifelinesEnd,
         stroke: "#cbd5e1",
         "stroke-dasharray": "4 4",
       }),
@@ -415,6 +432,9 @@ export function buildSvg(table, events, { width, selectedSeq = null, header = tr
   for (const loop of loops(table, events)) body.append(drawLoop(loop, xs.rabbitmq, ys[loop.fromSeq], ys[loop.toSeq]));
   for (const row of rows) body.append(drawArrow(table, row.event, row, xs, fullWidth, row.event.seq === selectedSeq));
   root.append(body);
+  captionLines.forEach((line, i) => {
+    root.append(text(line, { x: 8, y: lifelinesEnd + 12 + i * 16, "font-size": 11, fill: MUTED }));
+  });
   return root;
 }
 
@@ -437,6 +457,9 @@ export function exportSvg(table, events, { width, orderId }) {
     width,
     header: true,
     title: `orderpipe order ${orderId}: its journey as a sequence diagram${first ? ` (from ${first.at})` : ""}`,
+    caption:
+      `order ${orderId}${first ? `, from ${first.at}` : ""}\n` +
+      "solid loop: a retry through a delay queue · dashed loop: a redelivery (never acked) · red dot: cache written",
   });
   for (const node of root.querySelectorAll("[tabindex]")) {
     node.removeAttribute("tabindex");

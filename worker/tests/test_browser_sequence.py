@@ -95,6 +95,12 @@ def test_an_order_retried_and_redelivered_draws_both_loops_and_an_arrow_selects_
             arrow = arrows.nth(index)
             assert arrow.get_attribute("data-seq") == str(event.seq)
             assert (arrow.get_attribute("data-from"), arrow.get_attribute("data-to")) == expected_arrow(event), event
+        # A title and a description for a screen reader: the participants, then each arrow in words.
+        assert diagram.locator("title#seq-title").text_content() == "The journey as a sequence diagram"
+        assert diagram.get_attribute("aria-labelledby") == "seq-title"
+        desc = diagram.locator("desc#seq-desc").text_content()
+        assert desc.startswith("Participants: client, API, PostgreSQL, relay, RabbitMQ, worker, gateway, Redis.")
+        assert f"#{events[-1].seq} worker to RabbitMQ: completed: ack" in desc
         # Time runs down.
         ys = [arrows.nth(i).locator("line, path").first.bounding_box()["y"] for i in range(len(events))]
         assert ys == sorted(ys) and len(set(ys)) == len(ys)
@@ -167,6 +173,12 @@ def test_the_diagram_downloads_as_svg_and_the_journey_as_the_events_apis_json(
         names = [t.text for t in root.iter(f"{SVG}text")]
         assert {"client", "API", "PostgreSQL", "relay", "RabbitMQ", "worker", "gateway", "Redis"} <= set(names)
         assert svg_path.stat().st_size < 200_000
+        # The file draws by itself, without the page's styles (a person looks at the screenshot).
+        viewer = context.new_page()
+        viewer.set_content(svg_path.read_text().split("?>", 1)[1])
+        assert viewer.locator("svg .seq-arrow").count() == len(events)
+        screenshot(viewer, "journey-sequence-export")
+        viewer.close()
 
         with page.expect_download() as json_download:
             page.locator("#sequence-json").click()
