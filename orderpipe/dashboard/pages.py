@@ -23,6 +23,7 @@ from rest_framework import serializers
 
 from orderpipe.dashboard import feed
 from orderpipe.dashboard.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, journey_snapshot, pipeline_snapshot
+from orderpipe.dashboard.sequence import sequence_table
 from orders import sandbox, selectors
 from orders.access import can_control, can_watch
 from orders.models import Order, OrderStatus, SandboxSettings
@@ -152,4 +153,14 @@ def journey(request: HttpRequest, order_id: uuid.UUID) -> HttpResponse:
         order = selectors.order_page_read(order_id)
     except Order.DoesNotExist:
         raise Http404("No such order.") from None
-    return render(request, "journey.html", {**_context(request), "order": order, "initial": journey_snapshot(order.pk)})
+    return render(
+        request,
+        "journey.html",
+        {
+            **_context(request),
+            "order": order,
+            "initial": journey_snapshot(order.pk),
+            # static/js/sequence.js draws the journey as a sequence diagram from this table.
+            "sequence": sequence_table(),
+        },
+    )

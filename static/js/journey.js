@@ -1,6 +1,7 @@
 // One order's journey: the timeline of its events and, for the selected one, what PostgreSQL, RabbitMQ and Redis
 // held at that moment (each event's `snapshot`). New events arrive over the order's own WebSocket group.
 import { api, clock, config, el, errorText, openLive, orderUrl, shortId, showFaults, showUnsafe } from "./live.js";
+import { createSequence } from "./sequence.js";
 
 const $ = (id) => document.getElementById(id);
 const orderId = $("order-id").textContent.trim();
@@ -9,6 +10,22 @@ let order = null;
 let events = [];
 let selectedSeq = null;
 let followLatest = true;
+
+// The same journey as a sequence diagram (static/js/sequence.js): selecting an arrow selects the step.
+const sequence = createSequence({
+  table: JSON.parse($("sequence-table").textContent),
+  box: $("sequence-body"),
+  head: $("sequence-head"),
+  scroller: $("sequence"),
+  scaleNote: $("sequence-scale"),
+  download: $("sequence-svg"),
+  orderId,
+  onSelect(seq) {
+    selectedSeq = seq;
+    followLatest = seq === events[events.length - 1]?.seq;
+    render();
+  },
+});
 
 function onMessage(message) {
   // The fault banner (templates/base.html) follows the sandbox: the socket sends the faults on, then each change.
@@ -39,6 +56,7 @@ function render() {
     $("order-summary").textContent =
       `${order.customer_email ? `${order.customer_email} · ` : ""}total ${order.total} · attempt ${order.attempts ?? 0}`;
   renderTimeline();
+  sequence.update(events, selectedSeq);
   renderSelected();
   renderStepControl(status);
 }
