@@ -32,9 +32,13 @@ _pool_lock = threading.Lock()
 def reset_pool() -> None:
     """Close this process's connection pool; connections in use are closed as they come back, and the next query
     opens a new pool. Several watches in one process (tests run workers as threads) may ask at once: one closes it."""
+    # PostgreSQL's wrapper has close_pool (a no-op without a pool); the generic type does not declare it.
+    close_pool = getattr(connection, "close_pool", None)
+    if close_pool is None:
+        return
     # KeyError: closed by another thread between its check and its delete.
     with _pool_lock, contextlib.suppress(KeyError):
-        connection.close_pool()
+        close_pool()
 
 
 class DatabaseWatch:
