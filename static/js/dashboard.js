@@ -286,13 +286,15 @@ function renderProcesses(processes, run) {
     list.replaceChildren(
       el(
         "li",
-        { class: "proc p-ended", "data-process": "supervisor", "data-state": "ended" },
+        {
+          class: "proc p-ended",
+          "data-process": "supervisor",
+          "data-state": "ended",
+          title: `the ${run.processes} process rows of that make run describe nothing running now: not shown`,
+        },
         el("span", { class: "dot", title: "not running" }),
         el("span", { class: "mono pname", text: "supervisor" }),
-        el("span", {
-          class: "pstate",
-          text: `not running since ${clock(run.last_seen).slice(0, 8)} (${ago(run.last_seen)}): the ${run.processes} process rows of that make run are not shown`,
-        }),
+        el("span", { class: "pstate", text: `not running since ${clock(run.last_seen).slice(0, 8)}` }),
       ),
     );
     return;

@@ -98,6 +98,7 @@ def test_rows_of_an_ended_supervisor_are_not_the_state_of_processes_started_by_h
         )
         assert "stopped" not in page.locator("#stage-relay").inner_text()
         assert not page.locator("#stage-relay").evaluate("node => node.classList.contains('down')")
+        assert out_of_view(page, 1280, 800) == []
         screenshot(page, "dashboard-ended-supervisor-rows", full_page=False)
     finally:
         context.close()
