@@ -39,10 +39,12 @@ endif
 # keys (orderpipe/testing.py). Most of the suite waits on real processes, so two workers on two cores take about a
 # third less time than one. `make test TEST_WORKERS=0` runs it in this one process.
 TEST_WORKERS ?= 2
-test: install
+# node_modules: the browser tests inject axe-core from it (worker/tests/test_browser_accessibility.py).
+test: install node_modules/.installed
 	DJANGO_DEBUG=false $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
-# The JS linter and formatter (Biome), pinned by package-lock.json, in node_modules/ (git-ignored).
+# The JS linter and formatter (Biome) and the browser tests' axe-core, pinned by package-lock.json, in node_modules/
+# (git-ignored).
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@

@@ -379,6 +379,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # WhiteNoise serves what collectstatic put in STATIC_ROOT (the Docker image) and, with finders, the app's static
 # directories as they are, so `make run` and the tests need no collectstatic.
 WHITENOISE_USE_FINDERS = True
+# Files served at the site's root, such as the /favicon.ico every browser asks for.
+WHITENOISE_ROOT = BASE_DIR / "static" / "root"
 # Without collectstatic STATIC_ROOT does not exist, which WhiteNoise reports at every start although the finders
 # serve everything (evansd/whitenoise#215). Only that one warning is silenced.
 warnings.filterwarnings("ignore", message=f"No directory at: {re.escape(str(STATIC_ROOT))}", category=UserWarning)

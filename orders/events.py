@@ -17,12 +17,14 @@ from orders.models import EventKind, Notification, Order, OrderEvent, OutboxMess
 
 class RowSnapshot(TypedDict, total=False):
     """Another row the step wrote, as the step left it: its table, primary key, the columns worth showing (JSON
-    values), and a note for what the columns cannot say (a stock decrement's size)."""
+    values), a note for what the columns cannot say (a stock decrement's size), and whether the row was there before
+    the order (a product: the page says "written", not "new row", where the journey shows it first)."""
 
     table: str
     id: str
     fields: dict[str, Any]
     note: str
+    existed: bool
 
 
 class DbSnapshot(TypedDict):
@@ -114,6 +116,7 @@ def product_row(product_id: int, sku: str, stock: int, change: int) -> RowSnapsh
         "id": str(product_id),
         "fields": {"sku": sku, "stock": stock},
         "note": f"stock {change:+d}",
+        "existed": True,
     }
 
 

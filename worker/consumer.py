@@ -48,6 +48,7 @@ from pika.spec import Basic, BasicProperties
 from orders.models import AckMode
 from orders.sandbox.faults import Faults
 from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect, process_data_events
+from worker.database_watch import DatabaseWatch
 from worker.models import WorkerHeartbeat
 from worker.monitor import QueueMonitor
 from worker.processing import (
@@ -127,6 +128,9 @@ class Worker:
         self.current_order: str | None = None
         self.started_at = timezone.now()
         self.last_heartbeat = 0.0
+        # After a failed heartbeat: beat again the moment the database answers (worker/database_watch.py).
+        self.database = DatabaseWatch()
+        self.missed_heartbeat = False
         self.last_sandbox_check = 0.0
 
     # ------------------------------------------------------------ lifecycle
@@ -532,11 +536,13 @@ class Worker:
         if now - self.last_sandbox_check >= 1.0:
             self.last_sandbox_check = now
             self._apply_pause()
-        if now - self.last_heartbeat >= 1.0:
+        if (self.missed_heartbeat and not self.database.down) or now - self.last_heartbeat >= 1.0:
             self._write_heartbeat()
 
     def _write_heartbeat(self, *, final: bool = False) -> None:
         self.last_heartbeat = time.monotonic()
+        if not final and self.database.down:
+            return  # not through a pool that waits out its backoff: the watch resets it when the database answers
         try:
             if final:
                 WorkerHeartbeat.objects.filter(pk=self.name).delete()
@@ -554,6 +560,8 @@ class Worker:
                     "last_seen": timezone.now(),
                 },
             )
+            self.missed_heartbeat = False
         except DatabaseError as exc:
             log.debug("heartbeat not stored: %s", exc)
-            close_old_connections()
+            self.missed_heartbeat = not final
+            self.database.failed()

@@ -18,9 +18,10 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from django.utils import timezone
 
+from worker.database_watch import DatabaseWatch
 from worker.models import RelayHeartbeat
 from worker.sweeper import Sweeper
 
@@ -44,6 +45,9 @@ class RelayMonitor:
         self.recent: deque[tuple[float, int]] = deque()
         self.last_publish_at: datetime | None = None
         self.unreachable_detail: str | None = None
+        # After a failed beat: beat again the moment the database answers (worker/database_watch.py).
+        self.database = DatabaseWatch()
+        self.missed = False
 
     def watch(self, should_stop: Callable[[], bool]) -> Callable[[], bool]:
         """`should_stop`, beating first when a beat is due: the loop polls it often in every state."""
@@ -87,12 +91,15 @@ class RelayMonitor:
         return RelayHeartbeat.State.IDLE, ""
 
     def maybe_beat(self) -> None:
-        if time.monotonic() - self.last_beat >= self.every:
+        if (self.missed and not self.database.down) or time.monotonic() - self.last_beat >= self.every:
             self.beat()
 
     def beat(self) -> None:
-        """Store the heartbeat row. Never raises: a database outage only leaves the row going stale."""
+        """Store the heartbeat row. Never raises: a database outage only leaves the row going stale, until the
+        database answers again."""
         self.last_beat = time.monotonic()
+        if self.database.down:
+            return  # not through a pool that waits out its backoff: the watch resets it when the database answers
         state, detail = self.state()
         self.since_beat = 0
         try:
@@ -110,9 +117,11 @@ class RelayMonitor:
                     "last_seen": timezone.now(),
                 },
             )
+            self.missed = False
         except DatabaseError as exc:
             log.debug("relay heartbeat not stored: %s", exc)
-            close_old_connections()
+            self.missed = True
+            self.database.failed()
 
     def stop(self) -> None:
         """A clean stop removes the row: the page lists only relays that are running or died without stopping."""

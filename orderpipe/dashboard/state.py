@@ -21,6 +21,9 @@ WORKER_STALE_AFTER = timedelta(seconds=15)
 # no longer shown: a crashed worker's row would otherwise stay on the page forever. (The rows stay in the table for
 # the admin; a restarted worker has a new name, so nothing reuses them.)
 WORKER_FORGET_AFTER = timedelta(minutes=5)
+# Relays and workers observe the queues about once a second (worker/monitor.py); depths older than this are shown as
+# last observed then (the broker or the database is out of their reach), not as the queues' state now.
+QUEUE_STALE_AFTER = timedelta(seconds=5)
 
 
 class QueueState(TypedDict):
@@ -30,6 +33,16 @@ class QueueState(TypedDict):
     unacked: int
     consumers: int
     observed_at: str
+    stale: bool  # observed longer than QUEUE_STALE_AFTER ago
+
+
+class SupervisorRun(TypedDict):
+    """The supervisor of `make run` whose rows the table holds: running (its rows refreshed within
+    supervision.FRESH_FOR), or ended (stopped, killed) at `last_seen`, its rows no longer anybody's state."""
+
+    running: bool
+    last_seen: str | None
+    processes: int
 
 
 class WorkerState(TypedDict):
@@ -86,6 +99,15 @@ def relay_states(now: datetime) -> list[RelayState]:
     return sorted(relays, key=lambda r: not r["alive"])
 
 
+def supervisor_run(rows: list[SupervisedProcess], now: datetime) -> SupervisorRun:
+    last_seen = max((row.updated_at for row in rows), default=None)
+    return {
+        "running": last_seen is not None and now - last_seen < supervision.FRESH_FOR,
+        "last_seen": last_seen.isoformat() if last_seen else None,
+        "processes": len(rows),
+    }
+
+
 def pipeline_state() -> dict[str, Any]:
     """Everything the dashboard shows about the pipeline, in nine queries and one Redis round trip or two."""
     now = timezone.now()
@@ -129,9 +151,12 @@ def pipeline_state() -> dict[str, Any]:
             "unacked": unacked_main if q.role == "main" else 0,
             "consumers": q.consumers,
             "observed_at": q.observed_at.isoformat(),
+            "stale": now - q.observed_at > QUEUE_STALE_AFTER,
         }
         for q in QueueStat.objects.all()
     ]
+    process_rows = list(SupervisedProcess.objects.order_by("name"))
+    run = supervisor_run(process_rows, now)
     return {
         "at": now.isoformat(),
         "outbox": {"backlog": backlog},
@@ -150,6 +175,8 @@ def pipeline_state() -> dict[str, Any]:
         # Whether the kill and cut controls can work (a supervisor runs), on what, and which links are cut now.
         "supervisor": supervision.supervisor_state(),
         # Only under `make run`'s supervisor: what each process it keeps alive went through (crashed, restarted).
+        # The rows of a supervisor that has ended say nothing about processes started otherwise: not listed then.
+        "supervisor_run": run,
         "processes": [
             {
                 "name": p.name,
@@ -160,6 +187,7 @@ def pipeline_state() -> dict[str, Any]:
                 "last_exit": p.last_exit,
                 "last_exit_at": p.last_exit_at.isoformat() if p.last_exit_at else None,
             }
-            for p in SupervisedProcess.objects.order_by("name")
+            for p in process_rows
+            if run["running"]
         ],
     }

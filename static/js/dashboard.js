@@ -134,6 +134,16 @@ function renderPipeline(p) {
     );
     fillPurgeSelect(p.queues);
   }
+  // Depths come from the relays' and workers' observations: when none is recent, say how old they are.
+  const stale = p.queues.length && p.queues.every((q) => q.stale);
+  $("stage-queues").classList.toggle("stale", Boolean(stale));
+  const newest = p.queues
+    .map((q) => q.observed_at)
+    .sort()
+    .pop();
+  $("queue-observed").textContent = stale
+    ? `depths as last observed ${clock(newest).slice(0, 8)} (${ago(newest)}): no relay or worker has reached RabbitMQ since`
+    : "";
   // A heartbeat names its process by host and pid; under the supervisor it is also "worker-1", "worker-2"...
   const supervisedName = new Map((p.processes || []).filter((proc) => proc.pid).map((proc) => [proc.pid, proc.name]));
   const workers = $("worker-list");
@@ -168,7 +178,10 @@ function renderPipeline(p) {
   renderRelay(p.relays || [], p.outbox.backlog, postgresCut(p.supervisor), supervisedRelay);
   renderOutages(p.supervisor);
   // The cluster's nodes are drawn under the exchange (outages.js), not among the workers.
-  renderProcesses((p.processes || []).filter((proc) => proc.role !== "rabbitmq"));
+  renderProcesses(
+    (p.processes || []).filter((proc) => proc.role !== "rabbitmq"),
+    p.supervisor_run,
+  );
   renderGone(p.gone_workers || []);
   if (p.stock) renderStock(p.stock);
   if (p.sandbox) {
@@ -258,18 +271,59 @@ function processText(proc) {
   return parts.join(" · ");
 }
 
-function renderProcesses(processes) {
-  $("process-list").replaceChildren(
-    ...processes.map((proc) =>
+// "worker-3…8" for workers 3 to 8, "worker-3, worker-5" where the numbers are not consecutive.
+function workerRange(names) {
+  const numbers = names.map((name) => Number(name.split("-").pop())).sort((a, b) => a - b);
+  const consecutive = numbers.every((n, i) => i === 0 || n === numbers[i - 1] + 1);
+  if (numbers.length > 1 && consecutive) return `worker-${numbers[0]}…${numbers[numbers.length - 1]}`;
+  return numbers.map((n) => `worker-${n}`).join(", ");
+}
+
+function renderProcesses(processes, run) {
+  const list = $("process-list");
+  // A supervisor that stopped heart-beating: its rows describe no process running now (they may run otherwise).
+  if (run && !run.running && run.last_seen) {
+    list.replaceChildren(
       el(
         "li",
-        { class: `proc p-${proc.state}`, "data-process": proc.name, "data-state": proc.state },
-        el("span", { class: "dot", title: proc.state }),
-        el("span", { class: "mono pname", text: proc.name, title: proc.pid ? `pid ${proc.pid}` : "" }),
-        el("span", { class: "pstate", text: processText(proc) }),
+        {
+          class: "proc p-ended",
+          "data-process": "supervisor",
+          "data-state": "ended",
+          title: `the ${run.processes} process rows of that make run describe nothing running now: not shown`,
+        },
+        el("span", { class: "dot", title: "not running" }),
+        el("span", { class: "mono pname", text: "supervisor" }),
+        el("span", { class: "pstate", text: `not running since ${clock(run.last_seen).slice(0, 8)}` }),
       ),
+    );
+    return;
+  }
+  // Workers stopped by scaling down: one line for all of them, so the stage keeps its height.
+  const scaledDown = processes.filter((proc) => proc.role === "worker" && proc.state === "stopped");
+  const shown = processes.filter((proc) => !scaledDown.includes(proc));
+  const items = shown.map((proc) =>
+    el(
+      "li",
+      { class: `proc p-${proc.state}`, "data-process": proc.name, "data-state": proc.state },
+      el("span", { class: "dot", title: proc.state }),
+      el("span", { class: "mono pname", text: proc.name, title: proc.pid ? `pid ${proc.pid}` : "" }),
+      el("span", { class: "pstate", text: processText(proc) }),
     ),
   );
+  if (scaledDown.length) {
+    const names = scaledDown.map((proc) => proc.name);
+    items.push(
+      el(
+        "li",
+        { class: "proc p-stopped", "data-process": "scaled-down", "data-state": "stopped", title: names.join(", ") },
+        el("span", { class: "dot", title: "stopped" }),
+        el("span", { class: "mono pname", text: workerRange(names) }),
+        el("span", { class: "pstate", text: `stopped · ${names.length} worker${names.length > 1 ? "s" : ""}` }),
+      ),
+    );
+  }
+  list.replaceChildren(...items);
 }
 
 // Stock changes as orders reserve it, bursts drain it and "Restock" refills it.

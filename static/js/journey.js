@@ -142,13 +142,15 @@ function renderDb(event, index) {
   for (const row of dbRows(event.snapshot)) {
     const before = earlier(row, index);
     const isOrder = row.table === event.snapshot.db.table && row.id === event.snapshot.db.id;
-    const tag = before === null ? "new row" : isOrder ? "" : "written";
+    // A row no earlier step showed is new, unless the snapshot says it was there before the order (a product).
+    const created = before === null && !row.existed;
+    const tag = created ? "new row" : isOrder ? "" : "written";
     items.push(
       el(
         "dt",
         { class: "row-head", "data-table": row.table },
         el("span", { class: "mono", text: `${row.table} · ${row.id.length > 12 ? `${shortId(row.id)}…` : row.id}` }),
-        tag ? el("span", { class: `tag${before === null ? " new" : ""}`, text: tag }) : "",
+        tag ? el("span", { class: `tag${created ? " new" : ""}`, text: tag }) : "",
         row.note ? el("span", { class: "tag delta", text: row.note }) : "",
       ),
     );

@@ -186,3 +186,27 @@ def test_a_journey_page_view_counts_as_a_page_read_never_as_a_cache_hit_or_miss(
     # The dashboard labels them apart, so the hit ratio reads as the API's.
     html = staff_client.get("/").content.decode()
     assert "API hit ratio" in html and 'id="n-page-reads"' in html and "page reads (PostgreSQL)" in html
+
+
+def test_ensure_demo_staff_keeps_a_password_that_works_so_sessions_survive_a_restart(settings, client):
+    settings.DEBUG = True
+    call_command("ensure_demo_staff")
+    assert client.login(username="demo", password="orderpipe-demo")
+    assert client.get("/api/sandbox/").status_code == 200
+    password_hash = get_user_model().objects.get().password
+    call_command("ensure_demo_staff")  # the next `make run`
+    assert get_user_model().objects.get().password == password_hash
+    assert client.get("/api/sandbox/").status_code == 200  # still logged in
+    # A changed password is put back.
+    user = get_user_model().objects.get()
+    user.set_password("something-else")
+    user.save()
+    call_command("ensure_demo_staff")
+    assert get_user_model().objects.get().check_password("orderpipe-demo")
+
+
+def test_the_favicon_every_browser_asks_for_is_served(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response["Content-Type"] in {"image/x-icon", "image/vnd.microsoft.icon"}
+    assert b"".join(response.streaming_content)[:4] == b"\x00\x00\x01\x00"  # an ICO file's header

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.utils import timezone
 
 from orderpipe.dashboard import state as pipeline
 from orders import sandbox
-from worker.models import WorkerHeartbeat
+from worker import supervision
+from worker.models import QueueStat, SupervisedProcess, WorkerHeartbeat
 
 
 @pytest.mark.django_db
@@ -31,3 +34,34 @@ def test_the_pipeline_state_carries_the_sandbox_settings_and_the_active_faults()
     state = pipeline.pipeline_state()["sandbox"]
     assert state["settings"]["workers"] == 3
     assert state["active_faults"] == ["crash rate 1", "step-by-step mode"]
+
+
+@pytest.mark.django_db
+def test_rows_of_a_supervisor_that_stopped_heart_beating_are_not_shown_as_the_state_of_processes():
+    """Processes started by hand against a database an earlier `make run` used: that run's rows (relay "stopped",
+    worker-1 "crashed") describe nothing running now. The page hears that the supervisor ended, and when."""
+    SupervisedProcess.objects.create(name="relay", role="relay", pid=11, state="stopped", last_exit="exit 0")
+    SupervisedProcess.objects.create(name="worker-1", role="worker", pid=12, state="crashed")
+    state = pipeline.pipeline_state()
+    assert [p["name"] for p in state["processes"]] == ["relay", "worker-1"]  # a running supervisor's rows
+    assert state["supervisor_run"]["running"] is True
+
+    ended = timezone.now() - supervision.FRESH_FOR - timedelta(seconds=1)
+    SupervisedProcess.objects.update(updated_at=ended)
+    state = pipeline.pipeline_state()
+    assert state["processes"] == []
+    assert state["supervisor_run"] == {"running": False, "last_seen": ended.isoformat(), "processes": 2}
+    # And with no supervisor ever: nothing to say.
+    SupervisedProcess.objects.all().delete()
+    assert pipeline.pipeline_state()["supervisor_run"] == {"running": False, "last_seen": None, "processes": 0}
+
+
+@pytest.mark.django_db
+def test_queue_depths_observed_more_than_a_few_seconds_ago_are_marked_stale():
+    now = timezone.now()
+    QueueStat.objects.create(name="q.fresh", role="main", position=0, ready=3, consumers=1, observed_at=now)
+    old = now - pipeline.QUEUE_STALE_AFTER - timedelta(seconds=1)
+    QueueStat.objects.create(name="q.old", role="dead", position=1, ready=7, consumers=0, observed_at=old)
+    queues = {q["name"]: q for q in pipeline.pipeline_state()["queues"]}
+    assert queues["q.fresh"]["stale"] is False
+    assert (queues["q.old"]["stale"], queues["q.old"]["observed_at"]) == (True, old.isoformat())

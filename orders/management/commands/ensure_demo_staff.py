@@ -11,7 +11,7 @@ from orders.demo_login import DEMO_PASSWORD, DEMO_USERNAME
 
 
 class Command(BaseCommand):
-    help = "DEBUG only: create (or reset) the demo staff user and print its login. Idempotent."
+    help = "DEBUG only: create (or repair) the demo staff user and print its login. Idempotent."
 
     def handle(self, *args, **options) -> None:
         if not settings.DEBUG:
@@ -25,7 +25,10 @@ class Command(BaseCommand):
         user.is_staff = True
         user.is_superuser = True
         user.is_active = True
-        user.set_password(DEMO_PASSWORD)
+        # Only when it does not work already: a new hash (a new salt) would log out every session of the account,
+        # so each `make run` would log the learner out.
+        if not user.check_password(DEMO_PASSWORD):
+            user.set_password(DEMO_PASSWORD)
         user.save()
         self.stdout.write(
             f"demo staff login ({'created' if created else 'ready'}): "
