@@ -3,6 +3,7 @@ orderpipe/testing.py), and remove the queues and keys they created."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -75,17 +76,23 @@ def product():
 @pytest.fixture
 def broker():
     """A confirmed publisher on this run's topology; every queue is purged before and after the test."""
-    from worker.broker import Publisher, connect
+    from worker.broker import BROKER_ERRORS, Publisher, connect
 
     publisher = Publisher(connect())
     publisher.declare_topology()
 
-    def purge() -> None:
+    def purge(channel) -> None:
         for name in publisher.topology.all_queues():
-            publisher.channel.queue_purge(name)
+            channel.queue_purge(name)
 
-    purge()
+    purge(publisher.channel)
     yield publisher
-    if publisher.connection.is_open:
-        purge()
-    publisher.close()
+    # A long test leaves this connection idle past its heartbeat, and the broker may have dropped it: purge on a
+    # fresh connection.
+    with contextlib.suppress(*BROKER_ERRORS):
+        publisher.close()
+    conn = connect()
+    try:
+        purge(conn.channel())
+    finally:
+        conn.close()
