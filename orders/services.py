@@ -39,6 +39,7 @@ from orders.models import (
     Product,
     allowed_sources,
 )
+from orders.prefetch import attach_prefetched
 from orders.serializers import order_representation
 
 MESSAGE_VERSION = 1
@@ -201,11 +202,7 @@ def load_order(order_id: uuid.UUID | str) -> Order:
 def attach_lines(order: Order, lines: list[OrderLine]) -> Order:
     """Make `order.lines.all()` return `lines` without a query, exactly as prefetch_related("lines") would have.
     An order's lines never change after it is created, so lines read once serve every later step."""
-    queryset = order.lines.all()
-    # Django has no public API to hand a queryset its rows; these are the attributes prefetch_related sets.
-    queryset._result_cache = list(lines)
-    queryset._prefetch_done = True  # type: ignore[attr-defined]
-    order._prefetched_objects_cache = {"lines": queryset}  # type: ignore[attr-defined]
+    attach_prefetched(order, "lines", lines)
     return order
 
 
