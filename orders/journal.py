@@ -27,6 +27,7 @@ from django.db import connection, models
 from django.db.models import Field, Max
 from psycopg import sql
 
+from orders.failures import BrokenInvariant
 from orders.models import EventKind, Order, OrderEvent, OrderLine, OutboxMessage
 
 M = TypeVar("M", bound=models.Model)
@@ -346,7 +347,8 @@ def transition_many(moves: list[Move], *, at: datetime) -> dict[str, Appended]:
     if not moves:
         return {}
     names = tuple(moves[0].changes)
-    assert all(tuple(move.changes) == names for move in moves), "one statement sets one list of fields"
+    if any(tuple(move.changes) != names for move in moves):
+        raise BrokenInvariant(f"one statement sets one list of fields; the first move sets {names}")
     rows = [
         {
             "n": n,
