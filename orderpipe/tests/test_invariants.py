@@ -16,6 +16,8 @@ from orders.journal import Move, transition_many
 from orders.models import EventKind
 from orders.steps import STEPS
 
+pytestmark = pytest.mark.pure
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("orders", "worker", "orderpipe", "bench")
 

@@ -37,6 +37,7 @@ def test_the_blocking_channel_wraps_the_asynchronous_channel_it_drives(conn):
     assert channel.is_closed
 
 
+@pytest.mark.pure
 def test_a_pika_without_them_is_refused_loudly_or_reported_as_unknown():
     class Reshaped:
         pass

@@ -63,6 +63,7 @@ def test_an_order_finishing_on_one_step_thread_leaves_the_other_threads_order_cu
         worker._write_heartbeat(final=True)
 
 
+@pytest.mark.pure
 def test_many_threads_holding_working_and_reading_at_once_see_one_consistent_picture():
     """Eight step threads take, work on and release deliveries while a reader takes snapshots, switching threads as
     often as the interpreter allows. Each thread checks that its own order is in every snapshot while it holds it,

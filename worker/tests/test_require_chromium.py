@@ -6,6 +6,8 @@ import pytest
 
 from worker.tests.conftest import require_chromium
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.mark.parametrize("ci", ["true", "1"])
 def test_a_missing_chromium_fails_under_ci(monkeypatch, tmp_path, ci):
