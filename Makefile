@@ -8,7 +8,7 @@ PORT ?= 8000
 WEB_BIND ?= 127.0.0.1
 export DJANGO_DEBUG ?= true
 
-.PHONY: install run test lint format bench cluster cluster-stop clean-venv
+.PHONY: install run test test-fast lint format bench cluster cluster-stop clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,13 @@ TEST_WORKERS ?= 2
 # node_modules: the browser tests inject axe-core from it (worker/tests/test_browser_accessibility.py).
 test: install node_modules/.installed
 	DJANGO_DEBUG=false $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+
+# The tests marked `pure` (layering, configuration, the permission table, docs links, units): no PostgreSQL,
+# RabbitMQ or Redis. Their URLs point at a closed port here, so a `pure` test that touches a service fails.
+UNREACHABLE := DATABASE_URL=postgres://nobody@127.0.0.1:9/none REDIS_URL=redis://127.0.0.1:9/0 \
+	AMQP_URL=amqp://nobody:nobody@127.0.0.1:9/%2F
+test-fast: install
+	$(UNREACHABLE) DJANGO_DEBUG=false $(PY) -m pytest -m pure $(PYTEST_ARGS)
 
 # The JS linter and formatter (Biome) and the browser tests' axe-core, pinned by package-lock.json, in node_modules/
 # (git-ignored).

@@ -1,10 +1,10 @@
 """Shared fixtures. Tests talk to the real PostgreSQL, RabbitMQ and Redis, under this run's own prefix (see
-orderpipe/testing.py), and remove the queues and keys they created."""
+orderpipe/testing.py), and remove the queues and keys they created. Tests marked `pure` need none of them
+(`make test-fast` runs those alone), so no fixture here touches a service for them."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 import pytest
 from django.conf import settings
@@ -13,10 +13,15 @@ from rest_framework.test import APIClient
 from orders import cache
 from orders.tests.factories import ProductFactory
 
+# Whether a test that may use the services ran: a `make test-fast` run (only `pure` tests) never touches them.
+_services_used = False
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_up_broker_and_redis():
     yield
+    if not _services_used:
+        return
     from worker.broker import connect
     from worker.topology import topology
 
@@ -29,17 +34,14 @@ def _clean_up_broker_and_redis():
     cache.delete_prefix(settings.ORDERPIPE_PREFIX)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _drop_leftover_test_db_sessions(django_db_setup, django_db_blocker):
-    """Thread-pool threads of the async tests (channels' database_sync_to_async) can still hold an idle connection
-    when the run ends, which would keep pytest-django from dropping this run's database. Torn down before it."""
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's, and when it is torn down: thread-pool threads of the async tests (channels'
+    database_sync_to_async) can still hold an idle connection when the run ends, which would keep pytest-django
+    from dropping this run's database, so they are ended first."""
     yield
     from django.db import connection
 
-    if not connection.settings_dict["NAME"].startswith(os.environ["DATABASE_TEST_NAME"]):
-        # No test used the database, so pytest-django created none (settings still name the real one). Under
-        # pytest-xdist each worker's database is this name plus its suffix (`_gw0`).
-        return
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
@@ -48,8 +50,11 @@ def _drop_leftover_test_db_sessions(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_redis_keys():
-    cache.delete_prefix(settings.ORDERPIPE_PREFIX)
+def _fresh_redis_keys(request):
+    if request.node.get_closest_marker("pure") is None:
+        global _services_used
+        _services_used = True
+        cache.delete_prefix(settings.ORDERPIPE_PREFIX)
     yield
 
 

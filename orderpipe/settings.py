@@ -218,10 +218,10 @@ if RELAY_CRASH_AT not in {"", "claimed", "published"}:
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 ORDER_CACHE_TTL = env_int("ORDER_CACHE_TTL", 3600)
-# The project uses this cache only for its connection pool: every Redis call goes through the raw client
-# (`get_redis_connection`, in orders/cache.py, orders/live.py and orderpipe/dashboard/), with its own key names and
-# TTLs and its own handling of Redis errors. django-redis's KEY_PREFIX, TIMEOUT and IGNORE_EXCEPTIONS apply only to
-# Django's cache API (`cache.get`/`cache.set`), which nothing here calls, so they are not set.
+# Two ways into Redis share this cache's connection pool: the raw client (`get_redis_connection`, in orders/cache.py,
+# orders/live.py and orderpipe/dashboard/), with its own key names, TTLs and handling of Redis errors; and Django's
+# cache API (`cache.get`/`cache.set`: DRF's throttles, the login counter, the catalog's version token), to which
+# django-redis's KEY_PREFIX and IGNORE_EXCEPTIONS below apply.
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from psycopg import sql
 
 from orders import gateway
 from orders.events import product_row
-from orders.failures import PermanentFailure, TransientFailure
+from orders.failures import BrokenInvariant, PermanentFailure, TransientFailure
 from orders.models import EventKind, Notification, Order, OrderLine, OrderStatus, OrderStep, Payment, Product
 from orders.services import Change, Transition, attach_lines, cache_after_batch_commit, transition_many
 from orders.steps import (
@@ -175,7 +175,8 @@ def _run_step(pipeline: Pipeline, step: Step, running: list[Item]) -> None:
     if step.outside is not None:
         # The call to the other system, before the step's transaction and outside it, as in `run_step`.
         orders = [item.order for item in running if item.order is not None]
-        assert len(orders) == len(running), "a running item has its order"
+        if len(orders) != len(running):
+            raise BrokenInvariant(f"{len(running) - len(orders)} running item(s) without their order")
         answers = _call_outside(step, orders, seams)
         for item, answer in zip(running, answers, strict=True):
             if isinstance(answer, Exception):
@@ -369,4 +370,12 @@ EFFECTS: dict[str, BatchEffect] = {
     "notify customer": notify_customers,
     "complete": complete_all,
 }
-assert set(EFFECTS) == {step.name for step in STEPS}, "every step has its batched effect"
+
+
+def check_effects(effects: dict[str, BatchEffect], steps: Sequence[Step]) -> None:
+    """Every step of the table has its batched effect, and every effect its step."""
+    if set(effects) != {step.name for step in steps}:
+        raise BrokenInvariant(f"batched effects {sorted(effects)} do not match the steps {[s.name for s in steps]}")
+
+
+check_effects(EFFECTS, STEPS)

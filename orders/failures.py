@@ -29,6 +29,10 @@ class Interrupted(Exception):
     """The worker is stopping while this order waits (step mode, delay): leave the message unacked."""
 
 
+class BrokenInvariant(Exception):
+    """A condition the code relies on does not hold: a bug, not an outage. Unlike `assert`, `python -O` keeps it."""
+
+
 class GatewayFaults(Protocol):
     """The two questions the simulated payment gateway asks the sandbox."""
 

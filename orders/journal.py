@@ -4,8 +4,8 @@ An event is always written in the transaction that made the change it records, w
 inserted by the same statement): the lock is what keeps `seq` gap-free and unique when a relay and a worker touch
 the same order. Two ways to write are kept side by side, pinned to each other by orders/tests/test_journal.py:
 
-- the readable ORM path (`append_reference`), which `services.order_create_reference` and
-  `services.transition_reference` use: one query per row, the way to learn what is written;
+- the readable ORM path (`append_reference`), which `reference.order_create_reference` and
+  `reference.transition_reference` use: one query per row, the way to learn what is written;
 - the fast path: one statement per change (`accept`, `transition`, `append`), which is what the pipeline runs;
 - the batch path: one statement for a step's changes to many orders (`transition_many`, `set_cache_states`), which
   a worker runs for the deliveries it holds (orders/batch.py), pinned to the per-order path by
@@ -27,6 +27,7 @@ from django.db import connection, models
 from django.db.models import Field, Max
 from psycopg import sql
 
+from orders.failures import BrokenInvariant
 from orders.models import EventKind, Order, OrderEvent, OrderLine, OutboxMessage
 
 M = TypeVar("M", bound=models.Model)
@@ -346,7 +347,8 @@ def transition_many(moves: list[Move], *, at: datetime) -> dict[str, Appended]:
     if not moves:
         return {}
     names = tuple(moves[0].changes)
-    assert all(tuple(move.changes) == names for move in moves), "one statement sets one list of fields"
+    if any(tuple(move.changes) != names for move in moves):
+        raise BrokenInvariant(f"one statement sets one list of fields; the first move sets {names}")
     rows = [
         {
             "n": n,

@@ -13,7 +13,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from orders import cache, journal, sandbox
@@ -39,6 +38,7 @@ from orders.models import (
     Product,
     allowed_sources,
 )
+from orders.prefetch import attach_prefetched
 from orders.serializers import order_representation
 
 MESSAGE_VERSION = 1
@@ -61,66 +61,37 @@ def order_message(order: Order) -> dict[str, Any]:
     }
 
 
-def order_create_reference(
-    *, customer_email: str, items: list[dict[str, Any]], note: str = "", with_outbox: bool = True
-) -> Order:
-    """Accept an order, the readable way: price its lines from the catalog and store the order, its lines, an
-    outbox message and the first journey event in one transaction, one ORM query per row. The commit's NOTIFY
-    wakes the relay. `order_create` does the same in one statement; orders/tests/test_journal.py pins the two.
-
-    `with_outbox=False` is for the sandbox's unsafe publish modes only (orders/publishing.py): no outbox row, so
-    nothing but the request itself will ever publish the order."""
-    if not with_outbox:
-        return _order_create_without_outbox(customer_email=customer_email, items=items, note=note)
+def insert_order_and_lines(
+    *, customer_email: str, items: list[dict[str, Any]], note: str
+) -> tuple[Order, list[OrderLine]]:
+    """Price the lines from the catalog and insert the order and its lines, one ORM query per row. Call inside the
+    transaction that also records the order's first event."""
     products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
     total = sum((products[i["sku"]].price * i["quantity"] for i in items), Decimal("0.00"))
-    with transaction.atomic():
-        order = Order.objects.create(customer_email=customer_email, note=note, total=total)
-        lines = OrderLine.objects.bulk_create(
-            OrderLine(
-                order=order,
-                product=products[item["sku"]],
-                sku=item["sku"],
-                quantity=item["quantity"],
-                unit_price=products[item["sku"]].price,
-            )
-            for item in items
+    order = Order.objects.create(customer_email=customer_email, note=note, total=total)
+    lines = OrderLine.objects.bulk_create(
+        OrderLine(
+            order=order,
+            product=products[item["sku"]],
+            sku=item["sku"],
+            quantity=item["quantity"],
+            unit_price=products[item["sku"]].price,
         )
-        outbox = OutboxMessage.objects.create(order=order, payload=order_message(order))
-        record_event_reference(
-            order,
-            EventKind.ACCEPTED,
-            f"Accepted by the API: {len(items)} line(s), total {total}. Stored with outbox message #{outbox.id}.",
-            queue={"note": "not published yet: waiting in the outbox table", "outbox_id": outbox.id},
-            cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"},
-            rows=[outbox_row(outbox)],
-        )
-        with connection.cursor() as cursor:
-            # Delivered at commit, and only if the transaction commits.
-            cursor.execute("SELECT pg_notify(%s, %s)", [outbox_channel(), str(outbox.id)])
-    return attach_lines(order, lines)
+        for item in items
+    )
+    return order, lines
 
 
 def _order_create_without_outbox(*, customer_email: str, items: list[dict[str, Any]], note: str) -> Order:
-    products = {p.sku: p for p in Product.objects.filter(sku__in=[item["sku"] for item in items])}
-    total = sum((products[i["sku"]].price * i["quantity"] for i in items), Decimal("0.00"))
+    """`order_create` for the sandbox's unsafe publish modes (orders/publishing.py): no outbox row, so nothing but
+    the request itself will ever publish the order."""
     with transaction.atomic():
-        order = Order.objects.create(customer_email=customer_email, note=note, total=total)
-        lines = OrderLine.objects.bulk_create(
-            OrderLine(
-                order=order,
-                product=products[item["sku"]],
-                sku=item["sku"],
-                quantity=item["quantity"],
-                unit_price=products[item["sku"]].price,
-            )
-            for item in items
-        )
+        order, lines = insert_order_and_lines(customer_email=customer_email, items=items, note=note)
         record_event_reference(
             order,
             EventKind.ACCEPTED,
-            f"Accepted by the API: {len(items)} line(s), total {total}. NO outbox message (unsafe publish mode): "
-            "the request publishes it to RabbitMQ itself, and nothing retries that publish.",
+            f"Accepted by the API: {len(items)} line(s), total {order.total}. NO outbox message (unsafe publish "
+            "mode): the request publishes it to RabbitMQ itself, and nothing retries that publish.",
             queue={"note": "no outbox row: the request publishes the message itself"},
             cache={"key": cache.order_key(order.id), "present": False, "note": "not cached yet"},
         )
@@ -137,11 +108,11 @@ def order_create(
 ) -> Order:
     """Accept an order: price its lines from the catalog and store the order, its lines, an outbox message and
     the first journey event in one transaction (one statement, `journal.accept`). The commit's NOTIFY wakes the
-    relay. `order_create_reference` is the same, written the readable way.
+    relay. `reference.order_create_reference` is the same, written the readable way.
 
     `products` (sku -> Product) are the catalog rows the caller already read while validating, if it did; the
     returned order carries its lines, so it can be represented without reading it back. `with_outbox=False`: see
-    `order_create_reference` (sandbox only)."""
+    `_order_create_without_outbox` (sandbox only)."""
     if not with_outbox:
         return _order_create_without_outbox(customer_email=customer_email, items=items, note=note)
     if products is None:
@@ -194,18 +165,10 @@ def order_create(
     return order
 
 
-def load_order(order_id: uuid.UUID | str) -> Order:
-    return Order.objects.prefetch_related("lines").get(pk=order_id)
-
-
 def attach_lines(order: Order, lines: list[OrderLine]) -> Order:
     """Make `order.lines.all()` return `lines` without a query, exactly as prefetch_related("lines") would have.
     An order's lines never change after it is created, so lines read once serve every later step."""
-    queryset = order.lines.all()
-    # Django has no public API to hand a queryset its rows; these are the attributes prefetch_related sets.
-    queryset._result_cache = list(lines)
-    queryset._prefetch_done = True  # type: ignore[attr-defined]
-    order._prefetched_objects_cache = {"lines": queryset}  # type: ignore[attr-defined]
+    attach_prefetched(order, "lines", lines)
     return order
 
 
@@ -215,33 +178,6 @@ class Transition:
 
     order: Order
     event: OrderEvent
-
-
-def transition_reference(
-    order: Order,
-    *,
-    to: OrderStatus,
-    kind: EventKind,
-    message: str,
-    queue: QueueSnapshot | dict[str, Any] | None = None,
-    rows: list[RowSnapshot] | None = None,
-    **changes: Any,
-) -> Transition:
-    """Move a locked order to `to` and record the event, the readable way: a guarded ORM update, then the event.
-    `transition_order` does the same in one statement; orders/tests/test_journal.py pins the two."""
-    if order.status not in allowed_sources(to):
-        raise InvalidTransition(f"{order.status} -> {to} is not an allowed transition")
-    now = timezone.now()
-    updated = Order.objects.filter(pk=order.pk, status=order.status, version=order.version).update(
-        status=to, version=F("version") + 1, updated_at=now, **changes
-    )
-    if updated != 1:
-        raise InvalidTransition(f"order {order.pk} changed under us")
-    order.status, order.version, order.updated_at = to, order.version + 1, now
-    for name, value in changes.items():
-        setattr(order, name, value)
-    event = record_event_reference(order, kind, message, queue=queue, rows=rows)
-    return Transition(order=order, event=event)
 
 
 def transition_order(
@@ -257,8 +193,8 @@ def transition_order(
     """Move a locked order to `to` with a guarded UPDATE and record the event (one statement, `journal.transition`).
     Call inside a transaction with the row locked; `changes` are plain values (the lock makes read-modify-write
     safe); `rows` are the other rows the step wrote, for the event's snapshot. Raises InvalidTransition when the
-    table of allowed transitions forbids it or the row changed under us. `transition_reference` is the same, written
-    the readable way."""
+    table of allowed transitions forbids it or the row changed under us. `reference.transition_reference` is the
+    same, written the readable way."""
     if order.status not in allowed_sources(to):
         raise InvalidTransition(f"{order.status} -> {to} is not an allowed transition")
     now = timezone.now()

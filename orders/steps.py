@@ -26,7 +26,14 @@ from psycopg import sql
 
 from orders import gateway, notifications, sandbox
 from orders.events import QueueSnapshot, RowSnapshot, notification_row, payment_row, product_row, record_event
-from orders.failures import FaultInjector, Interrupted, OutOfStock, PermanentFailure, TransientFailure
+from orders.failures import (
+    BrokenInvariant,
+    FaultInjector,
+    Interrupted,
+    OutOfStock,
+    PermanentFailure,
+    TransientFailure,
+)
 from orders.gateway import Gateway
 from orders.models import EventKind, Notification, Order, OrderLine, OrderStatus, OrderStep, Payment, Product
 from orders.notifications import Notifier
@@ -378,8 +385,8 @@ class Pipeline:
             if order.step != OrderStep.NONE:
                 for line in sorted(order.lines.all(), key=lambda item: item.product_id):
                     stock = change_stock(line.product_id, line.quantity)
-                    # Adding cannot fail the check, and a line's product cannot be deleted (PROTECT).
-                    assert stock is not None
+                    if stock is None:  # adding cannot fail the check, and a line's product is PROTECTed
+                        raise BrokenInvariant(f"product {line.product_id} of a line of order {order.pk} is gone")
                     rows.append(product_row(line.product_id, line.sku, stock, line.quantity))
                 released = " Reserved stock released."
             transition = transition_order(

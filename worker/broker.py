@@ -96,10 +96,28 @@ def connect(url: str | None = None) -> BlockingConnection:
 
 
 def connected_node(conn: BlockingConnection) -> tuple[str, int] | None:
-    """(host, port) of the node a connection was opened to. pika keeps the parameters that succeeded on the
-    connection it wraps (`_impl.params`); there is no public accessor."""
-    params = getattr(getattr(conn, "_impl", None), "params", None)
+    """(host, port) of the node a connection was opened to, or None if pika no longer says."""
+    params = _PikaInternals.parameters(conn)
     return (params.host, params.port) if params is not None else None
+
+
+class _PikaInternals:
+    """The two private pika names this project uses, and only here. pika has no public accessor for either;
+    worker/tests/test_broker_internals.py checks both on the installed pika against the real broker."""
+
+    @staticmethod
+    def parameters(conn: BlockingConnection) -> pika.connection.Parameters | None:
+        """The parameters that succeeded, which pika keeps on the connection a BlockingConnection wraps."""
+        params = getattr(getattr(conn, "_impl", None), "params", None)
+        return params if isinstance(params, pika.connection.Parameters) else None
+
+    @staticmethod
+    def channel(blocking: BlockingChannel) -> pika.channel.Channel:
+        """The asynchronous Channel a BlockingChannel wraps."""
+        channel = getattr(blocking, "_impl", None)
+        if not isinstance(channel, pika.channel.Channel):
+            raise TypeError(f"this pika ({pika.__version__}) has no Channel inside BlockingChannel")
+        return channel
 
 
 def process_data_events(conn: BlockingConnection, time_limit: float) -> None:
@@ -299,7 +317,7 @@ class _ConfirmWindow:
     """A channel in confirm mode whose confirms are counted as they come instead of awaited one by one.
 
     BlockingChannel waits for each confirm inside `basic_publish` and has no public way to publish without waiting.
-    The pika Channel it wraps (`BlockingChannel._impl`, the one private name used here) has: `confirm_delivery`
+    The pika Channel it wraps (private: `_PikaInternals.channel`) has: `confirm_delivery`
     with an ack/nack callback, `add_on_return_callback` and a `basic_publish` that only queues the frames, which is
     pika's asynchronous API as its asynchronous publisher example uses it. Everything still runs on the caller's
     one BlockingConnection (its failover, heartbeats and queue monitor unchanged), driven by its public
@@ -314,8 +332,7 @@ class _ConfirmWindow:
     def __init__(self, connection: BlockingConnection, timeout: float) -> None:
         self.connection = connection
         self.blocking = connection.channel()
-        # Private (see the class docstring); pika's stubs do not declare it.
-        self.channel: pika.channel.Channel = self.blocking._impl  # type: ignore[attr-defined]
+        self.channel = _PikaInternals.channel(self.blocking)
         self.published = 0
         self.pending: dict[int, int] = {}  # delivery tag -> index in the window
         self.returned: set[int] = set()  # indexes

@@ -49,6 +49,7 @@ from orders.models import AckMode
 from orders.sandbox.faults import Faults
 from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect, process_data_events
 from worker.database_watch import DatabaseWatch
+from worker.inhand import InHand
 from worker.models import WorkerHeartbeat
 from worker.monitor import QueueMonitor
 from worker.processing import (
@@ -114,18 +115,16 @@ class Worker:
         self.consumer_tag: str | None = None
         self.executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="step")
         self.in_flight: set[Future] = set()
-        # The order each unsettled delivery carries (None for an undecodable body), reported in the heartbeat.
-        self.holding: dict[Future, str | None] = {}
-        # Deliveries waiting for a step thread to take them as a batch, and every batched delivery until it is handed
-        # to the connection's thread to settle (by id(delivery): the order it carries), for the heartbeat.
+        # The order each unsettled delivery carries and the orders step threads work on, for the heartbeat.
+        self.in_hand = InHand()
+        # Deliveries waiting for a step thread to take them as a batch (a batched delivery is in `in_hand` under
+        # id(delivery) until it is handed to the connection's thread to settle).
         self.pending: list[Delivery] = []
         self.pending_lock = threading.Lock()
-        self.batched: dict[int, str | None] = {}
         # The delivery tags of the current channel not yet acked or nacked (the connection's thread only): a
         # `multiple` ack must not settle a delivery another thread still works on.
         self.unsettled: set[int] = set()
         self.processed = 0
-        self.current_order: str | None = None
         self.started_at = timezone.now()
         self.last_heartbeat = 0.0
         # After a failed heartbeat: beat again the moment the database answers (worker/database_watch.py).
@@ -234,12 +233,12 @@ class Worker:
     def _submit(self, channel: BlockingChannel, delivery: Delivery, work: Callable[[Delivery], Verdict | None]) -> None:
         future = self.executor.submit(self._handle, channel, delivery, work)
         self.in_flight.add(future)
-        self.holding[future] = peek_order_id(delivery.body)
+        self.in_hand.hold(future, peek_order_id(delivery.body))
         future.add_done_callback(self._done)
 
     def _done(self, future: Future) -> None:
         self.in_flight.discard(future)
-        self.holding.pop(future, None)
+        self.in_hand.release(future)
         # `_handle` settles every exception itself; one escaping it is a bug in the consumer. Say so loudly rather
         # than let the executor keep it in a future nobody reads.
         if not future.cancelled() and future.exception() is not None:
@@ -269,7 +268,7 @@ class Worker:
 
     def _hold(self, channel: BlockingChannel, delivery: Delivery) -> None:
         """Add the delivery to what is in hand, and ask a step thread to take what is in hand then."""
-        self.batched[id(delivery)] = peek_order_id(delivery.body)
+        self.in_hand.hold(id(delivery), peek_order_id(delivery.body))
         with self.pending_lock:
             self.pending.append(delivery)
         future = self.executor.submit(self._take, channel)
@@ -286,7 +285,7 @@ class Worker:
             self._handle_batch(channel, deliveries)
         finally:
             for delivery in deliveries:
-                self.batched.pop(id(delivery), None)
+                self.in_hand.release(id(delivery))
 
     def _taken(self, future: Future) -> None:
         self.in_flight.discard(future)
@@ -307,12 +306,11 @@ class Worker:
         self._submit(channel, self._delivery(self.topology.dead_watch_queue, method, props, body), self._watch)
 
     def _process(self, delivery: Delivery) -> Verdict | None:
-        self.current_order = None
+        self.in_hand.begin(peek_order_id(delivery.body))
         try:
-            self.current_order = peek_order_id(delivery.body)
             return self.processor.process(delivery)
         finally:
-            self.current_order = None
+            self.in_hand.end()
 
     def _watch(self, delivery: Delivery) -> Verdict | None:
         if REASON_HEADER in delivery.headers:
@@ -347,7 +345,7 @@ class Worker:
         the ones without a verdict yet and runs them again when the database answers."""
         outcomes: dict[int, Outcome] = {}
         backoff = Backoff(cap=5.0)
-        self.current_order = peek_order_id(deliveries[0].body)
+        self.in_hand.begin(peek_order_id(deliveries[0].body))
         try:
             while not self.stopping.is_set():
                 left = [delivery for delivery in deliveries if id(delivery) not in outcomes]
@@ -378,7 +376,7 @@ class Worker:
                         if id(delivery) not in outcomes:
                             outcomes[id(delivery)] = self._unexpected(delivery, exc)
         finally:
-            self.current_order = None
+            self.in_hand.end()
         close_old_connections()
         settled = [(delivery, outcomes[id(delivery)]) for delivery in deliveries if id(delivery) in outcomes]
         if not settled:
@@ -547,15 +545,16 @@ class Worker:
             if final:
                 WorkerHeartbeat.objects.filter(pk=self.name).delete()
                 return
+            in_hand = self.in_hand.snapshot()
             WorkerHeartbeat.objects.update_or_create(
                 pk=self.name,
                 defaults={
                     "hostname": socket.gethostname(),
                     "pid": os.getpid(),
-                    "current_order": self.current_order,
-                    "holding": sorted({order for order in [*self.holding.values(), *self.batched.values()] if order}),
+                    "current_order": in_hand.current_order,
+                    "holding": in_hand.holding,
                     "processed": self.processed,
-                    "unacked": len(self.holding) + len(self.batched),
+                    "unacked": in_hand.unacked,
                     "started_at": self.started_at,
                     "last_seen": timezone.now(),
                 },

@@ -22,6 +22,7 @@ from django.utils import timezone
 from orders import cache
 from orders.batch import OUTAGE, Item, run_batch
 from orders.events import QueueSnapshot
+from orders.failures import BrokenInvariant
 from orders.failures import Interrupted as Interrupted  # re-exported: the consumer catches it by this name
 from orders.gateway import Gateway, charge
 from orders.notifications import Notifier, send_confirmation
@@ -295,8 +296,9 @@ class Processor:
                 yield delivery, _guarded(self.resume, item.order_id, delivery)
             elif item.error is not None:
                 yield delivery, item.error
+            elif item.outcome is None:
+                yield delivery, BrokenInvariant(f"order {item.order_id}: the batch left it without an outcome or error")
             else:
-                assert item.outcome is not None
                 yield delivery, _guarded(self.verdict, item.order_id, item.outcome, delivery)
         for delivery in alone:
             yield delivery, _guarded(self.process, delivery)

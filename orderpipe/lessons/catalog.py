@@ -71,7 +71,8 @@ class Action:
     phase: str = ""
 
     def __post_init__(self) -> None:
-        assert self.kind in ACTION_KINDS, self.kind
+        if self.kind not in ACTION_KINDS:
+            raise ValueError(f"unknown lesson action kind {self.kind!r}; known: {sorted(ACTION_KINDS)}")
 
 
 @dataclass(frozen=True)

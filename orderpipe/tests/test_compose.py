@@ -23,6 +23,8 @@ from daphne.cli import CommandLineInterface
 from django.core.management import get_commands, load_command_class
 from django.urls import resolve
 
+pytestmark = pytest.mark.pure
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]

@@ -8,6 +8,10 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.pure
+
 ROOT = Path(__file__).resolve().parents[2]
 READERS = ["orderpipe/settings.py", "gunicorn.conf.py"]
 ENV_HELPERS = {"env_str", "env_bool", "env_int", "env_float", "env_list", "env_rate"}

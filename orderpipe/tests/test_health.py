@@ -11,6 +11,7 @@ CLOSED_AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
 CLOSED_REDIS = "redis://127.0.0.1:1/0"
 
 
+@pytest.mark.pure
 def test_healthz_answers_without_touching_any_dependency(client, settings):
     # No django_db mark: any database query would raise, and the broker and Redis point at a closed port.
     settings.AMQP_URL = CLOSED_AMQP
@@ -67,11 +68,13 @@ def test_the_rabbitmq_and_redis_checks_pass_against_the_real_services():
     dependencies.check_redis()
 
 
+@pytest.mark.pure
 def test_passwords_are_redacted_from_messages():
     assert dependencies.redact("amqp://guest:s3cret@host:5672/%2F") == "amqp://guest:***@host:5672/%2F"
     assert dependencies.redact("redis://host:6379/0") == "redis://host:6379/0"
 
 
+@pytest.mark.pure
 def test_waiting_gives_up_after_the_timeout_and_retries_meanwhile():
     calls = []
 
@@ -84,6 +87,7 @@ def test_waiting_gives_up_after_the_timeout_and_retries_meanwhile():
     assert len(calls) >= 3
 
 
+@pytest.mark.pure
 def test_waiting_returns_once_a_slow_dependency_comes_up():
     attempts = iter([dependencies.DependencyUnavailable("booting"), None])
 

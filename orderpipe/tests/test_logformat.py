@@ -8,10 +8,13 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from django.utils import timezone
 
 from orderpipe.logformat import JsonFormatter
 from orders import metrics
+
+pytestmark = pytest.mark.pure
 
 ROOT = Path(__file__).resolve().parents[2]
 

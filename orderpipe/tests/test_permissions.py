@@ -95,6 +95,7 @@ def url_patterns(patterns=None, prefix: str = ""):
             yield route
 
 
+@pytest.mark.pure
 def test_every_url_has_a_permission_decision():
     routes = set(url_patterns())
     assert routes - set(TABLE) == set(), "URLs without a decision in TABLE (and docs/05-security.md)"

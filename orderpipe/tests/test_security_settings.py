@@ -38,12 +38,14 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.pure
 def test_check_deploy_is_clean_with_the_production_settings():
     result = manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize(
     ("key", "reason"),
     [
@@ -87,6 +89,7 @@ def urls_with_random_passwords(settings) -> None:
     settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": location}}
 
 
+@pytest.mark.pure
 def test_the_debug_error_page_masks_the_passwords_in_urls(settings):
     settings.DEBUG = True
     urls_with_random_passwords(settings)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 
-from orders import events, services
+from orders import events, reference, services
 from orders.models import EventKind, Order, OrderEvent, OrderLine, OrderStatus, OrderStep, OutboxMessage
 from orders.tests.factories import ProductFactory
 
@@ -41,9 +41,9 @@ JOURNEYS: dict[str, list[tuple[str, dict[str, Any]]]] = {
 }  # fmt: skip
 
 
-def walk(order_id: object, journey: list[tuple[str, dict[str, Any]]], *, reference: bool) -> None:
-    move = services.transition_reference if reference else services.transition_order
-    note = events.record_event_reference if reference else events.record_event
+def walk(order_id: object, journey: list[tuple[str, dict[str, Any]]], *, readable: bool) -> None:
+    move = reference.transition_reference if readable else services.transition_order
+    note = events.record_event_reference if readable else events.record_event
     for what, arguments in journey:
         with transaction.atomic():
             order = Order.objects.select_for_update().get(pk=order_id)
@@ -92,9 +92,9 @@ def test_the_fast_and_the_readable_path_leave_identical_rows(name):
     ProductFactory(sku="MUG-002", price="22.00", stock=10)
     ProductFactory(sku="PEN-003", price="1.25", stock=10)
     fast = services.order_create(customer_email="ada@example.com", items=ITEMS, note="gift")
-    readable = services.order_create_reference(customer_email="ada@example.com", items=ITEMS, note="gift")
-    walk(fast.pk, JOURNEYS[name], reference=False)
-    walk(readable.pk, JOURNEYS[name], reference=True)
+    readable = reference.order_create_reference(customer_email="ada@example.com", items=ITEMS, note="gift")
+    walk(fast.pk, JOURNEYS[name], readable=False)
+    walk(readable.pk, JOURNEYS[name], readable=True)
 
     fast_rows, readable_rows = rows(fast), rows(readable)
     assert fast_rows == readable_rows
@@ -128,7 +128,7 @@ def test_the_fast_and_the_readable_path_leave_identical_rows(name):
 def test_both_paths_return_the_order_with_its_lines_in_request_order_and_their_own_ids(product):
     ProductFactory(sku="MUG-002", price="22.00", stock=10)
     ProductFactory(sku="PEN-003", price="1.25", stock=10)
-    for create in (services.order_create, services.order_create_reference):
+    for create in (services.order_create, reference.order_create_reference):
         order = create(customer_email="bo@example.com", items=ITEMS)
         returned = [(line.id, line.sku, line.quantity) for line in order.lines.all()]
         assert [(sku, quantity) for _, sku, quantity in returned] == [(i["sku"], i["quantity"]) for i in ITEMS]

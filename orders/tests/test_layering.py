@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.pure
+
 ORDERS = Path(__file__).resolve().parents[1]
 ROOT = ORDERS.parent
 WORKER = ROOT / "worker"

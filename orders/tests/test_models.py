@@ -8,17 +8,20 @@ from django.db import IntegrityError, transaction
 from orders.models import TRANSITIONS, Order, OrderStatus, Payment, Product, allowed_sources
 
 
+@pytest.mark.pure
 def test_terminal_statuses_have_no_way_out_except_replay():
     assert TRANSITIONS[OrderStatus.COMPLETED] == frozenset()
     assert TRANSITIONS[OrderStatus.FAILED] == frozenset()
     assert TRANSITIONS[OrderStatus.DEAD_LETTERED] == frozenset({OrderStatus.QUEUED})
 
 
+@pytest.mark.pure
 def test_allowed_sources_reads_the_table():
     assert set(allowed_sources(OrderStatus.COMPLETED)) == {"processing"}
     assert set(allowed_sources(OrderStatus.QUEUED)) == {"pending", "dead_lettered"}
 
 
+@pytest.mark.pure
 def test_every_status_has_an_entry():
     assert set(TRANSITIONS) == set(OrderStatus)
 

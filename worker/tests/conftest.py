@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -16,12 +18,25 @@ from worker.tests.processes import RUNNING
 CHROMIUM = "/usr/bin/chromium"
 
 
+def require_chromium(path: str = CHROMIUM) -> None:
+    """Skip the calling module (or test) when Chromium or Playwright is missing; under CI (`CI` set, as CI services
+    set it) fail instead, so a CI run without them cannot pass with its browser tests quietly skipped."""
+    missing = None if Path(path).exists() else f"no Chromium at {path}"
+    if missing is None and importlib.util.find_spec("playwright") is None:
+        missing = "no Playwright (the playwright package)"
+    if missing is None:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{missing}, and CI needs the browser tests", pytrace=False)
+    pytest.skip(missing, allow_module_level=True)
+
+
 @pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium, headless, driven by Playwright (skips the test when either is missing)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    """Debian's Chromium, headless, driven by Playwright (see `require_chromium` when either is missing)."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
     # Playwright's sync API keeps an event loop in this thread, which makes Django refuse synchronous ORM calls
     # (the tests' own and the database flush between tests). They are still synchronous, so allow them here.
     with pytest.MonkeyPatch.context() as patch:

@@ -5,7 +5,6 @@ artifacts/screenshots/, named by test."""
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -13,7 +12,13 @@ from django.utils import timezone
 from orders import sandbox
 from orders.models import Order, OrderStatus, SandboxSettings
 from worker.models import SupervisedProcess, WorkerHeartbeat
-from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM, open_logged_in, place_order_from_the_form, screenshot
+from worker.tests.conftest import (
+    BROWSER_PASSWORD,
+    open_logged_in,
+    place_order_from_the_form,
+    require_chromium,
+    screenshot,
+)
 from worker.tests.processes import Service, Web
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -21,8 +26,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transa
 PASSWORD = BROWSER_PASSWORD
 TIMEOUT_MS = 45_000
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+require_chromium()
 
 
 def open_dashboard(browser, server: Web, *, width: int = 1280, height: int = 800):

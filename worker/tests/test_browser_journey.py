@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,7 @@ from orders.sandbox.faults import Faults
 from orders.steps import STEPS
 from worker.consumer import Worker
 from worker.relay import relay_once
-from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM, open_logged_in, screenshot
+from worker.tests.conftest import BROWSER_PASSWORD, open_logged_in, require_chromium, screenshot
 from worker.tests.processes import Web, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -25,8 +24,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transa
 PASSWORD = BROWSER_PASSWORD
 TIMEOUT_MS = 45_000
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+require_chromium()
 
 
 @pytest.fixture

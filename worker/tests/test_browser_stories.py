@@ -7,22 +7,20 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
 from orders import sandbox, services
 from orders.models import EventKind, GatewayCharge, Order, OrderEvent, OrderStatus, OutboxMessage, Payment
 from worker.models import SupervisedProcess, SupervisorRequest
-from worker.tests.conftest import CHROMIUM, open_logged_in, screenshot
+from worker.tests.conftest import open_logged_in, require_chromium, screenshot
 from worker.tests.processes import Service, free_port, service_env, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 TIMEOUT_MS = 45_000
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+require_chromium()
 
 
 def port_free(port: int) -> bool:

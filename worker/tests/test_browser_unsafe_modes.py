@@ -3,18 +3,15 @@ banner (live, on every page), and undone with one click."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from orders import sandbox
 from orders.models import SandboxSettings
-from worker.tests.conftest import CHROMIUM, open_logged_in, screenshot
+from worker.tests.conftest import open_logged_in, require_chromium, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+require_chromium()
 
 
 def test_unsafe_modes_from_the_form_raise_the_red_banner_and_one_click_restores_them(web, browser, staff):

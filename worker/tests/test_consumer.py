@@ -256,7 +256,7 @@ def test_a_batch_with_failing_orders_commits_the_others_and_settles_each_message
 
     # Every message settled (acked: a failed order is done with), nothing held, nothing back in a queue.
     assert wait_until(lambda: worker.processed == len(orders) and not worker.in_flight, 10)
-    assert not worker.unsettled and not worker.batched and not worker.pending
+    assert not worker.unsettled and not len(worker.in_hand) and not worker.pending
     worker.stop()
     assert wait_until(lambda: worker.connection is None, 20)
 

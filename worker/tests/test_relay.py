@@ -171,18 +171,25 @@ def test_notify_wakes_the_listener(place_order):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_relay_loop_publishes_a_new_order_without_waiting_for_the_poll(broker, place_order):
+def test_the_relay_loop_publishes_a_new_order_without_waiting_for_the_poll(broker, place_order, monkeypatch):
+    # The order is placed once the relay's listener has run LISTEN: a NOTIFY before that would be missed.
+    listening = threading.Event()
+    connect_listener = OutboxListener._connect
+
+    def connect_and_say_so(listener: OutboxListener):
+        conn = connect_listener(listener)
+        listening.set()
+        return conn
+
+    monkeypatch.setattr(OutboxListener, "_connect", connect_and_say_so)
     stop = threading.Event()
     # A 60 s polling interval: only NOTIFY can make the order go out within the deadline below.
     relay = threading.Thread(target=run_relay, args=(stop.is_set,), kwargs={"poll_interval": 60}, daemon=True)
     relay.start()
     try:
-        time.sleep(0.5)
+        assert listening.wait(15)
         order = place_order()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and Order.objects.get(pk=order.pk).status != "queued":
-            time.sleep(0.02)
-        assert Order.objects.get(pk=order.pk).status == "queued"
+        assert wait_until(lambda: Order.objects.get(pk=order.pk).status == "queued", 15)
     finally:
         stop.set()
         relay.join(10)
