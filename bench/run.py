@@ -1071,6 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="results file (default bench/results/<date>.md)")
     parser.add_argument("--pipeline-orders", type=int, default=None, help="orders per drain (default 5,000)")
     parser.add_argument("--api-seconds", type=int, default=None, help="seconds per API row (default 10)")
+    parser.add_argument("--workers", default=None, help="comma-separated worker counts for the drains (default 1,2,4)")
     parser.add_argument(
         "--connections", default=None, help="comma-separated wrk connection counts for the API rows (default 16,64)"
     )
@@ -1088,6 +1089,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = SMOKE if args.smoke else FULL
     if args.pipeline_orders:
         scale = dataclasses.replace(scale, pipeline_orders=args.pipeline_orders)
+    if args.workers:
+        scale = dataclasses.replace(scale, workers=tuple(int(n) for n in args.workers.split(",")))
     if args.api_seconds:
         scale = dataclasses.replace(scale, api_seconds=args.api_seconds)
     if args.connections:
