@@ -46,7 +46,7 @@ class JSONRenderer(renderers.JSONRenderer):
         if (
             self.compact
             and not self.ensure_ascii
-            and self.get_indent(accepted_media_type, renderer_context or {}) is None
+            and self.get_indent(accepted_media_type or "", renderer_context or {}) is None
         ):
             try:
                 body = orjson.dumps(data, default=_drf_default, option=_OPTIONS)

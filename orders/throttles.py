@@ -59,10 +59,11 @@ class OrderPlacementThrottle(RatesFromSettings, SimpleRateThrottle):
 
 def _pipelinable(throttle: BaseThrottle) -> bool:
     """A SimpleRateThrottle that checks the request DRF's way, against the default cache and the clock."""
+    if not isinstance(throttle, SimpleRateThrottle):
+        return False
     kind = type(throttle)
     return (
-        isinstance(throttle, SimpleRateThrottle)
-        and kind.allow_request is SimpleRateThrottle.allow_request
+        kind.allow_request is SimpleRateThrottle.allow_request
         and kind.throttle_success is SimpleRateThrottle.throttle_success
         and kind.throttle_failure is SimpleRateThrottle.throttle_failure
         and throttle.cache is default_cache

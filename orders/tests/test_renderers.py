@@ -7,6 +7,7 @@ import json
 import uuid
 from collections import OrderedDict
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -35,7 +36,7 @@ def assert_same(data, media_type: str | None = None, context: dict | None = None
     return expected
 
 
-VALUES = [
+VALUES: list[Any] = [
     None,
     {},
     [],
@@ -65,8 +66,8 @@ VALUES = [
     -(2**63) - 1,
     {1: "int key", 2.5: "float key", None: "null key", False: "bool key"},
     OrderedDict([("z", 1), ("a", 2)]),
-    ReturnDict({"x": [1]}, serializer=None),
-    ReturnList([{"y": 2}], serializer=None),
+    ReturnDict({"x": [1]}, serializer=ProductSerializer()),
+    ReturnList([{"y": 2}], serializer=ProductSerializer(many=True)),
     [[[[[[[[[[[[]]]]]]]]]]]],
 ]
 
