@@ -638,6 +638,21 @@ def journey_times() -> tuple[list[float], dt.datetime | None, dt.datetime | None
     return durations, first, last, not_completed
 
 
+def not_completed_reasons() -> str:
+    """The statuses and failure reasons of the orders that did not complete, most frequent first."""
+    from django.db.models import Count
+
+    from orders.models import Order, OrderStatus
+
+    rows = (
+        Order.objects.exclude(status=OrderStatus.COMPLETED)
+        .values("status", "failure_reason")
+        .annotate(n=Count("id"))
+        .order_by("-n")[:5]
+    )
+    return "; ".join(f"{row['n']} {row['status']} ({row['failure_reason'][:200] or 'no reason'})" for row in rows)
+
+
 def legs_ms() -> list[tuple[str, float]]:
     """Where an order's time goes: for each kind of journey event, the median milliseconds since the order's event
     before it (accepted -> published is the relay's leg, published -> received the broker's and the worker's take),
@@ -790,7 +805,7 @@ def bench_pipeline(report: Report, target: Target, scale: Scale, broker_baseline
         durations, first, last, not_completed = journey_times()
         batch = batch_size()
         if finished and not_completed:
-            raise RuntimeError(f"{not_completed} orders did not complete")
+            raise RuntimeError(f"{not_completed} orders did not complete: {not_completed_reasons()}")
         rate = len(durations) / max((last - first).total_seconds(), 1e-3)
         cut = "" if finished else f"; stopped after {DRAIN_CAP_SECONDS} s with {len(durations):,} completed"
         p50, p99 = percentiles_ms(durations)
