@@ -4,8 +4,8 @@ One run measures, on the local PostgreSQL, RabbitMQ and Redis, in its own databa
 own prefix (`bench-<random>`, removed afterwards), so it never touches a dev instance or a test run:
 
 - API accept: POST /api/orders/ (every request a real, unique order) with wrk at 16 and 64 connections against
-  daphne, uvicorn (2 workers) and gunicorn (2 workers x 4 threads), production settings (DEBUG off, real key), with
-  the server's and PostgreSQL's CPU per request;
+  daphne, uvicorn (2 workers), gunicorn (2 workers x 4 threads) and granian (WSGI, 2 workers x 4 threads),
+  production settings (DEBUG off, real key), with the server's and PostgreSQL's CPU per request;
 - pipeline: a backlog of orders drained by the relay and 1, 2 or 4 workers (zero simulated delay), each row with the
   batch size the workers used and the CPU per order of each process (workers, PostgreSQL's backends for the bench's
   database, relay, broker, Redis) over the drain, from /proc (bench/cpu.py);
@@ -76,7 +76,9 @@ DRAIN_CAP_SECONDS = 180
 PARTS = frozenset({"api", "pipeline", "e2e", "relay"})
 
 # The HTTP servers compared. gunicorn is started exactly as production runs it (gunicorn.conf.py, the `web` service in
-# Compose); daphne, which serves the WebSockets in production, and uvicorn are the alternatives it was chosen over.
+# Compose); daphne, which serves the WebSockets in production, and uvicorn are the alternatives it was chosen over;
+# granian (a Rust HTTP server) serves the same WSGI application with the same layout as gunicorn, 2 worker processes
+# of 4 threads that run the application.
 SERVERS: dict[str, Callable[[int], list[str]]] = {
     "daphne": lambda port: [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "orderpipe.asgi:application"],
     "uvicorn": lambda port: [
@@ -84,6 +86,11 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
         *("--workers", "2", "--no-access-log", "--log-level", "warning"),
     ],
     "gunicorn": lambda port: [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}"],
+    "granian": lambda port: [
+        *(str(BIN / "granian"), "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port)),
+        *("--workers", "2", "--blocking-threads", "4", "--no-ws", "--log-level", "warning"),
+        "orderpipe.wsgi:application",
+    ],
 }
 SERVER_LABELS = {
     "daphne": "daphne (ASGI)",
@@ -91,6 +98,7 @@ SERVER_LABELS = {
     # gunicorn.conf.py's defaults, or what the environment it inherits sets.
     "gunicorn": f"gunicorn -w {os.environ.get('WEB_WORKERS') or 2} --threads {os.environ.get('WEB_THREADS') or 4} "
     "(WSGI, production)",
+    "granian": "granian --workers 2 --blocking-threads 4 (WSGI)",
 }
 
 
@@ -630,6 +638,21 @@ def journey_times() -> tuple[list[float], dt.datetime | None, dt.datetime | None
     return durations, first, last, not_completed
 
 
+def not_completed_reasons() -> str:
+    """The statuses and failure reasons of the orders that did not complete, most frequent first."""
+    from django.db.models import Count
+
+    from orders.models import Order, OrderStatus
+
+    rows = (
+        Order.objects.exclude(status=OrderStatus.COMPLETED)
+        .values("status", "failure_reason")
+        .annotate(n=Count("id"))
+        .order_by("-n")[:5]
+    )
+    return "; ".join(f"{row['n']} {row['status']} ({row['failure_reason'][:200] or 'no reason'})" for row in rows)
+
+
 def legs_ms() -> list[tuple[str, float]]:
     """Where an order's time goes: for each kind of journey event, the median milliseconds since the order's event
     before it (accepted -> published is the relay's leg, published -> received the broker's and the worker's take),
@@ -782,7 +805,7 @@ def bench_pipeline(report: Report, target: Target, scale: Scale, broker_baseline
         durations, first, last, not_completed = journey_times()
         batch = batch_size()
         if finished and not_completed:
-            raise RuntimeError(f"{not_completed} orders did not complete")
+            raise RuntimeError(f"{not_completed} orders did not complete: {not_completed_reasons()}")
         rate = len(durations) / max((last - first).total_seconds(), 1e-3)
         cut = "" if finished else f"; stopped after {DRAIN_CAP_SECONDS} s with {len(durations):,} completed"
         p50, p99 = percentiles_ms(durations)
@@ -1054,11 +1077,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny scale (seconds), as the test suite runs it")
     parser.add_argument("--database", default=DEFAULT_DATABASE, help="database the bench creates and uses")
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help="comma-separated subset of daphne,uvicorn,gunicorn"
+        "--servers",
+        default=",".join(SERVERS),
+        help="comma-separated servers among daphne,uvicorn,gunicorn,granian; one named twice runs twice, in the "
+        "order given (gunicorn,granian,gunicorn,granian interleaves two runs of each)",
     )
     parser.add_argument("--paced-server", default="gunicorn", help="web server for the end-to-end row")
     parser.add_argument("--output", type=Path, default=None, help="results file (default bench/results/<date>.md)")
     parser.add_argument("--pipeline-orders", type=int, default=None, help="orders per drain (default 5,000)")
+    parser.add_argument("--api-seconds", type=int, default=None, help="seconds per API row (default 10)")
+    parser.add_argument("--workers", default=None, help="comma-separated worker counts for the drains (default 1,2,4)")
+    parser.add_argument(
+        "--connections", default=None, help="comma-separated wrk connection counts for the API rows (default 16,64)"
+    )
     parser.add_argument(
         "--only", default=",".join(sorted(PARTS)), help="comma-separated subset of api,pipeline,e2e,relay"
     )
@@ -1073,6 +1104,12 @@ def main(argv: list[str] | None = None) -> int:
     scale = SMOKE if args.smoke else FULL
     if args.pipeline_orders:
         scale = dataclasses.replace(scale, pipeline_orders=args.pipeline_orders)
+    if args.workers:
+        scale = dataclasses.replace(scale, workers=tuple(int(n) for n in args.workers.split(",")))
+    if args.api_seconds:
+        scale = dataclasses.replace(scale, api_seconds=args.api_seconds)
+    if args.connections:
+        scale = dataclasses.replace(scale, connections=tuple(int(n) for n in args.connections.split(",")))
     started = dt.datetime.now(dt.UTC)
     others = other_pytest_runs()
     load = os.getloadavg()

@@ -191,7 +191,17 @@ if not AMQP_URLS or not all(url.startswith(("amqp://", "amqps://")) for url in A
 # Every exchange, queue, Redis key, channel-layer group and NOTIFY channel carries this prefix, so a test run
 # (which picks its own) never touches the queues or keys of a running instance.
 ORDERPIPE_PREFIX = env_str("ORDERPIPE_PREFIX", "orderpipe")
-WORKER_PREFETCH = env_int("WORKER_PREFETCH", 10)
+# Messages a worker holds unacknowledged. What it holds is the batch its steps run together (orders/batch.py): under a
+# backlog, 100 lets batches grow (15-17 orders, against 3-4 with 10 and 7-9 with 50, 2 workers draining 1,000 orders:
+# the README's Benchmark), and a lone message is still a batch of one, never a wait.
+# What a dead worker costs: the broker returns every message it held, and the quorum queue counts a delivery against
+# each; a message returned more than AMQP_DELIVERY_LIMIT times is dead-lettered (worker/topology.py). One kill (a
+# deploy, an OOM) spends one of those deliveries of each order in hand, up to WORKER_PREFETCH of them. A crash loop (one
+# message that kills every worker taking it) spends one at every kill of each order held beside it, so those still in
+# hand at the kill that parks it are dead-lettered with it. Hence the lessons that crash workers over and over set
+# their own prefetch through the sandbox (worker_prefetch 1: only the crashing message in hand), never this default;
+# a deployment that expects repeated kills raises AMQP_DELIVERY_LIMIT.
+WORKER_PREFETCH = env_int("WORKER_PREFETCH", 100)
 # Orders a worker processes at once (threads). A step is a few round trips to PostgreSQL and Redis, and a thread
 # waiting on one holds no CPU, so a few threads keep one worker process near a full core (docs/09-benchmark.md:
 # the CPU, not the disk, is the limit). Past that, run more worker processes rather than more threads.
@@ -332,7 +342,7 @@ def env_rate(name: str, default: str) -> str | None:
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
+        "orders.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_PARSER_CLASSES": ["orders.parsers.JSONParser"],

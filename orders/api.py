@@ -28,7 +28,7 @@ from orders.serializers import (
     order_input,
     order_representation,
 )
-from orders.throttles import OrderPlacementThrottle
+from orders.throttles import OrderPlacementThrottle, PipelinedThrottles
 
 
 class BasicInDebugScheme(BasicScheme):
@@ -87,7 +87,7 @@ class ApiRootApi(APIView):
         return Response({name: api_reverse(url_name, request=request) for name, url_name in self.ENDPOINTS.items()})
 
 
-class OrderListCreateApi(generics.ListAPIView):
+class OrderListCreateApi(PipelinedThrottles, generics.ListAPIView):
     serializer_class = OrderSerializer
     permission_classes = [PlaceOrdersPublicly]
     throttle_classes = [*api_settings.DEFAULT_THROTTLE_CLASSES, OrderPlacementThrottle]  # type: ignore[list-item]
@@ -169,7 +169,7 @@ class OrderListCreateApi(generics.ListAPIView):
         return Response(body, status=code, headers=headers)
 
 
-class OrderDetailApi(APIView):
+class OrderDetailApi(PipelinedThrottles, APIView):
     @extend_schema(responses={200: OrderSerializer, 404: ERROR, **COMMON_ERRORS})
     def get(self, request: Request, order_id: str) -> Response:
         """One order, from Redis when cached (`X-Cache: HIT`), else from PostgreSQL (`X-Cache: MISS`)."""

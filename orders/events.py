@@ -4,6 +4,7 @@ the rows themselves are written by `orders.journal`."""
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any, TypedDict
 
@@ -153,6 +154,7 @@ def record_event(
     queue: QueueSnapshot | dict[str, Any] | None = None,
     cache: CacheState | dict[str, Any] | None = None,
     rows: list[RowSnapshot] | None = None,
+    log_level: int = logging.INFO,
 ) -> OrderEvent:
     """Append an event to the order's journey (one statement, `journal.append`).
 
@@ -163,7 +165,7 @@ def record_event(
     at = timezone.now()
     row = journal.append(order, kind, message, dict(snapshot), at=at)
     event = stored_event(order, pk=row.pk, seq=row.seq, kind=kind, at=at, message=message, snapshot=snapshot)
-    count_on_commit(order, event, previous_at=row.previous_at)
+    count_on_commit(order, event, previous_at=row.previous_at, log_level=log_level)
     return event
 
 
@@ -208,9 +210,9 @@ def stored_event(
     return event
 
 
-def count_on_commit(order: Order, event: OrderEvent, *, previous_at: Any = None) -> None:
-    """Count and log the event once its transaction commits, so rolled-back work never shows up; robust: a metrics
-    or logging failure must not turn a committed transition into an error for the caller."""
+def count_on_commit(order: Order, event: OrderEvent, *, previous_at: Any = None, log_level: int = logging.INFO) -> None:
+    """Count and log the event (at `log_level`) once its transaction commits, so rolled-back work never shows up;
+    robust: a metrics or logging failure must not turn a committed transition into an error for the caller."""
     transaction.on_commit(
         partial(
             metrics.event_committed,
@@ -220,6 +222,7 @@ def count_on_commit(order: Order, event: OrderEvent, *, previous_at: Any = None)
             at=event.at,
             previous_at=previous_at or order.created_at or event.at,
             created_at=order.created_at,
+            log_level=log_level,
         ),
         robust=True,
     )

@@ -58,8 +58,10 @@ def event_committed(
     at: datetime,
     previous_at: datetime,
     created_at: datetime | None,
+    log_level: int = logging.INFO,
 ) -> None:
-    """Count one committed event, observe its durations and log it. Runs from `transaction.on_commit`."""
+    """Count one committed event, observe its durations and log it (at `log_level`: a batch's writer may log its
+    events at DEBUG and one summary line of its own instead). Runs from `transaction.on_commit`."""
     step_seconds = max((at - previous_at).total_seconds(), 0.0)
     ORDER_EVENTS.labels(kind=kind).inc()
     STEP_DURATION.labels(kind=kind).observe(step_seconds)
@@ -73,4 +75,4 @@ def event_committed(
         total_seconds = max((at - created_at).total_seconds(), 0.0)
         END_TO_END_DURATION.observe(total_seconds)
         extra["end_to_end_ms"] = round(total_seconds * 1000, 1)
-    event_log.info("order %s %s after %.1f ms", order_id, kind, extra["duration_ms"], extra=extra)
+    event_log.log(log_level, "order %s %s after %.1f ms", order_id, kind, extra["duration_ms"], extra=extra)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -236,11 +237,14 @@ class Change:
     changes: dict[str, Any] = field(default_factory=dict)
 
 
-def transition_many(items: list[Change], *, to: OrderStatus, kind: EventKind) -> list[Transition]:
+def transition_many(
+    items: list[Change], *, to: OrderStatus, kind: EventKind, log_level: int = logging.INFO
+) -> list[Transition]:
     """`transition_order` for a batch: move every locked order to `to` and record one event each, with its own
     snapshot, in one guarded statement (`journal.transition_many`). Call inside a transaction with the rows locked;
     every item sets the same fields. Raises InvalidTransition, like `transition_order`, if any order is not allowed
-    to move or changed under us (the caller's transaction then rolls them all back)."""
+    to move or changed under us (the caller's transaction then rolls them all back). Each event's log line is at
+    `log_level` (see `metrics.event_committed`)."""
     now = timezone.now()
     moves, befores = [], []
     for item in items:
@@ -274,7 +278,7 @@ def transition_many(items: list[Change], *, to: OrderStatus, kind: EventKind) ->
         event = stored_event(
             item.order, pk=row.pk, seq=row.seq, kind=kind, at=now, message=item.message, snapshot=move.snapshot
         )
-        count_on_commit(item.order, event, previous_at=row.previous_at)
+        count_on_commit(item.order, event, previous_at=row.previous_at, log_level=log_level)
         transitions.append(Transition(order=item.order, event=event))
     return transitions
 

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable
 
 import psycopg
@@ -33,21 +34,31 @@ from django.utils import timezone
 from orders.events import QueueSnapshot, outbox_row, record_event
 from orders.models import EventKind, Order, OrderStatus, OutboxMessage
 from orders.services import (
+    Change,
     Transition,
+    cache_after_batch_commit,
     cache_after_commit,
     idempotency_keys_purge,
     outbox_channel,
+    transition_many,
     transition_order,
 )
 from worker.broker import BROKER_ERRORS, Message, Publisher, PublishFailed, connect, process_data_events
 from worker.monitor import QueueMonitor
 from worker.relay_monitor import RelayMonitor
 from worker.sweeper import Sweeper
+from worker.topology import Topology
 
 log = logging.getLogger(__name__)
 
 
-def relay_once(publisher: Publisher, *, batch_size: int | None = None, queue_ready: int | None = None) -> int:
+def relay_once(
+    publisher: Publisher,
+    *,
+    batch_size: int | None = None,
+    queue_ready: int | None = None,
+    record: Recorder | None = None,
+) -> int:
     """Publish up to one batch of pending outbox messages. Returns how many were published.
 
     Rows are claimed with FOR UPDATE SKIP LOCKED, so any number of relays share the backlog without publishing a
@@ -59,10 +70,12 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None, queue_rea
     `queue_ready` is the main queue's depth as the relay's queue monitor last observed it (about once a second,
     and on every connect, before this batch); each "published" event carries it, so the journey's RabbitMQ panel
     shows a depth at that step as at every other (the workers' events carry theirs the same way).
+
+    `record` writes the confirmed rows' `published` events (`record_published`, batched, unless a test passes the
+    per-order reference `record_published_each`). Each event's own log line is at DEBUG; the batch logs one INFO line.
     """
-    topo = publisher.topology
+    record = record or record_published
     published: list[OutboxMessage] = []
-    transitions: list[Transition] = []
     failure: BaseException | None = None
     with transaction.atomic():
         rows = list(
@@ -95,38 +108,91 @@ def relay_once(publisher: Publisher, *, batch_size: int | None = None, queue_rea
         if published:
             _crash_point("published", len(published))
         OutboxMessage.objects.bulk_update(published, ["sent_at", "publish_attempts", "last_error"])
-        for row in published:
-            order = orders[row.order_id]
-            queue: QueueSnapshot = {
-                "exchange": topo.exchange,
-                "routing_key": row.routing_key,
-                "queue": topo.process_queue,
-                "message_id": str(row.id),
-                "outbox_id": row.id,
-                "queue_ready": queue_ready,
-                "note": "confirmed by the broker (publisher confirm, mandatory routing)",
-            }
-            message = f"Published outbox message #{row.id} to exchange {topo.exchange}; the broker confirmed it."
-            if order.status == OrderStatus.PENDING:
-                transitions.append(
-                    transition_order(
-                        order,
-                        to=OrderStatus.QUEUED,
-                        kind=EventKind.PUBLISHED,
-                        message=message,
-                        queue=queue,
-                        rows=[outbox_row(row)],
-                    )
-                )
-            else:
-                # A replayed order is already `queued`; a worker may even have finished it from an earlier copy.
-                record_event(order, EventKind.PUBLISHED, message, queue=queue, rows=[outbox_row(row)])
-    cache_after_commit(transitions)
+        after_commit = record(published, orders, publisher.topology, queue_ready)
+    after_commit()
+    if published:
+        log.info(
+            "relay: %d message(s) published and confirmed, outbox #%d to #%d",
+            len(published),
+            published[0].id,
+            published[-1].id,
+        )
     if failure is not None and not isinstance(failure, PublishFailed):
         raise failure
     if failure is not None:
         log.warning("outbox publish refused: %s", failure)
     return len(published)
+
+
+# Writes the `published` events of a batch's confirmed rows (their orders locked) and returns what to run once the
+# transaction has committed (the cache writes).
+Recorder = Callable[[list[OutboxMessage], dict[uuid.UUID, Order], Topology, int | None], Callable[[], None]]
+
+
+def _published(row: OutboxMessage, topo: Topology, queue_ready: int | None) -> tuple[str, QueueSnapshot]:
+    """A confirmed row's `published` event: its message and queue snapshot."""
+    message = f"Published outbox message #{row.id} to exchange {topo.exchange}; the broker confirmed it."
+    queue: QueueSnapshot = {
+        "exchange": topo.exchange,
+        "routing_key": row.routing_key,
+        "queue": topo.process_queue,
+        "message_id": str(row.id),
+        "outbox_id": row.id,
+        "queue_ready": queue_ready,
+        "note": "confirmed by the broker (publisher confirm, mandatory routing)",
+    }
+    return message, queue
+
+
+def record_published(
+    published: list[OutboxMessage], orders: dict[uuid.UUID, Order], topo: Topology, queue_ready: int | None
+) -> Callable[[], None]:
+    """Record the batch's `published` events: every pending order moves to `queued` in one guarded statement
+    (`services.transition_many`), and its cache entry is written after the commit in one pipelined round trip
+    (`cache_after_batch_commit`). An order already past `pending` (a replay's or the sweeper's new message, or a
+    second row of an order moved by the first) gets its event on its own, after the moves, as the per-order way
+    orders them. `record_published_each` is the same, one order at a time (worker/tests/test_relay.py pins them)."""
+    moving: dict[uuid.UUID, Change] = {}
+    others: list[tuple[Order, str, QueueSnapshot, OutboxMessage]] = []
+    for row in published:
+        order = orders[row.order_id]
+        message, queue = _published(row, topo, queue_ready)
+        if order.status == OrderStatus.PENDING and order.pk not in moving:
+            moving[order.pk] = Change(order=order, message=message, queue=queue, rows=[outbox_row(row)])
+        else:
+            others.append((order, message, queue, row))
+    transitions = transition_many(
+        list(moving.values()), to=OrderStatus.QUEUED, kind=EventKind.PUBLISHED, log_level=logging.DEBUG
+    )
+    for order, message, queue, row in others:
+        record_event(order, EventKind.PUBLISHED, message, queue=queue, rows=[outbox_row(row)], log_level=logging.DEBUG)
+    return functools.partial(cache_after_batch_commit, transitions)
+
+
+def record_published_each(
+    published: list[OutboxMessage], orders: dict[uuid.UUID, Order], topo: Topology, queue_ready: int | None
+) -> Callable[[], None]:
+    """The reference: each confirmed row's order moves to `queued` with its own statement (or, already past
+    `pending`, gets its event), and each cache entry is written on its own after the commit."""
+    transitions: list[Transition] = []
+    for row in published:
+        order = orders[row.order_id]
+        message, queue = _published(row, topo, queue_ready)
+        if order.status == OrderStatus.PENDING:
+            transitions.append(
+                transition_order(
+                    order,
+                    to=OrderStatus.QUEUED,
+                    kind=EventKind.PUBLISHED,
+                    message=message,
+                    queue=queue,
+                    rows=[outbox_row(row)],
+                )
+            )
+        else:
+            # A replayed order is already `queued`; a worker may even have finished it from an earlier copy.
+            record_event(order, EventKind.PUBLISHED, message, queue=queue, rows=[outbox_row(row)])
+    return functools.partial(cache_after_commit, transitions)
 
 
 def _publish(publisher: Publisher, rows: list[OutboxMessage]) -> list[Exception | None]:

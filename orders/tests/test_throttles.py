@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_login_failed
+from django.core.cache import cache
 from django.test import Client
-from rest_framework.test import APIClient
+from rest_framework.exceptions import Throttled
+from rest_framework.test import APIClient, APIRequestFactory, force_authenticate
+from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.views import APIView
+
+from orders.api import OrderListCreateApi
+from orders.throttles import PipelinedThrottles
 
 pytestmark = pytest.mark.django_db
 
@@ -108,3 +116,75 @@ def test_a_successful_login_clears_the_failures(settings):
     client.logout()
     assert client.post("/admin/login/", {"username": "ops", "password": "wrong"}).status_code == 200
     assert client.post("/admin/login/", {"username": "ops", "password": "right"}).status_code == 302
+
+
+# Who asks what, and when (seconds): addresses A and B anonymous, U a logged-in customer; orders 2, anonymous 3 and
+# user 4 requests a minute (an anonymous request counts under both the anonymous and the user scope, by address).
+SCRIPT = [
+    (0.0, "post", "A"),
+    (1.0, "post", "A"),
+    (2.0, "post", "A"),  # refused by the orders throttle alone: the other two record it
+    (3.0, "get", "A"),  # refused by the anonymous one (3 already); the user one records its 4th
+    (3.0, "post", "B"),
+    (4.0, "post", "U"),
+    (5.0, "post", "U"),
+    (6.0, "post", "U"),  # refused by the orders throttle
+    (7.0, "get", "U"),
+    (8.0, "get", "U"),  # refused by the user throttle (4 in the minute)
+    (61.5, "post", "A"),  # A's first two requests have left the window
+    (62.5, "post", "A"),
+    (200.0, "post", "U"),
+]
+
+
+def _checked(check, monkeypatch, user) -> list[Any]:
+    """Run SCRIPT through `check` (a view's check_throttles, DRF's or the pipelined one): each request's verdict (the
+    wait it was told, or "allowed") and every throttle history in the cache after it."""
+    keys = [
+        f"throttle_{scope}_{ident}"
+        for scope in ("anon", "user", "orders")
+        for ident in ("10.9.0.1", "10.9.0.2", user.pk)
+    ]
+    cache.delete_many(keys)
+    factory = APIRequestFactory()
+    seen = []
+    for at, method, who in SCRIPT:
+        monkeypatch.setattr(SimpleRateThrottle, "timer", staticmethod(lambda at=at: at))
+        raw = getattr(factory, method)("/api/orders/", REMOTE_ADDR="10.9.0.2" if who == "B" else "10.9.0.1")
+        if who == "U":
+            force_authenticate(raw, user)
+        view = OrderListCreateApi()
+        view.setup(raw)
+        request = view.initialize_request(raw)
+        try:
+            check(view, request)
+            verdict: Any = "allowed"
+        except Throttled as exc:
+            verdict = exc.wait
+        seen.append((at, method, who, verdict, {key: cache.get(key) for key in keys}))
+    return seen
+
+
+def test_the_pipelined_throttles_give_drfs_verdicts_and_leave_its_histories(rates, monkeypatch):
+    rates(anon="3/minute", user="4/minute", orders="2/minute")
+    user = get_user_model().objects.create_user("throttled", password=None)
+    drf = _checked(APIView.check_throttles, monkeypatch, user)
+    pipelined = _checked(PipelinedThrottles.check_throttles, monkeypatch, user)
+    assert pipelined == drf
+    refused = [(at, wait) for at, _, _, wait, _ in drf if wait != "allowed"]
+    assert [at for at, _ in refused] == [2.0, 3.0, 6.0, 8.0]
+
+
+def test_a_placed_order_reads_and_writes_its_three_throttles_in_one_round_trip_each(api, product, rates, monkeypatch):
+    rates(anon="100/minute", user="100/minute", orders="100/minute")
+    calls = []
+    for name in ("get", "set", "get_many", "set_many"):
+        method = getattr(cache, name)
+        monkeypatch.setattr(
+            cache,
+            name,
+            lambda *args, name=name, method=method, **kwargs: (calls.append(name), method(*args, **kwargs))[1],
+        )
+    assert place(api).status_code == 202
+    throttle_calls = [name for name in calls if name != "get"]  # the catalog's version token is a get of its own
+    assert throttle_calls == ["get_many", "set_many"]

@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
+from typing import Any
 
 import pytest
 from django.db import connection
 
 from orders.models import Order, OrderEvent, OutboxMessage
+from orders.services import order_message, order_replay
 from worker.broker import BROKER_ERRORS, Publisher, _ConfirmWindow, connect
 from worker.proxy import Proxy
-from worker.relay import OutboxListener, relay_once, run_relay
+from worker.relay import OutboxListener, record_published, record_published_each, relay_once, run_relay
 from worker.tests.processes import wait_until
 from worker.topology import Topology
 
@@ -51,6 +55,108 @@ def test_it_publishes_in_batches(broker, place_order):
     assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == 3
     assert relay_once(broker, batch_size=10) == 3
     assert Order.objects.filter(status="queued").count() == 5
+
+
+# What differs between two runs of the same orders and says nothing about the rows: times.
+VARYING = {"at", "created_at", "updated_at", "sent_at", "placed_at"}
+
+
+def _journeys(orders: list[Order]) -> dict[str, Any]:
+    """Each order's status and version, its outbox rows, and its events, every id replaced by its position."""
+    names: dict[str, str] = {}
+    for n, order in enumerate(orders):
+        names[str(order.pk)] = f"<order {n}>"
+        names[order.customer_email] = f"<customer {n}>"
+        for k, outbox_id in enumerate(OutboxMessage.objects.filter(order=order).order_by("id").values_list("id")):
+            names[str(outbox_id[0])] = f"<outbox {n}.{k}>"
+
+    def same(value: Any) -> Any:
+        if isinstance(value, dict):
+            if value.get("table") == OutboxMessage._meta.db_table:
+                value = {**value, "id": names[value["id"]]}
+            return {
+                key: "<varies>"
+                if key in VARYING
+                else names[str(item)]
+                if key in ("outbox_id", "message_id")
+                else same(item)
+                for key, item in value.items()
+            }
+        if isinstance(value, list):
+            return [same(item) for item in value]
+        if isinstance(value, str):
+            value = re.sub(r"#(\d+)", lambda m: f"#{names[m.group(1)]}", value)
+            value = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", lambda m: names[m.group(0)], value)  # in a cache key too
+            return names.get(value, value)
+        return value
+
+    return same(
+        [
+            {
+                "status": order.status,
+                "version": order.version,
+                "outbox": list(
+                    OutboxMessage.objects.filter(order=order)
+                    .order_by("id")
+                    .values("sent_at", "publish_attempts", "last_error")
+                ),
+                "events": [
+                    [event.seq, event.kind, event.message, event.snapshot]
+                    for event in OrderEvent.objects.filter(order=order).order_by("seq")
+                ],
+            }
+            for order in Order.objects.filter(pk__in=[o.pk for o in orders]).order_by("customer_email")
+        ]
+    )
+
+
+def _mixed_outbox(broker: Publisher, place_order, run: str, record) -> list[Order]:
+    """Six pending rows in one outbox: three orders' first messages, a dead-lettered order's replay (already
+    `queued`) between them, and an order with two messages (the second finds it `queued`)."""
+    replayed = place_order(email=f"{run}3@example.com")
+    assert relay_once(broker, record=record) == 1
+    Order.objects.filter(pk=replayed.pk).update(status="dead_lettered")
+    first = place_order(email=f"{run}0@example.com")
+    order_replay(order_id=replayed.pk, via="test")
+    second = place_order(email=f"{run}1@example.com")
+    twice = place_order(email=f"{run}4@example.com")
+    OutboxMessage.objects.create(order=twice, payload=order_message(twice))
+    third = place_order(email=f"{run}2@example.com")
+    return [first, second, third, replayed, twice]
+
+
+@pytest.mark.django_db
+def test_the_batched_published_events_match_the_per_order_ones(broker, place_order):
+    """The same outbox relayed with each order moved by its own statement and cached on its own (the reference),
+    and with the batch's moves in one statement and its cache writes pipelined: the same statuses, outbox rows,
+    events and snapshots (the cache part included)."""
+    journeys = {}
+    for run, record in (("each", record_published_each), ("batch", record_published)):
+        orders = _mixed_outbox(broker, place_order, run, record)
+        assert relay_once(broker, record=record) == 6
+        journeys[run] = _journeys(orders)
+    assert journeys["batch"] == journeys["each"]
+    assert [journey["status"] for journey in journeys["batch"]] == ["queued"] * 5
+    assert [len(journey["events"]) for journey in journeys["batch"]] == [2, 2, 2, 4, 3]
+
+
+@pytest.mark.django_db
+def test_a_batch_logs_one_summary_line_and_its_events_at_debug(
+    broker, place_order, caplog, django_capture_on_commit_callbacks
+):
+    caplog.set_level(logging.DEBUG)
+    orders = [place_order() for _ in range(3)]
+    caplog.clear()
+    with django_capture_on_commit_callbacks(execute=True):  # the events are logged once their transaction commits
+        assert relay_once(broker) == 3
+    info = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert [r.getMessage() for r in info] == [
+        f"relay: 3 message(s) published and confirmed, outbox #{min(ids)} to #{max(ids)}"
+        for ids in [list(OutboxMessage.objects.filter(order__in=orders).values_list("id", flat=True))]
+    ]
+    events = [r for r in caplog.records if r.name == "orderpipe.events"]
+    assert sorted(r.order_id for r in events) == sorted(str(order.pk) for order in orders)
+    assert {(r.kind, r.levelno) for r in events} == {("published", logging.DEBUG)}
 
 
 @pytest.mark.django_db
