@@ -279,7 +279,9 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "orders@orderpipe.local")
 
 # ---------------------------------------------------------------- sandbox
 
-ORDERPIPE_SANDBOX = env_bool("ORDERPIPE_SANDBOX", True)
+# The controls, fault injection and unsafe modes (orders/sandbox/). On with DEBUG (`make run`), off in production
+# unless asked for: a staff account could otherwise switch off the guarantees of a real deployment.
+ORDERPIPE_SANDBOX = env_bool("ORDERPIPE_SANDBOX", DEBUG)
 
 # ---------------------------------------------------------------- security
 # The permission model is in orders/permissions.py and the README's "Security" section.
