@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
 from django.urls import reverse
 from drf_spectacular.authentication import BasicScheme
 from drf_spectacular.types import OpenApiTypes
@@ -25,6 +26,7 @@ from orders.serializers import (
     OrderInputSerializer,
     OrderSerializer,
     ProductSerializer,
+    StrictBooleanField,
     order_input,
     order_representation,
 )
@@ -212,6 +214,9 @@ class SandboxApi(APIView):
     permission_classes = [SandboxStaff]
 
     class SandboxSerializer(serializers.ModelSerializer):
+        serializer_field_mapping = {**serializers.ModelSerializer.serializer_field_mapping}
+        serializer_field_mapping[models.BooleanField] = StrictBooleanField
+
         class Meta:
             model = SandboxSettings
             fields = [*SandboxSettings.FIELDS, "updated_at"]

@@ -20,6 +20,18 @@ MAX_LINES = 50
 MAX_QUANTITY = 100
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean and nothing else. DRF's BooleanField also takes 0, 1, "on", "no"...; the schema says boolean,
+    and a switch that turns a guarantee off must not flip on a number a client meant as something else."""
+
+    default_error_messages = {"invalid": "Must be a JSON boolean (true or false)."}
+
+    def to_internal_value(self, data: object) -> bool:
+        if type(data) is not bool:
+            self.fail("invalid")
+        return data
+
+
 class OrderItemInputSerializer(serializers.Serializer):
     sku = serializers.CharField(max_length=64)
     quantity = serializers.IntegerField(min_value=1, max_value=MAX_QUANTITY)
