@@ -314,8 +314,10 @@ CONTENT_SECURITY_POLICY = env_str(
 DEFAULT_EXCEPTION_REPORTER_FILTER = "orderpipe.errors.SecretUrlsFilter"
 # /metrics outside DEBUG: `Authorization: Bearer <token>` (or a staff session); empty: staff sessions only.
 ORDERPIPE_METRICS_TOKEN = env_str("ORDERPIPE_METRICS_TOKEN", "")
-# Failed logins (admin, /api-auth/) per client address and username before that pair waits out the window.
+# Failed logins (admin, /api-auth/) per client address and username before that pair waits out the window, and per
+# address whatever the usernames (orders/middleware.py LoginThrottleMiddleware).
 LOGIN_FAILURE_LIMIT = env_int("ORDERPIPE_LOGIN_FAILURE_LIMIT", 5)
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("ORDERPIPE_LOGIN_ADDRESS_FAILURE_LIMIT", 20)
 LOGIN_FAILURE_WINDOW = env_int("ORDERPIPE_LOGIN_FAILURE_WINDOW", 900)
 
 

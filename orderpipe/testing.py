@@ -23,5 +23,6 @@ os.environ.setdefault("ORDERPIPE_THROTTLE_ANON", "100000/minute")
 os.environ.setdefault("ORDERPIPE_THROTTLE_USER", "100000/minute")
 os.environ.setdefault("ORDERPIPE_THROTTLE_ORDERS", "100000/minute")
 os.environ.setdefault("ORDERPIPE_LOGIN_FAILURE_LIMIT", "1000")
+os.environ.setdefault("ORDERPIPE_LOGIN_ADDRESS_FAILURE_LIMIT", "1000")
 # /metrics outside DEBUG needs it (tests scrape with `Authorization: Bearer` and this value).
 os.environ.setdefault("ORDERPIPE_METRICS_TOKEN", "test-metrics-" + uuid.uuid4().hex)

@@ -1,5 +1,6 @@
 """Limits: DRF throttles (anonymous, per user, and the stricter one for placing orders) answer 429 JSON with
-Retry-After; Basic auth is ignored outside DEBUG; the login forms lock a username per address after failures."""
+Retry-After; Basic auth is ignored outside DEBUG; the login forms lock a username (as the form normalizes it) per
+address, and an address whatever the usernames, after failures."""
 
 from __future__ import annotations
 
@@ -108,3 +109,38 @@ def test_a_successful_login_clears_the_failures(settings):
     client.logout()
     assert client.post("/admin/login/", {"username": "ops", "password": "wrong"}).status_code == 200
     assert client.post("/admin/login/", {"username": "ops", "password": "right"}).status_code == 302
+
+
+def test_a_unicode_variant_of_a_locked_username_is_locked_too(settings):
+    # The login form normalizes usernames (NFKC): `ｒtstaff` (U+FF52) logs in as `rtstaff`, so it counts as it.
+    settings.LOGIN_FAILURE_LIMIT = 3
+    get_user_model().objects.create_user("rtstaff", password="right", is_staff=True)
+    client = Client()
+    for username in ("rtstaff", "ｒtstaff", " RTstaff"):
+        assert client.post("/admin/login/", {"username": username, "password": "wrong"}).status_code == 200
+    for username in ("rtstaff", "ｒtstaff", "ｒｔｓｔａｆｆ", "RTSTAFF"):
+        assert client.post("/admin/login/", {"username": username, "password": "right"}).status_code == 429
+    assert "_auth_user_id" not in client.session
+
+
+def test_random_usernames_from_one_address_trip_the_address_limit(settings):
+    settings.LOGIN_FAILURE_LIMIT = 3
+    settings.LOGIN_ADDRESS_FAILURE_LIMIT = 5
+    get_user_model().objects.create_user("ops", password="right", is_staff=True)
+    checked = []
+    user_login_failed.connect(receiver := lambda **kwargs: checked.append(kwargs))
+    try:
+        client = Client()
+        for n in range(5):
+            assert client.post("/admin/login/", {"username": f"nobody-{n}", "password": "x"}).status_code == 200
+        # Past the limit no password is checked (each check hashes one), whatever the username, a real one included.
+        for username in ("nobody-new", "ops"):
+            refused = client.post("/admin/login/", {"username": username, "password": "right"})
+            assert refused.status_code == 429
+            assert int(refused["Retry-After"]) == settings.LOGIN_FAILURE_WINDOW
+        assert len(checked) == 5
+        # Another address is not held back.
+        other = Client(REMOTE_ADDR="192.0.2.7")
+        assert other.post("/admin/login/", {"username": "ops", "password": "right"}).status_code == 302
+    finally:
+        user_login_failed.disconnect(receiver)
