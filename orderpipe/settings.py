@@ -277,6 +277,15 @@ EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.dummy.EmailB
 CONSOLE_EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "orders@orderpipe.local")
 
+# ---------------------------------------------------------------- orders
+
+# Units per order line (each sku at most once per order) and per order: one order, anonymous or not, takes no more
+# than this from the stock. A larger quantity is a 400 that says the limit.
+ORDER_MAX_LINE_QUANTITY = env_int("ORDERPIPE_MAX_LINE_QUANTITY", 10)
+ORDER_MAX_QUANTITY = env_int("ORDERPIPE_MAX_ORDER_QUANTITY", 25)
+if not 1 <= ORDER_MAX_LINE_QUANTITY <= ORDER_MAX_QUANTITY:
+    raise ImproperlyConfigured("ORDERPIPE_MAX_LINE_QUANTITY must be between 1 and ORDERPIPE_MAX_ORDER_QUANTITY")
+
 # ---------------------------------------------------------------- sandbox
 
 # The controls, fault injection and unsafe modes (orders/sandbox/). On with DEBUG (`make run`), off in production

@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import EmailValidator
 from django.utils import timezone
@@ -17,7 +18,9 @@ from orders import catalog
 from orders.models import Order, OrderEvent, OrderLine, OrderStatus, Product
 
 MAX_LINES = 50
-MAX_QUANTITY = 100
+# Units of one product per line, and in all per order (settings ORDERPIPE_MAX_LINE_QUANTITY, _ORDER_QUANTITY): with a
+# sku at most once per order, one anonymous order cannot take more than these from the stock.
+MAX_QUANTITY = settings.ORDER_MAX_LINE_QUANTITY
 
 
 class StrictBooleanField(serializers.BooleanField):
@@ -66,6 +69,9 @@ class OrderInputSerializer(serializers.Serializer):
         duplicates = sorted({sku for sku in skus if skus.count(sku) > 1})
         if duplicates:
             raise serializers.ValidationError(f"Each sku may appear once; repeated: {', '.join(duplicates)}.")
+        total, limit = sum(item["quantity"] for item in items), settings.ORDER_MAX_QUANTITY
+        if total > limit:
+            raise serializers.ValidationError(f"An order holds at most {limit} units in all; this one holds {total}.")
         # Kept for pricing (order_create(products=...)), so the catalog is read once per order; from this process's
         # copy of it while it has not changed (orders/catalog.py).
         self.products = catalog.catalog_read(skus)
@@ -111,6 +117,8 @@ def order_input_fast(data: object) -> dict[str, Any] | None:
         if not (_plain_text(sku, 64) and sku) or type(quantity) is not int or not 1 <= quantity <= MAX_QUANTITY:
             return None
         lines.append({"sku": sku, "quantity": quantity})
+    if sum(line["quantity"] for line in lines) > settings.ORDER_MAX_QUANTITY:
+        return None
     try:
         _validate_email(email)
     except DjangoValidationError:
