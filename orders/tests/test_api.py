@@ -190,7 +190,7 @@ def test_unknown_or_malformed_id_is_a_404_json(api, order_id):
     for path in (f"{URL}{order_id}/", f"{URL}{order_id}/events/"):
         response = api.get(path, HTTP_ACCEPT="application/json")
         assert response.status_code == 404
-        assert response.json() == {"detail": "No order with this id."}
+        assert response.json() == {"detail": "No order with this id.", "code": "not_found"}
 
 
 def test_it_reads_an_order_from_postgres_then_from_redis(api, product):

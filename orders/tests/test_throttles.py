@@ -42,6 +42,7 @@ def test_placing_orders_is_throttled_with_a_429_json_and_retry_after(api, produc
     assert refused.status_code == 429
     assert refused["Content-Type"] == "application/json"
     assert "throttled" in refused.json()["detail"].lower()
+    assert refused.json()["code"] == "throttled"
     assert 0 < int(refused["Retry-After"]) <= 60
     # The stricter scope is for placing orders only: reads are still served.
     assert api.get("/api/products/").status_code == 200
