@@ -354,6 +354,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
+        # Basic, for curl, in DEBUG only: outside it the header is ignored, and the schema does not advertise it.
         "orders.authentication.BasicAuthenticationInDebug",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["orders.permissions.StaffOrDebugReadOnly"],
@@ -378,6 +379,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # The schema and Swagger UI follow the API's default: staff in production, anyone in DEBUG.
     "SERVE_PERMISSIONS": ["orders.permissions.StaffOrDebugReadOnly"],
+    # The logins the schema advertises: only those in force (Basic is accepted in DEBUG only).
+    "AUTHENTICATION_WHITELIST": None if DEBUG else ["rest_framework.authentication.SessionAuthentication"],
 }
 
 # ---------------------------------------------------------------- i18n, static

@@ -13,6 +13,7 @@ from django.contrib.messages.middleware import MessageMiddleware
 from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.throttling import BaseThrottle
 
 from orders.api_errors import DATABASE_UNAVAILABLE
@@ -86,10 +87,29 @@ class ApiErrorsMiddleware:
             return json_error(413, f"The body is larger than {limit} bytes.", "request_too_large")
         return None
 
+    def process_view(
+        self, request: HttpRequest, view_func: Callable[..., HttpResponse], view_args: tuple, view_kwargs: dict
+    ) -> HttpResponse | None:
+        """A method the API view does not implement is a 405 before the permission check, which DRF runs first and
+        would answer 403 to someone who may not call the view at all: the method is wrong whoever sends it."""
+        view_class = getattr(view_func, "cls", None)
+        if view_class is None or not is_machine_path(request.path) or request.method is None:
+            return None
+        implemented = [m for m in view_class.http_method_names if hasattr(view_class, m)]
+        if "get" in implemented and "head" not in implemented:
+            implemented.append("head")  # Django's View answers HEAD with GET
+        if request.method.lower() in implemented:
+            return None
+        allow = ", ".join(m.upper() for m in view_class.http_method_names if m in implemented)
+        return json_error(405, f'Method "{request.method}" not allowed.', "method_not_allowed", Allow=allow)
+
     @staticmethod
     def is_json(response: HttpResponse) -> bool:
-        # A DRF Response rendered as the client asked (the browsable API's HTML included) is left as it is.
-        return response.get("Content-Type", "").startswith("application/json") or hasattr(response, "accepted_renderer")
+        # A DRF Response rendered as JSON, or as the browsable API's HTML because the client asked for it, is left as
+        # it is; one rendered otherwise (the schema's YAML, Swagger UI's template) becomes JSON like any error here.
+        if isinstance(getattr(response, "accepted_renderer", None), BrowsableAPIRenderer):
+            return True
+        return response.get("Content-Type", "").startswith("application/json")
 
     @staticmethod
     def as_json(response: HttpResponse) -> JsonResponse:
