@@ -351,7 +351,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["orders.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "orders.schema.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
         # Basic, for curl, in DEBUG only: outside it the header is ignored, and the schema does not advertise it.
@@ -379,6 +379,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # The schema and Swagger UI follow the API's default: staff in production, anyone in DEBUG.
     "SERVE_PERMISSIONS": ["orders.permissions.StaffOrDebugReadOnly"],
+    # The sandbox's endpoints are in the schema only while it is on (orders/schema.py).
+    "PREPROCESSING_HOOKS": ["orders.schema.drop_sandbox_endpoints"],
     # The logins the schema advertises: only those in force (Basic is accepted in DEBUG only).
     "AUTHENTICATION_WHITELIST": None if DEBUG else ["rest_framework.authentication.SessionAuthentication"],
 }

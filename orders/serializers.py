@@ -23,10 +23,12 @@ MAX_LINES = 50
 MAX_QUANTITY = settings.ORDER_MAX_LINE_QUANTITY
 
 
-class StrictBooleanField(serializers.BooleanField):
-    """A JSON boolean and nothing else. DRF's BooleanField also takes 0, 1, "on", "no"...; the schema says boolean,
-    and a switch that turns a guarantee off must not flip on a number a client meant as something else."""
+# DRF's fields convert what they can: 0 and "on" to booleans, 5 to "5", "5" to 5. The schema says boolean, string,
+# integer, number; these take the JSON type it says and nothing else, so a client's mistake is a 400, not a guess (a
+# switch that turns a guarantee off must not flip on a number a client meant as something else).
 
+
+class StrictBooleanField(serializers.BooleanField):
     default_error_messages = {"invalid": "Must be a JSON boolean (true or false)."}
 
     def to_internal_value(self, data: object) -> bool:
@@ -35,9 +37,45 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+class StrictCharField(serializers.CharField):
+    default_error_messages = {"invalid": "Must be a JSON string."}
+
+    def to_internal_value(self, data: object) -> str:
+        if type(data) is not str:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    default_error_messages = {"invalid": "Must be a JSON integer."}
+
+    def to_internal_value(self, data: object) -> int:
+        if type(data) is not int:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    default_error_messages = {"invalid": "Must be a JSON number."}
+
+    def to_internal_value(self, data: object) -> float:
+        if not isinstance(data, (int, float)) or isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictEmailField(serializers.EmailField):
+    default_error_messages = {"invalid": "Enter a valid email address."}
+
+    def to_internal_value(self, data: object) -> str:
+        if type(data) is not str:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class OrderItemInputSerializer(serializers.Serializer):
-    sku = serializers.CharField(max_length=64)
-    quantity = serializers.IntegerField(min_value=1, max_value=MAX_QUANTITY)
+    sku = StrictCharField(max_length=64)
+    quantity = StrictIntegerField(min_value=1, max_value=MAX_QUANTITY)
 
 
 def _demo_order_example() -> OpenApiExample:
@@ -59,10 +97,10 @@ def _demo_order_example() -> OpenApiExample:
 
 @extend_schema_serializer(examples=[_demo_order_example()])
 class OrderInputSerializer(serializers.Serializer):
-    customer_email = serializers.EmailField(max_length=254)
+    customer_email = StrictEmailField(max_length=254)
     # many=True hands max_length on to the ListSerializer it builds, which the stubs do not declare.
     items = OrderItemInputSerializer(many=True, allow_empty=False, max_length=MAX_LINES)  # type: ignore[call-arg]
-    note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    note = StrictCharField(max_length=500, required=False, allow_blank=True, default="")
 
     def validate_items(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         skus = [item["sku"] for item in items]
