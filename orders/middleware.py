@@ -147,9 +147,9 @@ class LoginThrottleMiddleware:
     before the password is: LOGIN_FAILURE_LIMIT per username and address, and LOGIN_ADDRESS_FAILURE_LIMIT per address
     whatever the usernames. Past either, the login answers 429 without hashing a password, so one address can
     neither guess at one account nor make the server hash passwords for random usernames (~0.5 s of CPU each).
-    The username is counted as the login form reads it (`username_key`), so `ｒtstaff` is `rtstaff`. The counters
-    live in Redis (the default cache, under this instance's prefix), so every gunicorn worker shares them; a
-    success clears its username's counter, never the address's."""
+    The username is counted as the login form reads it (`username_key`): in fullwidth letters it is the same one.
+    The counters live in Redis (the default cache, under this instance's prefix), so every gunicorn worker shares
+    them; a success clears its username's counter, never the address's."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response

@@ -4,8 +4,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.test import Client
 from django.db import connection
+from django.test import Client
 
 from orderpipe import health
 from worker import dependencies

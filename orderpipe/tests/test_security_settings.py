@@ -105,7 +105,13 @@ def test_the_sandbox_follows_debug_unless_set(debug, expected):
     env = {**os.environ, **PRODUCTION, "DJANGO_DEBUG": debug}
     env.pop("ORDERPIPE_SANDBOX", None)  # orderpipe/testing.py turns it on for the tests
     result = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", "from django.conf import settings; print(settings.ORDERPIPE_SANDBOX)"],
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "from django.conf import settings; print(settings.ORDERPIPE_SANDBOX)",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

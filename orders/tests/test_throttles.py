@@ -113,7 +113,8 @@ def test_a_successful_login_clears_the_failures(settings):
 
 
 def test_a_unicode_variant_of_a_locked_username_is_locked_too(settings):
-    # The login form normalizes usernames (NFKC): `ｒtstaff` (U+FF52) logs in as `rtstaff`, so it counts as it.
+    # The login form normalizes usernames (NFKC): with a fullwidth r (U+FF52), `rtstaff` logs in as `rtstaff`, so
+    # it counts as it.
     settings.LOGIN_FAILURE_LIMIT = 3
     get_user_model().objects.create_user("rtstaff", password="right", is_staff=True)
     client = Client()
