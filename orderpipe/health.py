@@ -2,12 +2,15 @@
 
 `/healthz` says the process is alive and touches nothing else (a liveness probe that failed on a database outage
 would restart healthy web processes for nothing). `/readyz` checks PostgreSQL, RabbitMQ and Redis, each with its
-own short-lived connection and a short timeout, and names the ones that failed. `/metrics` is the Prometheus
-scrape (see orderpipe/scrape.py). Relays and workers run the same checks before they start (worker/startup.py).
+own short-lived connection and a short timeout, at most once per READINESS_TTL per process whatever the request
+rate (it is open to anyone), and names the ones that failed to staff. `/metrics` is the Prometheus scrape (see
+orderpipe/scrape.py). Relays and workers run the same checks before they start (worker/startup.py).
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +57,33 @@ def readiness() -> dict[str, Any]:
     return {"status": "unavailable" if failed else "ready", "failed": failed, "checks": checks}
 
 
+# Each probe opens a connection to every dependency: requests within this long of the last probe share its answer.
+READINESS_TTL = 1.0
+
+
+class CachedReadiness:
+    """`readiness()`, run at most once per READINESS_TTL in this process. The lock is held during the probe, so the
+    requests that arrive meanwhile wait for its answer instead of starting probes of their own."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.forget()
+
+    def forget(self) -> None:
+        self.probed_at = float("-inf")
+        self.state: dict[str, Any] = {}
+
+    def get(self) -> dict[str, Any]:
+        with self.lock:
+            if time.monotonic() - self.probed_at >= READINESS_TTL:
+                self.state = readiness()
+                self.probed_at = time.monotonic()
+            return copy.deepcopy(self.state)
+
+
+cached_readiness = CachedReadiness()
+
+
 # ---------------------------------------------------------------- views
 
 
@@ -72,12 +102,12 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_safe
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
-    state = readiness()
-    if not (settings.DEBUG or is_staff(request.user)):
-        # Probes need the status and what failed; the errors name hosts, ports and users, for staff only.
-        for result in state["checks"].values():
-            result.pop("error", None)
-    return JsonResponse(state, status=503 if state["failed"] else 200)
+    state = cached_readiness.get()
+    status = 503 if state["failed"] else 200
+    if settings.DEBUG or is_staff(request.user):
+        return JsonResponse(state, status=status)
+    # A probe needs the verdict only; which dependency failed, and how (hosts, ports, users), is for staff.
+    return JsonResponse({"status": state["status"]}, status=status)
 
 
 @csrf_exempt

@@ -287,9 +287,20 @@ EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.dummy.EmailB
 CONSOLE_EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "orders@orderpipe.local")
 
+# ---------------------------------------------------------------- orders
+
+# Units per order line (each sku at most once per order) and per order: one order, anonymous or not, takes no more
+# than this from the stock. A larger quantity is a 400 that says the limit.
+ORDER_MAX_LINE_QUANTITY = env_int("ORDERPIPE_MAX_LINE_QUANTITY", 10)
+ORDER_MAX_QUANTITY = env_int("ORDERPIPE_MAX_ORDER_QUANTITY", 25)
+if not 1 <= ORDER_MAX_LINE_QUANTITY <= ORDER_MAX_QUANTITY:
+    raise ImproperlyConfigured("ORDERPIPE_MAX_LINE_QUANTITY must be between 1 and ORDERPIPE_MAX_ORDER_QUANTITY")
+
 # ---------------------------------------------------------------- sandbox
 
-ORDERPIPE_SANDBOX = env_bool("ORDERPIPE_SANDBOX", True)
+# The controls, fault injection and unsafe modes (orders/sandbox/). On with DEBUG (`make run`), off in production
+# unless asked for: a staff account could otherwise switch off the guarantees of a real deployment.
+ORDERPIPE_SANDBOX = env_bool("ORDERPIPE_SANDBOX", DEBUG)
 
 # ---------------------------------------------------------------- security
 # The permission model is in orders/permissions.py and docs/05-security.md.
@@ -322,8 +333,10 @@ CONTENT_SECURITY_POLICY = env_str(
 DEFAULT_EXCEPTION_REPORTER_FILTER = "orderpipe.errors.SecretUrlsFilter"
 # /metrics outside DEBUG: `Authorization: Bearer <token>` (or a staff session); empty: staff sessions only.
 ORDERPIPE_METRICS_TOKEN = env_str("ORDERPIPE_METRICS_TOKEN", "")
-# Failed logins (admin, /api-auth/) per client address and username before that pair waits out the window.
+# Failed logins (admin, /api-auth/) per client address and username before that pair waits out the window, and per
+# address whatever the usernames (orders/middleware.py LoginThrottleMiddleware).
 LOGIN_FAILURE_LIMIT = env_int("ORDERPIPE_LOGIN_FAILURE_LIMIT", 5)
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("ORDERPIPE_LOGIN_ADDRESS_FAILURE_LIMIT", 20)
 LOGIN_FAILURE_WINDOW = env_int("ORDERPIPE_LOGIN_FAILURE_WINDOW", 900)
 
 
@@ -348,9 +361,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["orders.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "orders.schema.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
+        # Basic, for curl, in DEBUG only: outside it the header is ignored, and the schema does not advertise it.
         "orders.authentication.BasicAuthenticationInDebug",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["orders.permissions.StaffOrDebugReadOnly"],
@@ -375,6 +389,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # The schema and Swagger UI follow the API's default: staff in production, anyone in DEBUG.
     "SERVE_PERMISSIONS": ["orders.permissions.StaffOrDebugReadOnly"],
+    # The sandbox's endpoints are in the schema only while it is on (orders/schema.py).
+    "PREPROCESSING_HOOKS": ["orders.schema.drop_sandbox_endpoints"],
+    # The logins the schema advertises: only those in force (Basic is accepted in DEBUG only).
+    "AUTHENTICATION_WHITELIST": None if DEBUG else ["rest_framework.authentication.SessionAuthentication"],
 }
 
 # ---------------------------------------------------------------- i18n, static

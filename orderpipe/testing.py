@@ -13,6 +13,9 @@ os.environ["ORDERPIPE_PREFIX"] = f"test-{RUN_ID}"
 os.environ["DATABASE_TEST_NAME"] = f"test_orderpipe_{RUN_ID}"
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-" + uuid.uuid4().hex)
 os.environ.setdefault("DJANGO_DEBUG", "false")
+# The tests run in production mode (DEBUG off) and drive the sandbox's controls; the tests of production without it
+# set ORDERPIPE_SANDBOX=false themselves.
+os.environ.setdefault("ORDERPIPE_SANDBOX", "true")
 # Fast retry tiers for tests; the real ones are 1 s, 5 s, 30 s.
 os.environ.setdefault("ORDERPIPE_RETRY_DELAYS_MS", "200,400,800")
 # Generous limits, so no test is throttled by accident; the throttling tests set their own rates.
@@ -20,5 +23,6 @@ os.environ.setdefault("ORDERPIPE_THROTTLE_ANON", "100000/minute")
 os.environ.setdefault("ORDERPIPE_THROTTLE_USER", "100000/minute")
 os.environ.setdefault("ORDERPIPE_THROTTLE_ORDERS", "100000/minute")
 os.environ.setdefault("ORDERPIPE_LOGIN_FAILURE_LIMIT", "1000")
+os.environ.setdefault("ORDERPIPE_LOGIN_ADDRESS_FAILURE_LIMIT", "1000")
 # /metrics outside DEBUG needs it (tests scrape with `Authorization: Bearer` and this value).
 os.environ.setdefault("ORDERPIPE_METRICS_TOKEN", "test-metrics-" + uuid.uuid4().hex)

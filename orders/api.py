@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.urls import reverse
+from django.db import models
+from django.urls import resolve, reverse
 from drf_spectacular.authentication import BasicScheme
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.request import Request
@@ -20,11 +22,15 @@ from rest_framework.views import APIView
 from orders import publishing, sandbox, selectors, services
 from orders.models import Order, OrderStatus, PublishMode, SandboxSettings
 from orders.permissions import PlaceOrdersPublicly, PublicReadOnly, SandboxStaff
+from orders.schema import ERROR, FIELD_ERRORS, is_sandbox_only
 from orders.serializers import (
     OrderEventSerializer,
     OrderInputSerializer,
     OrderSerializer,
     ProductSerializer,
+    StrictBooleanField,
+    StrictFloatField,
+    StrictIntegerField,
     order_input,
     order_representation,
 )
@@ -37,10 +43,15 @@ class BasicInDebugScheme(BasicScheme):
     target_class = "orders.authentication.BasicAuthenticationInDebug"
 
 
-ERROR = inline_serializer("Error", fields={"detail": serializers.CharField()})
 # Any endpoint: 403 (not allowed: see the table in docs/05-security.md, or a bad login), 429 (throttled, Retry-After).
+# orders/schema.py adds these and the other statuses every operation may answer to each of them.
 COMMON_ERRORS = {403: ERROR, 429: ERROR}
-FIELD_ERRORS = OpenApiResponse(OpenApiTypes.OBJECT, description="Field errors: {field: [messages]}")
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+    OpenApiParameter.HEADER,
+    description="Retrying with the same key returns the first response (1 to 255 characters).",
+)
 
 
 class IdempotencyKeyReused(APIException):
@@ -84,7 +95,13 @@ class ApiRootApi(APIView):
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request) -> Response:
-        return Response({name: api_reverse(url_name, request=request) for name, url_name in self.ENDPOINTS.items()})
+        return Response(
+            {
+                name: api_reverse(url_name, request=request)
+                for name, url_name in self.ENDPOINTS.items()
+                if settings.ORDERPIPE_SANDBOX or not is_sandbox_only(resolve(reverse(url_name)).func.cls)  # type: ignore[attr-defined]
+            }
+        )
 
 
 class OrderListCreateApi(PipelinedThrottles, generics.ListAPIView):
@@ -97,7 +114,7 @@ class OrderListCreateApi(PipelinedThrottles, generics.ListAPIView):
 
     def get_queryset(self):
         status_filter = self.request.query_params.get("status")
-        if status_filter and status_filter not in OrderStatus.values:
+        if status_filter is not None and status_filter not in OrderStatus.values:  # `?status=` included
             raise ValidationError({"status": [f"Must be one of: {', '.join(OrderStatus.values)}."]})
         return selectors.order_list(status=status_filter)
 
@@ -119,7 +136,7 @@ class OrderListCreateApi(PipelinedThrottles, generics.ListAPIView):
             503: ERROR,
             **COMMON_ERRORS,
         },
-        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER)],
+        parameters=[IDEMPOTENCY_KEY],
     )
     def post(self, request: Request) -> Response:
         """Accept an order. It is stored with an outbox message and processed asynchronously.
@@ -212,6 +229,16 @@ class SandboxApi(APIView):
     permission_classes = [SandboxStaff]
 
     class SandboxSerializer(serializers.ModelSerializer):
+        # JSON types only, as the schema says (orders/serializers.py).
+        serializer_field_mapping = serializers.ModelSerializer.serializer_field_mapping | {
+            models.BooleanField: StrictBooleanField,
+            models.FloatField: StrictFloatField,
+            models.IntegerField: StrictIntegerField,
+            models.PositiveIntegerField: StrictIntegerField,
+            models.PositiveSmallIntegerField: StrictIntegerField,
+            models.SmallIntegerField: StrictIntegerField,
+        }
+
         class Meta:
             model = SandboxSettings
             fields = [*SandboxSettings.FIELDS, "updated_at"]

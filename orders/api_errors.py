@@ -8,6 +8,7 @@ from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError
 from rest_framework import status
+from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -22,6 +23,10 @@ DATABASE_UNAVAILABLE = {
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     response = drf_exception_handler(exc, context)
     if response is not None:
+        if isinstance(exc, APIException) and isinstance(response.data, dict) and set(response.data) == {"detail"}:
+            # `{"detail", "code"}` like every other error here (a 429's code is "throttled"); field errors stay as
+            # DRF words them.
+            response.data["code"] = exc.get_codes() if isinstance(exc.detail, str) else exc.default_code
         return response
     if isinstance(exc, (OperationalError, InterfaceError)):
         log.warning("database unavailable: %s", exc)

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from django.conf import settings
+from django.contrib.auth.forms import UsernameField
 from django.contrib.messages.middleware import MessageMiddleware
 from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.throttling import BaseThrottle
 
 from orders.api_errors import DATABASE_UNAVAILABLE
@@ -85,10 +87,29 @@ class ApiErrorsMiddleware:
             return json_error(413, f"The body is larger than {limit} bytes.", "request_too_large")
         return None
 
+    def process_view(
+        self, request: HttpRequest, view_func: Callable[..., HttpResponse], view_args: tuple, view_kwargs: dict
+    ) -> HttpResponse | None:
+        """A method the API view does not implement is a 405 before the permission check, which DRF runs first and
+        would answer 403 to someone who may not call the view at all: the method is wrong whoever sends it."""
+        view_class = getattr(view_func, "cls", None)
+        if view_class is None or not is_machine_path(request.path) or request.method is None:
+            return None
+        implemented = [m for m in view_class.http_method_names if hasattr(view_class, m)]
+        if "get" in implemented and "head" not in implemented:
+            implemented.append("head")  # Django's View answers HEAD with GET
+        if request.method.lower() in implemented:
+            return None
+        allow = ", ".join(m.upper() for m in view_class.http_method_names if m in implemented)
+        return json_error(405, f'Method "{request.method}" not allowed.', "method_not_allowed", Allow=allow)
+
     @staticmethod
     def is_json(response: HttpResponse) -> bool:
-        # A DRF Response rendered as the client asked (the browsable API's HTML included) is left as it is.
-        return response.get("Content-Type", "").startswith("application/json") or hasattr(response, "accepted_renderer")
+        # A DRF Response rendered as JSON, or as the browsable API's HTML because the client asked for it, is left as
+        # it is; one rendered otherwise (the schema's YAML, Swagger UI's template) becomes JSON like any error here.
+        if isinstance(getattr(response, "accepted_renderer", None), BrowsableAPIRenderer):
+            return True
+        return response.get("Content-Type", "").startswith("application/json")
 
     @staticmethod
     def as_json(response: HttpResponse) -> JsonResponse:
@@ -122,11 +143,13 @@ LOGIN_PATHS = ("/admin/login/", "/api-auth/login/")
 
 
 class LoginThrottleMiddleware:
-    """After LOGIN_FAILURE_LIMIT failed logins for one username from one address within LOGIN_FAILURE_WINDOW
-    seconds, that pair gets 429 without the password being checked, until the window (counted from the first
-    failure) ends. A counter in Redis (the default cache, under this instance's prefix), so every gunicorn worker
-    shares it; a success clears it. Small enough to keep here rather than add django-axes, its models and its
-    authentication backend for two login forms."""
+    """Two counters of failed logins within LOGIN_FAILURE_WINDOW seconds (counted from the first failure), checked
+    before the password is: LOGIN_FAILURE_LIMIT per username and address, and LOGIN_ADDRESS_FAILURE_LIMIT per address
+    whatever the usernames. Past either, the login answers 429 without hashing a password, so one address can
+    neither guess at one account nor make the server hash passwords for random usernames (~0.5 s of CPU each).
+    The username is counted as the login form reads it (`username_key`): in fullwidth letters it is the same one.
+    The counters live in Redis (the default cache, under this instance's prefix), so every gunicorn worker shares
+    them; a success clears its username's counter, never the address's."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -134,8 +157,13 @@ class LoginThrottleMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.method != "POST" or request.path not in LOGIN_PATHS:
             return self.get_response(request)
-        key = self.key(request)
-        if (cache.get(key) or 0) >= settings.LOGIN_FAILURE_LIMIT:
+        address = f"login-failures:{client_address(request)}"
+        pair = f"{address}:{username_key(request.POST.get('username', ''))}"
+        counts = cache.get_many([address, pair])
+        if (
+            counts.get(pair, 0) >= settings.LOGIN_FAILURE_LIMIT
+            or counts.get(address, 0) >= settings.LOGIN_ADDRESS_FAILURE_LIMIT
+        ):
             window = settings.LOGIN_FAILURE_WINDOW
             response = HttpResponse(
                 f"Too many failed logins. Try again in {window // 60} minutes.\n", status=429, content_type="text/plain"
@@ -144,9 +172,10 @@ class LoginThrottleMiddleware:
             return response
         response = self.get_response(request)
         if request.user.is_authenticated:
-            cache.delete(key)
+            cache.delete(pair)
         elif response.status_code == 200:  # the login form again, with its error: a failed attempt
-            self.count_failure(key)
+            self.count_failure(pair)
+            self.count_failure(address)
         return response
 
     @staticmethod
@@ -158,13 +187,18 @@ class LoginThrottleMiddleware:
             except ValueError:  # expired between add and incr
                 cache.add(key, 1, timeout=settings.LOGIN_FAILURE_WINDOW)
 
-    @staticmethod
-    def key(request: HttpRequest) -> str:
-        # Same client address as the API throttles (ORDERPIPE_NUM_PROXIES); the username hashed, not stored.
-        username = request.POST.get("username", "").strip().lower()
-        digest = hashlib.sha256(username.encode()).hexdigest()[:32]
-        # get_ident reads only request.META, which a plain HttpRequest has as well as DRF's Request.
-        return f"login-failures:{BaseThrottle().get_ident(request)}:{digest}"  # type: ignore[arg-type]
+
+def client_address(request: HttpRequest) -> str:
+    """The address the API throttles count by (REMOTE_ADDR, or ORDERPIPE_NUM_PROXIES' X-Forwarded-For entry)."""
+    # get_ident reads only request.META, which a plain HttpRequest has as well as DRF's Request.
+    return BaseThrottle().get_ident(request)  # type: ignore[arg-type]
+
+
+def username_key(raw: str) -> str:
+    """The username as the login form hands it to authenticate() (stripped, NFKC-normalized by Django's
+    UsernameField), case-folded on top so that case variants share one counter; hashed, not stored."""
+    username = UsernameField().to_python(raw) or ""
+    return hashlib.sha256(username.casefold().encode()).hexdigest()[:32]
 
 
 class DatabaseUnavailableMiddleware:

@@ -36,6 +36,10 @@ def can_read_orders(user: object) -> bool:
 class StaffOrDebugReadOnly(BasePermission):
     """The default: reads for `can_read_orders`, writes for staff."""
 
+    def allows_anonymous(self, method: str) -> bool:
+        """Whether anyone may call `method` without a login (the schema says so: orders/schema.py)."""
+        return settings.DEBUG and method in SAFE_METHODS
+
     def has_permission(self, request: Request, view: APIView) -> bool:
         if request.method in SAFE_METHODS:
             return can_read_orders(request.user)
@@ -44,6 +48,9 @@ class StaffOrDebugReadOnly(BasePermission):
 
 class PlaceOrdersPublicly(StaffOrDebugReadOnly):
     """`/api/orders/`: anyone may POST an order (throttled: orders/throttles.py); the list is a read like others."""
+
+    def allows_anonymous(self, method: str) -> bool:
+        return method == "POST" or super().allows_anonymous(method)
 
     def has_permission(self, request: Request, view: APIView) -> bool:
         if request.method == "POST":
@@ -54,12 +61,18 @@ class PlaceOrdersPublicly(StaffOrDebugReadOnly):
 class PublicReadOnly(BasePermission):
     """The catalog and the API root hold nothing private."""
 
+    def allows_anonymous(self, method: str) -> bool:
+        return method in SAFE_METHODS
+
     def has_permission(self, request: Request, view: APIView) -> bool:
         return request.method in SAFE_METHODS
 
 
 class SandboxStaff(BasePermission):
-    """The fault injector and the controls: staff only, and with ORDERPIPE_SANDBOX=false they do not exist (404)."""
+    """The fault injector and the controls: staff only, and with ORDERPIPE_SANDBOX=false they do not exist (404, and
+    not in the API root or the schema)."""
+
+    sandbox_only = True
 
     def has_permission(self, request: Request, view: APIView) -> bool:
         if not settings.ORDERPIPE_SANDBOX:

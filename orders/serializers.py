@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import EmailValidator
 from django.utils import timezone
@@ -17,12 +18,64 @@ from orders import catalog
 from orders.models import Order, OrderEvent, OrderLine, OrderStatus, Product
 
 MAX_LINES = 50
-MAX_QUANTITY = 100
+# Units of one product per line, and in all per order (settings ORDERPIPE_MAX_LINE_QUANTITY, _ORDER_QUANTITY): with a
+# sku at most once per order, one anonymous order cannot take more than these from the stock.
+MAX_QUANTITY = settings.ORDER_MAX_LINE_QUANTITY
+
+
+# DRF's fields convert what they can: 0 and "on" to booleans, 5 to "5", "5" to 5. The schema says boolean, string,
+# integer, number; these take the JSON type it says and nothing else, so a client's mistake is a 400, not a guess (a
+# switch that turns a guarantee off must not flip on a number a client meant as something else).
+
+
+class StrictBooleanField(serializers.BooleanField):
+    default_error_messages = {"invalid": "Must be a JSON boolean (true or false)."}
+
+    def to_internal_value(self, data: object) -> bool:
+        if type(data) is not bool:
+            self.fail("invalid")
+        return data
+
+
+class StrictCharField(serializers.CharField):
+    default_error_messages = {"invalid": "Must be a JSON string."}
+
+    def to_internal_value(self, data: object) -> str:
+        if type(data) is not str:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    default_error_messages = {"invalid": "Must be a JSON integer."}
+
+    def to_internal_value(self, data: object) -> int:
+        if type(data) is not int:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    default_error_messages = {"invalid": "Must be a JSON number."}
+
+    def to_internal_value(self, data: object) -> float:
+        if not isinstance(data, (int, float)) or isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictEmailField(serializers.EmailField):
+    default_error_messages = {"invalid": "Enter a valid email address."}
+
+    def to_internal_value(self, data: object) -> str:
+        if type(data) is not str:
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class OrderItemInputSerializer(serializers.Serializer):
-    sku = serializers.CharField(max_length=64)
-    quantity = serializers.IntegerField(min_value=1, max_value=MAX_QUANTITY)
+    sku = StrictCharField(max_length=64)
+    quantity = StrictIntegerField(min_value=1, max_value=MAX_QUANTITY)
 
 
 def _demo_order_example() -> OpenApiExample:
@@ -44,16 +97,19 @@ def _demo_order_example() -> OpenApiExample:
 
 @extend_schema_serializer(examples=[_demo_order_example()])
 class OrderInputSerializer(serializers.Serializer):
-    customer_email = serializers.EmailField(max_length=254)
+    customer_email = StrictEmailField(max_length=254)
     # many=True hands max_length on to the ListSerializer it builds, which the stubs do not declare.
     items = OrderItemInputSerializer(many=True, allow_empty=False, max_length=MAX_LINES)  # type: ignore[call-arg]
-    note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    note = StrictCharField(max_length=500, required=False, allow_blank=True, default="")
 
     def validate_items(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         skus = [item["sku"] for item in items]
         duplicates = sorted({sku for sku in skus if skus.count(sku) > 1})
         if duplicates:
             raise serializers.ValidationError(f"Each sku may appear once; repeated: {', '.join(duplicates)}.")
+        total, limit = sum(item["quantity"] for item in items), settings.ORDER_MAX_QUANTITY
+        if total > limit:
+            raise serializers.ValidationError(f"An order holds at most {limit} units in all; this one holds {total}.")
         # Kept for pricing (order_create(products=...)), so the catalog is read once per order; from this process's
         # copy of it while it has not changed (orders/catalog.py).
         self.products = catalog.catalog_read(skus)
@@ -99,6 +155,8 @@ def order_input_fast(data: object) -> dict[str, Any] | None:
         if not (_plain_text(sku, 64) and sku) or type(quantity) is not int or not 1 <= quantity <= MAX_QUANTITY:
             return None
         lines.append({"sku": sku, "quantity": quantity})
+    if sum(line["quantity"] for line in lines) > settings.ORDER_MAX_QUANTITY:
+        return None
     try:
         _validate_email(email)
     except DjangoValidationError:

@@ -55,19 +55,17 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     group: str = ""
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        if not can_watch(user):
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
         self.client = sockets.client_id(self.scope)
+        if not can_watch(self.scope.get("user")):
+            await self.refuse(CLOSE_FORBIDDEN, "not allowed to watch")
+            return
         self.last_resync = float("-inf")
         try:
             if not await self.take_slot():
                 await self.refuse(CLOSE_TOO_MANY, f"over {settings.WS_MAX_CONNECTIONS_PER_CLIENT} open sockets")
                 return
             if not await self.prepare():
-                await self.release_slot()
-                await self.close(code=CLOSE_NOT_FOUND)
+                await self.refuse(CLOSE_NOT_FOUND, "no such order")
                 return
             await self.channel_layer.group_add(self.group, self.channel_name)
         except UNAVAILABLE as exc:

@@ -101,3 +101,25 @@ def test_the_debug_error_page_masks_the_passwords_in_urls(settings):
     assert "boom" in page and "DATABASE_URL" in page and "cache:6379" in page
     for url in (settings.DATABASE_URL, settings.AMQP_URL, settings.CACHES["default"]["LOCATION"]):
         assert urlsplit(url).password not in page
+
+
+@pytest.mark.parametrize(("debug", "expected"), [("false", "False"), ("true", "True")])
+def test_the_sandbox_follows_debug_unless_set(debug, expected):
+    env = {**os.environ, **PRODUCTION, "DJANGO_DEBUG": debug}
+    env.pop("ORDERPIPE_SANDBOX", None)  # orderpipe/testing.py turns it on for the tests
+    result = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "from django.conf import settings; print(settings.ORDERPIPE_SANDBOX)",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == expected

@@ -142,6 +142,29 @@ def test_bad_input_is_a_400_with_field_errors_and_writes_nothing(api, product, p
     assert product.stock == 10
 
 
+def test_one_anonymous_order_cannot_take_a_products_whole_stock(product, settings):
+    """A line holds at most ORDER_MAX_LINE_QUANTITY units, an order ORDER_MAX_QUANTITY in all, a sku once."""
+    from rest_framework.test import APIClient
+
+    anonymous = APIClient()
+    skus = [f"SKU-{n}" for n in range(5)]
+    for sku in skus:
+        ProductFactory(sku=sku, stock=100)
+    line, total = settings.ORDER_MAX_LINE_QUANTITY, settings.ORDER_MAX_QUANTITY
+    refused = [
+        ([{"sku": "SKU-0", "quantity": line + 1}], "less than or equal to"),
+        ([{"sku": sku, "quantity": line} for sku in skus], f"at most {total} units in all"),
+        ([{"sku": "SKU-0", "quantity": line}, {"sku": "SKU-0", "quantity": line}], "Each sku may appear once"),
+    ]
+    for items, message in refused:
+        response = post(anonymous, {"customer_email": "a@example.com", "items": items})
+        assert response.status_code == 400, response.content
+        assert message in json.dumps(response.json()["items"]), response.json()
+    assert nothing_written()
+    accepted = [{"sku": sku, "quantity": line} for sku in skus[: total // line]]
+    assert post(anonymous, {"customer_email": "a@example.com", "items": accepted}).status_code == 202
+
+
 def test_malformed_json_is_a_400(api, product):
     response = api.post(URL, data='{"customer_email": ', content_type="application/json")
     assert response.status_code == 400
@@ -167,7 +190,7 @@ def test_unknown_or_malformed_id_is_a_404_json(api, order_id):
     for path in (f"{URL}{order_id}/", f"{URL}{order_id}/events/"):
         response = api.get(path, HTTP_ACCEPT="application/json")
         assert response.status_code == 404
-        assert response.json() == {"detail": "No order with this id."}
+        assert response.json() == {"detail": "No order with this id.", "code": "not_found"}
 
 
 def test_it_reads_an_order_from_postgres_then_from_redis(api, product):

@@ -45,9 +45,29 @@ def test_an_unknown_api_url_is_a_404_json(api, settings, debug):
     assert_json_error(api.post("/api/no-such-thing/", data="{}", content_type="application/json"), 404)
 
 
-def test_a_wrong_method_is_a_405_json(staff_api):
-    # (For anyone else the permission check comes first: 403.)
-    assert_json_error(staff_api.delete(URL), 405)
+def test_a_wrong_method_is_a_405_json_whoever_asks(staff_api, api):
+    # The method is wrong whoever sends it: 405 before the permission check (which would say 403 to anonymous).
+    for client in (staff_api, api):
+        response = client.delete(URL)
+        assert assert_json_error(response, 405)["code"] == "method_not_allowed"
+        assert response["Allow"] == "GET, POST, HEAD, OPTIONS"
+    response = api.post("/api/products/", data="{}", content_type="application/json")
+    assert_json_error(response, 405)
+    assert response["Allow"] == "GET, HEAD, OPTIONS"
+
+
+@pytest.mark.parametrize("path", ["/api/schema/", "/api/docs/"])
+def test_the_schema_and_docs_refuse_anonymous_readers_in_json(api, path):
+    # They render as YAML and HTML when allowed; a refusal under /api/ is JSON all the same.
+    assert assert_json_error(api.get(path), 403)["code"] == "forbidden"
+
+
+def test_a_nul_byte_in_a_basic_username_is_a_bad_login_not_a_database_error(api, settings):
+    settings.DEBUG = True
+    response = api.get("/api/orders/", HTTP_AUTHORIZATION="Basic YQBiOng=")  # "a\0b:x"
+    # 403, not 401: the session is the first authenticator, and it names no WWW-Authenticate challenge.
+    assert response.status_code == 403, response.content[:300]
+    assert response.json() == {"detail": "Invalid username/password.", "code": "authentication_failed"}
 
 
 def test_posting_to_healthz_is_a_405_json_not_a_csrf_page():

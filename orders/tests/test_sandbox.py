@@ -43,6 +43,10 @@ def test_staff_change_settings_and_every_change_is_recorded(staff_api):
         ({"crash_rate": -0.1}, "crash_rate"),
         ({"step_delay_ms": 60_001}, "step_delay_ms"),
         ({"paused": "maybe"}, "paused"),
+        # The schema says boolean: numbers and strings DRF would read as one are refused.
+        ({"step_guards": 0}, "step_guards"),
+        ({"paused": 1}, "paused"),
+        ({"step_mode": "true"}, "step_mode"),
         ({"bogus": 1}, "bogus"),
     ],
 )

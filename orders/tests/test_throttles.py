@@ -1,5 +1,6 @@
 """Limits: DRF throttles (anonymous, per user, and the stricter one for placing orders) answer 429 JSON with
-Retry-After; Basic auth is ignored outside DEBUG; the login forms lock a username per address after failures."""
+Retry-After; Basic auth is ignored outside DEBUG; the login forms lock a username (as the form normalizes it) per
+address, and an address whatever the usernames, after failures."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def test_placing_orders_is_throttled_with_a_429_json_and_retry_after(api, produc
     assert refused.status_code == 429
     assert refused["Content-Type"] == "application/json"
     assert "throttled" in refused.json()["detail"].lower()
+    assert refused.json()["code"] == "throttled"
     assert 0 < int(refused["Retry-After"]) <= 60
     # The stricter scope is for placing orders only: reads are still served.
     assert api.get("/api/products/").status_code == 200
@@ -188,3 +190,39 @@ def test_a_placed_order_reads_and_writes_its_three_throttles_in_one_round_trip_e
     assert place(api).status_code == 202
     throttle_calls = [name for name in calls if name != "get"]  # the catalog's version token is a get of its own
     assert throttle_calls == ["get_many", "set_many"]
+
+
+def test_a_unicode_variant_of_a_locked_username_is_locked_too(settings):
+    # The login form normalizes usernames (NFKC): with a fullwidth r (U+FF52), `rtstaff` logs in as `rtstaff`, so
+    # it counts as it.
+    settings.LOGIN_FAILURE_LIMIT = 3
+    get_user_model().objects.create_user("rtstaff", password="right", is_staff=True)
+    client = Client()
+    for username in ("rtstaff", "ｒtstaff", " RTstaff"):
+        assert client.post("/admin/login/", {"username": username, "password": "wrong"}).status_code == 200
+    for username in ("rtstaff", "ｒtstaff", "ｒｔｓｔａｆｆ", "RTSTAFF"):
+        assert client.post("/admin/login/", {"username": username, "password": "right"}).status_code == 429
+    assert "_auth_user_id" not in client.session
+
+
+def test_random_usernames_from_one_address_trip_the_address_limit(settings):
+    settings.LOGIN_FAILURE_LIMIT = 3
+    settings.LOGIN_ADDRESS_FAILURE_LIMIT = 5
+    get_user_model().objects.create_user("ops", password="right", is_staff=True)
+    checked = []
+    user_login_failed.connect(receiver := lambda **kwargs: checked.append(kwargs))
+    try:
+        client = Client()
+        for n in range(5):
+            assert client.post("/admin/login/", {"username": f"nobody-{n}", "password": "x"}).status_code == 200
+        # Past the limit no password is checked (each check hashes one), whatever the username, a real one included.
+        for username in ("nobody-new", "ops"):
+            refused = client.post("/admin/login/", {"username": username, "password": "right"})
+            assert refused.status_code == 429
+            assert int(refused["Retry-After"]) == settings.LOGIN_FAILURE_WINDOW
+        assert len(checked) == 5
+        # Another address is not held back.
+        other = Client(REMOTE_ADDR="192.0.2.7")
+        assert other.post("/admin/login/", {"username": "ops", "password": "right"}).status_code == 302
+    finally:
+        user_login_failed.disconnect(receiver)
