@@ -19,6 +19,7 @@ from rest_framework.utils.serializer_helpers import ReturnDict, ReturnList
 
 from orders import services
 from orders.models import OrderEvent, OrderStatus, Product
+from orders.reference import load_order
 from orders.renderers import JSONRenderer
 from orders.sandbox.faults import NoFaults
 from orders.serializers import OrderEventSerializer, ProductSerializer, order_representation
@@ -91,7 +92,7 @@ def test_it_raises_drfs_error_for_what_drf_cannot_render():
 def test_it_writes_drfs_bytes_for_the_apis_own_bodies(product):
     order = services.order_create(customer_email="ren@example.com", items=[{"sku": "BOOK-001", "quantity": 2}])
     Processor(faults=NoFaults()).process(delivery_for(order))
-    order = services.load_order(order.pk)
+    order = load_order(order.pk)
     events = OrderEvent.objects.filter(order=order).order_by("seq")
     assert len(events) == 6
     for body in (
