@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from django.db.models import Count, Max, Sum
 
@@ -55,8 +56,8 @@ def resent_by_sweeper(ids: Sequence) -> int:
     return OrderEvent.objects.filter(order_id__in=ids, kind=EventKind.RESENT).count()
 
 
-def stock_errors(ids: Sequence, products: Sequence[Product], initial: int) -> list[str]:
-    """Products whose stock is not `initial` less what the completed orders among `ids` bought."""
+def stock_errors(ids: Sequence, products: Sequence[Any], initial: int) -> list[str]:
+    """The products whose stock is not `initial` less what the completed orders among `ids` bought."""
     completed = Order.objects.filter(pk__in=ids, status=OrderStatus.COMPLETED)
     errors = []
     for product in products:

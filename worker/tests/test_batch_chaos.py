@@ -62,6 +62,7 @@ def test_sigkills_inside_batches_lose_nothing_and_charge_nothing_twice(tmp_path,
     try:
         # 1. A worker parks its first batch that reaches the pause point; it is SIGKILLed there.
         for point in PARK_AT:
+            broker.connection.process_data_events(time_limit=0)  # the fixture's idle connection keeps its heartbeats
             place_wave(15)
             parking = Service(
                 "run_worker", *worker_args, log_dir=tmp_path, env=service_env(ORDERPIPE_BATCH_PAUSE_AT=point)
@@ -82,6 +83,7 @@ def test_sigkills_inside_batches_lose_nothing_and_charge_nothing_twice(tmp_path,
             parked.append((point, len(held)))
         # 2. SIGKILLs at random moments of a batched run.
         for _ in range(3):
+            broker.connection.process_data_events(time_limit=0)
             wave = place_wave(40)
             worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()
             started = Order.objects.filter(pk__in=wave, status=OrderStatus.PROCESSING)
@@ -90,7 +92,7 @@ def test_sigkills_inside_batches_lose_nothing_and_charge_nothing_twice(tmp_path,
             worker.kill()
             random_kills += 1
         worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()
-        finished = wait_until_settled(ids)
+        finished = wait_until_settled(ids, tick=lambda: broker.connection.process_data_events(time_limit=0))
     finally:
         codes = (worker.stop() if worker else 0, relay.stop())
     completed = Order.objects.filter(pk__in=ids, status=OrderStatus.COMPLETED)

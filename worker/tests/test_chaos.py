@@ -37,6 +37,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 NO_SWEEPER = {"ORDERPIPE_SWEEP_AFTER": "0"}
 
 
+def holds_deliveries(worker: Service) -> bool:
+    """The worker's heartbeat lists orders whose deliveries it holds unsettled."""
+    assert worker.proc is not None
+    return WorkerHeartbeat.objects.filter(pid=worker.proc.pid).exclude(holding=[]).exists()
+
+
 def test_sigkill_chaos_loses_no_order_and_charges_none_twice(tmp_path, broker):
     seed = int(os.environ.get("CHAOS_SEED", random.randrange(1_000_000)))
     rng = random.Random(seed)
@@ -55,13 +61,15 @@ def test_sigkill_chaos_loses_no_order_and_charges_none_twice(tmp_path, broker):
     kills = 0
     try:
         while not all_terminal(ids) and kills < 6:
-            time.sleep(rng.uniform(1.0, 2.5))
-            if all_terminal(ids):
+            broker.connection.process_data_events(time_limit=0)  # the fixture's idle connection keeps its heartbeats
+            # Kill it mid-order: once its heartbeat says it holds deliveries (its steps are left to chance).
+            if not wait_until(lambda w=worker: holds_deliveries(w) or all_terminal(ids), 60) or all_terminal(ids):
                 break
+            time.sleep(rng.uniform(0.0, 1.0))
             worker.kill()
             kills += 1
             worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()
-        finished = wait_until_settled(ids)
+        finished = wait_until_settled(ids, tick=lambda: broker.connection.process_data_events(time_limit=0))
     finally:
         codes = (worker.stop(), relay.stop())
     redeliveries = OrderEvent.objects.filter(order_id__in=ids, kind=EventKind.REDELIVERED).count()
