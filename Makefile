@@ -8,7 +8,7 @@ PORT ?= 8000
 WEB_BIND ?= 127.0.0.1
 export DJANGO_DEBUG ?= true
 
-.PHONY: install run test test-fast lint format bench cluster cluster-stop clean-venv
+.PHONY: install run test test-fast lint format bench mutants cluster cluster-stop clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -72,6 +72,11 @@ format: install node_modules/.installed
 	git ls-files -z '*.py' | xargs -0 $(VENV)/bin/django-upgrade --target-version 5.2
 	$(VENV)/bin/djlint templates --reformat
 	node_modules/.bin/biome check --write
+
+# The mutation check of the guarantees (bin/mutation-check): each promise broken in turn on a temporary copy of the
+# tree, and the tests guarding it must fail. `make mutants MUTANTS_ARGS="-k guard"` runs some of them.
+mutants: install
+	$(PY) bin/mutation-check $(MUTANTS_ARGS)
 
 # Not part of `make test` (its 50-order smoke is): several minutes, and it wants a quiet machine.
 bench: install

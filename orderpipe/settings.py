@@ -223,6 +223,11 @@ SWEEP_EVERY = env_float("ORDERPIPE_SWEEP_EVERY", 10.0)
 RELAY_CRASH_AT = env_str("ORDERPIPE_RELAY_CRASH_AT", "")
 if RELAY_CRASH_AT not in {"", "claimed", "published"}:
     raise ImproperlyConfigured(f"ORDERPIPE_RELAY_CRASH_AT must be claimed or published, got {RELAY_CRASH_AT!r}")
+# Tests only: a step name ("charge payment", ...) parks a worker's batch inside that step's transaction, after its
+# effects (for "charge payment": after the gateway charged), before the commit, so a test can SIGKILL it there.
+BATCH_PAUSE_AT = env_str("ORDERPIPE_BATCH_PAUSE_AT", "")
+if BATCH_PAUSE_AT not in {"", "reserve inventory", "charge payment", "notify customer", "complete"}:
+    raise ImproperlyConfigured(f"ORDERPIPE_BATCH_PAUSE_AT must be one of the steps' names, got {BATCH_PAUSE_AT!r}")
 
 # ---------------------------------------------------------------- Redis
 

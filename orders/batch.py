@@ -25,12 +25,14 @@ delivery the per-order way otherwise.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from psycopg import sql
 
@@ -226,6 +228,8 @@ def _run_step(pipeline: Pipeline, step: Step, running: list[Item]) -> None:
                 for _ in transitions:
                     # A crash here rolls the whole step back for the batch: each redelivery redoes it once.
                     seams.faults.maybe_crash(step.name)
+            if transitions and step.name == settings.BATCH_PAUSE_AT:
+                _park(step, transitions)
     except OUTAGE:
         raise
     except Exception:
@@ -249,6 +253,20 @@ def _run_step(pipeline: Pipeline, step: Step, running: list[Item]) -> None:
                 item.failure, item.error = None, exc
                 continue
             item.outcome = Outcome(Ended.FAILED, step.name, item.failure)
+
+
+def _park(step: Step, transitions: list[Transition]) -> None:
+    """Tests only (`ORDERPIPE_BATCH_PAUSE_AT`): say which orders this batch holds, then wait here, before the step's
+    commit, until the process is killed, so a chaos test's SIGKILL lands exactly there."""
+    log.warning(
+        "batch: pause point %s reached with %d order(s): %s",
+        step.name,
+        len(transitions),
+        " ".join(str(moved.order.pk) for moved in transitions),
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    threading.Event().wait()
 
 
 def _call_outside(step: Step, orders: list[Order], seams: Seams) -> list[Any]:

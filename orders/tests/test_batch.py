@@ -216,3 +216,32 @@ def test_the_batch_statements_find_their_rows_through_an_index():
             cursor.execute(f"EXPLAIN {statement}", {"at": None, **params})
             plan = "\n".join(line for (line,) in cursor.fetchall())
             assert not re.search(r"Seq Scan on orders_(order|orderevent)\b", plan), plan
+
+
+def test_an_order_another_worker_moved_on_is_left_to_the_per_order_guards(monkeypatch):
+    """A duplicate delivery of one of the batch's orders, run the per-order way by another worker, reserves its stock
+    between the batch's receipt and its reserve step: the batch's guard (the order must be at the step) leaves that
+    order to the per-order guards, so its stock is taken once."""
+    ProductFactory(sku="BOOK-001", price="12.50", stock=10)
+    orders = [
+        order_create(customer_email=f"d{n}@example.com", items=[{"sku": "BOOK-001", "quantity": 1}]) for n in range(3)
+    ]
+    deliveries = [delivery(order, n + 1) for n, order in enumerate(orders)]
+    processor = Processor(faults=NoFaults())
+    victim = orders[1]
+    after_commit = batch.cache_after_batch_commit
+    raced: list[bool] = []
+
+    def racing_worker_after(transitions: list[Any]) -> None:
+        after_commit(transitions)
+        if not raced:  # the batch's receipt has committed: the other worker reserves the victim's stock now
+            raced.append(processor.pipeline.run_step(batch.STEPS[0], victim.pk, deliveries[1]) is not None)
+
+    monkeypatch.setattr(batch, "cache_after_batch_commit", racing_worker_after)
+    assert [verdict for _, verdict in processor.process_batch(deliveries)] == [ACK] * len(orders)
+
+    assert raced == [True]
+    assert Product.objects.get(sku="BOOK-001").stock == 10 - len(orders)
+    assert OrderEvent.objects.filter(order=victim, kind="inventory_reserved").count() == 1
+    assert [Order.objects.get(pk=order.pk).status for order in orders] == ["completed"] * len(orders)
+    assert Payment.objects.filter(order__in=orders).count() == GatewayCharge.objects.count() == len(orders)

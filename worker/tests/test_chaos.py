@@ -10,28 +10,37 @@ import subprocess
 import time
 
 import pytest
-from django.db.models import Count, Sum
 
 from orders import sandbox, services
-from orders.models import EventKind, GatewayCharge, Order, OrderEvent, OrderLine, OrderStatus, Payment, Product
+from orders.models import EventKind, Order, OrderEvent, OrderStatus, Payment, Product
 from orders.tests.factories import ProductFactory
+from worker.models import WorkerHeartbeat
+from worker.tests.guarantees import (
+    TERMINAL,
+    all_terminal,
+    gateway_charged_twice,
+    lost,
+    payments_twice,
+    processed_twice,
+    resent_by_sweeper,
+    stock_errors,
+    wait_until_settled,
+)
 from worker.tests.processes import Service, service_env, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-TERMINAL = list(OrderStatus.terminal())
+# The kill tests prove the first line of defence: a killed worker's unacked messages come back from the broker. The
+# sweeper (the second line, run by the relay) is switched off in them, so an order the kill really lost stays lost
+# and fails the test instead of being re-sent after a minute; test_the_sweeper_resends_what_a_kill_really_lost
+# proves the second line on its own.
+NO_SWEEPER = {"ORDERPIPE_SWEEP_AFTER": "0"}
 
 
-def all_terminal(ids) -> bool:
-    return Order.objects.filter(pk__in=ids, status__in=TERMINAL).count() == len(ids)
-
-
-def gateway_charged_twice(ids: list) -> int:
-    """What the payment provider holds: charges beyond one per order (0 whatever the kills hit)."""
-    charges = (
-        GatewayCharge.objects.filter(order_ref__in=[str(pk) for pk in ids]).values("order_ref").annotate(n=Count("id"))
-    )
-    return sum(row["n"] - 1 for row in charges)
+def holds_deliveries(worker: Service) -> bool:
+    """The worker's heartbeat lists orders whose deliveries it holds unsettled."""
+    assert worker.proc is not None
+    return WorkerHeartbeat.objects.filter(pid=worker.proc.pid).exclude(holding=[]).exists()
 
 
 def test_sigkill_chaos_loses_no_order_and_charges_none_twice(tmp_path, broker):
@@ -47,45 +56,42 @@ def test_sigkill_chaos_loses_no_order_and_charges_none_twice(tmp_path, broker):
         ids.append(services.order_create(customer_email=f"chaos{i}@example.com", items=items).pk)
 
     worker_args = ("--concurrency", "2", "--prefetch", "10")
-    relay = Service("run_relay", log_dir=tmp_path).start()
+    relay = Service("run_relay", log_dir=tmp_path, env=service_env(**NO_SWEEPER)).start()
     worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()
     kills = 0
     try:
         while not all_terminal(ids) and kills < 6:
-            time.sleep(rng.uniform(1.0, 2.5))
-            if all_terminal(ids):
+            broker.connection.process_data_events(time_limit=0)  # the fixture's idle connection keeps its heartbeats
+            # Kill it mid-order: once its heartbeat says it holds deliveries (its steps are left to chance).
+            if not wait_until(lambda w=worker: holds_deliveries(w) or all_terminal(ids), 60) or all_terminal(ids):
                 break
+            time.sleep(rng.uniform(0.0, 1.0))
             worker.kill()
             kills += 1
             worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()
-        finished = wait_until(lambda: all_terminal(ids), timeout=180)
+        finished = wait_until_settled(ids, tick=lambda: broker.connection.process_data_events(time_limit=0))
     finally:
         codes = (worker.stop(), relay.stop())
-    assert finished, f"seed {seed}: not every order is terminal\n" + worker.output()[-3000:]
-    assert codes == (0, 0)
-
     redeliveries = OrderEvent.objects.filter(order_id__in=ids, kind=EventKind.REDELIVERED).count()
     completed = Order.objects.filter(pk__in=ids, status=OrderStatus.COMPLETED)
     failed = Order.objects.filter(pk__in=ids, status=OrderStatus.FAILED)
-    per_order = Payment.objects.filter(order_id__in=ids).values("order_id").annotate(n=Count("id"))
-    duplicate_payments = sum(row["n"] - 1 for row in per_order)
-    duplicate_charges = gateway_charged_twice(ids)
-    lost = len(ids) - Order.objects.filter(pk__in=ids, status__in=TERMINAL).count()
     print(
         f"\nchaos: seed={seed} orders={len(ids)} kills={kills} redeliveries={redeliveries} "
         f"completed={completed.count()} failed={failed.count()} "
         f"dead_lettered={Order.objects.filter(pk__in=ids, status=OrderStatus.DEAD_LETTERED).count()} "
-        f"lost={lost} duplicate_payments={duplicate_payments} duplicate_gateway_charges={duplicate_charges}"
+        f"lost={lost(ids)} resent_by_sweeper={resent_by_sweeper(ids)} duplicate_payments={payments_twice(ids)} "
+        f"duplicate_gateway_charges={gateway_charged_twice(ids)}"
     )
+    assert finished, f"seed {seed}: {lost(ids)} orders lost (not terminal, no progress)\n" + worker.output()[-3000:]
+    assert codes == (0, 0)
     assert kills >= 3, f"seed {seed}: the orders finished before three kills; slow the steps down"
-    assert lost == 0
-    assert duplicate_payments == 0
-    assert duplicate_charges == 0
+    assert redeliveries > 0
+    assert resent_by_sweeper(ids) == 0
+    assert payments_twice(ids) == 0
+    assert gateway_charged_twice(ids) == 0
     assert Payment.objects.filter(order__in=completed).count() == completed.count()
     assert not Payment.objects.filter(order__in=failed).exists()
-    for product in products:
-        sold = OrderLine.objects.filter(product=product, order__in=completed).aggregate(q=Sum("quantity"))["q"] or 0
-        assert Product.objects.get(pk=product.pk).stock == 10_000 - sold, f"seed {seed}: stock of {product.sku}"
+    assert stock_errors(ids, products, 10_000) == [], f"seed {seed}"
 
 
 def test_sigterm_finishes_the_order_in_hand_acks_it_and_exits_0(tmp_path, broker):
@@ -160,9 +166,8 @@ def test_relay_and_worker_sigkills_lose_nothing_and_process_nothing_twice(tmp_pa
     rng = random.Random(seed)
     products = [ProductFactory(sku=f"RKILL-{i}", price=f"{5 + i}.00", stock=10_000) for i in range(3)]
     sandbox.sandbox_update(changes={"step_delay_ms": 25, "decline_rate": 0.05}, via="test")
-    # Small batches, so a crashing relay dies with a batch in hand while later rows wait; a short sweeper age, so
-    # the sweeper runs for real during the test (it should find nothing lost; what it re-sends is counted).
-    relay_env = service_env(RELAY_BATCH_SIZE="10", ORDERPIPE_SWEEP_AFTER="10", ORDERPIPE_SWEEP_EVERY="2")
+    # Small batches, so a crashing relay dies with a batch in hand while later rows wait.
+    relay_env = service_env(RELAY_BATCH_SIZE="10", **NO_SWEEPER)
     worker_args = ("--concurrency", "2", "--prefetch", "10")
     ids: list = []
 
@@ -171,11 +176,6 @@ def test_relay_and_worker_sigkills_lose_nothing_and_process_nothing_twice(tmp_pa
             chosen = rng.sample(products, rng.randint(1, 2))
             items = [{"sku": p.sku, "quantity": rng.randint(1, 3)} for p in chosen]
             ids.append(services.order_create(customer_email=f"rkill{len(ids)}@example.com", items=items).pk)
-
-    def settled() -> bool:
-        # The fixture's connection sits idle for minutes here: service its heartbeats so the broker keeps it.
-        broker.connection.process_data_events(time_limit=0)
-        return all_terminal(ids)
 
     kills = {"worker": 0, "relay_random": 0, "relay_claimed": 0, "relay_published": 0}
     duplicates_published = 0
@@ -216,33 +216,11 @@ def test_relay_and_worker_sigkills_lose_nothing_and_process_nothing_twice(tmp_pa
             if kind == "published":
                 duplicates_published += int(found[2])  # confirmed by the broker, never marked sent: sent again
             relay = Service("run_relay", log_dir=tmp_path, env=relay_env).start()
-        finished = wait_until(settled, timeout=180)
+        # The fixture's connection sits idle for minutes here: service its heartbeats so the broker keeps it.
+        finished = wait_until_settled(ids, tick=lambda: broker.connection.process_data_events(time_limit=0))
     finally:
         codes = (worker.stop(), relay.stop())
-    assert finished, f"seed {seed}: not every order is terminal\n" + worker.output()[-3000:]
-    assert codes == (0, 0)
-
     events = OrderEvent.objects.filter(order_id__in=ids)
-    # A step done twice for one order would show as a second event of its kind.
-    processed_twice = sum(
-        row["n"] - 1
-        for row in events.filter(
-            kind__in=[
-                EventKind.INVENTORY_RESERVED,
-                EventKind.PAYMENT_CHARGED,
-                EventKind.CUSTOMER_NOTIFIED,
-                EventKind.COMPLETED,
-                EventKind.FAILED,
-            ]
-        )
-        .values("order_id", "kind")
-        .annotate(n=Count("id"))
-        if row["n"] > 1
-    )
-    per_order = Payment.objects.filter(order_id__in=ids).values("order_id").annotate(n=Count("id"))
-    duplicate_payments = sum(row["n"] - 1 for row in per_order)
-    duplicate_charges = gateway_charged_twice(ids)
-    lost = len(ids) - Order.objects.filter(pk__in=ids, status__in=TERMINAL).count()
     completed = Order.objects.filter(pk__in=ids, status=OrderStatus.COMPLETED)
     print(
         f"\nrelay chaos: seed={seed} orders={len(ids)} "
@@ -250,19 +228,69 @@ def test_relay_and_worker_sigkills_lose_nothing_and_process_nothing_twice(tmp_pa
         + f" duplicates_published={duplicates_published}"
         f" duplicate_deliveries_ignored={events.filter(kind=EventKind.DUPLICATE_IGNORED).count()}"
         f" redeliveries={events.filter(kind=EventKind.REDELIVERED).count()}"
-        f" resent_by_sweeper={events.filter(kind=EventKind.RESENT).count()}"
+        f" resent_by_sweeper={resent_by_sweeper(ids)}"
         f" completed={completed.count()}"
         f" failed={Order.objects.filter(pk__in=ids, status=OrderStatus.FAILED).count()}"
-        f" duplicates_processed={processed_twice} duplicate_payments={duplicate_payments}"
-        f" duplicate_gateway_charges={duplicate_charges} lost={lost}"
+        f" duplicates_processed={processed_twice(ids)} duplicate_payments={payments_twice(ids)}"
+        f" duplicate_gateway_charges={gateway_charged_twice(ids)} lost={lost(ids)}"
     )
+    assert finished, f"seed {seed}: {lost(ids)} orders lost (not terminal, no progress)\n" + worker.output()[-3000:]
+    assert codes == (0, 0)
     assert kills["relay_claimed"] == kills["relay_published"] == 3
     assert duplicates_published > 0  # each "published" crash had a confirmed batch in hand
-    assert lost == 0
-    assert processed_twice == 0
-    assert duplicate_payments == 0
-    assert duplicate_charges == 0
+    assert events.filter(kind=EventKind.REDELIVERED).exists()
+    assert resent_by_sweeper(ids) == 0
+    assert processed_twice(ids) == 0
+    assert payments_twice(ids) == 0
+    assert gateway_charged_twice(ids) == 0
     assert Payment.objects.filter(order__in=completed).count() == completed.count()
-    for product in products:
-        sold = OrderLine.objects.filter(product=product, order__in=completed).aggregate(q=Sum("quantity"))["q"] or 0
-        assert Product.objects.get(pk=product.pk).stock == 10_000 - sold, f"seed {seed}: stock of {product.sku}"
+    assert stock_errors(ids, products, 10_000) == [], f"seed {seed}"
+
+
+def test_the_sweeper_resends_what_a_kill_really_lost(tmp_path, broker):
+    """The second line of defence on its own: a worker in the sandbox's unsafe ack_mode=on_receive has acked every
+    message it holds when it is SIGKILLed, so no queue has them any more. The sweeper (in the relay) finds exactly
+    those orders and re-sends them; each is then processed once."""
+    product = ProductFactory(sku="SWEEP-1", price="7.00", stock=1_000)
+    sandbox.sandbox_update(changes={"ack_mode": "on_receive", "step_delay_ms": 1000}, via="test")
+    ids = [
+        services.order_create(customer_email=f"sweep{n}@example.com", items=[{"sku": "SWEEP-1", "quantity": 2}]).pk
+        for n in range(6)
+    ]
+    relay_env = service_env(ORDERPIPE_SWEEP_AFTER="2", ORDERPIPE_SWEEP_EVERY="0.5")
+    # The relay publishes them with the sweeper off; the one that sweeps is started after the kill.
+    publisher = Service("run_relay", log_dir=tmp_path, env=service_env(**NO_SWEEPER)).start()
+    worker = Service("run_worker", "--prefetch", "20", "--concurrency", "1", log_dir=tmp_path).start()
+    relay = None
+    try:
+
+        def holds_them_all() -> bool:
+            return any(
+                len(held or []) == len(ids) for held in WorkerHeartbeat.objects.values_list("holding", flat=True)
+            )
+
+        # It holds every message (acked on receipt) and works slowly through the first.
+        assert wait_until(holds_them_all, 60), worker.output()[-3000:]
+        worker.kill()
+        assert publisher.stop() == 0
+        ready = broker.channel.queue_declare(broker.topology.process_queue, passive=True).method.message_count
+        assert ready == 0  # nothing comes back from the broker: the kill lost them all
+        lost_ids = set(Order.objects.filter(pk__in=ids).exclude(status__in=TERMINAL).values_list("pk", flat=True))
+        assert len(lost_ids) >= len(ids) - 1  # the first may have finished before the kill
+
+        sandbox.sandbox_update(changes={"ack_mode": "after_commit", "step_delay_ms": 0}, via="test")
+        relay = Service("run_relay", log_dir=tmp_path, env=relay_env).start()
+        worker = Service("run_worker", log_dir=tmp_path).start()
+        # The dead worker's heartbeat vouches for its orders until it goes silent (worker/sweeper.py LIVE_WORKER).
+        finished = wait_until_settled(ids, idle=30, timeout=90)
+    finally:
+        codes = (worker.stop(), relay.stop() if relay else 0)
+    assert finished, relay.output()[-3000:] if relay else ""
+    assert codes == (0, 0)
+    resent = OrderEvent.objects.filter(order_id__in=ids, kind=EventKind.RESENT)
+    assert sorted(resent.values_list("order_id", flat=True)) == sorted(lost_ids)  # each lost order re-sent once
+    assert Order.objects.filter(pk__in=ids, status=OrderStatus.COMPLETED).count() == len(ids)
+    assert processed_twice(ids) == 0
+    assert payments_twice(ids) == 0
+    assert gateway_charged_twice(ids) == 0
+    assert stock_errors(ids, [product], 1_000) == []
