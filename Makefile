@@ -8,7 +8,7 @@ PORT ?= 8000
 WEB_BIND ?= 127.0.0.1
 export DJANGO_DEBUG ?= true
 
-.PHONY: install run test test-fast lint format bench mutants cluster cluster-stop clean-venv
+.PHONY: install run test test-fast lint format bench mutants docker-check cluster cluster-stop clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -83,6 +83,12 @@ bench: install
 	$(VENV)/bin/pip install -q ".[dev,bench]"
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	DJANGO_DEBUG=false $(PY) -m bench.run $(BENCH_ARGS)
+
+# The image and the Compose stack for real (bin/docker-check): builds, brings the stack up, places orders through the
+# front door, scales and kills workers, then removes it all. Installs Docker and Compose v2 when missing and starts
+# a dockerd of its own when none answers.
+docker-check:
+	bin/docker-check
 
 # Three RabbitMQ nodes joined into one cluster on loopback (AMQP 5681-5683, state in var/rabbitmq-cluster), beside the
 # machine's own broker. It prints the AMQP_URL naming all three; `make cluster-stop` stops them.

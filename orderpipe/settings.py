@@ -206,6 +206,10 @@ WORKER_PREFETCH = env_int("WORKER_PREFETCH", 100)
 # waiting on one holds no CPU, so a few threads keep one worker process near a full core (docs/09-benchmark.md:
 # the CPU, not the disk, is the limit). Past that, run more worker processes rather than more threads.
 WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 4)
+# Prometheus metrics of the relay and the worker (`--metrics-port` wins): off unless set. The image sets 9101 and
+# 9102, so that no two roles share a port on a host network (gunicorn's and daphne's /metrics are on 8000 and 8001).
+RELAY_METRICS_PORT = env_int("RELAY_METRICS_PORT", 0) or None
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0) or None
 AMQP_HEARTBEAT = env_int("AMQP_HEARTBEAT", 30)
 AMQP_DELIVERY_LIMIT = env_int("AMQP_DELIVERY_LIMIT", 5)
 RETRY_DELAYS_MS = [int(x) for x in env_list("ORDERPIPE_RETRY_DELAYS_MS", "1000,5000,30000")]

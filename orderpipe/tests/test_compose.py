@@ -1,11 +1,15 @@
-"""No Docker engine runs in CI, so the Compose file, the Dockerfile and .env.example are checked against the code
-they start: every command must exist and accept its options, every variable must be one that settings (or
-gunicorn.conf.py) reads, and the services must start in the right order, with health checks, data volumes, and a
-worker that scales. HTTP is gunicorn (`web`), WebSockets daphne (`ws`), on the port the pages are told about."""
+"""The Compose files, the Dockerfile and .env.example checked against the code they start, without Docker
+(bin/docker-check runs them for real): every command must exist in the image and accept its options, every
+variable must be one that settings (or gunicorn.conf.py) reads, every healthcheck must ask the port its role listens
+on, no host port is published twice, and the services start in the right order, with data volumes and a worker that
+scales. HTTP is gunicorn (`web`), WebSockets daphne (`ws`), both behind the front door (`proxy`, nginx:
+deploy/nginx/)."""
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
+import importlib.metadata
 import json
 import os
 import re
@@ -13,6 +17,7 @@ import runpy
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,21 +26,30 @@ import pytest
 import yaml
 from daphne.cli import CommandLineInterface
 from django.core.management import get_commands, load_command_class
-from django.urls import resolve
 
 pytestmark = pytest.mark.pure
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-# Services that run this project's image (the others are PostgreSQL, RabbitMQ and Redis).
-APP_SERVICES = sorted(name for name, service in SERVICES.items() if "build" in service)
-SERVERS = ["postgres", "rabbitmq", "redis", "web", "ws"]
+# Services that run this project's image (the others are PostgreSQL, RabbitMQ, Redis and the front door).
+APP_SERVICES = sorted(name for name, service in SERVICES.items() if service.get("image") == "orderpipe:latest")
+FRONT_DOOR = "proxy"
+INFRASTRUCTURE = ["postgres", "rabbitmq", "redis"]
 GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+FRONT_DOOR_CONF = ROOT / "deploy" / "nginx" / "front-door.conf"
+PRODUCTION = yaml.safe_load((ROOT / "docker-compose.production.yml").read_text())
 ONE_SHOT = {"migrate"}
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-# Variables the Python runtime or pip read, not the project.
-RUNTIME_VARIABLES = {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK"}
+# Variables the Python runtime, the shell or pip read, not the project.
+RUNTIME_VARIABLES = {
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONUNBUFFERED",
+    "PIP_NO_CACHE_DIR",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "PATH",
+}
 
 
 def settings_variables() -> set[str]:
@@ -90,8 +104,11 @@ def published(service: dict[str, Any], shell: dict[str, str] | None = None) -> l
 
 
 def argv(service: dict[str, Any]) -> list[str]:
+    """The service's command: its own, else (an app service without one) the image's CMD."""
     command = service.get("command")
-    assert command, "an app service must say which role it runs"
+    if not command:
+        assert service.get("image") == "orderpipe:latest", "an infrastructure service here always names its command"
+        return dockerfile_cmd()
     return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
 
 
@@ -110,17 +127,47 @@ def expand(command: list[str]) -> list[str]:
     return [re.sub(r"\$(\w+)", lambda m: values[m.group(1)], part) for part in command]
 
 
-def dockerfile_env() -> dict[str, str]:
-    """The image's ENV values (one `ENV A=1 \\ B=2` instruction, continued over lines)."""
+def dockerfile_stages() -> dict[str, list[str]]:
+    """The Dockerfile's instructions (continued lines joined, comments dropped) by stage name ("" before the first
+    FROM)."""
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    [line] = [line for line in text.splitlines() if line.startswith("ENV ")]
-    return dict(part.split("=", 1) for part in line.split()[1:])
+    stages: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            current = line.split()[-1] if " AS " in line else line
+            stages[current] = []
+        stages[current].append(" ".join(line.split()))
+    return stages
 
 
-def dockerfile_cmd() -> list[str]:
-    lines = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
-    assert len(lines) == 1, "the Dockerfile must have one CMD"
-    return json.loads(lines[0].removeprefix("CMD "))
+def stage_instructions(stage: str, keyword: str) -> list[str]:
+    return [line.removeprefix(keyword).strip() for line in dockerfile_stages()[stage] if line.startswith(keyword)]
+
+
+def dockerfile_env(stage: str = "app") -> dict[str, str]:
+    """The image's ENV values (one `ENV A=1 \\ B=2` instruction, continued over lines)."""
+    [line] = stage_instructions(stage, "ENV ")
+    return dict(part.split("=", 1) for part in line.split())
+
+
+def dockerfile_cmd(stage: str = "app") -> list[str]:
+    lines = stage_instructions(stage, "CMD ")
+    assert len(lines) == 1, f"the Dockerfile's {stage} stage must have one CMD"
+    return json.loads(lines[0])
+
+
+def healthcheck_module() -> dict[str, Any]:
+    return runpy.run_path(str(ROOT / "bin" / "healthcheck"))
+
+
+def front_door_upstreams() -> dict[str, tuple[str, int]]:
+    """front-door.conf's upstreams: name -> (service, port)."""
+    found = re.findall(r"upstream (\w+) \{\s*server ([\w.-]+):(\d+);", FRONT_DOOR_CONF.read_text())
+    return {name: (host, int(port)) for name, host, port in found}
 
 
 def check_gunicorn_command(name: str, options: list[str]) -> None:
@@ -140,8 +187,11 @@ def check_gunicorn_command(name: str, options: list[str]) -> None:
 
 
 def test_the_compose_file_has_every_role():
-    assert set(SERVICES) >= {"postgres", "rabbitmq", "redis", "migrate", "web", "ws", "relay", "worker"}
+    assert set(SERVICES) == {"postgres", "rabbitmq", "redis", "migrate", "web", "ws", "relay", "worker", "proxy"}
     assert APP_SERVICES == ["migrate", "relay", "web", "worker", "ws"]
+    assert SERVICES[FRONT_DOOR]["build"] == {"context": ".", "target": "front"}
+    for name in APP_SERVICES:
+        assert SERVICES[name]["build"] == {"context": ".", "target": "app"}, name
     assert SERVICES["rabbitmq"]["image"].startswith("rabbitmq:") and "management" in SERVICES["rabbitmq"]["image"]
 
 
@@ -170,12 +220,12 @@ def test_each_role_runs_what_the_design_says():
         ["python", "manage.py", "migrate"],
         ["python", "manage.py", "seed_demo"],
     ]
-    # HTTP: gunicorn with the config file, which binds $PORT (see test_gunicorn_conf_reads_its_variables).
+    # HTTP: the image's CMD, gunicorn with the config file, which binds $PORT (test_gunicorn_conf_reads_its_variables).
+    assert "command" not in SERVICES["web"], "the web server's command is written once, in the Dockerfile's CMD"
     assert shell_commands(SERVICES["web"]) == [["exec", "gunicorn", "-c", "gunicorn.conf.py"]]
-    # WebSockets: daphne on the port the pages are told to open their sockets on.
+    # WebSockets: daphne, on the port the front door sends /ws/ to.
     ws = shell_commands(SERVICES["ws"])
     assert len(ws) == 1 and ws[0][:2] == ["exec", "daphne"] and ws[0][-1] == "orderpipe.asgi:application"
-    assert "$ORDERPIPE_WEBSOCKET_PORT" in ws[0]
     assert argv(SERVICES["relay"])[:3] == ["python", "manage.py", "run_relay"]
     assert argv(SERVICES["worker"])[:3] == ["python", "manage.py", "run_worker"]
 
@@ -321,36 +371,125 @@ def test_the_example_configuration_loads_and_points_at_the_compose_services():
     assert "published demo key" in load().stderr  # without one, the settings' dev key, refused outside DEBUG
     result = load(DJANGO_SECRET_KEY="a-real-key-" + "x" * 40)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["postgres", example["ORDERPIPE_WEBSOCKET_PORT"]]
+    # The pages open their sockets on their own origin: the front door's, which sends /ws/ to daphne.
+    assert result.stdout.split() == ["postgres", "None"]
 
 
-@pytest.mark.parametrize("name", SERVERS)
-def test_every_server_has_a_healthcheck(name):
+@pytest.mark.parametrize("name", INFRASTRUCTURE)
+def test_every_infrastructure_service_has_a_healthcheck(name):
     check = SERVICES[name].get("healthcheck")
     assert check and check.get("test"), f"{name} has no healthcheck"
     assert not check.get("disable")
 
 
-@pytest.mark.parametrize(("name", "variable"), [("web", "PORT"), ("ws", "ORDERPIPE_WEBSOCKET_PORT")])
-def test_the_web_and_ws_healthchecks_call_healthz_on_their_port(name, variable):
-    test = " ".join(SERVICES[name]["healthcheck"]["test"])
-    assert "/healthz" in test
-    assert f'os.environ["{variable}"]' in test
-    assert resolve("/healthz").func.__name__ == "healthz"
+@pytest.mark.parametrize("stage", ["app", "front"])
+def test_the_images_have_their_own_healthcheck(stage):
+    """The app's and the front door's healthchecks are the image's (Compose keeps them: no service overrides them)."""
+    [check] = stage_instructions(stage, "HEALTHCHECK ")
+    command = json.loads(check[check.index("CMD ") + 4 :])
+    if stage == "app":
+        assert command == ["python", "bin/healthcheck"]
+        assert (ROOT / "bin" / "healthcheck").is_file()
+    else:
+        assert "/dev/tcp/127.0.0.1/80" in command[-1] and "/healthz" in command[-1]
+        assert re.search(r"^\s*listen 80 default_server;", FRONT_DOOR_CONF.read_text(), re.M)
+    for name in [*APP_SERVICES, FRONT_DOOR]:
+        assert "healthcheck" not in SERVICES[name], f"{name} overrides the image's healthcheck"
 
 
-def test_the_web_port_is_published_on_the_port_it_listens_on():
-    port = env_example()["PORT"]
-    assert any(container == port for _, _, container in published(SERVICES["web"]))
+def listening_port(name: str) -> int | None:
+    """The port the role of an app service listens on, from its own command and configuration."""
+    [command] = shell_commands(SERVICES[name])[-1:]
+    command = expand([part for part in command if part != "exec"])
+    env = {**dockerfile_env(), **env_example()}
+    if command[0] == "gunicorn":
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            return int(runpy.run_path(str(GUNICORN_CONF))["bind"].rpartition(":")[2])
+    if command[0] == "daphne":
+        return CommandLineInterface().parser.parse_args(command[1:]).port
+    for role, variable in (("run_relay", "RELAY_METRICS_PORT"), ("run_worker", "WORKER_METRICS_PORT")):
+        if role in command:
+            assert "--metrics-port" not in command, f"{name}: the metrics port comes from {variable}"
+            return int(env[variable])
+    return None
 
 
-def test_ports_are_published_on_the_hosts_loopback_unless_told_otherwise():
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_each_roles_healthcheck_asks_the_port_it_listens_on(name):
+    """bin/healthcheck reads the role from PID 1's command line (the service's command after `exec`, console
+    scripts run by the venv's python) and asks its port: the port that role's own configuration listens on."""
+    commands = shell_commands(SERVICES[name])
+    pid_1 = [part for part in commands[-1] if part != "exec"]
+    if pid_1[0] in {"gunicorn", "daphne"}:
+        pid_1 = ["/opt/venv/bin/python", f"/opt/venv/bin/{pid_1[0]}", *pid_1[1:]]
+    url = healthcheck_module()["probe_url"](expand(pid_1), {**dockerfile_env(), **env_example()})
+    port = listening_port(name)
+    if name in ONE_SHOT:
+        assert url is None and port is None
+        return
+    assert url == f"http://127.0.0.1:{port}/{'metrics' if name in {'relay', 'worker'} else 'healthz'}", name
+
+
+def test_the_metrics_ports_come_from_the_environment_and_differ():
+    """Every role its own port, so that they may share a host network; relay and worker read theirs from settings."""
+    env = dockerfile_env()
+    ports = {
+        "web": listening_port("web"),
+        "ws": listening_port("ws"),
+        "relay": int(env["RELAY_METRICS_PORT"]),
+        "worker": int(env["WORKER_METRICS_PORT"]),
+    }
+    assert len(set(ports.values())) == len(ports), ports
+    exposed = {int(port) for line in stage_instructions("app", "EXPOSE ") for port in line.split()}
+    assert set(ports.values()) <= exposed
+    code = "from django.conf import settings; print(settings.RELAY_METRICS_PORT, settings.WORKER_METRICS_PORT)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "orderpipe.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.split() == [str(ports["relay"]), str(ports["worker"])], result.stderr
+
+
+def test_the_front_door_sends_to_the_ports_web_and_ws_listen_on():
+    assert front_door_upstreams() == {
+        "orderpipe_web": ("web", listening_port("web")),
+        "orderpipe_ws": ("ws", listening_port("ws")),
+    }
+    # The front door publishes the port it listens on.
+    assert [container for _, _, container in published(SERVICES[FRONT_DOOR])] == ["80"]
+    assert SERVICES[FRONT_DOOR]["depends_on"] == {
+        "web": {"condition": "service_healthy"},
+        "ws": {"condition": "service_healthy"},
+    }
+
+
+def test_only_the_front_door_and_rabbitmqs_ui_are_published_on_the_hosts_loopback():
     publishing = {name: service for name, service in SERVICES.items() if service.get("ports")}
-    assert set(publishing) == {"web", "ws", "rabbitmq"}
+    assert set(publishing) == {FRONT_DOOR, "rabbitmq"}, "the app services are reached through the front door only"
     for name, service in publishing.items():
         assert {address for address, _, _ in published(service)} == {"127.0.0.1"}, name
         assert {address for address, _, _ in published(service, {"PUBLISH_ADDRESS": "0.0.0.0"})} == {"0.0.0.0"}
     assert ("127.0.0.1", "15672", "15672") in published(SERVICES["rabbitmq"])
+    assert ("127.0.0.1", "8000", "80") in published(SERVICES[FRONT_DOOR])
+
+
+@pytest.mark.parametrize("files", [["base"], ["base", "cluster"], ["base", "production"]])
+def test_no_host_port_is_published_twice(files):
+    """Compose appends an override's ports to the base file's: two services (or one twice) on one host port would
+    fail at `up`."""
+    layers = {"base": SERVICES, "cluster": CLUSTER["services"], "production": PRODUCTION["services"]}
+    seen: dict[tuple[str, str], str] = {}
+    for layer in files:
+        for name, service in layers[layer].items():
+            for address, port, _container in published(service):
+                assert (address, port) not in seen, f"{name} and {seen[(address, port)]} both publish {port}"
+                seen[(address, port)] = name
 
 
 def test_the_rabbitmq_password_comes_from_the_environment():
@@ -362,19 +501,9 @@ def test_the_rabbitmq_password_comes_from_the_environment():
     assert "RABBITMQ_PASSWORD" in (ROOT / "docs" / "07-operations-and-docker.md").read_text()
 
 
-def test_the_ws_port_is_the_one_the_pages_connect_to():
-    """The browser opens ws://<page's host>:ORDERPIPE_WEBSOCKET_PORT/..., so the host port must be that port too,
-    and daphne must listen on it inside the container."""
-    port = env_example()["ORDERPIPE_WEBSOCKET_PORT"]
-    assert port and port != env_example()["PORT"]
-    assert ("127.0.0.1", port, port) in published(SERVICES["ws"])
-    args = CommandLineInterface().parser.parse_args(expand(shell_commands(SERVICES["ws"])[0][2:]))
-    assert args.port == int(port)
-    assert re.search(rf"^EXPOSE\b.*\b{port}\b", (ROOT / "Dockerfile").read_text(), re.M)
-
-
 def test_the_image_runs_the_web_command_by_default():
-    assert dockerfile_cmd() == argv(SERVICES["web"])
+    assert argv(SERVICES["web"]) == dockerfile_cmd()
+    assert dockerfile_cmd("front") == ["nginx", "-g", "daemon off;"]
 
 
 def test_services_start_in_dependency_order():
@@ -385,7 +514,10 @@ def test_services_start_in_dependency_order():
             expected = "service_completed_successfully" if target in ONE_SHOT else "service_healthy"
             assert spec.get("condition") == expected, f"{name} -> {target}"
             if expected == "service_healthy":
-                assert SERVICES[target].get("healthcheck"), f"{name} waits for {target}, which has no healthcheck"
+                image_has_one = target in APP_SERVICES and stage_instructions("app", "HEALTHCHECK ")
+                assert SERVICES[target].get("healthcheck") or image_has_one, (
+                    f"{name} waits for {target}: no healthcheck"
+                )
     assert "postgres" in SERVICES["migrate"]["depends_on"]
     for name in ("web", "ws", "relay", "worker"):
         assert "migrate" in SERVICES[name]["depends_on"], name
@@ -409,22 +541,92 @@ def test_data_lives_in_named_volumes():
 
 def test_the_image_is_slim_runs_as_a_user_and_has_no_dev_dependencies():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    instructions = [line.strip() for line in dockerfile.splitlines() if line.strip() and not line.startswith("#")]
-    assert re.match(r"FROM python:3\.11[.\d]*-slim", instructions[0])
-    users = [line.split()[1] for line in instructions if line.startswith("USER ")]
+    stages = dockerfile_stages()
+    assert list(stages) == ["", "build", "front", "app"], "the app is the last stage: the default target"
+    assert stages[""] == ["ARG NGINX_IMAGE=nginx:1.27-bookworm"]
+    for stage in ("build", "app"):
+        assert re.match(r"FROM python:3\.11[.\d]*-slim AS ", stages[stage][0]), stage
+    assert stages["front"][0] == "FROM ${NGINX_IMAGE} AS front"
+    users = stage_instructions("app", "USER ")
     assert users and users[-1] not in {"root", "0"}, "the image must not run as root"
-    pip_installs = [line for line in instructions if "pip install" in line]
+    # A regular user's uid (useradd warns about a --system user outside the system range, 100-999).
+    [useradd] = [line for line in stage_instructions("app", "RUN ") if "useradd" in line]
+    assert "--uid 10001" in useradd and "--system" not in useradd
+    pip_installs = [line for line in stage_instructions("build", "RUN ") if "pip " in line and " install" in line]
     assert pip_installs
     assert not any("[dev]" in line or "requirements-dev" in line for line in pip_installs)
-    collect = [line for line in instructions if "collectstatic" in line]
+    assert not [line for line in stage_instructions("app", "RUN ") if "pip " in line], "the app stage installs nothing"
+    collect = [line for line in stage_instructions("build", "RUN ") if "collectstatic" in line]
     assert collect and "DJANGO_SECRET_KEY=" in collect[0]
     # The throwaway build secret must not become part of the image's environment.
     assert not re.search(r"^ENV[^\n]*DJANGO_SECRET_KEY", dockerfile, re.M)
 
 
+def dockerignored(path: str) -> bool:
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()]
+    patterns = [p for p in patterns if not p.startswith("#")]
+    return any(fnmatch.fnmatch(path, p.lstrip("/")) or path.split("/")[0] == p.lstrip("/") for p in patterns)
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_the_image_can_run_every_command(name):
+    """Each command's program is installed by the image's `pip install .` (a runtime dependency, not a dev one),
+    and each file it names reaches the image (is not left out of the build context)."""
+    runtime = {re.split(r"[<>=!\[ ;]", requirement)[0].lower() for requirement in PYPROJECT["project"]["dependencies"]}
+    scripts = {
+        entry.name: entry.dist.name.lower() for entry in importlib.metadata.entry_points(group="console_scripts")
+    }
+    for command in shell_commands(SERVICES[name]):
+        command = [part for part in command if part != "exec"]
+        if command[0] == "python":
+            program = command[1]
+            assert (ROOT / program).is_file() and not dockerignored(program), f"{name}: {program} is not in the image"
+        else:
+            assert scripts.get(command[0]) in runtime, f"{name}: {command[0]} is not installed by the image"
+        for part in command[1:]:
+            if re.fullmatch(r"[\w/.-]+\.(py|conf)", part):
+                assert (ROOT / part).is_file() and not dockerignored(part), f"{name}: {part} is not in the image"
+    for path in ("bin/healthcheck", "deploy/nginx/front-door.conf", "deploy/nginx/orderpipe.conf"):
+        assert not dockerignored(path), path
+
+
 def test_the_build_context_leaves_out_local_state_and_secrets():
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".git", ".venv", ".env"} <= ignored
+    assert dockerignored(".env") and dockerignored(".git/config") and not dockerignored("manage.py")
+
+
+# ---------------------------------------------------------------- the teaching and the production setups
+
+
+def test_the_teaching_setup_turns_the_sandbox_on_explicitly():
+    for name in APP_SERVICES:
+        assert environment(SERVICES[name])["ORDERPIPE_SANDBOX"] == "true", name
+        assert environment(SERVICES[name])["ORDERPIPE_NUM_PROXIES"] == "1", f"{name}: the front door is one proxy"
+
+
+def test_the_production_file_turns_the_sandbox_off_and_check_deploy_is_clean():
+    production = PRODUCTION["services"]
+    assert set(production) == {*APP_SERVICES, FRONT_DOOR}, "it overrides services the base file has, no others"
+    for name in APP_SERVICES:
+        env = {**environment(SERVICES[name]), **environment(production[name])}
+        assert env["ORDERPIPE_SANDBOX"] == "false", name
+    env = {**env_example(), **environment(production["web"]), "DJANGO_SECRET_KEY": "a-real-key-" + "y" * 40}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "orderpipe.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # HTTPS at the front door: its server block, with the same policy as the plain one.
+    mounts = [str(v).split(":") for v in production[FRONT_DOOR]["volumes"]]
+    assert ["./deploy/nginx/tls.conf", "/etc/nginx/conf.d/tls.conf", "ro"] in mounts
+    tls = (ROOT / "deploy" / "nginx" / "tls.conf").read_text()
+    assert "listen 443 ssl" in tls and "include /etc/nginx/orderpipe/orderpipe.conf;" in tls
+    assert "X-Forwarded-Proto $scheme" in (ROOT / "deploy" / "nginx" / "orderpipe.conf").read_text()
 
 
 # ---------------------------------------------------------------- docker-compose.cluster.yml (opt-in, on top)

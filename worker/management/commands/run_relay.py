@@ -4,6 +4,7 @@ import logging
 import signal
 import threading
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from worker.relay import run_relay
@@ -21,12 +22,14 @@ class Command(BaseCommand):
             default=DEFAULT_STARTUP_TIMEOUT,
             help="seconds to wait for PostgreSQL and RabbitMQ before giving up with exit code 1",
         )
-        parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+        parser.add_argument(
+            "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (RELAY_METRICS_PORT)"
+        )
 
     def handle(self, *args, **options) -> None:
         # Fail fast and clearly on a misconfigured URL; once running, the loop rides out outages by itself.
         require_dependencies("relay", timeout=options["startup_timeout"])
-        serve_metrics(options["metrics_port"])
+        serve_metrics(options["metrics_port"] or settings.RELAY_METRICS_PORT)
         stop = threading.Event()
         # SIGTERM only sets a flag: the batch in hand is finished and committed before the loop ends.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

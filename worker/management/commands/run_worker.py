@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from worker.consumer import Worker
@@ -23,12 +24,14 @@ class Command(BaseCommand):
             default=DEFAULT_STARTUP_TIMEOUT,
             help="seconds to wait for PostgreSQL and RabbitMQ before giving up with exit code 1 (Redis is optional)",
         )
-        parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+        parser.add_argument(
+            "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (WORKER_METRICS_PORT)"
+        )
 
     def handle(self, *args, **options) -> None:
         # Redis is an accelerator: a worker without it skips cache writes and live events but processes orders.
         require_dependencies("worker", timeout=options["startup_timeout"], redis_optional=True)
-        serve_metrics(options["metrics_port"])
+        serve_metrics(options["metrics_port"] or settings.WORKER_METRICS_PORT)
         worker = Worker(prefetch=options["prefetch"], concurrency=options["concurrency"], name=options["name"])
         worker.install_signal_handlers()
         logging.getLogger(__name__).info("worker %s starting", worker.name)
