@@ -61,6 +61,7 @@ from worker.processing import (
     peek_order_id,
 )
 from worker.relay import Backoff
+from worker.settings_watch import SettingsWatch
 from worker.topology import MESSAGE_TYPE, Topology, topology
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,9 @@ class Worker:
         self.started_at = timezone.now()
         self.last_heartbeat = 0.0
         self.last_sandbox_check = 0.0
+        # The sandbox settings version this worker runs (pause applied, faults and modes read), for its heartbeat.
+        self.settings_version: int | None = None
+        self.settings_watch = SettingsWatch()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -153,6 +157,7 @@ class Worker:
                 self.stopping.wait(delay)
         self.executor.shutdown(wait=True)
         self._write_heartbeat(final=True)
+        self.settings_watch.close()
         connection.close()
 
     def _connect(self) -> None:
@@ -169,7 +174,7 @@ class Worker:
         self.monitor.observe()
         self.channel.basic_consume(self.topology.dead_watch_queue, self._on_dead_letter)
         self.consumer_tag = None
-        self._apply_pause()
+        self._apply_settings(fresh=True)
         log.info("worker %s consuming %s (prefetch %d)", self.name, self.topology.process_queue, self.prefetch)
 
     def _consume_until_stopped(self) -> None:
@@ -197,13 +202,24 @@ class Worker:
                 pass
         self.connection, self.channel, self.publisher, self.monitor = None, None, None, None
 
-    def _apply_pause(self) -> None:
-        """Sandbox 'pause consumption': cancel the consumer (messages wait in the queue), resume when unpaused."""
+    def _apply_settings(self, *, fresh: bool = False) -> None:
+        """Read the sandbox settings (`fresh`: now, after a change's NOTIFY), apply 'pause consumption' and report
+        the version now in effect in a heartbeat at once: whoever changed it is waiting for that (worker/applied.py).
+        The step threads read the same values from the same reader, so every step from here on runs them."""
         try:
+            self.faults.reader.get(fresh=fresh)
             paused = self.faults.paused()
         except DatabaseError:
             close_old_connections()
             return
+        self._apply_pause(paused)
+        if self.faults.reader.version != self.settings_version:
+            self.settings_version = self.faults.reader.version
+            self._write_heartbeat()
+
+    def _apply_pause(self, paused: bool) -> None:
+        """Sandbox 'pause consumption': cancel the consumer (messages wait in the queue), resume when unpaused."""
+        assert self.channel is not None
         if paused and self.consumer_tag:
             self.channel.basic_cancel(self.consumer_tag)
             self.consumer_tag = None
@@ -529,9 +545,10 @@ class Worker:
         if self.monitor:
             self.monitor.maybe_observe()
         now = time.monotonic()
-        if now - self.last_sandbox_check >= 1.0:
+        announced = self.settings_watch.changed()
+        if announced or now - self.last_sandbox_check >= 1.0:
             self.last_sandbox_check = now
-            self._apply_pause()
+            self._apply_settings(fresh=announced)
         if now - self.last_heartbeat >= 1.0:
             self._write_heartbeat()
 
@@ -550,6 +567,9 @@ class Worker:
                     "holding": sorted({order for order in [*self.holding.values(), *self.batched.values()] if order}),
                     "processed": self.processed,
                     "unacked": len(self.holding) + len(self.batched),
+                    "settings_version": self.settings_version or 0,
+                    "concurrency": self.concurrency,
+                    "prefetch": self.prefetch,
                     "started_at": self.started_at,
                     "last_seen": timezone.now(),
                 },
