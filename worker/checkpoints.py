@@ -40,6 +40,8 @@ class Lost:
     queued: int  # ready messages in the main queue and the retry tiers
     order_ids: list[uuid.UUID] = field(default_factory=list)  # the lost ones (empty when lost is None)
     why: str = ""
+    # Stuck and not held by a live worker: lost once the queues are known to hold nothing, else "not yet known".
+    candidate_ids: list[uuid.UUID] = field(default_factory=list)
 
 
 def lost_orders(
@@ -60,8 +62,15 @@ def lost_orders(
     stuck_n, held_n = len(stuck), len(stuck) - len(candidates)
     if not stats or min(q.observed_at for q in stats) < now - observed_within:
         why = "queue depths not observed recently (is a relay or worker running?)"
-        return Lost(lost=None, stuck=stuck_n, held=held_n, queued=queued, why=why)
+        return Lost(lost=None, stuck=stuck_n, held=held_n, queued=queued, why=why, candidate_ids=candidates)
     if queued:
         why = f"{queued} message(s) still ready in the queues"
-        return Lost(lost=None, stuck=stuck_n, held=held_n, queued=queued, why=why)
-    return Lost(lost=len(candidates), stuck=stuck_n, held=held_n, queued=queued, order_ids=candidates)
+        return Lost(lost=None, stuck=stuck_n, held=held_n, queued=queued, why=why, candidate_ids=candidates)
+    return Lost(
+        lost=len(candidates),
+        stuck=stuck_n,
+        held=held_n,
+        queued=queued,
+        order_ids=candidates,
+        candidate_ids=candidates,
+    )
