@@ -19,7 +19,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from orders.models import SandboxSettings
-from orders.sandbox import Applied, Pending
+from orders.sandbox import Applied, Pending, effective_scaling
 from worker.models import SupervisedProcess, WorkerHeartbeat
 from worker.supervision import FRESH_FOR
 
@@ -37,8 +37,8 @@ def settings_applied(row: SandboxSettings) -> Applied:
     }
     supervisor_running = SupervisedProcess.objects.filter(updated_at__gte=now - FRESH_FOR).exists()
     follows_scaling = supervisor_running and settings.ORDERPIPE_SANDBOX
-    concurrency = row.worker_concurrency or settings.WORKER_CONCURRENCY
-    prefetch = row.worker_prefetch or settings.WORKER_PREFETCH
+    wanted = effective_scaling(row.as_dict())
+    concurrency, prefetch = wanted["worker_concurrency"], wanted["worker_prefetch"]
     applied = Applied(version=row.version)
     for beat in beats:
         name = beat.name

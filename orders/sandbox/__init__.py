@@ -163,9 +163,20 @@ def active_faults(values: dict[str, Any]) -> list[str]:
     return active + active_scaling(values)
 
 
+def effective_scaling(values: dict[str, Any]) -> dict[str, int]:
+    """The workers, threads and prefetch the supervisor runs for these settings (empty: the process defaults)."""
+    return {
+        "workers": values["workers"],
+        "worker_concurrency": values["worker_concurrency"] or settings.WORKER_CONCURRENCY,
+        "worker_prefetch": values["worker_prefetch"] or settings.WORKER_PREFETCH,
+    }
+
+
 def active_scaling(values: dict[str, Any]) -> list[str]:
-    """The scaling that differs from the defaults, as the banner names it: ["workers 2", "prefetch 1"]."""
-    return [f"{SCALING_LABELS[name]} {values[name]}" for name in SCALING if values[name] != DEFAULTS[name]]
+    """The scaling that differs from the defaults in effect, as the banner names it: ["workers 2", "prefetch 1"] (a
+    lesson's explicit prefetch 10 is the default prefetch: not named)."""
+    wanted, default = effective_scaling(values), effective_scaling(DEFAULTS)
+    return [f"{SCALING_LABELS[name]} {wanted[name]}" for name in SCALING if wanted[name] != default[name]]
 
 
 def shown_value(value: Any) -> str:

@@ -279,6 +279,10 @@ def test_restore_defaults_restores_scaling_and_the_banner_names_it(staff, settin
     sandbox.sandbox_update(changes={"workers": 2, "worker_concurrency": 1, "worker_prefetch": 1}, via="test")
     page = staff.get("/lessons/").content.decode()
     assert "workers 2, threads per worker 1, prefetch 1" in page
+    sandbox.sandbox_update(
+        changes={"worker_prefetch": settings.WORKER_PREFETCH}, via="test"
+    )  # the default, spelled out
+    assert "workers 2, threads per worker 1</b>" in staff.get("/lessons/").content.decode()
     config = staff.get("/").context["config"]
     staff.patch("/api/sandbox/", config["sandboxDefaults"], format="json")
     row = SandboxSettings.load()
