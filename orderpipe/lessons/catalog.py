@@ -173,13 +173,20 @@ class Lesson:
 
     def begins(self) -> list[str]:
         """Per step, the phase its first press begins ("" if none): the first phase its actions place orders in that
-        no earlier step did. Beginning a phase keeps the figures of every earlier one as they are."""
+        no earlier step did, begun by the first of the steps without orders that lead to it (a setting changed for
+        the next phase, such as scaling, is part of it). Beginning a phase keeps the figures of every earlier one as
+        they are."""
         seen: set[str] = set()
-        out = []
-        for step in self.steps:
-            new = next((a.phase for a in step.actions if a.phase and a.phase not in seen), "")
-            seen.update(a.phase for a in step.actions if a.phase)
-            out.append(new)
+        out = [""] * len(self.steps)
+        leading: int | None = None  # the first step since the last one with orders
+        for index, step in enumerate(self.steps):
+            phases = [a.phase for a in step.actions if a.phase]
+            if not phases:
+                leading = index if leading is None else leading
+                continue
+            out[index if leading is None else leading] = next((p for p in phases if p not in seen), "")
+            leading = None
+            seen.update(phases)
         return out
 
 

@@ -124,3 +124,18 @@ def test_the_api_answers_with_who_runs_the_change(staff_api):
         "note": "no worker running; workers, threads and prefetch are followed only by make run's supervisor",
     }
     assert staff_api.get("/api/sandbox/").data["applied"]["version"] == current_version()
+
+
+@pytest.mark.django_db
+def test_the_command_says_which_workers_run_the_change():
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    row = sandbox.sandbox_update(changes={}, via="test")
+    # Alive throughout the command's wait (its last beat dated a minute ahead), and never on the next version.
+    beat("w-old", version=row.version, age=-60)
+    out, err = StringIO(), StringIO()
+    call_command("sandbox", "set", "bug_rate=0.2", stdout=out, stderr=err)
+    assert '"bug_rate": 0.2' in out.getvalue()
+    assert f"settings version {row.version + 1} not yet in effect on w-old" in err.getvalue()

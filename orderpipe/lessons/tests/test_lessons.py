@@ -320,3 +320,12 @@ def _stale(n: int) -> int:
     for _ in range(n):
         cache.count_stale_read()
     return cache.stale_reads()
+
+
+def test_a_phase_begins_with_the_first_step_that_leads_to_it():
+    """Lesson 8 scales before each phase: the scaling step begins the phase, so the earlier column keeps the workers
+    it ran with."""
+    assert catalog.BY_SLUG["scaling"].begins() == ["one", "", "many", "", "four", "hoard", "", "share", ""]
+    assert catalog.BY_SLUG["ack-timing"].begins() == ["on-receive", "", "after-commit"]
+    for lesson in catalog.LESSONS:
+        assert [phase for phase in lesson.begins() if phase] == lesson.phase_ids(), lesson.slug
