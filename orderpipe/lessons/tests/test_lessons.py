@@ -329,3 +329,27 @@ def test_a_phase_begins_with_the_first_step_that_leads_to_it():
     assert catalog.BY_SLUG["ack-timing"].begins() == ["on-receive", "", "after-commit"]
     for lesson in catalog.LESSONS:
         assert [phase for phase in lesson.begins() if phase] == lesson.phase_ids(), lesson.slug
+
+
+def test_orders_a_killed_worker_held_are_not_yet_known_until_the_queues_are_observed_again():
+    """Its unacked messages return to the queue when it dies; a depth observed before its death does not show them."""
+    email = "t-run-d@lessons.example.com"
+    order = place(email)[0]
+    OutboxMessage.objects.filter(order=order).update(sent_at=timezone.now())
+    Order.objects.filter(pk=order.pk).update(status=OrderStatus.PROCESSING)
+    age(order)
+    queues_seen(ready=0)
+    WorkerHeartbeat.objects.create(
+        name="killed",
+        hostname="h",
+        pid=1,
+        holding=[str(order.pk)],
+        started_at=timezone.now(),
+        last_seen=timezone.now() - timedelta(seconds=6),  # stale: taken for dead
+    )
+    QueueStat.objects.update(observed_at=timezone.now() - timedelta(seconds=7))  # before it died
+    numbers = measure(email)
+    assert (numbers["lost"], numbers["not_yet_known"]) == (0, 1)
+    assert "a worker died" in numbers["lost_why"]
+    queues_seen(ready=0)  # observed since, still empty: now it is lost
+    assert measure(email)["lost"] == 1
