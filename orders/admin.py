@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import CharField, Q
 from django.db.models.functions import Cast
 from django.urls import reverse
@@ -200,11 +201,19 @@ class SandboxSettingsAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request, obj, form, change) -> None:
-        # Through the service, so the change is validated and recorded like one made from the API.
-        sandbox.sandbox_update(
+        # Through the service, so the change is validated and recorded like one made from the API. The admin's view
+        # is one transaction: the workers can pick the change up only after its commit, so the wait follows it.
+        row = sandbox.sandbox_update(
             changes={name: form.cleaned_data[name] for name in form.changed_data},
             changed_by=request.user.get_username(),
             via="admin",
+        )
+        transaction.on_commit(lambda: self._say_applied(request, row.version))
+
+    def _say_applied(self, request, version: int) -> None:
+        applied = sandbox.wait_applied(version)
+        self.message_user(
+            request, applied.text().capitalize() + ".", messages.SUCCESS if applied.done else messages.WARNING
         )
 
 

@@ -149,7 +149,7 @@ class OrderListCreateApi(PipelinedThrottles, generics.ListAPIView):
         validated, products = order_input(request.data)
         headers = {}
         code: int
-        current = sandbox.modes()
+        current = sandbox.modes(fresh=True)
         if current.publish_mode != PublishMode.OUTBOX or current.accept_failure_rate:
             # The sandbox's unsafe publish modes and accept fault (orders/publishing.py); never in production.
             try:
@@ -241,29 +241,32 @@ class SandboxApi(APIView):
 
         class Meta:
             model = SandboxSettings
-            fields = [*SandboxSettings.FIELDS, "updated_at"]
-            read_only_fields = ["updated_at"]
+            fields = [*SandboxSettings.FIELDS, "updated_at", "version"]
+            read_only_fields = ["updated_at", "version"]
 
     @extend_schema(responses={200: SandboxSerializer, 403: ERROR})
     def get(self, request: Request) -> Response:
-        """The fault injector's settings (staff only)."""
-        return Response(self.SandboxSerializer(SandboxSettings.load()).data)
+        """The fault injector's settings (staff only), its `version`, and `applied`: which live workers run it."""
+        row = SandboxSettings.load()
+        return Response({**self.SandboxSerializer(row).data, "applied": sandbox.applied_by(row).as_dict()})
 
     @extend_schema(request=SandboxSerializer, responses={200: SandboxSerializer, 400: FIELD_ERRORS, 403: ERROR})
     def patch(self, request: Request) -> Response:
-        """Change some settings; every change is recorded. Workers see it within a second."""
+        """Change some settings; every change is recorded. Answers once every live worker runs the change (and,
+        under `make run`'s supervisor, with the wanted workers, threads and prefetch), or after a few seconds:
+        `applied` says which workers run it (`done`) and which do not yet, and why."""
         data = self.SandboxSerializer(SandboxSettings.load(), data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         unknown = sorted(set(request.data) - set(SandboxSettings.FIELDS))
         if unknown:
             raise ValidationError({name: ["Unknown sandbox setting."] for name in unknown})
         try:
-            updated = sandbox.sandbox_update(
+            updated, applied = sandbox.sandbox_update_applied(
                 changes=dict(data.validated_data), changed_by=request.user.get_username(), via="api"
             )
         except DjangoValidationError as exc:
             raise ValidationError(exc.message_dict) from None
-        return Response(self.SandboxSerializer(updated).data)
+        return Response({**self.SandboxSerializer(updated).data, "applied": applied.as_dict()})
 
 
 class NextStepApi(APIView):

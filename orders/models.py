@@ -332,6 +332,9 @@ class SandboxSettings(models.Model):
         help_text="TTL of the order cache entries (empty: ORDER_CACHE_TTL).",
     )
     updated_at = models.DateTimeField(auto_now=True)
+    # Goes up by one with every change (orders/sandbox `sandbox_update`). Workers report the version they run in
+    # their heartbeat, so a change is known to be in effect, process by process.
+    version = models.PositiveBigIntegerField(default=0, editable=False)
 
     FIELDS = (
         "step_delay_ms",

@@ -30,7 +30,7 @@ def order_read(order_id: uuid.UUID | str) -> tuple[dict[str, Any], bool]:
     cache_aside (only this read fills it, and nothing invalidates it: a long TTL serves old statuses), off (PostgreSQL
     every time). In the sandbox only, a hit costs one more query, the row's status and version, to count a stale
     read when the cached copy differs (the lessons' checkpoint); production never makes it."""
-    current = sandbox.modes()
+    current = sandbox.modes(fresh=True)
     if current.cache_mode != CacheMode.OFF:
         cached = cache.read_order(order_id)
         if cached is not None:

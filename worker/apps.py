@@ -12,3 +12,9 @@ class WorkerConfig(AppConfig):
         from worker.direct_publish import publish_order
 
         publishing.register_publisher(publish_order)
+
+        # The check behind "a sandbox change answers once it is in effect": which workers run it (heartbeats).
+        from orders import sandbox
+        from worker.applied import settings_applied
+
+        sandbox.applied_by = settings_applied

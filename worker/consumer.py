@@ -63,6 +63,7 @@ from worker.processing import (
     peek_order_id,
 )
 from worker.relay import Backoff
+from worker.settings_watch import SettingsWatch
 from worker.topology import MESSAGE_TYPE, Topology, topology
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,9 @@ class Worker:
         self.database = DatabaseWatch()
         self.missed_heartbeat = False
         self.last_sandbox_check = 0.0
+        # The sandbox settings version this worker runs (pause applied, faults and modes read), for its heartbeat.
+        self.settings_version: int | None = None
+        self.settings_watch = SettingsWatch()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -156,6 +160,7 @@ class Worker:
                 self.stopping.wait(delay)
         self.executor.shutdown(wait=True)
         self._write_heartbeat(final=True)
+        self.settings_watch.close()
         connection.close()
 
     def _connect(self) -> None:
@@ -172,7 +177,7 @@ class Worker:
         self.monitor.observe()
         self.channel.basic_consume(self.topology.dead_watch_queue, self._on_dead_letter)
         self.consumer_tag = None
-        self._apply_pause()
+        self._apply_settings(fresh=True)
         log.info("worker %s consuming %s (prefetch %d)", self.name, self.topology.process_queue, self.prefetch)
 
     def _consume_until_stopped(self) -> None:
@@ -200,13 +205,24 @@ class Worker:
                 pass
         self.connection, self.channel, self.publisher, self.monitor = None, None, None, None
 
-    def _apply_pause(self) -> None:
-        """Sandbox 'pause consumption': cancel the consumer (messages wait in the queue), resume when unpaused."""
+    def _apply_settings(self, *, fresh: bool = False) -> None:
+        """Read the sandbox settings (`fresh`: now, after a change's NOTIFY), apply 'pause consumption' and report
+        the version now in effect in a heartbeat at once: whoever changed it is waiting for that (worker/applied.py).
+        The step threads read the same values from the same reader, so every step from here on runs them."""
         try:
+            self.faults.reader.get(fresh=fresh)
             paused = self.faults.paused()
         except DatabaseError:
             close_old_connections()
             return
+        self._apply_pause(paused)
+        if self.faults.reader.version != self.settings_version:
+            self.settings_version = self.faults.reader.version
+            self._write_heartbeat()
+
+    def _apply_pause(self, paused: bool) -> None:
+        """Sandbox 'pause consumption': cancel the consumer (messages wait in the queue), resume when unpaused."""
+        assert self.channel is not None
         if paused and self.consumer_tag:
             self.channel.basic_cancel(self.consumer_tag)
             self.consumer_tag = None
@@ -531,9 +547,10 @@ class Worker:
         if self.monitor:
             self.monitor.maybe_observe()
         now = time.monotonic()
-        if now - self.last_sandbox_check >= 1.0:
+        announced = self.settings_watch.changed()
+        if announced or now - self.last_sandbox_check >= 1.0:
             self.last_sandbox_check = now
-            self._apply_pause()
+            self._apply_settings(fresh=announced)
         if (self.missed_heartbeat and not self.database.down) or now - self.last_heartbeat >= 1.0:
             self._write_heartbeat()
 
@@ -555,6 +572,9 @@ class Worker:
                     "holding": in_hand.holding,
                     "processed": self.processed,
                     "unacked": in_hand.unacked,
+                    "settings_version": self.settings_version or 0,
+                    "concurrency": self.concurrency,
+                    "prefetch": self.prefetch,
                     "started_at": self.started_at,
                     "last_seen": timezone.now(),
                 },

@@ -41,6 +41,11 @@ class WorkerHeartbeat(models.Model):
     holding = models.JSONField(default=list, blank=True)
     processed = models.PositiveIntegerField(default=0)
     unacked = models.PositiveIntegerField(default=0)
+    # The sandbox settings it runs (their version, and the start-up arguments the supervisor follows): a change is in
+    # effect once every live worker reports it (worker/applied.py).
+    settings_version = models.PositiveBigIntegerField(default=0)
+    concurrency = models.PositiveSmallIntegerField(null=True, blank=True)
+    prefetch = models.PositiveSmallIntegerField(null=True, blank=True)
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField()
 

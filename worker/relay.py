@@ -261,10 +261,12 @@ def _crash_point(point: str, rows: int) -> None:
 
 
 class OutboxListener:
-    """Sleeps until PostgreSQL NOTIFYs a new outbox row, or a timeout passes (the polling fallback)."""
+    """Sleeps until PostgreSQL NOTIFYs a new outbox row (or, given a `channel`, anything on it), or a timeout passes
+    (the polling fallback)."""
 
-    def __init__(self) -> None:
+    def __init__(self, channel: str | None = None) -> None:
         self.conn: psycopg.Connection | None = None
+        self.channel = channel  # None: the outbox's channel
 
     def _connect(self) -> psycopg.Connection:
         params = connection.settings_dict
@@ -277,7 +279,7 @@ class OutboxListener:
             autocommit=True,
             connect_timeout=3,
         )
-        conn.execute(f'LISTEN "{outbox_channel()}"')
+        conn.execute(f'LISTEN "{self.channel or outbox_channel()}"')
         return conn
 
     def wait(self, timeout: float) -> bool:

@@ -56,6 +56,11 @@ class ControlApi(APIView):
 # ---------------------------------------------------------------- burst
 
 
+# A burst up to this many orders is created within the request (a few seconds at most), so it answers when they exist;
+# a larger one is created by a background thread after the answer.
+BURST_IN_REQUEST = 1000
+
+
 class NotEnoughStock(Exception):
     pass
 
@@ -134,14 +139,20 @@ class BurstApi(ControlApi):
         request=BurstInputSerializer,
         responses={
             202: inline_serializer(
-                "BurstAccepted", {"burst_id": serializers.CharField(), "count": serializers.IntegerField()}
+                "BurstAccepted",
+                {
+                    "burst_id": serializers.CharField(),
+                    "count": serializers.IntegerField(),
+                    "created": serializers.IntegerField(),
+                },
             ),
             409: inline_serializer("NotEnoughStock", {"detail": serializers.CharField()}),
         },
     )
     def post(self, request: Request) -> Response:
-        """Create N orders (1 to 10,000) in a background thread; answers 202 at once, or 409 without creating any
-        when the stock cannot cover them."""
+        """Create N orders (1 to 10,000); answers 202 once they exist (`created`: N), or, above BURST_IN_REQUEST, at
+        once while a background thread creates them (`created`: 0); 409 without creating any when the stock cannot
+        cover them."""
         data = self.BurstInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         count = data.validated_data["count"]
@@ -152,13 +163,18 @@ class BurstApi(ControlApi):
         burst_id = uuid.uuid4().hex[:6]
         by = request.user.get_username()
         live.record_control("burst", f"burst {burst_id}: placing {count} orders", by=by)
+        email = data.validated_data.get("customer_email")
+        if count <= BURST_IN_REQUEST:
+            # Answer when the orders exist: whoever pressed it (a lesson's next button) may act on them at once.
+            created = burst_create(count=count, by=by, burst_id=burst_id, plan=plan, email=email)
+            return Response({"burst_id": burst_id, "count": count, "created": created}, status=status.HTTP_202_ACCEPTED)
         threading.Thread(
             target=_run_burst,
-            args=(count, by, burst_id, plan, data.validated_data.get("customer_email")),
+            args=(count, by, burst_id, plan, email),
             name=f"burst-{burst_id}",
             daemon=True,
         ).start()
-        return Response({"burst_id": burst_id, "count": count}, status=status.HTTP_202_ACCEPTED)
+        return Response({"burst_id": burst_id, "count": count, "created": 0}, status=status.HTTP_202_ACCEPTED)
 
 
 # ---------------------------------------------------------------- queues and cache

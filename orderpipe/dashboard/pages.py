@@ -68,7 +68,7 @@ def page_config() -> dict[str, Any]:
         "closeCodes": {"forbidden": CLOSE_FORBIDDEN, "notFound": CLOSE_NOT_FOUND},
         "orderIdPlaceholder": ORDER_ID_PLACEHOLDER,
         # The banner's "Restore defaults" patches these (the faults and modes only: not the number of workers).
-        "sandboxDefaults": {name: sandbox.DEFAULTS[name] for name in sandbox.FAULTS},
+        "sandboxDefaults": {name: sandbox.DEFAULTS[name] for name in (*sandbox.FAULTS, *sandbox.SCALING)},
         "limits": {
             "quantity": {"min": quantity.min_value, "max": quantity.max_value},
             "lines": {"max": MAX_LINES},

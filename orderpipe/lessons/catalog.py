@@ -6,18 +6,29 @@ An action's `kind` names what the page's script calls: `sandbox` PATCHes /api/sa
 POSTs /api/controls/burst/ with the phase's customer email; `replay` replays the phase's dead-lettered orders one by
 one (/api/dead-letters/replay/); `restock`, `flush_cache`, `purge` call their controls; `flaky_client` runs the
 client simulator in the page. Orders placed by an action belong to its `phase`: a lesson compares its phases
-(the unsafe run and the safe one) side by side.
+(the unsafe run and the safe one) side by side, and a phase's figures are kept as they were once a step that begins
+a later phase is pressed.
+
+A lesson starts clean: its "Start" button sets every sandbox setting to the lesson's `baseline` (faults, modes and
+scaling, spelled out). Its buttons are pressed in order, each enabled once the one before is done (a settings change
+is done once the workers run it) and once its `waits` hold (a phase settled, a worker holding its orders), so a
+learner clicking as fast as the buttons allow gets the documented result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from django.conf import settings
 
-Numbers = Mapping[str, Mapping[str, Any]]  # phase -> measure -> value (orderpipe/lessons/measure.py)
+from orderpipe.lessons.measure import BUCKETS
+from orders import sandbox
+from orders.models import SandboxSettings
+
+Numbers = Mapping[str, Mapping[str, Any]]  # phase -> measure or counter -> value (orderpipe/lessons/measure.py)
 
 # What each measure is called on the page.
 NUMBER_LABELS = {
@@ -32,6 +43,8 @@ NUMBER_LABELS = {
     "redelivered": "delivered again",
     "parked_by_limit": "parked by the delivery limit",
     "lost": "lost",
+    "not_yet_known": "not yet known",
+    "held": "held by a worker now",
     "charges": "gateway charges",
     "charged_twice": "charged twice",
     "requests": "logical requests sent",
@@ -63,16 +76,45 @@ ACTION_KINDS = frozenset(
 )
 
 
+# What an action may wait for before its button is enabled, each on one phase's numbers.
+WAITS = {
+    "settled": "every order of the phase in a bucket it stays in (nothing in flight, nothing not yet known)",
+    "held": "a live worker holds some of the phase's orders",
+}
+
+
+def settled(phase: str) -> tuple[str, str]:
+    return ("settled", phase)
+
+
+def held(phase: str) -> tuple[str, str]:
+    return ("held", phase)
+
+
 @dataclass(frozen=True)
 class Action:
     label: str
     kind: str
     params: Mapping[str, Any] = field(default_factory=dict)
     phase: str = ""
+    # Conditions on the numbers before the button is enabled: ("settled", phase) or ("held", phase).
+    waits: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ACTION_KINDS:
             raise ValueError(f"unknown lesson action kind {self.kind!r}; known: {sorted(ACTION_KINDS)}")
+        if not all(kind in WAITS for kind, _phase in self.waits):
+            raise ValueError(f"unknown wait in {self.waits!r}; known: {sorted(WAITS)}")
+
+
+def baseline(**overrides: Any) -> Mapping[str, Any]:
+    """Every sandbox setting a lesson starts from: the safe defaults, with the scaling spelled out (one worker, four
+    threads, prefetch 10), so that a change of the production defaults does not change what a lesson shows."""
+    values = {**sandbox.DEFAULTS, "workers": 1, "worker_concurrency": 4, "worker_prefetch": 10, **overrides}
+    if set(values) != set(SandboxSettings.FIELDS):
+        missing_or_unknown = set(values) ^ set(SandboxSettings.FIELDS)
+        raise ValueError(f"a lesson baseline must name every sandbox setting: {missing_or_unknown}")
+    return MappingProxyType(values)
 
 
 @dataclass(frozen=True)
@@ -119,12 +161,37 @@ class Lesson:
     steps: tuple[Step, ...]
     checkpoints: tuple[Checkpoint, ...]
     minutes: int  # how long it takes a learner, roughly
+    baseline: Mapping[str, Any]  # every sandbox setting, as "Start" sets them (`baseline()`)
     needs_supervisor: bool = False  # workers restarted or scaled by `make run`'s supervisor
-    # Counts Redis keeps for the whole sandbox since the cache was last flushed (not per phase): shown apart.
+    # Counts Redis keeps for the whole sandbox since the cache was last flushed: each phase shows them as they were
+    # while it was under way.
     counters: tuple[str, ...] = ()
 
     def phase_ids(self) -> list[str]:
         return [phase.id for phase in self.phases]
+
+    def shown_numbers(self) -> tuple[str, ...]:
+        """The panel's rows: accepted, the buckets that add up to it, then the lesson's own numbers and counters."""
+        first = ("accepted", *BUCKETS)
+        return (*first, *(name for name in (*self.numbers, *self.counters) if name not in first))
+
+    def begins(self) -> list[str]:
+        """Per step, the phase its first press begins ("" if none): the first phase its actions place orders in that
+        no earlier step did, begun by the first of the steps without orders that lead to it (a setting changed for
+        the next phase, such as scaling, is part of it). Beginning a phase keeps the figures of every earlier one as
+        they are."""
+        seen: set[str] = set()
+        out = [""] * len(self.steps)
+        leading: int | None = None  # the first step since the last one with orders
+        for index, step in enumerate(self.steps):
+            phases = [a.phase for a in step.actions if a.phase]
+            if not phases:
+                leading = index if leading is None else leading
+                continue
+            out[index if leading is None else leading] = next((p for p in phases if p not in seen), "")
+            leading = None
+            seen.update(phases)
+        return out
 
 
 def _settled(n: Mapping[str, Any]) -> bool:
@@ -167,7 +234,7 @@ RETRIES = Lesson(
         Step(
             "When nothing is retrying any more, fix the gateway, then replay this lesson's dead-lettered orders.",
             (
-                Action("Fix the gateway", "sandbox", {"transient_failure_rate": 0.0}),
+                Action("Fix the gateway", "sandbox", {"transient_failure_rate": 0.0}, waits=(settled("flaky"),)),
                 Action("Replay dead letters", "replay", phase="flaky"),
             ),
         ),
@@ -191,6 +258,7 @@ RETRIES = Lesson(
         ),
     ),
     minutes=3,
+    baseline=baseline(),
 )
 
 POISON = Lesson(
@@ -234,7 +302,7 @@ POISON = Lesson(
         Step(
             "Fix the bug (bug rate 0) and place 20 more orders: they flow; the poison stays parked until a replay.",
             (
-                Action("Bug rate 0", "sandbox", {"bug_rate": 0.0}),
+                Action("Bug rate 0", "sandbox", {"bug_rate": 0.0}, waits=(settled("poison"),)),
                 Action("Place 20 orders", "burst", {"count": 20}, phase="others"),
             ),
         ),
@@ -258,6 +326,7 @@ POISON = Lesson(
         ),
     ),
     minutes=1,
+    baseline=baseline(),
 )
 
 IDEMPOTENCY_KEY = Lesson(
@@ -312,6 +381,7 @@ IDEMPOTENCY_KEY = Lesson(
         ),
     ),
     minutes=2,
+    baseline=baseline(),
 )
 
 SCALING = Lesson(
@@ -363,7 +433,11 @@ SCALING = Lesson(
         ),
         Step(
             "Two workers with four threads each. Wait until both are running.",
-            (Action("2 workers × 4 threads", "sandbox", {"workers": 2, "worker_concurrency": 4}),),
+            (
+                Action(
+                    "2 workers × 4 threads", "sandbox", {"workers": 2, "worker_concurrency": 4}, waits=(settled("one"),)
+                ),
+            ),
         ),
         Step(
             "Place 20 orders again and compare.",
@@ -373,7 +447,12 @@ SCALING = Lesson(
             "Four workers with four threads each, and 20 orders again: compare the throughput with two workers. Once "
             "the machine's cores are busy, more workers mostly wait for them.",
             (
-                Action("4 workers × 4 threads", "sandbox", {"workers": 4, "worker_concurrency": 4}),
+                Action(
+                    "4 workers × 4 threads",
+                    "sandbox",
+                    {"workers": 4, "worker_concurrency": 4},
+                    waits=(settled("many"),),
+                ),
                 Action("Place 20 orders", "burst", {"count": 20}, phase="four"),
             ),
         ),
@@ -382,7 +461,10 @@ SCALING = Lesson(
             "messages it has not acknowledged. Wait until the workers list shows it running.",
             (
                 Action(
-                    "1 worker, prefetch 50", "sandbox", {"workers": 1, "worker_concurrency": 1, "worker_prefetch": 50}
+                    "1 worker, prefetch 50",
+                    "sandbox",
+                    {"workers": 1, "worker_concurrency": 1, "worker_prefetch": 50},
+                    waits=(settled("four"),),
                 ),
             ),
         ),
@@ -395,7 +477,11 @@ SCALING = Lesson(
         ),
         Step(
             "Prefetch 1: back to one worker, which now holds one message at a time. Wait until it runs.",
-            (Action("1 worker, prefetch 1", "sandbox", {"workers": 1, "worker_prefetch": 1}),),
+            (
+                Action(
+                    "1 worker, prefetch 1", "sandbox", {"workers": 1, "worker_prefetch": 1}, waits=(settled("hoard"),)
+                ),
+            ),
         ),
         Step(
             "Place 30 orders and start the second worker again, the same way.",
@@ -443,6 +529,7 @@ SCALING = Lesson(
         ),
     ),
     minutes=3,
+    baseline=baseline(),
     needs_supervisor=True,
 )
 
@@ -482,16 +569,16 @@ ACK_TIMING = Lesson(
             "restarts it within a few seconds.",
             (
                 Action("Place 30 orders", "burst", {"count": 30}, phase="on-receive"),
-                Action("Kill worker-1", "kill", {"process": "worker-1"}),
+                Action("Kill worker-1", "kill", {"process": "worker-1"}, waits=(held("on-receive"),)),
             ),
         ),
         Step(
             "Wait until nothing is in flight but the lost ones: the restarted worker finishes what was still in the "
             "queue. Then ack after commit again (the safe default), and do the same.",
             (
-                Action("Ack after commit", "sandbox", {"ack_mode": "after_commit"}),
+                Action("Ack after commit", "sandbox", {"ack_mode": "after_commit"}, waits=(settled("on-receive"),)),
                 Action("Place 30 orders", "burst", {"count": 30}, phase="after-commit"),
-                Action("Kill worker-1", "kill", {"process": "worker-1"}),
+                Action("Kill worker-1", "kill", {"process": "worker-1"}, waits=(held("after-commit"),)),
             ),
         ),
     ),
@@ -515,6 +602,7 @@ ACK_TIMING = Lesson(
         ),
     ),
     minutes=3,
+    baseline=baseline(),
     needs_supervisor=True,
 )
 
@@ -569,7 +657,12 @@ OUTBOX = Lesson(
             "cache), then POST 10 orders: the failed ones answer 503, yet their message went out: ghost messages, "
             "which the worker dead-letters as unknown orders.",
             (
-                Action("publish_first", "sandbox", {"publish_mode": "publish_first", "accept_failure_rate": 0.5}),
+                Action(
+                    "publish_first",
+                    "sandbox",
+                    {"publish_mode": "publish_first", "accept_failure_rate": 0.5},
+                    waits=(settled("dual-write"),),
+                ),
                 Action("Zero the counters", "flush_cache"),
                 Action("POST 10 orders", "post_orders", {"count": 10}, phase="publish-first"),
             ),
@@ -578,7 +671,12 @@ OUTBOX = Lesson(
             "The outbox (the safe default), the same cut: the orders wait as outbox rows and are published once the "
             "broker is back. Zero the counters, cut, POST 10 orders, restore.",
             (
-                Action("outbox", "sandbox", {"publish_mode": "outbox", "accept_failure_rate": 0.0}),
+                Action(
+                    "outbox",
+                    "sandbox",
+                    {"publish_mode": "outbox", "accept_failure_rate": 0.0},
+                    waits=(settled("publish-first"),),
+                ),
                 Action("Zero the counters", "flush_cache"),
                 Action("Cut RabbitMQ", "outage", {"service": "rabbitmq", "action": "cut"}),
                 Action("POST 10 orders", "post_orders", {"count": 10}, phase="outbox"),
@@ -597,7 +695,7 @@ OUTBOX = Lesson(
             "publish-first-ghosts",
             "publish_first with failing commits: messages for orders that do not exist, ghost messages > 0",
             "publish-first",
-            lambda n: n["publish-first"]["accepted"] > 0 and (n["counters"]["ghost_messages"] or 0) > 0,
+            lambda n: n["publish-first"]["accepted"] > 0 and (n["publish-first"]["ghost_messages"] or 0) > 0,
         ),
         Checkpoint(
             "outbox-none",
@@ -607,11 +705,12 @@ OUTBOX = Lesson(
                 _settled(n["outbox"])
                 and n["outbox"]["completed"] == n["outbox"]["accepted"]
                 and n["outbox"]["lost"] == 0
-                and n["counters"]["ghost_messages"] == 0
+                and n["outbox"]["ghost_messages"] == 0
             ),
         ),
     ),
     minutes=4,
+    baseline=baseline(),
     needs_supervisor=True,
 )
 
@@ -652,7 +751,7 @@ IDEMPOTENT_CONSUMERS = Lesson(
         Step(
             "Step guards on (the safe default), the same failures, 10 more orders: one charge each.",
             (
-                Action("Step guards on", "sandbox", {"step_guards": True}),
+                Action("Step guards on", "sandbox", {"step_guards": True}, waits=(settled("guards-off"),)),
                 Action("Place 10 orders", "burst", {"count": 10}, phase="guards-on"),
             ),
         ),
@@ -674,6 +773,7 @@ IDEMPOTENT_CONSUMERS = Lesson(
         ),
     ),
     minutes=2,
+    baseline=baseline(),
 )
 
 CACHING = Lesson(
@@ -718,19 +818,28 @@ CACHING = Lesson(
             ),
         ),
         Step(
-            "Place 10 orders, then read them from the API 6 times, once a second.",
+            "Place 10 orders, then read them from the API once a second until they have all completed, and twice more.",
             (
                 Action("Place 10 orders", "burst", {"count": 10}, phase="cache-aside"),
-                Action("Read them 6 times", "read_orders", {"rounds": 6, "everyMs": 1000}, phase="cache-aside"),
+                Action(
+                    "Read them until done", "read_orders", {"everyMs": 1000, "afterSettled": 2}, phase="cache-aside"
+                ),
             ),
         ),
         Step(
             "Write-through (the safe default): zero the counters, place 10 orders, read them the same way.",
             (
-                Action("Write-through", "sandbox", {"cache_mode": "write_through", "cache_ttl_seconds": None}),
+                Action(
+                    "Write-through",
+                    "sandbox",
+                    {"cache_mode": "write_through", "cache_ttl_seconds": None},
+                    waits=(settled("cache-aside"),),
+                ),
                 Action("Zero the counters", "flush_cache"),
                 Action("Place 10 orders", "burst", {"count": 10}, phase="write-through"),
-                Action("Read them 6 times", "read_orders", {"rounds": 6, "everyMs": 1000}, phase="write-through"),
+                Action(
+                    "Read them until done", "read_orders", {"everyMs": 1000, "afterSettled": 2}, phase="write-through"
+                ),
             ),
         ),
         Step(
@@ -738,9 +847,9 @@ CACHING = Lesson(
             "cache and read them all at once. Nothing is cached any more, so every read goes to PostgreSQL: with "
             "thousands of readers, that is the load a flush (or a Redis restart) sends to the database.",
             (
-                Action("Place 10 orders", "burst", {"count": 10}, phase="storm"),
-                Action("Flush the cache", "flush_cache"),
-                Action("Read them once", "read_orders", {"rounds": 1, "everyMs": 0}, phase="storm"),
+                Action("Place 10 orders", "burst", {"count": 10}, phase="storm", waits=(settled("write-through"),)),
+                Action("Flush the cache", "flush_cache", waits=(settled("storm"),)),
+                Action("Read them once", "read_orders", {"everyMs": 0, "rounds": 1}, phase="storm"),
             ),
         ),
     ),
@@ -749,7 +858,7 @@ CACHING = Lesson(
             "stale-reads",
             "Cache-aside served old statuses: stale reads > 0",
             "cache-aside",
-            lambda n: n["cache-aside"]["accepted"] > 0 and (n["counters"]["stale_reads"] or 0) > 0,
+            lambda n: n["cache-aside"]["accepted"] > 0 and (n["cache-aside"]["stale_reads"] or 0) > 0,
         ),
         Checkpoint(
             "fresh-reads",
@@ -757,8 +866,8 @@ CACHING = Lesson(
             "write-through",
             lambda n: (
                 _settled(n["write-through"])
-                and (n["counters"]["cache_hits"] or 0) > 0
-                and n["counters"]["stale_reads"] == 0
+                and (n["write-through"]["cache_hits"] or 0) > 0
+                and n["write-through"]["stale_reads"] == 0
             ),
         ),
         Checkpoint(
@@ -767,12 +876,13 @@ CACHING = Lesson(
             "storm",
             lambda n: (
                 _settled(n["storm"])
-                and n["counters"]["cache_hits"] == 0
-                and (n["counters"]["cache_misses"] or 0) >= n["storm"]["accepted"]
+                and n["storm"]["cache_hits"] == 0
+                and (n["storm"]["cache_misses"] or 0) >= n["storm"]["accepted"]
             ),
         ),
     ),
     minutes=2,
+    baseline=baseline(),
 )
 
 LESSONS: tuple[Lesson, ...] = tuple(
@@ -784,8 +894,9 @@ LESSONS: tuple[Lesson, ...] = tuple(
 BY_SLUG = {lesson.slug: lesson for lesson in LESSONS}
 
 
-def text_values() -> dict[str, str]:
-    """The facts the lesson texts quote ({tiers}, {delivery_limit}, ...), from the settings that decide them."""
+def text_values(lesson: Lesson) -> dict[str, str]:
+    """The facts the lesson texts quote ({tiers}, {delivery_limit}, ...), from the settings that decide them and the
+    lesson's baseline."""
     import os
 
     tiers = ", ".join(f"{ms / 1000:g} s" for ms in settings.RETRY_DELAYS_MS)
@@ -793,6 +904,6 @@ def text_values() -> dict[str, str]:
         "tiers": tiers,
         "delivery_limit": str(settings.AMQP_DELIVERY_LIMIT),
         "cores": str(os.cpu_count() or 1),
-        "prefetch": str(settings.WORKER_PREFETCH),
+        "prefetch": str(lesson.baseline["worker_prefetch"]),
         "sweep_after": f"{settings.SWEEP_AFTER:g}",
     }

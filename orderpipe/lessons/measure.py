@@ -1,16 +1,17 @@
 """What a lesson's checkpoint panel shows, measured from real state: the orders of one phase of a lesson run (found
-by their customer email, `run_email`), PostgreSQL's rows, the gateway's ledger, the workers' heartbeats and the
-queue depths the relay and workers last observed. The counting itself is the unsafe modes' checkpoint functions
-(orders/checkpoints.py for what the domain can count, worker/checkpoints.py for the broker's side of "lost");
-this module scopes them to a phase and adds what the sweeper saw.
+by their customer email, `run_email`, which names the run), PostgreSQL's rows, the gateway's ledger, the workers'
+heartbeats and the queue depths the relay and workers last observed. The counting itself is the unsafe modes'
+checkpoint functions (orders/checkpoints.py for what the domain can count, worker/checkpoints.py for the broker's
+side of "lost"); this module scopes them to a phase and adds what the sweeper saw.
 
-"Lost" is the honest count. An order is lost when it was accepted, is not in a terminal state, and its message is
-nowhere: no unsent outbox row (the relay would publish it), no journey movement for a few seconds, not held by a
-live worker (each heartbeat lists what it holds), and not in any queue. A queue's ready count cannot say whose
-messages it holds, so while the main queue or a retry tier holds any, or their depths were not observed recently,
-nothing is called lost: those orders are "not yet known" and the count is late, never wrong. And an order the
-sweeper re-sent (`resent` event) was lost too, whatever it became afterwards: it is counted, and shown as "lost,
-later re-sent by the sweeper".
+Every accepted order is in exactly one bucket (BUCKETS), so they add up to "accepted":
+- lost: its message is nowhere (not terminal, no unsent outbox row, no journey movement for a few seconds, not held
+  by a live worker, and no queue that could carry it holds anything), or the sweeper re-sent it (a `resent` event):
+  it was lost, whatever it became afterwards ("lost, later re-sent by the sweeper");
+- not yet known: stuck the same way, but a queue holds ready messages (they may be its) or the depths were not
+  observed recently: the count is late, never wrong;
+- completed, failed, dead-lettered: its terminal status;
+- in flight: the rest (in the outbox, queued, held by a worker, retrying).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ LESSON_DOMAIN = "lessons.example.com"
 FLAKY_NOTE_PREFIX = "flaky "
 # A worker that reported within this long is running (its heartbeat comes about once a second).
 WORKER_ALIVE = timedelta(seconds=5)
+# The buckets every accepted order is counted in, exactly one each.
+BUCKETS = ("completed", "failed", "dead_lettered", "in_flight", "not_yet_known", "lost")
 
 
 def run_email(slug: str, run: str, phase: str) -> str:
@@ -40,48 +43,70 @@ def run_email(slug: str, run: str, phase: str) -> str:
     return f"{slug}-{run}-{phase}@{LESSON_DOMAIN}"
 
 
-def run_orders(slug: str, runs: list[str]) -> QuerySet[Order]:
-    """Every order of these runs of a lesson, whatever the phase (what a reset deletes)."""
-    orders = Order.objects.none()
-    for run in runs:
-        orders |= Order.objects.filter(
-            customer_email__startswith=f"{slug}-{run}-", customer_email__endswith=f"@{LESSON_DOMAIN}"
-        )
-    return orders
+def run_orders(slug: str, runs: list[str], phases: list[str]) -> QuerySet[Order]:
+    """Every order of these runs of a lesson, whatever the phase (what a reset deletes): the exact addresses of the
+    runs, never a mere domain, so an order someone typed an address of the domain into is left alone."""
+    return Order.objects.filter(customer_email__in=[run_email(slug, run, phase) for run in runs for phase in phases])
 
 
-def all_lesson_orders() -> QuerySet[Order]:
-    return Order.objects.filter(customer_email__endswith=f"@{LESSON_DOMAIN}")
+def _buckets(orders: QuerySet[Order], events: QuerySet[OrderEvent]) -> dict[str, Any]:
+    """Each order in exactly one of BUCKETS (the module's docstring says which), with what explains the lost ones."""
+    status_of = {str(pk): status for pk, status in orders.values_list("pk", "status")}
+    resent = {str(pk) for pk in events.filter(kind=EventKind.RESENT).values_list("order_id", flat=True)}
+    found = lost_orders(orders)
+    lost = resent | {str(pk) for pk in found.order_ids}
+    unknown = {str(pk) for pk in found.candidate_ids} - lost if found.lost is None else set()
+    terminal_buckets: dict[str, str] = {
+        OrderStatus.COMPLETED: "completed",
+        OrderStatus.FAILED: "failed",
+        OrderStatus.DEAD_LETTERED: "dead_lettered",
+    }
+    counts = dict.fromkeys(BUCKETS, 0)
+    for pk, status in status_of.items():
+        if pk in lost:
+            counts["lost"] += 1
+        elif pk in unknown:
+            counts["not_yet_known"] += 1
+        else:
+            counts[terminal_buckets.get(status, "in_flight")] += 1
+    return {
+        **counts,
+        "lost_resent": len(resent & status_of.keys()),
+        "lost_why": found.why if counts["not_yet_known"] else "",
+    }
 
 
-def measure(email: str) -> dict[str, Any]:
-    """The numbers of one phase: every count a lesson may show (each lesson picks the ones it needs)."""
-    orders = Order.objects.filter(customer_email=email)
+def measure(email: str | None) -> dict[str, Any]:
+    """The numbers of one phase: the buckets, and every other count a lesson may show (each lesson picks the ones
+    it needs). None: a phase of a lesson not started yet (all zero)."""
+    orders = Order.objects.filter(customer_email=email) if email else Order.objects.none()
     by_status = dict(orders.order_by().values_list("status").annotate(n=Count("pk")))
     accepted = sum(by_status.values())
     events = OrderEvent.objects.filter(order__in=orders)
-    resent = {str(pk) for pk in events.filter(kind=EventKind.RESENT).values_list("order_id", flat=True)}
-    lost = lost_orders(orders)
-    nowhere = {str(pk) for pk in lost.order_ids}
+    buckets = _buckets(orders, events)
     flaky = orders.filter(note__startswith=FLAKY_NOTE_PREFIX)
     requests = flaky.values("note").distinct().count()
     span = orders.filter(status=OrderStatus.COMPLETED).aggregate(first=Min("created_at"), last=Max("completed_at"))
     completed = by_status.get(OrderStatus.COMPLETED, 0)
     seconds = (span["last"] - span["first"]).total_seconds() if completed > 1 and span["first"] else 0.0
-    terminal = sum(by_status.get(status, 0) for status in OrderStatus.terminal())
     # Which worker took each order's first delivery (the worker's name is in the received event's queue snapshot):
     # lesson 8 shows a large prefetch letting one worker hoard a backlog that a second worker then cannot share.
     taken_by = Counter(
         events.filter(kind=EventKind.RECEIVED).values_list("snapshot__queue__worker", flat=True).order_by()
     )
     taken_by.pop(None, None)
+    held: set[str] = set()
+    for holding in WorkerHeartbeat.objects.filter(last_seen__gte=timezone.now() - WORKER_ALIVE).values_list(
+        "holding", flat=True
+    ):
+        held.update(holding or [])
     return {
         "accepted": accepted,
-        "completed": completed,
-        "failed": by_status.get(OrderStatus.FAILED, 0),
-        "dead_lettered": by_status.get(OrderStatus.DEAD_LETTERED, 0),
-        "in_flight": accepted - terminal,
-        "settled": accepted > 0 and terminal == accepted,
+        **buckets,
+        # Every order in a bucket it will stay in (only a lost order re-sent by the sweeper may still complete).
+        "settled": accepted > 0 and buckets["in_flight"] == 0 and buckets["not_yet_known"] == 0,
+        # Held by a live worker now (what a kill takes with it, or returns to the queue).
+        "held": len(held & {str(pk) for pk in orders.values_list("pk", flat=True)}),
         "retrying": by_status.get(OrderStatus.RETRYING, 0),
         "retried": events.filter(kind=EventKind.RETRY_SCHEDULED).values("order_id").distinct().count(),
         "replayed": events.filter(kind=EventKind.REPLAYED).values("order_id").distinct().count(),
@@ -90,12 +115,6 @@ def measure(email: str) -> dict[str, Any]:
         "parked_by_limit": orders.filter(
             status=OrderStatus.DEAD_LETTERED, failure_reason__startswith="delivery limit"
         ).count(),
-        # Lost: lost now (message nowhere) or lost earlier and re-sent by the sweeper; counted once each.
-        "lost": len(nowhere | resent),
-        "lost_resent": len(resent),
-        # Stuck orders a live worker does not hold, while the queues cannot say whether they hold their messages.
-        "lost_undecided": lost.stuck - lost.held if lost.lost is None else 0,
-        "lost_why": lost.why,
         "charges": checkpoints.gateway_charges(orders),
         "charged_twice": checkpoints.charged_twice(orders),
         "requests": requests,
@@ -119,7 +138,8 @@ def measure(email: str) -> dict[str, Any]:
 def counters(names: tuple[str, ...]) -> dict[str, int | None]:
     """Counts Redis keeps for the whole sandbox since the cache was last flushed (a lesson's "Zero the counters"
     flushes it): stale reads and ghost messages (orders/checkpoints.py), and the API's cache hits and misses. None when
-    Redis does not answer. They are not per phase: a lesson zeroes them before each phase it measures them in."""
+    Redis does not answer. They belong to the phase under way; a lesson keeps each earlier phase's as they were when
+    the next one began (orderpipe/lessons/services.py `phase_begin`)."""
     if not names:
         return {}
     stats = cache.stats()

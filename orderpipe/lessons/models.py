@@ -1,7 +1,8 @@
 """A learner's progress: which run of a lesson their browser session is on, and the checkpoints it passed.
 
 Keyed by the session key, not a user: in DEBUG (`make run`) a learner needs no account, and a staff login keeps its
-own session. Nothing here points at an order: a run's orders are found by their customer email (see `run_email`)."""
+own session. Created by the first press of a lesson's "Start", never by opening the page. A run's orders are found by
+their customer email, which names the run (see `run_email`): the exact addresses of recorded runs, never a domain."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class LessonRun(models.Model):
     started_at = models.DateTimeField(auto_now_add=True)
     # Every run this session had of the lesson, so a reset clears the orders of older runs too.
     previous_runs = models.JSONField(default=list, blank=True)
+    # The figures of each phase as they were when a later phase began (phase -> numbers, counters included).
+    frozen = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["session_key", "lesson"], name="lesson_run_unique_session")]

@@ -1,5 +1,6 @@
 """A session's lesson runs: the run id that tags its orders, the state a lesson page polls (numbers per phase,
-checkpoints, passing them), and the resets (one lesson for one session; every lesson for the instructor)."""
+frozen once a later phase begins; checkpoints, passing them), starting a lesson from its baseline, and the resets
+(one lesson for one session; every lesson for the instructor)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,22 @@ from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from orderpipe.lessons.catalog import Lesson
-from orderpipe.lessons.measure import all_lesson_orders, counters, measure, run_email, run_orders
+from orderpipe.lessons.catalog import BY_SLUG, Lesson
+from orderpipe.lessons.measure import counters, measure, run_email, run_orders
 from orderpipe.lessons.models import CheckpointPass, LessonRun
 from orders import sandbox
-from orders.models import GatewayCharge, Order, Payment
+from orders.models import GatewayCharge, Order, Payment, SandboxSettings
 
 
 def new_run_id() -> str:
-    return secrets.token_hex(3)
+    """Long enough that nobody types another session's run into an order's email by chance."""
+    return secrets.token_hex(8)
+
+
+def existing_run(session_key: str | None, lesson: Lesson) -> LessonRun | None:
+    if session_key is None:
+        return None
+    return LessonRun.objects.filter(session_key=session_key, lesson=lesson.slug).first()
 
 
 def current_run(session_key: str, lesson: Lesson) -> LessonRun:
@@ -28,21 +36,45 @@ def current_run(session_key: str, lesson: Lesson) -> LessonRun:
     return run
 
 
-def lesson_state(session_key: str, lesson: Lesson, *, user: str = "") -> dict[str, Any]:
-    """What the lesson page shows and polls: each phase's email and numbers, each checkpoint and whether this
-    session passed it. A checkpoint whose test holds now is recorded as passed (once; it stays passed)."""
-    run = current_run(session_key, lesson)
-    emails = {phase: run_email(lesson.slug, run.run, phase) for phase in lesson.phase_ids()}
-    numbers: dict[str, Any] = {phase: measure(email) for phase, email in emails.items()}
-    numbers["counters"] = counters(lesson.counters)
-    passed = dict(
-        CheckpointPass.objects.filter(session_key=session_key, lesson=lesson.slug).values_list(
-            "checkpoint", "passed_at"
+def _under_way(lesson: Lesson, run: LessonRun) -> str:
+    """The phase whose counters are live: the last one begun (the first phase before any is frozen)."""
+    frozen = [phase for phase in lesson.phase_ids() if phase in run.frozen]
+    later = [phase for phase in lesson.phase_ids() if phase not in frozen]
+    return later[0] if later else ""
+
+
+def _numbers(lesson: Lesson, run: LessonRun | None) -> dict[str, dict[str, Any]]:
+    """Each phase's numbers: kept as they were if the phase is frozen, else measured now; the counters belong to the
+    phase under way (None for the phases after it)."""
+    live_counters = counters(lesson.counters) if run is not None else dict.fromkeys(lesson.counters)
+    under_way = _under_way(lesson, run) if run is not None else ""
+    numbers: dict[str, dict[str, Any]] = {}
+    for phase in lesson.phase_ids():
+        if run is not None and phase in run.frozen:
+            numbers[phase] = run.frozen[phase]
+            continue
+        measured = measure(run_email(lesson.slug, run.run, phase) if run is not None else None)
+        shown = live_counters if phase == under_way else dict.fromkeys(lesson.counters)
+        numbers[phase] = {**measured, **shown}
+    return numbers
+
+
+def lesson_state(session_key: str | None, lesson: Lesson, *, user: str = "") -> dict[str, Any]:
+    """What the lesson page shows and polls: whether this session started the lesson (its run), each phase's email
+    and numbers, each checkpoint and whether this session passed it. A checkpoint whose test holds now is recorded
+    as passed (once; it stays passed). Reads only: a session that has not pressed "Start" gets zeros."""
+    run = existing_run(session_key, lesson)
+    numbers = _numbers(lesson, run)
+    passed: dict[str, Any] = {}
+    if run is not None:
+        passed = dict(
+            CheckpointPass.objects.filter(session_key=session_key, lesson=lesson.slug).values_list(
+                "checkpoint", "passed_at"
+            )
         )
-    )
     checkpoints = []
     for checkpoint in lesson.checkpoints:
-        if checkpoint.id not in passed and checkpoint.passes(numbers):
+        if run is not None and checkpoint.id not in passed and checkpoint.passes(numbers):
             record, _ = CheckpointPass.objects.get_or_create(
                 session_key=session_key,
                 lesson=lesson.slug,
@@ -60,19 +92,74 @@ def lesson_state(session_key: str, lesson: Lesson, *, user: str = "") -> dict[st
         )
     return {
         "lesson": lesson.slug,
-        "run": run.run,
+        "run": run.run if run is not None else None,
         "at": timezone.now(),
         "phases": [
-            {"id": p.id, "label": p.label, "email": emails[p.id], "numbers": numbers[p.id]} for p in lesson.phases
+            {
+                "id": p.id,
+                "label": p.label,
+                "email": run_email(lesson.slug, run.run, p.id) if run is not None else "",
+                "numbers": numbers[p.id],
+                "frozen": run is not None and p.id in run.frozen,
+            }
+            for p in lesson.phases
         ],
-        "counters": numbers["counters"],
         "checkpoints": checkpoints,
     }
 
 
+@transaction.atomic
+def phase_begin(session_key: str, lesson: Lesson, phase: str) -> dict[str, Any]:
+    """A step that begins `phase` was pressed: every earlier phase not frozen yet keeps its figures (and the counters,
+    which the step may be about to zero) as they are now. Raises KeyError for a phase the lesson does not have."""
+    phases = lesson.phase_ids()
+    index = phases.index(phase) if phase in phases else -1
+    if index < 0:
+        raise KeyError(phase)
+    run = LessonRun.objects.select_for_update().get(pk=current_run(session_key, lesson).pk)
+    numbers = _numbers(lesson, run)
+    for earlier in phases[:index]:
+        if earlier not in run.frozen:
+            run.frozen[earlier] = {**numbers[earlier], "frozen_at": timezone.now().isoformat()}
+    run.save(update_fields=["frozen"])
+    return {"run": run.run, "frozen": [p for p in phases if p in run.frozen]}
+
+
+def _reset_to_baseline(lesson: Lesson, *, by: str) -> tuple[list[str], sandbox.Applied]:
+    """Every sandbox setting to the lesson's baseline; returns what changed ("bug_rate 0.3 → 0") and who runs it."""
+    before = SandboxSettings.load().as_dict()
+    row, applied = sandbox.sandbox_update_applied(changes=dict(lesson.baseline), changed_by=by, via="lesson")
+    after = row.as_dict()
+    changed = [
+        f"{name} {sandbox.shown_value(before[name])} → {sandbox.shown_value(after[name])}"
+        for name in lesson.baseline
+        if before[name] != after[name]
+    ]
+    return changed, applied
+
+
+def _new_run(session_key: str, lesson: Lesson) -> LessonRun:
+    with transaction.atomic():
+        run = LessonRun.objects.select_for_update().filter(session_key=session_key, lesson=lesson.slug).first()
+        if run is None:
+            return LessonRun.objects.create(session_key=session_key, lesson=lesson.slug, run=new_run_id())
+        run.previous_runs = [*run.previous_runs, run.run]
+        run.run, run.frozen, run.started_at = new_run_id(), {}, timezone.now()
+        run.save()
+        return run
+
+
+def lesson_start(session_key: str, lesson: Lesson, *, by: str) -> dict[str, Any]:
+    """ "Start": a fresh run (empty columns; earlier runs' orders stay until a reset) and every sandbox setting at the
+    lesson's baseline. Answers once the workers run it (or says which do not yet), with what it reset."""
+    run = _new_run(session_key, lesson)
+    changed, applied = _reset_to_baseline(lesson, by=by)
+    return {"run": run.run, "reset": changed, "applied": applied.as_dict()}
+
+
 def _shown(lesson: Lesson, numbers: dict[str, Any], phase: str) -> dict[str, Any]:
-    """The numbers a passed checkpoint is recorded with: its phase's, and the lesson's counters."""
-    return {**{name: numbers[phase][name] for name in lesson.numbers}, **numbers["counters"]}
+    """The numbers a passed checkpoint is recorded with: its phase's, as the panel shows them."""
+    return {name: numbers[phase].get(name) for name in lesson.shown_numbers()}
 
 
 def _delete_orders(orders: QuerySet[Order]) -> int:
@@ -86,29 +173,36 @@ def _delete_orders(orders: QuerySet[Order]) -> int:
     return len(ids) if deleted else 0
 
 
-@transaction.atomic
 def lesson_reset(session_key: str, lesson: Lesson, *, by: str) -> dict[str, Any]:
-    """Safe defaults for every sandbox setting, this session's orders of the lesson (every run) deleted, a new run.
-    The checkpoints passed stay: they are the learner's progress."""
-    run = current_run(session_key, lesson)
-    runs = [*run.previous_runs, run.run]
-    removed = _delete_orders(run_orders(lesson.slug, runs))
-    sandbox.sandbox_reset(changed_by=by, via="lesson")
-    run.previous_runs = []
-    run.run = new_run_id()
-    run.started_at = timezone.now()
-    run.save()
-    return {"removed_orders": removed, "run": run.run}
+    """The lesson's baseline for every sandbox setting, this session's orders of the lesson (every run) deleted, a
+    new run. The checkpoints passed stay: they are the learner's progress."""
+    with transaction.atomic():
+        run = current_run(session_key, lesson)
+        removed = _delete_orders(run_orders(lesson.slug, [*run.previous_runs, run.run], lesson.phase_ids()))
+        run.previous_runs, run.run, run.frozen, run.started_at = [], new_run_id(), {}, timezone.now()
+        run.save()
+    changed, applied = _reset_to_baseline(lesson, by=by)
+    return {"removed_orders": removed, "run": run.run, "reset": changed, "applied": applied.as_dict()}
 
 
-@transaction.atomic
+def lesson_orders() -> QuerySet[Order]:
+    """Every order of every recorded lesson run: the exact addresses of the runs, never a domain anyone can type."""
+    orders = Order.objects.none()
+    for run in LessonRun.objects.all():
+        lesson = BY_SLUG.get(run.lesson)
+        if lesson is not None:
+            orders |= run_orders(lesson.slug, [*run.previous_runs, run.run], lesson.phase_ids())
+    return orders
+
+
 def reset_every_lesson(*, by: str) -> dict[str, Any]:
-    """The instructor's reset: safe defaults, every lesson order of every session deleted, every run and every
+    """The instructor's reset: the safe defaults, every lesson order of every session deleted, every run and every
     checkpoint passed forgotten."""
-    removed = _delete_orders(all_lesson_orders())
-    sandbox.sandbox_reset(changed_by=by, via="lesson")
-    runs = LessonRun.objects.all().delete()[0]
-    passes = CheckpointPass.objects.all().delete()[0]
+    with transaction.atomic():
+        removed = _delete_orders(lesson_orders())
+        runs = LessonRun.objects.all().delete()[0]
+        passes = CheckpointPass.objects.all().delete()[0]
+    sandbox.sandbox_update_applied(changes=dict(sandbox.DEFAULTS), changed_by=by, via="lesson")
     return {"removed_orders": removed, "removed_runs": runs, "removed_passes": passes}
 
 

@@ -11,4 +11,6 @@ urlpatterns = [
     path("<slug:slug>/", views.lesson_page, name="lesson"),
     path("<slug:slug>/state/", views.LessonStateApi.as_view(), name="lesson-state"),
     path("<slug:slug>/reset/", views.LessonResetApi.as_view(), name="lesson-reset"),
+    path("<slug:slug>/start/", views.LessonStartApi.as_view(), name="lesson-start"),
+    path("<slug:slug>/phase/", views.LessonPhaseApi.as_view(), name="lesson-phase"),
 ]

@@ -18,7 +18,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 from drf_spectacular.utils import extend_schema
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,16 +27,16 @@ from rest_framework.views import APIView
 from orderpipe.dashboard import pages
 from orderpipe.dashboard.pages import ORDER_ID_PLACEHOLDER
 from orderpipe.lessons import services
-from orderpipe.lessons.catalog import BY_SLUG, LESSONS, NUMBER_LABELS, Lesson, text_values
+from orderpipe.lessons.catalog import BY_SLUG, LESSONS, NUMBER_LABELS, WAITS, Lesson, text_values
 from orderpipe.lessons.measure import FLAKY_NOTE_PREFIX
-from orders import sandbox
 from orders.access import can_control, can_watch
 from orders.permissions import is_staff
 from worker.topology import topology
 
 
 def session_key(request: HttpRequest) -> str:
-    """The browser session's key, creating the session if it has none yet (an anonymous learner in DEBUG)."""
+    """The browser session's key, creating the session if it has none yet. Only the actions call it (start, reset,
+    a phase begun): opening or polling a page creates nothing."""
     if request.session.session_key is None:
         request.session["lessons"] = True
         request.session.save()
@@ -98,34 +98,43 @@ def lesson_page(request: HttpRequest, slug: str) -> HttpResponse:
     lesson = _lesson(slug)
     context: dict[str, Any] = {**_context(request), "lesson": lesson}
     if settings.ORDERPIPE_SANDBOX:
-        values = text_values()
-        state = services.lesson_state(session_key(request), lesson, user=request.user.get_username())
+        values = text_values(lesson)
+        state = services.lesson_state(request.session.session_key, lesson, user=request.user.get_username())
         context.update(
             intro=[paragraph.format(**values) for paragraph in lesson.intro],
             diagram=diagram_items(lesson, values),
             state=state,
-            labels=[(name, NUMBER_LABELS[name]) for name in lesson.numbers],
-            counters=[(name, NUMBER_LABELS[name]) for name in lesson.counters],
+            labels=[(name, NUMBER_LABELS[name]) for name in lesson.shown_numbers()],
             lesson_config={
                 "slug": lesson.slug,
                 "stateUrl": reverse("lesson-state", args=[lesson.slug]),
                 "resetUrl": reverse("lesson-reset", args=[lesson.slug]),
-                "numbers": list(lesson.numbers),
+                "startUrl": reverse("lesson-start", args=[lesson.slug]),
+                "phaseUrl": reverse("lesson-phase", args=[lesson.slug]),
+                "numbers": list(lesson.shown_numbers()),
                 "steps": [
                     [
-                        {"label": a.label, "kind": a.kind, "params": dict(a.params), "phase": a.phase}
+                        {
+                            "label": a.label,
+                            "kind": a.kind,
+                            "params": dict(a.params),
+                            "phase": a.phase,
+                            "waits": [list(wait) for wait in a.waits],
+                        }
                         for a in step.actions
                     ]
                     for step in lesson.steps
                 ],
+                "begins": lesson.begins(),
                 "labels": NUMBER_LABELS,
+                "waitLabels": WAITS,
                 "flakyNotePrefix": FLAKY_NOTE_PREFIX,
                 "mainQueue": topology().process_queue,
                 "products": reverse("api-product-list"),
                 "orderApi": reverse("api-order-detail", args=[ORDER_ID_PLACEHOLDER]),
                 "pollMs": 1000,
-                # Workers re-read the sandbox settings this often: a settings button finishes once they have.
-                "settingsSeenMs": int(sandbox.reader.ttl * 1000) + 200,
+                # A settings change is done once every worker runs it: how long the page waits for that at most.
+                "appliedWaitMs": 120_000,
             },
         )
     return render(request, "lessons/lesson.html", context)
@@ -178,9 +187,32 @@ class LessonStateApi(APIView):
 
     @extend_schema(exclude=True)
     def get(self, request: Request, slug: str) -> Response:
-        """The lesson's numbers per phase and its checkpoints, for this browser session."""
+        """The lesson's numbers per phase and its checkpoints, for this browser session (zeros before "Start")."""
         lesson = _api_lesson(slug)
-        return Response(services.lesson_state(session_key(request), lesson, user=request.user.get_username()))
+        return Response(services.lesson_state(request.session.session_key, lesson, user=request.user.get_username()))
+
+
+class LessonStartApi(APIView):
+    permission_classes = [CanControl]
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request, slug: str) -> Response:
+        """A fresh run and the lesson's baseline settings; answers once the workers run them, with what it reset."""
+        lesson = _api_lesson(slug)
+        return Response(services.lesson_start(session_key(request), lesson, by=request.user.get_username()))
+
+
+class LessonPhaseApi(APIView):
+    permission_classes = [CanControl]
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request, slug: str) -> Response:
+        """A step that begins a phase was pressed: the earlier phases keep their figures from now on."""
+        lesson = _api_lesson(slug)
+        phase = request.data.get("phase") if isinstance(request.data, dict) else None
+        if not isinstance(phase, str) or phase not in lesson.phase_ids():
+            raise ValidationError({"phase": [f"One of {', '.join(lesson.phase_ids())}."]})
+        return Response(services.phase_begin(session_key(request), lesson, phase))
 
 
 class LessonResetApi(APIView):
@@ -188,7 +220,7 @@ class LessonResetApi(APIView):
 
     @extend_schema(exclude=True)
     def post(self, request: Request, slug: str) -> Response:
-        """Safe defaults, this session's orders of the lesson deleted, a fresh run."""
+        """The lesson's baseline, this session's orders of the lesson deleted, a fresh run."""
         lesson = _api_lesson(slug)
         return Response(services.lesson_reset(session_key(request), lesson, by=request.user.get_username()))
 

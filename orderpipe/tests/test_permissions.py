@@ -77,6 +77,10 @@ TABLE: dict[str, list[Case]] = {
     "lessons/<slug:slug>/": [Case("GET", "/lessons/retries/", production=(302, 302, 200), debug=OPEN)],
     "lessons/<slug:slug>/state/": [Case("GET", "/lessons/retries/state/", production=STAFF, debug=OPEN)],
     "lessons/<slug:slug>/reset/": [Case("POST", "/lessons/retries/reset/", **same(STAFF))],
+    "lessons/<slug:slug>/start/": [Case("POST", "/lessons/retries/start/", **same(STAFF))],
+    "lessons/<slug:slug>/phase/": [
+        Case("POST", "/lessons/retries/phase/", body={"phase": "nope"}, **same((403, 403, 400)))
+    ],
 }
 
 
@@ -144,6 +148,8 @@ def test_each_client_gets_what_the_table_says(route, mode, clients, settings):
         ("POST", "/api/dead-letters/replay/"),
         ("GET", "/lessons/retries/state/"),
         ("POST", "/lessons/retries/reset/"),
+        ("POST", "/lessons/retries/start/"),
+        ("POST", "/lessons/retries/phase/"),
         ("POST", "/lessons/instructor/reset/"),
     ],
 )

@@ -1,6 +1,10 @@
 """The fault injector's settings: stored in one database row, changed through these services (API, admin,
 command, dashboard), recorded in SandboxChange, and read by workers through a one-second cache.
 
+Each change raises the row's `version` and NOTIFYs `sandbox_channel()` on commit; a worker re-reads the row at once
+and reports the version it runs in its heartbeat. `sandbox_update_applied` waits (bounded) until every live worker
+runs the change, and says which do not yet (`applied_by`, the worker side's check, worker/applied.py).
+
 The package is the sandbox: these services (with the learner's step grants and restock), and the fault injector
 that reads them (`faults`). Its HTTP endpoints are orders/api.py's `/api/sandbox/` and next-step, and the
 dashboard's controls (orderpipe/dashboard/controls.py)."""
@@ -11,12 +15,13 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -61,6 +66,12 @@ DEFAULTS: dict[str, Any] = {
     "cache_mode": CacheMode.WRITE_THROUGH.value,
     "cache_ttl_seconds": None,
 }
+# The scaling the supervisor of `make run` follows: not faults, but a lesson's baseline sets them, and the banner
+# names them while they differ from these.
+SCALING = ("workers", "worker_concurrency", "worker_prefetch")
+SCALING_LABELS = {"workers": "workers", "worker_concurrency": "threads per worker", "worker_prefetch": "prefetch"}
+# How long a change's caller waits for every live worker to run it before answering with the ones that do not yet.
+APPLY_WAIT = 5.0
 # The faults and modes: while any differs from its default, every page shows a banner naming it (templates/base.html)
 # with a button that restores these defaults. The supervisor's `workers`, `worker_concurrency` and `worker_prefetch`
 # are not faults.
@@ -109,16 +120,17 @@ class Modes:
 SAFE_MODES = Modes()
 
 
-def modes(values: dict[str, Any] | None = None) -> Modes:
+def modes(values: dict[str, Any] | None = None, *, fresh: bool = False) -> Modes:
     """The modes in effect: the safe defaults whenever ORDERPIPE_SANDBOX=false (without a query), so a row left
     unsafe in the database does nothing there; else the settings row as `values` gives it (a worker passes what
-    its Faults read), or as this process's `reader` last read it (at most a second old).
+    its Faults read), or as this process's `reader` last read it (at most a second old; `fresh`: read now, which
+    the API's accept and read do, so a change is in effect on the web as soon as it is committed).
 
     `accept_failure_rate` rides along: it is a fault, but the API reads it at the same moment as `publish_mode`."""
     if not settings.ORDERPIPE_SANDBOX:
         return SAFE_MODES
     if values is None:
-        values = reader.get()
+        values = reader.get(fresh=fresh)
     return Modes(
         ack_mode=values.get("ack_mode", SAFE_MODES.ack_mode),
         publish_mode=values.get("publish_mode", SAFE_MODES.publish_mode),
@@ -137,7 +149,8 @@ def active_unsafe_modes(values: dict[str, Any]) -> list[str]:
 
 
 def active_faults(values: dict[str, Any]) -> list[str]:
-    """The faults and modes that are on, as a learner reads them: ["crash rate 1", "step-by-step mode"]."""
+    """The faults and modes that are on, then the scaling off its defaults, as a learner reads them: ["crash rate 1",
+    "step-by-step mode", "workers 2"] (the yellow banner, whose "Restore defaults" restores them all)."""
     active = []
     for name in FAULTS:
         value = values[name]
@@ -147,7 +160,23 @@ def active_faults(values: dict[str, Any]) -> list[str]:
             active.append(FAULT_LABELS[name])
         else:
             active.append(f"{FAULT_LABELS[name]} {value:g}{' ms' if name == 'step_delay_ms' else ''}")
-    return active
+    return active + active_scaling(values)
+
+
+def effective_scaling(values: dict[str, Any]) -> dict[str, int]:
+    """The workers, threads and prefetch the supervisor runs for these settings (empty: the process defaults)."""
+    return {
+        "workers": values["workers"],
+        "worker_concurrency": values["worker_concurrency"] or settings.WORKER_CONCURRENCY,
+        "worker_prefetch": values["worker_prefetch"] or settings.WORKER_PREFETCH,
+    }
+
+
+def active_scaling(values: dict[str, Any]) -> list[str]:
+    """The scaling that differs from the defaults in effect, as the banner names it: ["workers 2", "prefetch 1"] (a
+    lesson's explicit prefetch 10 is the default prefetch: not named)."""
+    wanted, default = effective_scaling(values), effective_scaling(DEFAULTS)
+    return [f"{SCALING_LABELS[name]} {wanted[name]}" for name in SCALING if wanted[name] != default[name]]
 
 
 def shown_value(value: Any) -> str:
@@ -175,9 +204,15 @@ def refuse_unsafe_when_off(changes: dict[str, Any]) -> None:
         )
 
 
+def sandbox_channel() -> str:
+    """The PostgreSQL NOTIFY channel that tells workers the settings changed (prefixed, like every shared name)."""
+    return f"{settings.ORDERPIPE_PREFIX}sandbox"
+
+
 @transaction.atomic
 def sandbox_update(*, changes: dict[str, Any], changed_by: str = "", via: str) -> SandboxSettings:
-    """Apply and record changes. Raises ValidationError (field -> messages) for unknown fields or bad values."""
+    """Apply and record changes, and raise the version when anything changed (its NOTIFY goes out with the commit).
+    Raises ValidationError (field -> messages) for unknown fields or bad values."""
     unknown = sorted(set(changes) - set(SandboxSettings.FIELDS))
     if unknown:
         raise ValidationError({name: ["Unknown sandbox setting."] for name in unknown})
@@ -187,6 +222,10 @@ def sandbox_update(*, changes: dict[str, Any], changed_by: str = "", via: str) -
     for name, value in changes.items():
         setattr(settings_row, name, value)
     settings_row.full_clean()
+    if any(before[name] != getattr(settings_row, name) for name in changes):
+        settings_row.version += 1
+        with connection.cursor() as cursor:  # delivered to the listeners when this transaction commits
+            cursor.execute("SELECT pg_notify(%s, %s)", [sandbox_channel(), str(settings_row.version)])
     settings_row.save()
     recorded = SandboxChange.objects.bulk_create(
         SandboxChange(
@@ -204,35 +243,116 @@ def sandbox_update(*, changes: dict[str, Any], changed_by: str = "", via: str) -
     return settings_row
 
 
+class Pending(TypedDict):
+    name: str
+    why: str
+
+
+@dataclass
+class Applied:
+    """Whether every live worker runs settings `version` (and, under `make run`'s supervisor, the wanted number of
+    workers with the wanted threads and prefetch): `applied` names those that do, `pending` the others and why."""
+
+    version: int
+    applied: list[str] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "done": self.done,
+            "applied": self.applied,
+            "pending": self.pending,
+            "note": self.note,
+        }
+
+    def text(self) -> str:
+        """One line for a person: "in effect on worker-1, worker-2" or "not yet in effect on worker-2 (...)"."""
+        if self.pending:
+            waiting = "; ".join(f"{p['name']} ({p['why']})" for p in self.pending)
+            return f"settings version {self.version} not yet in effect on {waiting}"
+        where = ", ".join(self.applied) if self.applied else "no worker running"
+        return f"settings version {self.version} in effect ({where}){f'; {self.note}' if self.note else ''}"
+
+
+def _nobody_checks(row: SandboxSettings) -> Applied:
+    return Applied(version=row.version, note="no worker reports the settings it runs")
+
+
+# Who runs which settings: the worker side's check (worker/applied.py registers it when the app is ready; orders never
+# imports worker). Until then nothing is known to be pending.
+applied_by: Callable[[SandboxSettings], Applied] = _nobody_checks
+
+
+def sandbox_applied() -> Applied:
+    """Which live workers run the current settings, now."""
+    return applied_by(SandboxSettings.load())
+
+
+def wait_applied(version: int, *, timeout: float = APPLY_WAIT, every: float = 0.05) -> Applied:
+    """Wait until every live worker runs settings `version` (or a later one), at most `timeout` seconds; returns
+    who does and who does not. Call it outside any transaction: the workers must see the committed change."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = SandboxSettings.load()
+        applied = applied_by(row)
+        if applied.done or time.monotonic() >= deadline:
+            return applied
+        time.sleep(every)
+
+
+def sandbox_update_applied(
+    *, changes: dict[str, Any], changed_by: str = "", via: str, timeout: float = APPLY_WAIT
+) -> tuple[SandboxSettings, Applied]:
+    """`sandbox_update`, then answer once every live worker runs the change (or `timeout` passed: `Applied` names
+    the workers that do not yet, and why). What the API, the command, the admin and the lessons call."""
+    row = sandbox_update(changes=changes, changed_by=changed_by, via=via)
+    return row, wait_applied(row.version, timeout=timeout)
+
+
 def sandbox_restore_safe_modes(*, changed_by: str = "", via: str) -> SandboxSettings:
     """The red banner's one click: every unsafe mode back to its safe default (faults and workers untouched)."""
     return sandbox_update(changes={name: DEFAULTS[name] for name in UNSAFE_MODES}, changed_by=changed_by, via=via)
 
 
 def sandbox_reset(*, changed_by: str = "", via: str) -> SandboxSettings:
+    """Every setting back to its default: faults, unsafe modes and scaling."""
     return sandbox_update(changes=dict(DEFAULTS), changed_by=changed_by, via=via)
 
 
 def sandbox_state() -> dict[str, Any]:
-    """What every page shows of the sandbox: the settings and the faults that are on."""
+    """What every page shows of the sandbox: the settings, the faults that are on (and the scaling that differs)."""
     values = SandboxSettings.load().as_dict()
-    return {"settings": values, "active_faults": active_faults(values), "unsafe_modes": active_unsafe_modes(values)}
+    return {
+        "settings": values,
+        "active_faults": active_faults(values),
+        "unsafe_modes": active_unsafe_modes(values),
+    }
 
 
 class SandboxReader:
     """What workers consult before every step: the settings row, re-read at most once per `ttl` seconds, so a
-    change is seen within a second without a query per step."""
+    change is seen within a second without a query per step. A worker re-reads at once when the change's NOTIFY
+    arrives (`invalidate`); `version` is the version of the values it holds."""
 
     def __init__(self, ttl: float = 1.0) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
         self._value: dict[str, Any] = dict(DEFAULTS)
         self._read_at = float("-inf")
+        self.version = 0
 
-    def get(self) -> dict[str, Any]:
+    def get(self, *, fresh: bool = False) -> dict[str, Any]:
+        """The settings; `fresh` reads the row now (a web request that must act on the latest committed change)."""
         with self._lock:
-            if time.monotonic() - self._read_at >= self.ttl:
-                self._value = SandboxSettings.load().as_dict()
+            if fresh or time.monotonic() - self._read_at >= self.ttl:
+                row = SandboxSettings.load()
+                self._value, self.version = row.as_dict(), row.version
                 self._read_at = time.monotonic()
             return self._value
 

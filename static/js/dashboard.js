@@ -527,7 +527,9 @@ function wireControls() {
     say(
       "burst-result",
       result.ok
-        ? `Accepted: ${fmt(count)} orders are being created in the background.`
+        ? result.data.created
+          ? `Accepted: ${fmt(result.data.created)} orders placed.`
+          : `Accepted: ${fmt(count)} orders are being created in the background.`
         : `Refused (${result.status}): ${errorText(result)}`,
       result.ok,
     );
@@ -549,7 +551,11 @@ function wireControls() {
     const result = await api("PATCH", config.urls.sandbox, body);
     if (result.ok) {
       fillSandbox(result.data, { force: true });
-      say("sandbox-result", `Applied ${Object.keys(body).join(", ")}. Workers pick it up within a second.`);
+      const applied = result.data.applied;
+      const where = applied.done
+        ? `in effect${applied.applied.length ? ` on ${applied.applied.join(", ")}` : ""}`
+        : `not yet in effect on ${applied.pending.map((p) => `${p.name} (${p.why})`).join("; ")}`;
+      say("sandbox-result", `Applied ${Object.keys(body).join(", ")}: ${where}.`, applied.done);
     } else say("sandbox-result", `Refused (${result.status}): ${errorText(result)}`, false);
   });
 

@@ -2,6 +2,10 @@
 // (orderpipe/lessons/catalog.py): its steps' buttons call the pipeline's existing endpoints, its checkpoint panel
 // polls the lesson's state (numbers measured from real state) every second, and the pipeline socket keeps the
 // banner and the workers list live. The flaky client simulator of lesson 4 runs here, in the page.
+//
+// The buttons are pressed in order: "Start" (a fresh run at the lesson's baseline), then each step's actions, each
+// enabled once the one before is done and once its waits hold on the polled numbers. A settings change is done once
+// every worker runs it (the sandbox API's `applied`); a step that begins a later phase first freezes the earlier ones.
 
 import { api, config, el, errorText, fmt, openLive, orderUrl, showFaults, showUnsafe } from "./live.js";
 
@@ -25,53 +29,52 @@ function phaseOf(id) {
 
 function shown(name, numbers) {
   const value = numbers[name];
-  if (name === "lost") {
-    // Undecided orders may still have a message waiting in a queue: the count is late, never wrong.
-    const parts = [fmt(value)];
-    if (numbers.lost_resent) parts.push(`(${fmt(numbers.lost_resent)} later re-sent by the sweeper)`);
-    if (numbers.lost_undecided) parts.push(`· ${fmt(numbers.lost_undecided)} not yet known`);
-    return parts.join(" ");
-  }
-  if (name === "throughput") return value === null ? "–" : `${value}/s`;
+  if (value === null || value === undefined) return "–";
+  if (name === "lost" && numbers.lost_resent)
+    return `${fmt(value)} (${fmt(numbers.lost_resent)} later re-sent by the sweeper)`;
+  if (name === "throughput") return `${value}/s`;
   if (name === "seconds") return numbers.completed > 1 ? `${value} s` : "–";
   return fmt(value);
 }
 
+const BAD = new Set(["lost", "duplicates", "charged_twice", "stale_reads", "ghost_messages"]);
+
 function render() {
   for (const phase of state.phases) {
+    const head = $(`phase-${phase.id}`);
+    if (head) head.dataset.frozen = phase.frozen ? "yes" : "no";
     for (const name of lesson.numbers) {
       const cell = $(`n-${phase.id}-${name}`);
       if (!cell) continue;
       cell.textContent = shown(name, phase.numbers);
       cell.dataset.value = phase.numbers[name] ?? "";
-      cell.dataset.bad =
-        name === "lost" || name === "duplicates" || name === "charged_twice" ? String(phase.numbers[name] > 0) : "";
+      cell.dataset.bad = BAD.has(name) ? String(phase.numbers[name] > 0) : "";
     }
   }
-  for (const [name, value] of Object.entries(state.counters || {})) {
-    const cell = $(`c-${name}`);
-    if (!cell) continue;
-    cell.textContent = value === null ? "Redis down" : fmt(value);
-    cell.dataset.value = value ?? "";
-    cell.dataset.bad = name === "stale_reads" || name === "ghost_messages" ? String(value > 0) : "";
-  }
-  // Why lost orders cannot be counted yet, if they cannot (a queue holds messages, or nobody observed the queues).
-  const why = state.phases.map((phase) => phase.numbers.lost_undecided && phase.numbers.lost_why).find(Boolean);
+  // Why some orders cannot be called lost or not yet (a queue holds messages, or nobody observed the queues).
+  const why = state.phases.map((phase) => phase.numbers.lost_why).find(Boolean);
   const note = $("lost-note");
   if (note) note.textContent = why ? `'Not yet known': ${why}.` : "";
   for (const checkpoint of state.checkpoints) {
     const item = $(`checkpoint-${checkpoint.id}`);
     if (item) item.dataset.passed = checkpoint.passed_at ? "yes" : "no";
   }
+  const emails = $("phase-emails");
+  if (emails && state.phases[0].email) emails.textContent = state.phases[0].email;
+  updateButtons();
+}
+
+async function refresh() {
+  const result = await api("GET", lesson.stateUrl);
+  if (result.ok) {
+    state = result.data;
+    render();
+  }
 }
 
 async function poll() {
   try {
-    const result = await api("GET", lesson.stateUrl);
-    if (result.ok) {
-      state = result.data;
-      render();
-    }
+    await refresh();
   } finally {
     setTimeout(poll, lesson.pollMs);
   }
@@ -205,13 +208,19 @@ async function postOrders(params, phase) {
   return { ok: true, text: `${params.count} orders POSTed: ${summary}.` };
 }
 
-// Read the phase's orders through the API a few rounds, as customers refreshing a page would; the server counts
-// the hits, the misses and the stale reads.
+// Read the phase's orders through the API, as customers refreshing a page would: `rounds` rounds, or, with
+// `afterSettled`, once every `everyMs` until the phase's orders are all settled and that many rounds more (so the
+// reads see every order change, whatever the machine's speed). The server counts the hits, misses and stale reads.
 async function readOrders(params, phase) {
+  await refresh(); // the orders the step before placed exist: read the state that lists them
   const ids = phaseOf(phase).numbers.ids;
   if (!ids.length) return { ok: false, text: "This phase has no orders to read yet." };
-  const line = showLog(`read ${ids.length} orders, ${params.rounds} rounds`);
-  for (let round = 1; round <= params.rounds; round += 1) {
+  const line = showLog(`read ${ids.length} orders`);
+  let after = params.afterSettled ?? 0;
+  let round = 0;
+  const maxRounds = params.rounds ?? 300;
+  while (round < maxRounds) {
+    round += 1;
     const seen = { HIT: 0, MISS: 0 };
     const statuses = {};
     for (const id of ids) {
@@ -224,12 +233,20 @@ async function readOrders(params, phase) {
       .map(([status, count]) => `${count} ${status}`)
       .join(", ");
     line(`round ${round}: ${seen.HIT} hits, ${seen.MISS} misses; the API said ${shownStatuses}`);
-    if (round < params.rounds) await new Promise((resolve) => setTimeout(resolve, params.everyMs));
+    if (params.rounds === undefined) {
+      await refresh();
+      if (phaseOf(phase).numbers.settled) {
+        if (after === 0) break;
+        after -= 1;
+      }
+    }
+    if (round < maxRounds) await new Promise((resolve) => setTimeout(resolve, params.everyMs));
   }
-  return { ok: true, text: `Read ${ids.length} orders ${params.rounds} times.` };
+  return { ok: true, text: `Read ${ids.length} orders ${round} times.` };
 }
 
 async function replay(phase) {
+  await refresh();
   const ids = phaseOf(phase).numbers.replayable_ids;
   if (!ids.length) return { ok: false, text: "None of this lesson's orders is dead-lettered (yet)." };
   let replayed = 0;
@@ -239,6 +256,26 @@ async function replay(phase) {
     replayed += result.data.replayed;
   }
   return { ok: true, text: `${replayed} dead-lettered order(s) replayed.` };
+}
+
+function appliedText(applied) {
+  if (!applied.done) return `not yet in effect on ${applied.pending.map((p) => `${p.name} (${p.why})`).join("; ")}`;
+  return applied.applied.length ? `in effect on ${applied.applied.join(", ")}` : "in effect (no worker running)";
+}
+
+// Wait until the settings `applied` describes (or a later version) run on every worker, saying who is still behind.
+async function untilApplied(applied, label) {
+  const deadline = Date.now() + lesson.appliedWaitMs;
+  let now = applied;
+  while (!now.done) {
+    say(true, `${label}: ${appliedText(now)}…`);
+    if (Date.now() > deadline)
+      return { ok: false, text: `${label}: ${appliedText(now)} after ${lesson.appliedWaitMs / 1000} s.` };
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const result = await api("GET", config.urls.sandbox);
+    if (result.ok && result.data.applied.version >= applied.version) now = result.data.applied;
+  }
+  return { ok: true, text: `${label}: done, ${appliedText(now)}.` };
 }
 
 async function waitFor(predicate, timeoutMs) {
@@ -260,10 +297,10 @@ async function run(action) {
   };
   switch (action.kind) {
     case "sandbox": {
-      // Workers re-read the settings about once a second: the step is done once they can have seen the change.
-      const result = await call("PATCH", config.urls.sandbox, action.params);
-      if (result.ok) await new Promise((resolve) => setTimeout(resolve, lesson.settingsSeenMs));
-      return result;
+      // Done once every worker runs the change (and, for scaling, the wanted workers run with it).
+      const result = await api("PATCH", config.urls.sandbox, action.params);
+      if (!result.ok) return { ok: false, text: `Refused (${result.status}): ${errorText(result)}` };
+      return untilApplied(result.data.applied, action.label);
     }
     case "burst":
       return call("POST", config.urls.burst, { ...action.params, customer_email: phaseOf(action.phase).email });
@@ -297,36 +334,118 @@ async function run(action) {
   }
 }
 
-function wireSteps() {
-  for (const button of document.querySelectorAll(".lesson-action")) {
-    button.addEventListener("click", async () => {
-      const action = lesson.steps[Number(button.dataset.step) - 1][Number(button.dataset.action)];
-      button.disabled = true;
-      say(true, `${action.label}…`);
-      try {
-        const result = await run(action);
-        say(result.ok, result.text);
-        if (result.ok) button.dataset.done = "yes";
-      } finally {
-        button.disabled = false;
+// ---------------------------------------------------------------- pressing them in order
+
+const buttons = () => [...document.querySelectorAll(".lesson-action")];
+const actionOf = (button) => lesson.steps[Number(button.dataset.step) - 1][Number(button.dataset.action)];
+// How many actions of this run are done (null until "Start" is pressed in this page), and whether one is running.
+let progress = null;
+let busy = false;
+
+function unmet(action) {
+  return (action.waits || []).filter(([kind, phase]) => {
+    const numbers = phaseOf(phase)?.numbers || {};
+    return kind === "settled" ? !numbers.settled : !(numbers.held > 0);
+  });
+}
+
+function updateButtons() {
+  const start = $("lesson-start");
+  if (!start || start.dataset.refused) return;
+  start.disabled = busy;
+  const next = $("lesson-next");
+  let waiting = "";
+  buttons().forEach((button, index) => {
+    const action = actionOf(button);
+    const open = progress !== null && index === progress && !busy;
+    const missing = open ? unmet(action) : [];
+    button.disabled = !open || missing.length > 0;
+    if (open && missing.length)
+      waiting = `Next: ${action.label}, once ${missing.map(([kind, phase]) => `${lesson.waitLabels[kind]} (${phaseOf(phase).label})`).join(" and ")}.`;
+    else if (open) waiting = `Next: ${action.label}.`;
+  });
+  if (progress === null) waiting = "Press “Start the lesson”.";
+  else if (progress >= buttons().length) waiting = "Every step done.";
+  if (next) next.textContent = waiting;
+}
+
+async function press(button) {
+  const index = buttons().indexOf(button);
+  const action = actionOf(button);
+  const step = Number(button.dataset.step) - 1;
+  busy = true;
+  updateButtons();
+  say(true, `${action.label}…`);
+  try {
+    // The first press of a step that begins a later phase keeps the earlier phases' figures as they are now.
+    if (Number(button.dataset.action) === 0 && lesson.begins[step]) {
+      const begun = await api("POST", lesson.phaseUrl, { phase: lesson.begins[step] });
+      if (!begun.ok) {
+        say(false, `Refused (${begun.status}): ${errorText(begun)}`);
+        return;
       }
-    });
+    }
+    const result = await run(action);
+    say(result.ok, result.text);
+    if (result.ok) {
+      button.dataset.done = "yes";
+      progress = Math.max(progress ?? 0, index + 1);
+    }
+    await refresh();
+  } finally {
+    busy = false;
+    updateButtons();
   }
-  $("lesson-reset")?.addEventListener("click", async () => {
-    const result = await api("POST", lesson.resetUrl);
-    say(
-      result.ok,
-      result.ok
-        ? `Reset: safe defaults, ${result.data.removed_orders} order(s) deleted.`
-        : `Refused (${result.status}): ${errorText(result)}`,
-    );
-    if (!result.ok) return;
-    for (const button of document.querySelectorAll(".lesson-action")) delete button.dataset.done;
+}
+
+async function start() {
+  busy = true;
+  updateButtons();
+  say(true, "Starting: the lesson's baseline…");
+  try {
+    const result = await api("POST", lesson.startUrl);
+    if (!result.ok) {
+      say(false, `Refused (${result.status}): ${errorText(result)}`);
+      return;
+    }
+    const reset = result.data.reset.length ? `reset ${result.data.reset.join(", ")}` : "nothing to reset";
+    const applied = await untilApplied(result.data.applied, "Started");
+    say(applied.ok, `${applied.text} A fresh run; ${reset}.`);
+    if (!applied.ok) return;
+    for (const button of buttons()) delete button.dataset.done;
     $("client-log").hidden = true;
-    const fresh = await api("GET", lesson.stateUrl);
-    if (fresh.ok) {
-      state = fresh.data;
-      render();
+    progress = 0;
+    $("lesson-start").dataset.done = "yes";
+    await refresh();
+  } finally {
+    busy = false;
+    updateButtons();
+  }
+}
+
+function wireSteps() {
+  if ($("lesson-start")?.disabled) $("lesson-start").dataset.refused = "yes"; // not staff: nothing to press
+  for (const button of buttons()) button.addEventListener("click", () => press(button));
+  $("lesson-start")?.addEventListener("click", start);
+  $("lesson-reset")?.addEventListener("click", async () => {
+    busy = true;
+    updateButtons();
+    try {
+      const result = await api("POST", lesson.resetUrl);
+      if (!result.ok) {
+        say(false, `Refused (${result.status}): ${errorText(result)}`);
+        return;
+      }
+      const applied = await untilApplied(result.data.applied, "Reset");
+      const reset = result.data.reset.length ? `, reset ${result.data.reset.join(", ")}` : "";
+      say(applied.ok, `Reset: the lesson's baseline${reset}; ${result.data.removed_orders} order(s) deleted.`);
+      for (const button of buttons()) delete button.dataset.done;
+      $("client-log").hidden = true;
+      progress = null;
+      await refresh();
+    } finally {
+      busy = false;
+      updateButtons();
     }
   });
 }

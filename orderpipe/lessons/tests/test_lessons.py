@@ -12,7 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from orderpipe.lessons import catalog
-from orderpipe.lessons.measure import FLAKY_NOTE_PREFIX, measure, run_email
+from orderpipe.lessons.measure import BUCKETS, FLAKY_NOTE_PREFIX, measure, run_email
 from orderpipe.lessons.models import CheckpointPass, LessonRun
 from orders import sandbox
 from orders import services as order_services
@@ -80,9 +80,19 @@ def test_the_index_lists_the_lessons_and_each_page_renders_with_its_state(settin
         assert "log in as staff" in html  # the buttons are staff's: the page says so
         state = client.get(f"/lessons/{lesson.slug}/state/").json()
         assert [p["id"] for p in state["phases"]] == lesson.phase_ids()
-        assert state["phases"][0]["email"].endswith("@lessons.example.com")
+        assert state["run"] is None and state["phases"][0]["email"] == ""  # not started: nothing of its own yet
     assert client.get("/lessons/nope/").status_code == 404
     assert client.get("/lessons/nope/state/").json()["detail"] == "No such lesson."
+
+
+def test_opening_a_lesson_without_a_cookie_creates_no_session_and_no_run(settings):
+    from django.contrib.sessions.models import Session
+
+    settings.DEBUG = True
+    client = APIClient()
+    assert client.get("/lessons/retries/").status_code == 200
+    assert client.get("/lessons/retries/state/").status_code == 200
+    assert not Session.objects.exists() and not LessonRun.objects.exists()
 
 
 def test_lost_counts_only_orders_whose_message_is_nowhere():
@@ -101,13 +111,18 @@ def test_lost_counts_only_orders_whose_message_is_nowhere():
 
     queues_seen(ready=3)  # something waits in a queue: nobody can say whose, so nothing is called lost yet
     numbers = measure(email)
-    assert (numbers["lost"], numbers["lost_resent"], numbers["lost_undecided"]) == (1, 1, 2)
+    # The re-sent one was lost whatever happens next; the queued one is not yet known (counted there only).
+    assert (numbers["lost"], numbers["lost_resent"], numbers["not_yet_known"]) == (1, 1, 1)
+    assert (numbers["in_flight"], numbers["completed"]) == (2, 1)  # the held one and the one in the outbox
+    assert sum(numbers[bucket] for bucket in BUCKETS) == numbers["accepted"] == 5
 
     queues_seen(ready=0)
     numbers = measure(email)
     # The queued order (no outbox row pending, no worker, no queue) and the one the sweeper re-sent; not the one a
     # live worker holds, nor the one still in the outbox, nor the completed one.
-    assert (numbers["lost"], numbers["lost_resent"], numbers["lost_undecided"]) == (2, 1, 0)
+    assert (numbers["lost"], numbers["lost_resent"], numbers["not_yet_known"]) == (2, 1, 0)
+    assert sum(numbers[bucket] for bucket in BUCKETS) == numbers["accepted"] == 5
+    assert numbers["held"] == 1
 
     OrderEvent.objects.filter(order=queued).update(at=timezone.now())  # it moved a moment ago: too soon to tell
     assert measure(email)["lost"] == 1
@@ -115,6 +130,9 @@ def test_lost_counts_only_orders_whose_message_is_nowhere():
     QueueStat.objects.update(observed_at=timezone.now() - timedelta(seconds=60))  # depths unknown: undecided
     numbers = measure(email)
     assert numbers["lost"] == 1  # only the re-sent one, which was lost whatever happens next
+    age(queued)
+    numbers = measure(email)
+    assert (numbers["lost"], numbers["not_yet_known"]) == (1, 1)
     assert "not observed recently" in numbers["lost_why"]
 
 
@@ -136,7 +154,7 @@ def test_charged_twice_and_duplicates():
 
 def test_a_checkpoint_passes_once_per_session_and_stays_passed(staff, settings):
     lesson = catalog.BY_SLUG["idempotency-key"]
-    staff.get(f"/lessons/{lesson.slug}/")
+    assert staff.post(f"/lessons/{lesson.slug}/start/").status_code == 200
     key = staff.session.session_key
     run = LessonRun.objects.get(session_key=key, lesson=lesson.slug).run
     place(run_email(lesson.slug, run, "no-key"), 2, note=f"{FLAKY_NOTE_PREFIX}r request 1")
@@ -163,16 +181,20 @@ def test_a_checkpoint_passes_once_per_session_and_stays_passed(staff, settings):
     # The instructor sees the session and what it passed, and can reset every lesson.
     page = staff.get("/lessons/instructor/").content.decode()
     assert key[:8] in page and "duplicates-without-key" in page
-    place(run_email("retries", "zzz", "flaky"))
+    staff.post("/lessons/retries/start/")
+    run = LessonRun.objects.get(session_key=key, lesson="retries").run
+    place(run_email("retries", run, "flaky"))
+    # A real order whose address merely ends in the lessons' domain belongs to no lesson run: it stays.
+    typed = place(f"retries-{run[:6]}-flaky@lessons.example.com")[0]
     answer = staff.post("/lessons/instructor/reset/").json()
     assert answer["removed_orders"] == 1 and answer["removed_passes"] == 1
     assert not CheckpointPass.objects.exists() and not LessonRun.objects.exists()
-    assert Order.objects.filter(pk=other.pk).exists()
+    assert Order.objects.filter(pk__in=[other.pk, typed.pk]).count() == 2
 
 
 def test_a_reset_deletes_payments_and_ledger_lines_of_its_orders(staff):
     lesson = catalog.BY_SLUG["retries"]
-    staff.get(f"/lessons/{lesson.slug}/state/")
+    staff.post(f"/lessons/{lesson.slug}/start/")
     run = LessonRun.objects.get(lesson=lesson.slug).run
     order = place(run_email(lesson.slug, run, "flaky"))[0]
     from orders.models import Payment
@@ -219,3 +241,115 @@ def test_a_burst_can_tag_its_orders_with_a_lesson_email(staff):
     assert Order.objects.filter(customer_email=email).count() == 3
     answer = staff.post("/api/controls/burst/", {"count": 1, "customer_email": "not an email"}, format="json")
     assert answer.status_code == 400 and "customer_email" in answer.json()
+
+
+def test_start_restores_every_setting_to_the_lessons_baseline_and_says_what_it_reset(staff):
+    """What lesson 3 leaves behind (bug rate 0.3, a step delay) and lesson 8 (2 workers of 1 thread, prefetch 1)
+    does not leak into the next lesson: its Start puts back its baseline, scaling included, and names each change."""
+    lesson = catalog.BY_SLUG["idempotency-key"]
+    sandbox.sandbox_update(
+        changes={"bug_rate": 0.3, "step_delay_ms": 200, "workers": 2, "worker_concurrency": 1, "worker_prefetch": 1},
+        via="test",
+    )
+    answer = staff.post(f"/lessons/{lesson.slug}/start/").json()
+    row = SandboxSettings.load()
+    assert {name: getattr(row, name) for name in lesson.baseline} == dict(lesson.baseline)
+    assert (row.workers, row.worker_concurrency, row.worker_prefetch) == (1, 4, 10)
+    assert set(answer["reset"]) == {
+        "bug_rate 0.3 → 0",
+        "step_delay_ms 200 → 0",
+        "workers 2 → 1",
+        "worker_concurrency 1 → 4",
+        "worker_prefetch 1 → 10",
+    }
+    assert answer["applied"]["done"]
+    # A second start resets nothing, and begins a fresh run.
+    again = staff.post(f"/lessons/{lesson.slug}/start/").json()
+    assert again["reset"] == [] and again["run"] != answer["run"]
+
+
+def test_every_lesson_has_a_full_baseline_with_the_scaling_spelled_out():
+    for lesson in catalog.LESSONS:
+        assert set(lesson.baseline) == set(SandboxSettings.FIELDS), lesson.slug
+        assert lesson.baseline["worker_prefetch"] is not None and lesson.baseline["worker_concurrency"] is not None
+
+
+def test_restore_defaults_restores_scaling_and_the_banner_names_it(staff, settings):
+    settings.DEBUG = True
+    sandbox.sandbox_update(changes={"workers": 2, "worker_concurrency": 1, "worker_prefetch": 1}, via="test")
+    page = staff.get("/lessons/").content.decode()
+    assert "workers 2, threads per worker 1, prefetch 1" in page
+    sandbox.sandbox_update(
+        changes={"worker_prefetch": settings.WORKER_PREFETCH}, via="test"
+    )  # the default, spelled out
+    assert "workers 2, threads per worker 1</b>" in staff.get("/lessons/").content.decode()
+    config = staff.get("/").context["config"]
+    staff.patch("/api/sandbox/", config["sandboxDefaults"], format="json")
+    row = SandboxSettings.load()
+    assert (row.workers, row.worker_concurrency, row.worker_prefetch) == (1, None, None)
+
+
+def test_a_phase_keeps_its_figures_and_counters_once_the_next_one_begins(staff):
+    """Lesson 7: zeroing the counters for write-through no longer erases cache-aside's stale reads."""
+    lesson = catalog.BY_SLUG["caching"]
+    staff.post(f"/lessons/{lesson.slug}/start/")
+    run = LessonRun.objects.get(lesson=lesson.slug).run
+    place(run_email(lesson.slug, run, "cache-aside"), 2)
+    stale = _stale(3)
+    state = staff.get(f"/lessons/{lesson.slug}/state/").json()
+    aside = state["phases"][0]["numbers"]
+    assert (aside["accepted"], aside["stale_reads"]) == (2, stale)
+    assert state["phases"][1]["numbers"]["stale_reads"] is None  # not begun: no counters of its own
+
+    assert staff.post(f"/lessons/{lesson.slug}/phase/", {"phase": "write-through"}, format="json").status_code == 200
+    staff.post("/api/controls/flush-cache/")  # "Zero the counters"
+    place(run_email(lesson.slug, run, "cache-aside"))  # a late order does not change the frozen column either
+    place(run_email(lesson.slug, run, "write-through"), 4)
+    state = staff.get(f"/lessons/{lesson.slug}/state/").json()
+    aside, through = state["phases"][0]["numbers"], state["phases"][1]["numbers"]
+    assert state["phases"][0]["frozen"] and not state["phases"][1]["frozen"]
+    assert (aside["accepted"], aside["stale_reads"]) == (2, stale)
+    assert (through["accepted"], through["stale_reads"]) == (4, 0)
+    assert staff.post(f"/lessons/{lesson.slug}/phase/", {"phase": "nope"}, format="json").status_code == 400
+
+
+def _stale(n: int) -> int:
+    """Count `n` stale reads the way the API does, and return the counter."""
+    from orders import cache
+
+    for _ in range(n):
+        cache.count_stale_read()
+    return cache.stale_reads()
+
+
+def test_a_phase_begins_with_the_first_step_that_leads_to_it():
+    """Lesson 8 scales before each phase: the scaling step begins the phase, so the earlier column keeps the workers
+    it ran with."""
+    assert catalog.BY_SLUG["scaling"].begins() == ["one", "", "many", "", "four", "hoard", "", "share", ""]
+    assert catalog.BY_SLUG["ack-timing"].begins() == ["on-receive", "", "after-commit"]
+    for lesson in catalog.LESSONS:
+        assert [phase for phase in lesson.begins() if phase] == lesson.phase_ids(), lesson.slug
+
+
+def test_orders_a_killed_worker_held_are_not_yet_known_until_the_queues_are_observed_again():
+    """Its unacked messages return to the queue when it dies; a depth observed before its death does not show them."""
+    email = "t-run-d@lessons.example.com"
+    order = place(email)[0]
+    OutboxMessage.objects.filter(order=order).update(sent_at=timezone.now())
+    Order.objects.filter(pk=order.pk).update(status=OrderStatus.PROCESSING)
+    age(order)
+    queues_seen(ready=0)
+    WorkerHeartbeat.objects.create(
+        name="killed",
+        hostname="h",
+        pid=1,
+        holding=[str(order.pk)],
+        started_at=timezone.now(),
+        last_seen=timezone.now() - timedelta(seconds=6),  # stale: taken for dead
+    )
+    QueueStat.objects.update(observed_at=timezone.now() - timedelta(seconds=7))  # before it died
+    numbers = measure(email)
+    assert (numbers["lost"], numbers["not_yet_known"]) == (0, 1)
+    assert "a worker died" in numbers["lost_why"]
+    queues_seen(ready=0)  # observed since, still empty: now it is lost
+    assert measure(email)["lost"] == 1

@@ -50,9 +50,14 @@ class Command(BaseCommand):
                     raise CommandError(f"{item!r}: expected key=value with key in {', '.join(SandboxSettings.FIELDS)}")
                 changes[name] = parse_value(name, raw)
             try:
-                sandbox.sandbox_update(changes=changes, via="command")
+                row = sandbox.sandbox_update(changes=changes, via="command")
             except ValidationError as exc:
                 raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from None
         elif action == "reset":
-            sandbox.sandbox_reset(via="command")
-        self.stdout.write(json.dumps(SandboxSettings.load().as_dict(), indent=2))
+            row = sandbox.sandbox_reset(via="command")
+        else:
+            row = SandboxSettings.load()
+        self.stdout.write(json.dumps(row.as_dict(), indent=2))
+        # Whether the workers run it (set and reset wait for them, at most a few seconds), on stderr: stdout is JSON.
+        applied = sandbox.sandbox_applied() if action == "show" else sandbox.wait_applied(row.version)
+        self.stderr.write(applied.text())

@@ -1,0 +1,75 @@
+"""Which live workers run the current sandbox settings: the check behind "a change answers once it is in effect"
+(orders/sandbox `sandbox_update_applied`, which the API, the command, the admin and the lessons call).
+
+A worker reports in its heartbeat the settings version it runs (it re-reads the row as soon as the change's NOTIFY
+arrives, and pauses or resumes consuming before it reports), and the threads and prefetch it was started with. A
+worker is live while its heartbeat is fresh; under `make run`'s supervisor, only while its pid is one the supervisor
+runs (a killed worker's last heartbeat would otherwise count for a few seconds), and then the number of workers, their
+threads and their prefetch must be the wanted ones too: "done" means the processes run with them.
+
+The web processes are not waited for: the API's accept and read take the row fresh on every request
+(`sandbox.modes(fresh=True)`). The relay reads no sandbox setting.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from orders.models import SandboxSettings
+from orders.sandbox import Applied, Pending, effective_scaling
+from worker.models import SupervisedProcess, WorkerHeartbeat
+from worker.supervision import FRESH_FOR
+
+# A worker heart-beats every second (and at once after applying a change); older than this, it is not waited for.
+LIVE_WITHIN = timedelta(seconds=3)
+
+
+def settings_applied(row: SandboxSettings) -> Applied:
+    now = timezone.now()
+    beats = list(WorkerHeartbeat.objects.filter(last_seen__gte=now - LIVE_WITHIN).order_by("name"))
+    supervised = {
+        p.pid: p
+        for p in SupervisedProcess.objects.filter(role="worker", updated_at__gte=now - FRESH_FOR)
+        if p.pid is not None and p.state == SupervisedProcess.State.RUNNING
+    }
+    supervisor_running = SupervisedProcess.objects.filter(updated_at__gte=now - FRESH_FOR).exists()
+    follows_scaling = supervisor_running and settings.ORDERPIPE_SANDBOX
+    wanted = effective_scaling(row.as_dict())
+    concurrency, prefetch = wanted["worker_concurrency"], wanted["worker_prefetch"]
+    applied = Applied(version=row.version)
+    for beat in beats:
+        name = beat.name
+        if supervisor_running:
+            process = supervised.get(beat.pid)
+            if process is None:
+                continue  # not one the supervisor runs now: killed, or stopped and not yet gone
+            name = process.name
+        why = []
+        if beat.settings_version < row.version:
+            why.append(f"runs settings version {beat.settings_version}")
+        if follows_scaling:
+            if beat.concurrency != concurrency:
+                why.append(f"runs {beat.concurrency} thread(s), {concurrency} wanted: restarting")
+            if beat.prefetch != prefetch:
+                why.append(f"runs prefetch {beat.prefetch}, {prefetch} wanted: restarting")
+        if why:
+            applied.pending.append(Pending(name=name, why="; ".join(why)))
+        else:
+            applied.applied.append(name)
+    if follows_scaling:
+        seen = len(applied.applied) + len(applied.pending)
+        if seen > row.workers:
+            applied.pending.append(Pending(name="workers", why=f"stopping down to {row.workers}"))
+        elif seen < row.workers:
+            applied.pending.append(Pending(name="workers", why=f"{row.workers - seen} more starting"))
+    elif not beats:
+        applied.note = "no worker running"
+    if not supervisor_running and settings.ORDERPIPE_SANDBOX:
+        applied.note = "; ".join(
+            filter(None, [applied.note, "workers, threads and prefetch are followed only by make run's supervisor"])
+        )
+    applied.applied.sort()
+    return applied
