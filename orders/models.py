@@ -257,6 +257,11 @@ class CacheMode(models.TextChoices):
     OFF = "off", "off (no cache)"
 
 
+class StockUpdate(models.TextChoices):
+    GUARDED = "guarded", "guarded (safe: one conditional UPDATE)"
+    READ_MODIFY_WRITE = "read_modify_write", "read-modify-write (unsafe: read, compute, write back; a lost update)"
+
+
 class SandboxSettings(models.Model):
     """The fault injector: one row, read by every worker within a second. All faults are off by default."""
 
@@ -331,6 +336,13 @@ class SandboxSettings(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(3600)],
         help_text="TTL of the order cache entries (empty: ORDER_CACHE_TTL).",
     )
+    stock_update = models.CharField(
+        max_length=20,
+        choices=StockUpdate,
+        default=StockUpdate.GUARDED,
+        help_text="UNSAFE when read_modify_write: the reserve step reads the stock, computes in Python and writes it "
+        "back, without a lock: two workers reserving at once both write what they read, and stock is oversold.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
     # Goes up by one with every change (orders/sandbox `sandbox_update`). Workers report the version they run in
     # their heartbeat, so a change is known to be in effect, process by process.
@@ -353,6 +365,7 @@ class SandboxSettings(models.Model):
         "step_guards",
         "cache_mode",
         "cache_ttl_seconds",
+        "stock_update",
     )
 
     class Meta:

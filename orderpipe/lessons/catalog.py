@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 
-from orderpipe.lessons.measure import BUCKETS
+from orderpipe.lessons.measure import BUCKETS, LESSON_STOCK
 from orders import sandbox
 from orders.models import SandboxSettings
 
@@ -58,7 +58,17 @@ NUMBER_LABELS = {
     "ghost_messages": "ghost messages (for orders that do not exist)",
     "cache_hits": "API reads from Redis (hits)",
     "cache_misses": "API reads from PostgreSQL (misses)",
+    "stock_at_start": "units in stock at the start",
+    "units_sold": "units sold (reserved by orders)",
+    "oversold": "units sold beyond the stock",
+    "stock_left": "stock left, as the product row says",
 }
+# What the lesson's own endpoint (/lessons/<slug>/act/) carries out, with the catalog's params.
+SERVER_KINDS = frozenset(
+    {
+        "stock_burst",  # a product with LESSON_STOCK units, and `count` one-unit orders for it, at once
+    }
+)
 ACTION_KINDS = frozenset(
     {
         "sandbox",
@@ -72,6 +82,7 @@ ACTION_KINDS = frozenset(
         "outage",  # /api/controls/outage/: the supervisor cuts or restores its link to a service
         "post_orders",  # the page POSTs orders to /api/orders/ itself (what the publish modes act on; bursts do not)
         "read_orders",  # the page GETs the phase's orders from the API, a few rounds (the cache lesson)
+        *SERVER_KINDS,
     }
 )
 
@@ -162,6 +173,8 @@ class Lesson:
     # Counts Redis keeps for the whole sandbox since the cache was last flushed: each phase shows them as they were
     # while it was under way.
     counters: tuple[str, ...] = ()
+    # Code shown side by side under the diagram: (caption, text) each, the unsafe one first.
+    code: tuple[tuple[str, str], ...] = ()
 
     def phase_ids(self) -> list[str]:
         return [phase.id for phase in self.phases]
@@ -877,9 +890,96 @@ CACHING = Lesson(
     baseline=baseline(),
 )
 
+OVERSOLD = Lesson(
+    number=9,
+    slug="oversold",
+    title="Oversold stock: a lost update",
+    teaches="Read the stock, compute, write it back: two workers at once sell the same last unit twice.",
+    intro=(
+        "Reserving stock looks simple: read how many are left, check there are enough, write the new number. "
+        "Naive code does exactly that, in three steps. With one worker it works. With several workers and "
+        "threads, two of them read the same number (say 3) at the same moment, both see enough, both write 2: "
+        "two units were sold and the row says one was. That is a lost update, and the shop sells more than it had.",
+        "stock_update=read_modify_write runs the worker's reserve step that way (the product row is read without a "
+        "lock; the new value is computed in Python and written back). The safe default does it in one statement "
+        "that PostgreSQL runs atomically on the row: take the units only if they are still there "
+        "(UPDATE … SET stock = stock - 1 WHERE … AND stock - 1 >= 0). An order that finds nothing left fails "
+        "'out of stock', as it should.",
+        "Each column gets its own product with {lesson_stock} units in stock and 30 orders of one unit each, "
+        "placed at once; four threads reserve them.",
+    ),
+    diagram=Diagram(
+        boxes=("worker thread A", "product row: stock 3", "worker thread B"),
+        arrows=("read 3 … write 2", "read 3 … write 2"),
+        broken=1,
+        note="Both read 3 before either wrote: two units sold, the row says one. The guarded UPDATE makes B wait "
+        "for A's row lock and re-check the stock.",
+    ),
+    code=(
+        (
+            "read_modify_write (unsafe)",
+            "SELECT stock FROM orders_product WHERE id = 7;   -- 3\n"
+            "-- in Python: left = 3 - 1; if left < 0: out of stock\n"
+            "UPDATE orders_product SET stock = 2 WHERE id = 7;",
+        ),
+        (
+            "guarded (safe)",
+            "UPDATE orders_product\n"
+            "   SET stock = stock - 1\n"
+            " WHERE id = 7 AND stock - 1 >= 0\n"
+            "RETURNING stock;   -- no row: out of stock",
+        ),
+    ),
+    phases=(Phase("read-modify-write", "read-modify-write"), Phase("guarded", "guarded decrement")),
+    numbers=("accepted", "completed", "failed", "stock_at_start", "units_sold", "oversold", "stock_left"),
+    steps=(
+        Step(
+            "Switch the reserve step to read-modify-write.",
+            (Action("stock_update=read_modify_write", "sandbox", {"stock_update": "read_modify_write"}),),
+        ),
+        Step(
+            "A new product with 10 in stock, and 30 orders of one unit each for it, at once. Count the units sold.",
+            (Action("Place 30 orders for 10 units", "stock_burst", {"count": 30}, phase="read-modify-write"),),
+        ),
+        Step(
+            "Back to the guarded decrement (the safe default), and the same burst on a new product.",
+            (
+                Action(
+                    "stock_update=guarded",
+                    "sandbox",
+                    {"stock_update": "guarded"},
+                    waits=(settled("read-modify-write"),),
+                ),
+                Action("Place 30 orders for 10 units", "stock_burst", {"count": 30}, phase="guarded"),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "oversold",
+            "Read-modify-write sold units that did not exist: units sold beyond the stock > 0",
+            "read-modify-write",
+            lambda n: _settled(n["read-modify-write"]) and (n["read-modify-write"]["oversold"] or 0) > 0,
+        ),
+        Checkpoint(
+            "sold-what-existed",
+            "The guarded decrement sold exactly the stock: beyond the stock = 0, stock left = 0, the rest failed",
+            "guarded",
+            lambda n: (
+                _settled(n["guarded"])
+                and n["guarded"]["oversold"] == 0
+                and n["guarded"]["units_sold"] == n["guarded"]["stock_at_start"]
+                and n["guarded"]["stock_left"] == 0
+            ),
+        ),
+    ),
+    minutes=1,
+    baseline=baseline(),
+)
+
 LESSONS: tuple[Lesson, ...] = tuple(
     sorted(
-        (ACK_TIMING, OUTBOX, IDEMPOTENT_CONSUMERS, IDEMPOTENCY_KEY, RETRIES, POISON, CACHING, SCALING),
+        (ACK_TIMING, OUTBOX, IDEMPOTENT_CONSUMERS, IDEMPOTENCY_KEY, RETRIES, POISON, CACHING, SCALING, OVERSOLD),
         key=lambda lesson: lesson.number,
     )
 )
@@ -898,4 +998,5 @@ def text_values(lesson: Lesson) -> dict[str, str]:
         "cores": str(os.cpu_count() or 1),
         "prefetch": str(lesson.baseline["worker_prefetch"]),
         "sweep_after": f"{settings.SWEEP_AFTER:g}",
+        "lesson_stock": str(LESSON_STOCK),
     }

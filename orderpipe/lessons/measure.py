@@ -20,11 +20,11 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Max, Min, QuerySet
+from django.db.models import Count, Max, Min, QuerySet, Sum
 from django.utils import timezone
 
 from orders import cache, checkpoints
-from orders.models import EventKind, Order, OrderEvent, OrderStatus
+from orders.models import EventKind, Order, OrderEvent, OrderLine, OrderStatus, Product
 from worker.checkpoints import lost_orders
 from worker.models import WorkerHeartbeat
 
@@ -34,6 +34,10 @@ LESSON_DOMAIN = "lessons.example.com"
 FLAKY_NOTE_PREFIX = "flaky "
 # A worker that reported within this long is running (its heartbeat comes about once a second).
 WORKER_ALIVE = timedelta(seconds=5)
+# The oversold-stock lesson's product: one per run and phase (`lesson_sku`), LESSON_STOCK units at the start of its
+# burst. Bursts placed from the dashboard leave these products alone (orderpipe/dashboard/controls.py).
+LESSON_SKU_PREFIX = "lesson-"
+LESSON_STOCK = 10
 # The buckets every accepted order is counted in, exactly one each.
 BUCKETS = ("completed", "failed", "dead_lettered", "in_flight", "not_yet_known", "lost")
 
@@ -41,6 +45,31 @@ BUCKETS = ("completed", "failed", "dead_lettered", "in_flight", "not_yet_known",
 def run_email(slug: str, run: str, phase: str) -> str:
     """The customer email of every order one phase of one lesson run places: `retries-3f9a1c-flaky@lessons…`."""
     return f"{slug}-{run}-{phase}@{LESSON_DOMAIN}"
+
+
+def lesson_sku(slug: str, run: str, phase: str) -> str:
+    return f"{LESSON_SKU_PREFIX}{slug}-{run}-{phase}"[:64]
+
+
+def _stock(orders: QuerySet[Order], events: QuerySet[OrderEvent]) -> dict[str, Any]:
+    """The oversold-stock lesson's numbers, from PostgreSQL: the units of the phase's lesson product that its orders
+    hold reserved (a reservation event, and not failed since, which gives stock back), how many of those are beyond
+    the stock the product started with, and the stock the product's row says is left."""
+    lines = OrderLine.objects.filter(order__in=orders, sku__startswith=LESSON_SKU_PREFIX)
+    product = Product.objects.filter(pk__in=lines.values("product_id")).first()
+    if product is None:
+        return {"stock_at_start": None, "units_sold": None, "oversold": None, "stock_left": None}
+    reserved = events.filter(kind=EventKind.INVENTORY_RESERVED).values("order_id")
+    sold = (
+        lines.filter(order__in=reserved).exclude(order__status=OrderStatus.FAILED).aggregate(n=Sum("quantity"))["n"]
+        or 0
+    )
+    return {
+        "stock_at_start": LESSON_STOCK,
+        "units_sold": sold,
+        "oversold": max(0, sold - LESSON_STOCK),
+        "stock_left": product.stock,
+    }
 
 
 def run_orders(slug: str, runs: list[str], phases: list[str]) -> QuerySet[Order]:
@@ -122,6 +151,7 @@ def measure(email: str | None) -> dict[str, Any]:
         "workers_used": len(taken_by),
         "most_by_one_worker": max(taken_by.values(), default=0),
         "workers_running": WorkerHeartbeat.objects.filter(last_seen__gte=timezone.now() - WORKER_ALIVE).count(),
+        **_stock(orders, events),
         "seconds": round(seconds, 1),
         "throughput": round(completed / seconds, 1) if seconds > 0 else None,
         # The phase's orders, for the page's reads (the cache lesson), and its dead-lettered ones, for a replay.

@@ -38,6 +38,7 @@ from orders.models import (
     SandboxChange,
     SandboxSettings,
     StepGrant,
+    StockUpdate,
 )
 
 # A burst (the dashboard's "Burst" control, orderpipe/dashboard/controls.py) places at most this many orders,
@@ -65,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "step_guards": True,
     "cache_mode": CacheMode.WRITE_THROUGH.value,
     "cache_ttl_seconds": None,
+    "stock_update": StockUpdate.GUARDED.value,
 }
 # The scaling the supervisor of `make run` follows: not faults, but a lesson's baseline sets them, and the banner
 # names them while they differ from these.
@@ -98,7 +100,7 @@ FAULT_LABELS = {
 # The unsafe modes: each switches one guarantee off on the real code path. Any value but the default is unsafe;
 # every page shows them in a red banner while on. `cache_ttl_seconds` is not unsafe by itself (it only matters in
 # cache_aside, where a long one makes stale reads last), so it is a setting, not a mode.
-UNSAFE_MODES = ("ack_mode", "publish_mode", "step_guards", "cache_mode")
+UNSAFE_MODES = ("ack_mode", "publish_mode", "step_guards", "cache_mode", "stock_update")
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class Modes:
     cache_mode: str = CacheMode.WRITE_THROUGH.value
     cache_ttl_seconds: int | None = None  # None: settings.ORDER_CACHE_TTL
     accept_failure_rate: float = 0.0
+    stock_update: str = StockUpdate.GUARDED.value
 
     @property
     def cache_ttl(self) -> int:
@@ -138,6 +141,7 @@ def modes(values: dict[str, Any] | None = None, *, fresh: bool = False) -> Modes
         cache_mode=values.get("cache_mode", SAFE_MODES.cache_mode),
         cache_ttl_seconds=values.get("cache_ttl_seconds"),
         accept_failure_rate=values.get("accept_failure_rate", 0.0),
+        stock_update=values.get("stock_update", SAFE_MODES.stock_update),
     )
 
 
