@@ -62,6 +62,10 @@ NUMBER_LABELS = {
     "units_sold": "units sold (reserved by orders)",
     "oversold": "units sold beyond the stock",
     "stock_left": "stock left, as the product row says",
+    "dropped": "dropped by the full queue",
+    "waited_in_queue": "waited in the queue (published at once)",
+    "waited_in_outbox": "waited in the outbox (refused by the broker first)",
+    "publish_nacks": "publishes the broker refused (the relay's nacks)",
 }
 # What the lesson's own endpoint (/lessons/<slug>/act/) carries out, with the catalog's params.
 SERVER_KINDS = frozenset(
@@ -91,6 +95,8 @@ ACTION_KINDS = frozenset(
 WAITS = {
     "settled": "every order of the phase in a bucket it stays in (nothing in flight, nothing not yet known)",
     "held": "a live worker holds some of the phase's orders",
+    "published": "every order of the phase published (none left in the outbox)",
+    "nacked": "the broker refused some of the phase's orders (the relay got nacks)",
 }
 
 
@@ -100,6 +106,14 @@ def settled(phase: str) -> tuple[str, str]:
 
 def held(phase: str) -> tuple[str, str]:
     return ("held", phase)
+
+
+def published(phase: str) -> tuple[str, str]:
+    return ("published", phase)
+
+
+def nacked(phase: str) -> tuple[str, str]:
+    return ("nacked", phase)
 
 
 @dataclass(frozen=True)
@@ -918,9 +932,11 @@ OVERSOLD = Lesson(
     code=(
         (
             "read_modify_write (unsafe)",
-            "SELECT stock FROM orders_product WHERE id = 7;   -- 3\n"
-            "-- in Python: left = 3 - 1; if left < 0: out of stock\n"
-            "UPDATE orders_product SET stock = 2 WHERE id = 7;",
+            "SELECT stock FROM orders_product\n"
+            " WHERE id = 7;   -- 3\n"
+            "-- Python: left = 3 - 1 (out of stock if < 0)\n"
+            "UPDATE orders_product\n"
+            "   SET stock = 2 WHERE id = 7;",
         ),
         (
             "guarded (safe)",
@@ -977,9 +993,132 @@ OVERSOLD = Lesson(
     baseline=baseline(),
 )
 
+FULL_QUEUE = Lesson(
+    number=10,
+    slug="full-queue",
+    title="A full queue: backpressure",
+    teaches="When the queue is full, the broker should refuse new messages, and the outbox holds them meanwhile.",
+    intro=(
+        "A queue is not infinite: memory and disk run out, so a production queue gets a length limit. What happens "
+        "at the limit is the question. Drop-head (RabbitMQ's default overflow): the queue takes the new message and "
+        "drops its oldest one. The publisher got a confirm, the order is 'accepted', and its message is gone. Here "
+        "the main queue has a dead-letter exchange, so what it drops is parked in the dead-letter queue (reason "
+        "maxlen) and the order shows dead-lettered; without one it would simply vanish, until the sweeper noticed.",
+        "Reject-publish: a full queue refuses the new message (a nack to the publisher). That is backpressure: the "
+        "producer learns that the consumers are behind. The relay leaves a refused row in the outbox and tries it "
+        "again later: the outbox is the buffer, and nothing is lost. When the workers catch up, the queue has room "
+        "again and the backlog drains.",
+        "The lesson pauses the workers, so the queue fills, and limits the main queue to 10 messages with a "
+        "RabbitMQ policy (no queue is declared again), which make run's supervisor applies with rabbitmqctl and "
+        "removes when the lesson ends or is reset.",
+    ),
+    diagram=Diagram(
+        boxes=("outbox", "relay", "main queue (10 at most)", "workers (paused)"),
+        arrows=("pending rows", "publish · confirm or nack", "deliver"),
+        broken=2,
+        note="Drop-head confirms every publish and drops the oldest message; reject-publish nacks the newest, which "
+        "stays an outbox row.",
+    ),
+    phases=(Phase("drop-head", "overflow drop-head"), Phase("reject-publish", "overflow reject-publish")),
+    numbers=(
+        "accepted",
+        "completed",
+        "dead_lettered",
+        "lost",
+        "dropped",
+        "waited_in_queue",
+        "waited_in_outbox",
+        "publish_nacks",
+    ),
+    steps=(
+        Step(
+            "Pause the workers and limit the main queue to 10 messages; when it is full, it drops its oldest message "
+            "(overflow drop-head).",
+            (
+                Action(
+                    "Pause, limit 10, drop-head",
+                    "sandbox",
+                    {"paused": True, "queue_max_length": 10, "queue_overflow": "drop_head"},
+                ),
+            ),
+        ),
+        Step(
+            "POST 30 orders, one after the other, as customers would. The relay publishes all 30 and the broker "
+            "confirms each one; the queue keeps the newest 10. Once all are published, resume the workers.",
+            (
+                Action("POST 30 orders", "post_orders", {"count": 30}, phase="drop-head"),
+                Action("Resume the workers", "sandbox", {"paused": False}, waits=(published("drop-head"),)),
+            ),
+        ),
+        Step(
+            "Pause again, the same limit with overflow reject-publish (the safe choice), and 30 orders again: about "
+            "10 fit (a quorum queue may take one or two more before its refusal reaches the publisher), the broker "
+            "refuses the rest and the relay keeps them in the outbox, trying again every few seconds. Once it got its "
+            "nacks, resume the workers.",
+            (
+                Action(
+                    "Pause, limit 10, reject-publish",
+                    "sandbox",
+                    {"paused": True, "queue_overflow": "reject_publish"},
+                    waits=(settled("drop-head"),),
+                ),
+                Action("POST 30 orders", "post_orders", {"count": 30}, phase="reject-publish"),
+                Action("Resume the workers", "sandbox", {"paused": False}, waits=(nacked("reject-publish"),)),
+            ),
+        ),
+        Step(
+            "Once every order completed, remove the limit.",
+            (
+                Action(
+                    "Remove the limit",
+                    "sandbox",
+                    {"queue_max_length": None},
+                    waits=(settled("reject-publish"),),
+                ),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "dropped",
+            "Drop-head confirmed every publish and dropped orders from the full queue: dropped > 0",
+            "drop-head",
+            lambda n: _settled(n["drop-head"]) and n["drop-head"]["dropped"] > 0,
+        ),
+        Checkpoint(
+            "refused-and-kept",
+            "Reject-publish: the broker refused (nacks > 0), the refused orders waited in the outbox, and every order "
+            "completed: dropped = 0, lost = 0",
+            "reject-publish",
+            lambda n: (
+                _settled(n["reject-publish"])
+                and n["reject-publish"]["publish_nacks"] > 0
+                and n["reject-publish"]["waited_in_outbox"] > 0
+                and n["reject-publish"]["dropped"] == 0
+                and n["reject-publish"]["lost"] == 0
+                and n["reject-publish"]["completed"] == n["reject-publish"]["accepted"]
+            ),
+        ),
+    ),
+    minutes=2,
+    baseline=baseline(),
+    needs_supervisor=True,
+)
+
 LESSONS: tuple[Lesson, ...] = tuple(
     sorted(
-        (ACK_TIMING, OUTBOX, IDEMPOTENT_CONSUMERS, IDEMPOTENCY_KEY, RETRIES, POISON, CACHING, SCALING, OVERSOLD),
+        (
+            ACK_TIMING,
+            OUTBOX,
+            IDEMPOTENT_CONSUMERS,
+            IDEMPOTENCY_KEY,
+            RETRIES,
+            POISON,
+            CACHING,
+            SCALING,
+            OVERSOLD,
+            FULL_QUEUE,
+        ),
         key=lambda lesson: lesson.number,
     )
 )

@@ -20,13 +20,14 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Max, Min, QuerySet, Sum
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from orders import cache, checkpoints
-from orders.models import EventKind, Order, OrderEvent, OrderLine, OrderStatus, Product
+from orders.models import EventKind, Order, OrderEvent, OrderLine, OrderStatus, OutboxMessage, Product
 from worker.checkpoints import lost_orders
 from worker.models import WorkerHeartbeat
+from worker.queue_policy import DROPPED
 
 # Every order a lesson places goes to an address of this domain; `run_email` names the run and phase in it.
 LESSON_DOMAIN = "lessons.example.com"
@@ -69,6 +70,28 @@ def _stock(orders: QuerySet[Order], events: QuerySet[OrderEvent]) -> dict[str, A
         "units_sold": sold,
         "oversold": max(0, sold - LESSON_STOCK),
         "stock_left": product.stock,
+    }
+
+
+def _backlog(orders: QuerySet[Order]) -> dict[str, Any]:
+    """The full-queue lesson's numbers: where each order's message waited before a worker took it. Published at the
+    first attempt: it waited in the queue; refused by the broker (nacked) at least once: it waited as an outbox row
+    (or waits there still); each refused attempt is one nack the relay got. Dropped: the full queue dropped its
+    message (dead-lettered with reason maxlen)."""
+    rows = OutboxMessage.objects.filter(order__in=orders)
+    counts = rows.aggregate(
+        attempts=Sum("publish_attempts"),
+        sent=Count("pk", filter=Q(sent_at__isnull=False)),
+        in_outbox=Count("pk", filter=Q(sent_at__isnull=True)),
+        at_once=Count("pk", filter=Q(sent_at__isnull=False, publish_attempts=1)),
+        refused=Count("pk", filter=Q(publish_attempts__gt=1) | Q(sent_at__isnull=True, publish_attempts__gt=0)),
+    )
+    return {
+        "in_outbox": counts["in_outbox"],
+        "waited_in_queue": counts["at_once"],
+        "waited_in_outbox": counts["refused"],
+        "publish_nacks": (counts["attempts"] or 0) - counts["sent"],
+        "dropped": orders.filter(status=OrderStatus.DEAD_LETTERED, failure_reason=DROPPED).count(),
     }
 
 
@@ -152,6 +175,7 @@ def measure(email: str | None) -> dict[str, Any]:
         "most_by_one_worker": max(taken_by.values(), default=0),
         "workers_running": WorkerHeartbeat.objects.filter(last_seen__gte=timezone.now() - WORKER_ALIVE).count(),
         **_stock(orders, events),
+        **_backlog(orders),
         "seconds": round(seconds, 1),
         "throughput": round(completed / seconds, 1) if seconds > 0 else None,
         # The phase's orders, for the page's reads (the cache lesson), and its dead-lettered ones, for a replay.

@@ -208,7 +208,7 @@ def _stock_burst(lesson: Lesson, run: LessonRun, action: Action, *, by: str) -> 
         plan=[sku] * count,
         email=run_email(lesson.slug, run.run, action.phase),
     )
-    return {"text": f"{created} orders of one {sku} each placed, {LESSON_STOCK} in stock."}
+    return {"text": f"{created} one-unit orders placed for a new product with {LESSON_STOCK} in stock ({sku})."}
 
 
 def _shown(lesson: Lesson, numbers: dict[str, Any], phase: str) -> dict[str, Any]:

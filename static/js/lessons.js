@@ -37,7 +37,7 @@ function shown(name, numbers) {
   return fmt(value);
 }
 
-const BAD = new Set(["lost", "duplicates", "charged_twice", "stale_reads", "ghost_messages", "oversold"]);
+const BAD = new Set(["lost", "duplicates", "charged_twice", "stale_reads", "ghost_messages", "oversold", "dropped"]);
 
 function render() {
   for (const phase of state.phases) {
@@ -342,11 +342,16 @@ const actionOf = (button) => lesson.steps[Number(button.dataset.step) - 1][Numbe
 let progress = null;
 let busy = false;
 
+// What each wait of the catalog (WAITS) needs of its phase's numbers.
+const WAIT_TESTS = {
+  settled: (n) => Boolean(n.settled),
+  held: (n) => n.held > 0,
+  published: (n) => n.accepted > 0 && n.in_outbox === 0,
+  nacked: (n) => n.publish_nacks > 0,
+};
+
 function unmet(action) {
-  return (action.waits || []).filter(([kind, phase]) => {
-    const numbers = phaseOf(phase)?.numbers || {};
-    return kind === "settled" ? !numbers.settled : !(numbers.held > 0);
-  });
+  return (action.waits || []).filter(([kind, phase]) => !WAIT_TESTS[kind](phaseOf(phase)?.numbers || {}));
 }
 
 function updateButtons() {

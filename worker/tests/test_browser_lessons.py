@@ -163,7 +163,7 @@ def run_back_to_back(page, lessons: tuple[catalog.Lesson, ...]) -> dict[str, dic
 
 # The lessons added after the first eight: their own test runs them back to back (a few minutes, against the
 # eleven's), and the full run checks them the same way.
-NEW_LESSONS = ("oversold",)
+NEW_LESSONS = ("oversold", "full-queue")
 
 
 def check_new_lessons(measured: dict[str, dict[str, dict[str, float]]]) -> None:
@@ -174,6 +174,12 @@ def check_new_lessons(measured: dict[str, dict[str, dict[str, float]]]) -> None:
     assert oversold["read-modify-write"]["units_sold"] > oversold["read-modify-write"]["stock_at_start"]
     guarded = oversold["guarded"]
     assert (guarded["oversold"], guarded["units_sold"], guarded["stock_left"], guarded["failed"]) == (0, 10, 0, 20)
+    # 10: drop-head confirmed all 30 and dropped 20 from the full queue (parked, reason maxlen); reject-publish's
+    # broker refused the overflow, which waited in the outbox, and every order completed.
+    drop, reject = measured["full-queue"]["drop-head"], measured["full-queue"]["reject-publish"]
+    assert (drop["dropped"], drop["completed"], drop["publish_nacks"], drop["waited_in_queue"]) == (20, 10, 0, 30)
+    assert (reject["completed"], reject["dropped"], reject["lost"]) == (30, 0, 0)
+    assert reject["publish_nacks"] > 0 and reject["waited_in_outbox"] > 0
 
 
 def test_a_fast_learner_gets_the_documented_result_in_the_new_lessons_back_to_back(stack, browser, staff):

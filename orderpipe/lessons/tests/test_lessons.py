@@ -372,3 +372,22 @@ def test_the_oversold_lesson_places_its_burst_on_a_product_of_its_own_and_counts
 
     assert staff.post(f"/lessons/{lesson.slug}/reset/").json()["removed_orders"] == 30
     assert not Product.objects.filter(pk=product.pk).exists()
+
+
+def test_the_full_queue_lesson_counts_where_each_order_waited_and_what_the_queue_dropped():
+    """Published at the first attempt: waited in the queue; refused (nacked) first: waited in the outbox, one nack per
+    refused attempt; dead-lettered with the full queue's reason: dropped."""
+    from orders.models import OutboxMessage
+    from worker.queue_policy import DROPPED
+
+    email = run_email("full-queue", "abc", "reject-publish")
+    at_once, refused, still_waiting, dropped = place(email, 4)
+    now = timezone.now()
+    OutboxMessage.objects.filter(order=at_once).update(sent_at=now, publish_attempts=1)
+    OutboxMessage.objects.filter(order=refused).update(sent_at=now, publish_attempts=3)
+    OutboxMessage.objects.filter(order=still_waiting).update(publish_attempts=2, last_error="nacked")
+    OutboxMessage.objects.filter(order=dropped).update(sent_at=now, publish_attempts=1)
+    Order.objects.filter(pk=dropped.pk).update(status=OrderStatus.DEAD_LETTERED, failure_reason=DROPPED)
+    numbers = measure(email)
+    assert (numbers["waited_in_queue"], numbers["waited_in_outbox"], numbers["in_outbox"]) == (2, 2, 1)
+    assert (numbers["publish_nacks"], numbers["dropped"]) == (4, 1)
