@@ -54,14 +54,23 @@ def lost_orders(
     now = timezone.now()
     stuck = stuck_orders(orders, quiet_for=quiet_for)
     held: set[str] = set()
-    for holding in WorkerHeartbeat.objects.filter(last_seen__gte=now - alive_within).values_list("holding", flat=True):
-        held.update(holding or [])
+    # A dead worker's unacked messages go back to the queue when its connection drops (a worker that stops cleanly
+    # deletes its heartbeat; one that is killed leaves it): depths observed before its last heartbeat do not show them.
+    died = None
+    for holding, last_seen in WorkerHeartbeat.objects.values_list("holding", "last_seen"):
+        if last_seen >= now - alive_within:
+            held.update(holding or [])
+        else:
+            died = max(died or last_seen, last_seen)
     candidates = [pk for pk in stuck if str(pk) not in held]
     stats = list(QueueStat.objects.exclude(role="dead"))
     queued = sum(q.ready for q in stats)
     stuck_n, held_n = len(stuck), len(stuck) - len(candidates)
     if not stats or min(q.observed_at for q in stats) < now - observed_within:
         why = "queue depths not observed recently (is a relay or worker running?)"
+        return Lost(lost=None, stuck=stuck_n, held=held_n, queued=queued, why=why, candidate_ids=candidates)
+    if died is not None and min(q.observed_at for q in stats) <= died:
+        why = "a worker died; the queues were not observed since"
         return Lost(lost=None, stuck=stuck_n, held=held_n, queued=queued, why=why, candidate_ids=candidates)
     if queued:
         why = f"{queued} message(s) still ready in the queues"

@@ -841,10 +841,12 @@ CACHING = Lesson(
             ),
         ),
         Step(
-            "Place 10 orders, then read them from the API 6 times, once a second.",
+            "Place 10 orders, then read them from the API once a second until they have all completed, and twice more.",
             (
                 Action("Place 10 orders", "burst", {"count": 10}, phase="cache-aside"),
-                Action("Read them 6 times", "read_orders", {"rounds": 6, "everyMs": 1000}, phase="cache-aside"),
+                Action(
+                    "Read them until done", "read_orders", {"everyMs": 1000, "afterSettled": 2}, phase="cache-aside"
+                ),
             ),
         ),
         Step(
@@ -858,7 +860,9 @@ CACHING = Lesson(
                 ),
                 Action("Zero the counters", "flush_cache"),
                 Action("Place 10 orders", "burst", {"count": 10}, phase="write-through"),
-                Action("Read them 6 times", "read_orders", {"rounds": 6, "everyMs": 1000}, phase="write-through"),
+                Action(
+                    "Read them until done", "read_orders", {"everyMs": 1000, "afterSettled": 2}, phase="write-through"
+                ),
             ),
         ),
         Step(
@@ -868,7 +872,7 @@ CACHING = Lesson(
             (
                 Action("Place 10 orders", "burst", {"count": 10}, phase="storm", waits=(settled("write-through"),)),
                 Action("Flush the cache", "flush_cache", waits=(settled("storm"),)),
-                Action("Read them once", "read_orders", {"rounds": 1, "everyMs": 0}, phase="storm"),
+                Action("Read them once", "read_orders", {"everyMs": 0, "rounds": 1}, phase="storm"),
             ),
         ),
     ),

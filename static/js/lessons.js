@@ -208,14 +208,19 @@ async function postOrders(params, phase) {
   return { ok: true, text: `${params.count} orders POSTed: ${summary}.` };
 }
 
-// Read the phase's orders through the API a few rounds, as customers refreshing a page would; the server counts
-// the hits, the misses and the stale reads.
+// Read the phase's orders through the API, as customers refreshing a page would: `rounds` rounds, or, with
+// `afterSettled`, once every `everyMs` until the phase's orders are all settled and that many rounds more (so the
+// reads see every order change, whatever the machine's speed). The server counts the hits, misses and stale reads.
 async function readOrders(params, phase) {
   await refresh(); // the orders the step before placed exist: read the state that lists them
   const ids = phaseOf(phase).numbers.ids;
   if (!ids.length) return { ok: false, text: "This phase has no orders to read yet." };
-  const line = showLog(`read ${ids.length} orders, ${params.rounds} rounds`);
-  for (let round = 1; round <= params.rounds; round += 1) {
+  const line = showLog(`read ${ids.length} orders`);
+  let after = params.afterSettled ?? 0;
+  let round = 0;
+  const maxRounds = params.rounds ?? 300;
+  while (round < maxRounds) {
+    round += 1;
     const seen = { HIT: 0, MISS: 0 };
     const statuses = {};
     for (const id of ids) {
@@ -228,9 +233,16 @@ async function readOrders(params, phase) {
       .map(([status, count]) => `${count} ${status}`)
       .join(", ");
     line(`round ${round}: ${seen.HIT} hits, ${seen.MISS} misses; the API said ${shownStatuses}`);
-    if (round < params.rounds) await new Promise((resolve) => setTimeout(resolve, params.everyMs));
+    if (params.rounds === undefined) {
+      await refresh();
+      if (phaseOf(phase).numbers.settled) {
+        if (after === 0) break;
+        after -= 1;
+      }
+    }
+    if (round < maxRounds) await new Promise((resolve) => setTimeout(resolve, params.everyMs));
   }
-  return { ok: true, text: `Read ${ids.length} orders ${params.rounds} times.` };
+  return { ok: true, text: `Read ${ids.length} orders ${round} times.` };
 }
 
 async function replay(phase) {

@@ -94,14 +94,17 @@ def supervisor_reported() -> bool:
     )
 
 
-def number(page, phase: str, name: str) -> float:
-    value = page.locator(f"#n-{phase}-{name}").get_attribute("data-value")
-    return float(value) if value not in (None, "") else 0.0
-
-
 def figures(page, lesson: catalog.Lesson) -> dict[str, dict[str, float]]:
-    """The panel's figures, per phase, as the page shows them now."""
-    return {phase: {name: number(page, phase, name) for name in lesson.shown_numbers()} for phase in lesson.phase_ids()}
+    """The panel's figures, per phase, as the page shows them now: read in one go, so that they all come from the same
+    poll of the lesson's state (cell by cell, a poll landing in between would mix two)."""
+    cells = page.evaluate(
+        "() => Object.fromEntries([...document.querySelectorAll('td[data-phase]')]"
+        ".map((td) => [`${td.dataset.phase} ${td.dataset.number}`, td.dataset.value ?? '']))"
+    )
+    return {
+        phase: {name: float(cells.get(f"{phase} {name}") or 0) for name in lesson.shown_numbers()}
+        for phase in lesson.phase_ids()
+    }
 
 
 def run_as_a_fast_learner(page, lesson: catalog.Lesson) -> dict[str, dict[str, float]]:

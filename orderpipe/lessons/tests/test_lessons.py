@@ -391,3 +391,27 @@ def test_the_full_queue_lesson_counts_where_each_order_waited_and_what_the_queue
     numbers = measure(email)
     assert (numbers["waited_in_queue"], numbers["waited_in_outbox"], numbers["in_outbox"]) == (2, 2, 1)
     assert (numbers["publish_nacks"], numbers["dropped"]) == (4, 1)
+
+
+def test_orders_a_killed_worker_held_are_not_yet_known_until_the_queues_are_observed_again():
+    """Its unacked messages return to the queue when it dies; a depth observed before its death does not show them."""
+    email = "t-run-d@lessons.example.com"
+    order = place(email)[0]
+    OutboxMessage.objects.filter(order=order).update(sent_at=timezone.now())
+    Order.objects.filter(pk=order.pk).update(status=OrderStatus.PROCESSING)
+    age(order)
+    queues_seen(ready=0)
+    WorkerHeartbeat.objects.create(
+        name="killed",
+        hostname="h",
+        pid=1,
+        holding=[str(order.pk)],
+        started_at=timezone.now(),
+        last_seen=timezone.now() - timedelta(seconds=6),  # stale: taken for dead
+    )
+    QueueStat.objects.update(observed_at=timezone.now() - timedelta(seconds=7))  # before it died
+    numbers = measure(email)
+    assert (numbers["lost"], numbers["not_yet_known"]) == (0, 1)
+    assert "a worker died" in numbers["lost_why"]
+    queues_seen(ready=0)  # observed since, still empty: now it is lost
+    assert measure(email)["lost"] == 1
