@@ -56,6 +56,10 @@ class FaultInjector(GatewayFaults, Protocol):
         """False only in the sandbox's unsafe step_guards=off: the steps skip their "done before?" check."""
         ...
 
+    def stock_update(self) -> str:
+        """ "guarded" except in the sandbox's unsafe stock_update=read_modify_write (the reserve step's lost update)."""
+        ...
+
     def batchable(self) -> bool:
         """True while no fault and no unsafe mode is on: the worker may run the deliveries it holds as one batch."""
         ...

@@ -257,6 +257,16 @@ class CacheMode(models.TextChoices):
     OFF = "off", "off (no cache)"
 
 
+class StockUpdate(models.TextChoices):
+    GUARDED = "guarded", "guarded (safe: one conditional UPDATE)"
+    READ_MODIFY_WRITE = "read_modify_write", "read-modify-write (unsafe: read, compute, write back; a lost update)"
+
+
+class QueueOverflow(models.TextChoices):
+    REJECT_PUBLISH = "reject_publish", "reject-publish (safe: the broker nacks, the message waits in the outbox)"
+    DROP_HEAD = "drop_head", "drop-head (unsafe: the broker drops the oldest messages of a full queue)"
+
+
 class SandboxSettings(models.Model):
     """The fault injector: one row, read by every worker within a second. All faults are off by default."""
 
@@ -331,6 +341,30 @@ class SandboxSettings(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(3600)],
         help_text="TTL of the order cache entries (empty: ORDER_CACHE_TTL).",
     )
+    stock_update = models.CharField(
+        max_length=20,
+        choices=StockUpdate,
+        default=StockUpdate.GUARDED,
+        help_text="UNSAFE when read_modify_write: the reserve step reads the stock, computes in Python and writes it "
+        "back, without a lock: two workers reserving at once both write what they read, and stock is oversold.",
+    )
+    # A length limit on the main queue, as a RabbitMQ policy that `make run`'s supervisor sets and clears
+    # (worker/queue_policy.py); with it, what a full queue does with one more message.
+    queue_max_length = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(100_000)],
+        help_text="Ready messages the main queue holds at most (a policy make run's supervisor applies; empty: no "
+        "limit).",
+    )
+    queue_overflow = models.CharField(
+        max_length=20,
+        choices=QueueOverflow,
+        default=QueueOverflow.REJECT_PUBLISH,
+        help_text="UNSAFE when drop_head: a full main queue drops its oldest messages instead of refusing new ones.",
+    )
+    # What the supervisor last applied to the broker ("" none, else the policy's definition): not a setting.
+    queue_policy_in_effect = models.CharField(max_length=200, blank=True, default="", editable=False)
     updated_at = models.DateTimeField(auto_now=True)
     # Goes up by one with every change (orders/sandbox `sandbox_update`). Workers report the version they run in
     # their heartbeat, so a change is known to be in effect, process by process.
@@ -353,6 +387,9 @@ class SandboxSettings(models.Model):
         "step_guards",
         "cache_mode",
         "cache_ttl_seconds",
+        "stock_update",
+        "queue_max_length",
+        "queue_overflow",
     )
 
     class Meta:

@@ -35,7 +35,17 @@ from orders.failures import (
     TransientFailure,
 )
 from orders.gateway import Gateway
-from orders.models import EventKind, Notification, Order, OrderLine, OrderStatus, OrderStep, Payment, Product
+from orders.models import (
+    EventKind,
+    Notification,
+    Order,
+    OrderLine,
+    OrderStatus,
+    OrderStep,
+    Payment,
+    Product,
+    StockUpdate,
+)
 from orders.notifications import Notifier
 from orders.services import Transition, attach_lines, cache_after_commit, transition_order
 
@@ -104,9 +114,12 @@ def reserve_inventory(order: Order, seams: Seams, _: Any) -> Done:
     # whole step back with the decrements before it. Each decrement returns the stock it left, for the snapshot;
     # the row locks are then held until the commit, one statement (the order's transition) longer than if the
     # decrements came last: the price of showing the stock as this step left it without a query more.
+    take = change_stock
+    if seams.faults.stock_update() == StockUpdate.READ_MODIFY_WRITE:
+        take = read_modify_write_stock  # the sandbox's unsafe mode: a lost update
     rows = []
     for line in sorted(order.lines.all(), key=lambda item: item.product_id):
-        stock = change_stock(line.product_id, -line.quantity)
+        stock = take(line.product_id, -line.quantity)
         if stock is None:
             raise out_of_stock(line)
         rows.append(product_row(line.product_id, line.sku, stock, -line.quantity))
@@ -164,6 +177,35 @@ def change_stock(product_id: int, change: int) -> int | None:
         cursor.execute(_CHANGE_STOCK, {"change": change, "id": product_id})
         row = cursor.fetchone()
     return None if row is None else row[0]
+
+
+# How long the naive code of stock_update=read_modify_write works between its read and its write (a real application
+# validates, logs, asks another service): the window in which another worker reads the same stock.
+READ_MODIFY_WRITE_GAP = 0.05
+_READ_STOCK = (
+    sql.SQL("SELECT stock FROM {} WHERE id = %(id)s").format(sql.Identifier(Product._meta.db_table)).as_string()
+)
+_WRITE_STOCK = (
+    sql.SQL("UPDATE {} SET stock = %(stock)s WHERE id = %(id)s")
+    .format(sql.Identifier(Product._meta.db_table))
+    .as_string()
+)
+
+
+def read_modify_write_stock(product_id: int, change: int) -> int | None:
+    """The sandbox's unsafe stock_update=read_modify_write, as naive code takes stock: read the stock (no row lock),
+    compute the new value in Python, write it back. Two workers that read the same stock both write `stock - 1`: one
+    reservation is lost, and more units are sold than existed. Returns the stock it wrote, or None when the value it
+    read was not enough."""
+    with connection.cursor() as cursor:
+        cursor.execute(_READ_STOCK, {"id": product_id})
+        row = cursor.fetchone()
+        if row is None or row[0] + change < 0:
+            return None
+        left = row[0] + change
+        time.sleep(READ_MODIFY_WRITE_GAP)
+        cursor.execute(_WRITE_STOCK, {"stock": left, "id": product_id})
+    return left
 
 
 def call_gateway(order: Order, seams: Seams) -> str:

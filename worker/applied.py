@@ -21,6 +21,7 @@ from django.utils import timezone
 from orders.models import SandboxSettings
 from orders.sandbox import Applied, Pending, effective_scaling
 from worker.models import SupervisedProcess, WorkerHeartbeat
+from worker.queue_policy import FAILED, NEEDS_SUPERVISOR, wanted_policy
 from worker.supervision import FRESH_FOR
 
 # A worker heart-beats every second (and at once after applying a change); older than this, it is not waited for.
@@ -67,6 +68,16 @@ def settings_applied(row: SandboxSettings) -> Applied:
             applied.pending.append(Pending(name="workers", why=f"{row.workers - seen} more starting"))
     elif not beats:
         applied.note = "no worker running"
+    if settings.ORDERPIPE_SANDBOX:
+        wanted_limit = wanted_policy(row.queue_max_length, row.queue_overflow)
+        if row.queue_policy_in_effect != wanted_limit and (wanted_limit or supervisor_running):
+            if not supervisor_running:
+                policy_why = f"a queue length limit {NEEDS_SUPERVISOR}"
+            elif row.queue_policy_in_effect.startswith(FAILED):
+                policy_why = f"rabbitmqctl {row.queue_policy_in_effect}"
+            else:
+                policy_why = f"the supervisor is setting {wanted_limit or 'no limit'}"
+            applied.pending.append(Pending(name="main queue policy", why=policy_why))
     if not supervisor_running and settings.ORDERPIPE_SANDBOX:
         applied.note = "; ".join(
             filter(None, [applied.note, "workers, threads and prefetch are followed only by make run's supervisor"])

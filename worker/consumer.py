@@ -62,6 +62,7 @@ from worker.processing import (
     Verdict,
     peek_order_id,
 )
+from worker.queue_policy import DROPPED
 from worker.relay import Backoff
 from worker.settings_watch import SettingsWatch
 from worker.topology import MESSAGE_TYPE, Topology, topology
@@ -332,7 +333,9 @@ class Worker:
         if REASON_HEADER in delivery.headers:
             return Verdict(Action.ACK)  # dead-lettered by a worker, which already marked the order
         reason = str(delivery.headers.get("x-first-death-reason") or "dead-lettered by the broker")
-        if reason == "delivery_limit":
+        if reason == "maxlen":
+            reason = DROPPED
+        elif reason == "delivery_limit":
             reason = (
                 f"delivery limit reached: delivered {settings.AMQP_DELIVERY_LIMIT}+ times without an ack "
                 "(it crashed workers or raised an unexpected error each time; see the worker log)"

@@ -49,6 +49,7 @@ from orders.models import SandboxSettings
 from orders.sandbox.faults import CRASH_EXIT_CODE
 from worker.links import Links
 from worker.models import SupervisedProcess, SupervisorRequest
+from worker.queue_policy import QueuePolicy, wanted_policy
 from worker.rabbitmq_nodes import ClusterNodes, Node
 from worker.supervision import HEARTBEAT_EVERY, NODE_ROLE
 
@@ -108,6 +109,7 @@ class Desired:
     workers: int
     concurrency: int
     prefetch: int | None = None  # None: the worker's own default (WORKER_PREFETCH)
+    queue_policy: str = ""  # the main queue's length limit policy (worker/queue_policy.py); "": none
 
 
 @dataclass
@@ -126,6 +128,7 @@ class Supervisor:
     programs: dict[str, Program] = field(default_factory=dict)
     links: Links | None = None  # the cuttable proxies in front of the services; None: direct connections
     cluster: ClusterNodes | None = None  # the RabbitMQ nodes the page may kill and restart; None: one broker
+    queue_policy: QueuePolicy | None = None  # sets and clears the main queue's limit (sandbox only)
     _node_states: dict[str, str] = field(default_factory=dict)
     _killed: set[str] = field(default_factory=set)  # nodes killed from the page, until they are seen up again
     _last_read: float = -1e9
@@ -167,7 +170,10 @@ class Supervisor:
                 try:
                     row = SandboxSettings.load()
                     desired = Desired(
-                        row.workers, row.worker_concurrency or settings.WORKER_CONCURRENCY, row.worker_prefetch
+                        row.workers,
+                        row.worker_concurrency or settings.WORKER_CONCURRENCY,
+                        row.worker_prefetch,
+                        wanted_policy(row.queue_max_length, row.queue_overflow),
                     )
                 except DatabaseError as exc:  # keep the last known state while the database is away
                     log.warning("supervisor: sandbox settings unreadable (%s); keeping the current workers", exc)
@@ -189,6 +195,8 @@ class Supervisor:
         if "worker" in self.roles:
             changed |= self._follow(self.desired())
         changed |= self._start_due()
+        if self.queue_policy is not None:
+            self.queue_policy.follow(self.desired().queue_policy)
         self._serve_requests()
         self._finish_node_starts()
         self._heartbeat()
@@ -494,7 +502,10 @@ class Supervisor:
                 self.links.stop()
 
     def stop(self) -> None:
-        """SIGTERM to everything, wait, SIGKILL what is left. Workers finish and ack the orders they hold."""
+        """SIGTERM to everything, wait, SIGKILL what is left. Workers finish and ack the orders they hold. The main
+        queue's length limit goes with the supervisor that set it."""
+        if self.queue_policy is not None:
+            self.queue_policy.clear()
         running = [(p, p.proc) for p in self.programs.values() if p.proc is not None and p.proc.poll() is None]
         for _program, proc in running:
             proc.send_signal(signal.SIGTERM)

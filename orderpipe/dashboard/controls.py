@@ -24,6 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from orderpipe.lessons.measure import LESSON_SKU_PREFIX
 from orders import cache, live, sandbox
 from orders.access import can_control
 from orders.models import Product
@@ -72,7 +73,9 @@ def burst_plan(*, count: int) -> list[str]:
 
     Stock is what the products hold now: orders already in the pipeline reserve theirs later, so a burst placed
     while another one drains can still run a product out (the orders then fail "out of stock", as they should)."""
-    in_stock = list(Product.objects.filter(stock__gt=0).values_list("sku", "stock"))
+    in_stock = list(
+        Product.objects.filter(stock__gt=0).exclude(sku__startswith=LESSON_SKU_PREFIX).values_list("sku", "stock")
+    )
     total = sum(stock for _sku, stock in in_stock)
     if total < count:
         raise NotEnoughStock(

@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 
-from orderpipe.lessons.measure import BUCKETS
+from orderpipe.lessons.measure import BUCKETS, LESSON_STOCK
 from orders import sandbox
 from orders.models import SandboxSettings
 
@@ -58,7 +58,21 @@ NUMBER_LABELS = {
     "ghost_messages": "ghost messages (for orders that do not exist)",
     "cache_hits": "API reads from Redis (hits)",
     "cache_misses": "API reads from PostgreSQL (misses)",
+    "stock_at_start": "units in stock at the start",
+    "units_sold": "units sold (reserved by orders)",
+    "oversold": "units sold beyond the stock",
+    "stock_left": "stock left, as the product row says",
+    "dropped": "dropped by the full queue",
+    "waited_in_queue": "waited in the queue (published at once)",
+    "waited_in_outbox": "waited in the outbox (refused by the broker first)",
+    "publish_nacks": "publishes the broker refused (the relay's nacks)",
 }
+# What the lesson's own endpoint (/lessons/<slug>/act/) carries out, with the catalog's params.
+SERVER_KINDS = frozenset(
+    {
+        "stock_burst",  # a product with LESSON_STOCK units, and `count` one-unit orders for it, at once
+    }
+)
 ACTION_KINDS = frozenset(
     {
         "sandbox",
@@ -72,6 +86,7 @@ ACTION_KINDS = frozenset(
         "outage",  # /api/controls/outage/: the supervisor cuts or restores its link to a service
         "post_orders",  # the page POSTs orders to /api/orders/ itself (what the publish modes act on; bursts do not)
         "read_orders",  # the page GETs the phase's orders from the API, a few rounds (the cache lesson)
+        *SERVER_KINDS,
     }
 )
 
@@ -80,6 +95,8 @@ ACTION_KINDS = frozenset(
 WAITS = {
     "settled": "every order of the phase in a bucket it stays in (nothing in flight, nothing not yet known)",
     "held": "a live worker holds some of the phase's orders",
+    "published": "every order of the phase published (none left in the outbox)",
+    "nacked": "the broker refused some of the phase's orders (the relay got nacks)",
 }
 
 
@@ -89,6 +106,14 @@ def settled(phase: str) -> tuple[str, str]:
 
 def held(phase: str) -> tuple[str, str]:
     return ("held", phase)
+
+
+def published(phase: str) -> tuple[str, str]:
+    return ("published", phase)
+
+
+def nacked(phase: str) -> tuple[str, str]:
+    return ("nacked", phase)
 
 
 @dataclass(frozen=True)
@@ -166,6 +191,8 @@ class Lesson:
     # Counts Redis keeps for the whole sandbox since the cache was last flushed: each phase shows them as they were
     # while it was under way.
     counters: tuple[str, ...] = ()
+    # Code shown side by side under the diagram: (caption, text) each, the unsafe one first.
+    code: tuple[tuple[str, str], ...] = ()
 
     def phase_ids(self) -> list[str]:
         return [phase.id for phase in self.phases]
@@ -885,9 +912,221 @@ CACHING = Lesson(
     baseline=baseline(),
 )
 
+OVERSOLD = Lesson(
+    number=9,
+    slug="oversold",
+    title="Oversold stock: a lost update",
+    teaches="Read the stock, compute, write it back: two workers at once sell the same last unit twice.",
+    intro=(
+        "Reserving stock looks simple: read how many are left, check there are enough, write the new number. "
+        "Naive code does exactly that, in three steps. With one worker it works. With several workers and "
+        "threads, two of them read the same number (say 3) at the same moment, both see enough, both write 2: "
+        "two units were sold and the row says one was. That is a lost update, and the shop sells more than it had.",
+        "stock_update=read_modify_write runs the worker's reserve step that way (the product row is read without a "
+        "lock; the new value is computed in Python and written back). The safe default does it in one statement "
+        "that PostgreSQL runs atomically on the row: take the units only if they are still there "
+        "(UPDATE … SET stock = stock - 1 WHERE … AND stock - 1 >= 0). An order that finds nothing left fails "
+        "'out of stock', as it should.",
+        "Each column gets its own product with {lesson_stock} units in stock and 30 orders of one unit each, "
+        "placed at once; four threads reserve them.",
+    ),
+    diagram=Diagram(
+        boxes=("worker thread A", "product row: stock 3", "worker thread B"),
+        arrows=("read 3 … write 2", "read 3 … write 2"),
+        broken=1,
+        note="Both read 3 before either wrote: two units sold, the row says one. The guarded UPDATE makes B wait "
+        "for A's row lock and re-check the stock.",
+    ),
+    code=(
+        (
+            "read_modify_write (unsafe)",
+            "SELECT stock FROM orders_product\n"
+            " WHERE id = 7;   -- 3\n"
+            "-- Python: left = 3 - 1 (out of stock if < 0)\n"
+            "UPDATE orders_product\n"
+            "   SET stock = 2 WHERE id = 7;",
+        ),
+        (
+            "guarded (safe)",
+            "UPDATE orders_product\n"
+            "   SET stock = stock - 1\n"
+            " WHERE id = 7 AND stock - 1 >= 0\n"
+            "RETURNING stock;   -- no row: out of stock",
+        ),
+    ),
+    phases=(Phase("read-modify-write", "read-modify-write"), Phase("guarded", "guarded decrement")),
+    numbers=("accepted", "completed", "failed", "stock_at_start", "units_sold", "oversold", "stock_left"),
+    steps=(
+        Step(
+            "Switch the reserve step to read-modify-write.",
+            (Action("stock_update=read_modify_write", "sandbox", {"stock_update": "read_modify_write"}),),
+        ),
+        Step(
+            "A new product with 10 in stock, and 30 orders of one unit each for it, at once. Count the units sold.",
+            (Action("Place 30 orders for 10 units", "stock_burst", {"count": 30}, phase="read-modify-write"),),
+        ),
+        Step(
+            "Back to the guarded decrement (the safe default), and the same burst on a new product.",
+            (
+                Action(
+                    "stock_update=guarded",
+                    "sandbox",
+                    {"stock_update": "guarded"},
+                    waits=(settled("read-modify-write"),),
+                ),
+                Action("Place 30 orders for 10 units", "stock_burst", {"count": 30}, phase="guarded"),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "oversold",
+            "Read-modify-write sold units that did not exist: units sold beyond the stock > 0",
+            "read-modify-write",
+            lambda n: _settled(n["read-modify-write"]) and (n["read-modify-write"]["oversold"] or 0) > 0,
+        ),
+        Checkpoint(
+            "sold-what-existed",
+            "The guarded decrement sold exactly the stock: beyond the stock = 0, stock left = 0, the rest failed",
+            "guarded",
+            lambda n: (
+                _settled(n["guarded"])
+                and n["guarded"]["oversold"] == 0
+                and n["guarded"]["units_sold"] == n["guarded"]["stock_at_start"]
+                and n["guarded"]["stock_left"] == 0
+            ),
+        ),
+    ),
+    minutes=1,
+    baseline=baseline(),
+)
+
+FULL_QUEUE = Lesson(
+    number=10,
+    slug="full-queue",
+    title="A full queue: backpressure",
+    teaches="When the queue is full, the broker should refuse new messages, and the outbox holds them meanwhile.",
+    intro=(
+        "A queue is not infinite: memory and disk run out, so a production queue gets a length limit. What happens "
+        "at the limit is the question. Drop-head (RabbitMQ's default overflow): the queue takes the new message and "
+        "drops its oldest one. The publisher got a confirm, the order is 'accepted', and its message is gone. Here "
+        "the main queue has a dead-letter exchange, so what it drops is parked in the dead-letter queue (reason "
+        "maxlen) and the order shows dead-lettered; without one it would simply vanish, until the sweeper noticed.",
+        "Reject-publish: a full queue refuses the new message (a nack to the publisher). That is backpressure: the "
+        "producer learns that the consumers are behind. The relay leaves a refused row in the outbox and tries it "
+        "again later: the outbox is the buffer, and nothing is lost. When the workers catch up, the queue has room "
+        "again and the backlog drains.",
+        "The lesson pauses the workers, so the queue fills, and limits the main queue to 10 messages with a "
+        "RabbitMQ policy (no queue is declared again), which make run's supervisor applies with rabbitmqctl and "
+        "removes when the lesson ends or is reset.",
+    ),
+    diagram=Diagram(
+        boxes=("outbox", "relay", "main queue (10 at most)", "workers (paused)"),
+        arrows=("pending rows", "publish · confirm or nack", "deliver"),
+        broken=2,
+        note="Drop-head confirms every publish and drops the oldest message; reject-publish nacks the newest, which "
+        "stays an outbox row.",
+    ),
+    phases=(Phase("drop-head", "overflow drop-head"), Phase("reject-publish", "overflow reject-publish")),
+    numbers=(
+        "accepted",
+        "completed",
+        "dead_lettered",
+        "lost",
+        "dropped",
+        "waited_in_queue",
+        "waited_in_outbox",
+        "publish_nacks",
+    ),
+    steps=(
+        Step(
+            "Pause the workers and limit the main queue to 10 messages; when it is full, it drops its oldest message "
+            "(overflow drop-head).",
+            (
+                Action(
+                    "Pause, limit 10, drop-head",
+                    "sandbox",
+                    {"paused": True, "queue_max_length": 10, "queue_overflow": "drop_head"},
+                ),
+            ),
+        ),
+        Step(
+            "POST 30 orders, one after the other, as customers would. The relay publishes all 30 and the broker "
+            "confirms each one; the queue keeps the newest 10. Once all are published, resume the workers.",
+            (
+                Action("POST 30 orders", "post_orders", {"count": 30}, phase="drop-head"),
+                Action("Resume the workers", "sandbox", {"paused": False}, waits=(published("drop-head"),)),
+            ),
+        ),
+        Step(
+            "Pause again, the same limit with overflow reject-publish (the safe choice), and 30 orders again: about "
+            "10 fit (a quorum queue may take one or two more before its refusal reaches the publisher), the broker "
+            "refuses the rest and the relay keeps them in the outbox, trying again every few seconds. Once it got its "
+            "nacks, resume the workers.",
+            (
+                Action(
+                    "Pause, limit 10, reject-publish",
+                    "sandbox",
+                    {"paused": True, "queue_overflow": "reject_publish"},
+                    waits=(settled("drop-head"),),
+                ),
+                Action("POST 30 orders", "post_orders", {"count": 30}, phase="reject-publish"),
+                Action("Resume the workers", "sandbox", {"paused": False}, waits=(nacked("reject-publish"),)),
+            ),
+        ),
+        Step(
+            "Once every order completed, remove the limit.",
+            (
+                Action(
+                    "Remove the limit",
+                    "sandbox",
+                    {"queue_max_length": None},
+                    waits=(settled("reject-publish"),),
+                ),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "dropped",
+            "Drop-head confirmed every publish and dropped orders from the full queue: dropped > 0",
+            "drop-head",
+            lambda n: _settled(n["drop-head"]) and n["drop-head"]["dropped"] > 0,
+        ),
+        Checkpoint(
+            "refused-and-kept",
+            "Reject-publish: the broker refused (nacks > 0), the refused orders waited in the outbox, and every order "
+            "completed: dropped = 0, lost = 0",
+            "reject-publish",
+            lambda n: (
+                _settled(n["reject-publish"])
+                and n["reject-publish"]["publish_nacks"] > 0
+                and n["reject-publish"]["waited_in_outbox"] > 0
+                and n["reject-publish"]["dropped"] == 0
+                and n["reject-publish"]["lost"] == 0
+                and n["reject-publish"]["completed"] == n["reject-publish"]["accepted"]
+            ),
+        ),
+    ),
+    minutes=2,
+    baseline=baseline(),
+    needs_supervisor=True,
+)
+
 LESSONS: tuple[Lesson, ...] = tuple(
     sorted(
-        (ACK_TIMING, OUTBOX, IDEMPOTENT_CONSUMERS, IDEMPOTENCY_KEY, RETRIES, POISON, CACHING, SCALING),
+        (
+            ACK_TIMING,
+            OUTBOX,
+            IDEMPOTENT_CONSUMERS,
+            IDEMPOTENCY_KEY,
+            RETRIES,
+            POISON,
+            CACHING,
+            SCALING,
+            OVERSOLD,
+            FULL_QUEUE,
+        ),
         key=lambda lesson: lesson.number,
     )
 )
@@ -906,4 +1145,5 @@ def text_values(lesson: Lesson) -> dict[str, str]:
         "cores": str(os.cpu_count() or 1),
         "prefetch": str(lesson.baseline["worker_prefetch"]),
         "sweep_after": f"{settings.SWEEP_AFTER:g}",
+        "lesson_stock": str(LESSON_STOCK),
     }

@@ -20,13 +20,14 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Max, Min, QuerySet
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from orders import cache, checkpoints
-from orders.models import EventKind, Order, OrderEvent, OrderStatus
+from orders.models import EventKind, Order, OrderEvent, OrderLine, OrderStatus, OutboxMessage, Product
 from worker.checkpoints import lost_orders
 from worker.models import WorkerHeartbeat
+from worker.queue_policy import DROPPED
 
 # Every order a lesson places goes to an address of this domain; `run_email` names the run and phase in it.
 LESSON_DOMAIN = "lessons.example.com"
@@ -34,6 +35,10 @@ LESSON_DOMAIN = "lessons.example.com"
 FLAKY_NOTE_PREFIX = "flaky "
 # A worker that reported within this long is running (its heartbeat comes about once a second).
 WORKER_ALIVE = timedelta(seconds=5)
+# The oversold-stock lesson's product: one per run and phase (`lesson_sku`), LESSON_STOCK units at the start of its
+# burst. Bursts placed from the dashboard leave these products alone (orderpipe/dashboard/controls.py).
+LESSON_SKU_PREFIX = "lesson-"
+LESSON_STOCK = 10
 # The buckets every accepted order is counted in, exactly one each.
 BUCKETS = ("completed", "failed", "dead_lettered", "in_flight", "not_yet_known", "lost")
 
@@ -41,6 +46,53 @@ BUCKETS = ("completed", "failed", "dead_lettered", "in_flight", "not_yet_known",
 def run_email(slug: str, run: str, phase: str) -> str:
     """The customer email of every order one phase of one lesson run places: `retries-3f9a1c-flaky@lessons…`."""
     return f"{slug}-{run}-{phase}@{LESSON_DOMAIN}"
+
+
+def lesson_sku(slug: str, run: str, phase: str) -> str:
+    return f"{LESSON_SKU_PREFIX}{slug}-{run}-{phase}"[:64]
+
+
+def _stock(orders: QuerySet[Order], events: QuerySet[OrderEvent]) -> dict[str, Any]:
+    """The oversold-stock lesson's numbers, from PostgreSQL: the units of the phase's lesson product that its orders
+    hold reserved (a reservation event, and not failed since, which gives stock back), how many of those are beyond
+    the stock the product started with, and the stock the product's row says is left."""
+    lines = OrderLine.objects.filter(order__in=orders, sku__startswith=LESSON_SKU_PREFIX)
+    product = Product.objects.filter(pk__in=lines.values("product_id")).first()
+    if product is None:
+        return {"stock_at_start": None, "units_sold": None, "oversold": None, "stock_left": None}
+    reserved = events.filter(kind=EventKind.INVENTORY_RESERVED).values("order_id")
+    sold = (
+        lines.filter(order__in=reserved).exclude(order__status=OrderStatus.FAILED).aggregate(n=Sum("quantity"))["n"]
+        or 0
+    )
+    return {
+        "stock_at_start": LESSON_STOCK,
+        "units_sold": sold,
+        "oversold": max(0, sold - LESSON_STOCK),
+        "stock_left": product.stock,
+    }
+
+
+def _backlog(orders: QuerySet[Order]) -> dict[str, Any]:
+    """The full-queue lesson's numbers: where each order's message waited before a worker took it. Published at the
+    first attempt: it waited in the queue; refused by the broker (nacked) at least once: it waited as an outbox row
+    (or waits there still); each refused attempt is one nack the relay got. Dropped: the full queue dropped its
+    message (dead-lettered with reason maxlen)."""
+    rows = OutboxMessage.objects.filter(order__in=orders)
+    counts = rows.aggregate(
+        attempts=Sum("publish_attempts"),
+        sent=Count("pk", filter=Q(sent_at__isnull=False)),
+        in_outbox=Count("pk", filter=Q(sent_at__isnull=True)),
+        at_once=Count("pk", filter=Q(sent_at__isnull=False, publish_attempts=1)),
+        refused=Count("pk", filter=Q(publish_attempts__gt=1) | Q(sent_at__isnull=True, publish_attempts__gt=0)),
+    )
+    return {
+        "in_outbox": counts["in_outbox"],
+        "waited_in_queue": counts["at_once"],
+        "waited_in_outbox": counts["refused"],
+        "publish_nacks": (counts["attempts"] or 0) - counts["sent"],
+        "dropped": orders.filter(status=OrderStatus.DEAD_LETTERED, failure_reason=DROPPED).count(),
+    }
 
 
 def run_orders(slug: str, runs: list[str], phases: list[str]) -> QuerySet[Order]:
@@ -122,6 +174,8 @@ def measure(email: str | None) -> dict[str, Any]:
         "workers_used": len(taken_by),
         "most_by_one_worker": max(taken_by.values(), default=0),
         "workers_running": WorkerHeartbeat.objects.filter(last_seen__gte=timezone.now() - WORKER_ALIVE).count(),
+        **_stock(orders, events),
+        **_backlog(orders),
         "seconds": round(seconds, 1),
         "throughput": round(completed / seconds, 1) if seconds > 0 else None,
         # The phase's orders, for the page's reads (the cache lesson), and its dead-lettered ones, for a replay.

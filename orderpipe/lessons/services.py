@@ -11,11 +11,19 @@ from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from orderpipe.lessons.catalog import BY_SLUG, Lesson
-from orderpipe.lessons.measure import counters, measure, run_email, run_orders
+from orderpipe.lessons.catalog import BY_SLUG, SERVER_KINDS, Action, Lesson
+from orderpipe.lessons.measure import (
+    LESSON_SKU_PREFIX,
+    LESSON_STOCK,
+    counters,
+    lesson_sku,
+    measure,
+    run_email,
+    run_orders,
+)
 from orderpipe.lessons.models import CheckpointPass, LessonRun
 from orders import sandbox
-from orders.models import GatewayCharge, Order, Payment, SandboxSettings
+from orders.models import GatewayCharge, Order, OrderLine, Payment, Product, SandboxSettings
 
 
 def new_run_id() -> str:
@@ -157,6 +165,52 @@ def lesson_start(session_key: str, lesson: Lesson, *, by: str) -> dict[str, Any]
     return {"run": run.run, "reset": changed, "applied": applied.as_dict()}
 
 
+class ActionRefused(Exception):
+    """A lesson action the server carries out could not run; the message says why (the page shows it)."""
+
+
+def lesson_action(lesson: Lesson, step: int, index: int) -> Action:
+    """The action of the lesson's catalog at (step, index), if it is one the server carries out: the page names it,
+    the parameters come from the catalog, never from the request. Raises KeyError otherwise."""
+    try:
+        action = lesson.steps[step].actions[index]
+    except IndexError:
+        raise KeyError((step, index)) from None
+    if step < 0 or index < 0 or action.kind not in SERVER_KINDS:
+        raise KeyError((step, index))
+    return action
+
+
+def lesson_act(session_key: str, lesson: Lesson, action: Action, *, by: str) -> dict[str, Any]:
+    """Carry out a lesson action that needs the server (SERVER_KINDS): returns {"text": what happened}. Raises
+    ActionRefused."""
+    run = current_run(session_key, lesson)
+    if action.kind == "stock_burst":
+        return _stock_burst(lesson, run, action, by=by)
+    raise ActionRefused(f"unknown action {action.kind}")
+
+
+def _stock_burst(lesson: Lesson, run: LessonRun, action: Action, *, by: str) -> dict[str, Any]:
+    """The oversold-stock lesson's burst: the phase's own product, LESSON_STOCK units in stock, and `count` orders of
+    one unit each for it, all at once (answers once they exist)."""
+    from orderpipe.dashboard.controls import burst_create  # the dashboard's burst, which imports the lessons' names
+
+    sku = lesson_sku(lesson.slug, run.run, action.phase)
+    Product.objects.update_or_create(
+        sku=sku,
+        defaults={"name": f"Lesson {lesson.number}: the last few in stock", "price": "5.00", "stock": LESSON_STOCK},
+    )
+    count = int(action.params["count"])
+    created = burst_create(
+        count=count,
+        by=by,
+        burst_id=new_run_id()[:6],
+        plan=[sku] * count,
+        email=run_email(lesson.slug, run.run, action.phase),
+    )
+    return {"text": f"{created} one-unit orders placed for a new product with {LESSON_STOCK} in stock ({sku})."}
+
+
 def _shown(lesson: Lesson, numbers: dict[str, Any], phase: str) -> dict[str, Any]:
     """The numbers a passed checkpoint is recorded with: its phase's, as the panel shows them."""
     return {name: numbers[phase].get(name) for name in lesson.shown_numbers()}
@@ -169,7 +223,14 @@ def _delete_orders(orders: QuerySet[Order]) -> int:
     ids = list(orders.values_list("pk", flat=True))
     GatewayCharge.objects.filter(order_ref__in=[str(pk) for pk in ids]).delete()
     Payment.objects.filter(order_id__in=ids).delete()
+    products = set(
+        OrderLine.objects.filter(order_id__in=ids, sku__startswith=LESSON_SKU_PREFIX).values_list(
+            "product_id", flat=True
+        )
+    )
     deleted, _ = Order.objects.filter(pk__in=ids).delete()
+    # The oversold-stock lesson's products, once no order refers to them.
+    Product.objects.filter(pk__in=products, sku__startswith=LESSON_SKU_PREFIX).delete()
     return len(ids) if deleted else 0
 
 

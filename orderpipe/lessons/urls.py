@@ -13,4 +13,5 @@ urlpatterns = [
     path("<slug:slug>/reset/", views.LessonResetApi.as_view(), name="lesson-reset"),
     path("<slug:slug>/start/", views.LessonStartApi.as_view(), name="lesson-start"),
     path("<slug:slug>/phase/", views.LessonPhaseApi.as_view(), name="lesson-phase"),
+    path("<slug:slug>/act/", views.LessonActApi.as_view(), name="lesson-act"),
 ]

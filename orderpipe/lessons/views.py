@@ -111,6 +111,7 @@ def lesson_page(request: HttpRequest, slug: str) -> HttpResponse:
                 "resetUrl": reverse("lesson-reset", args=[lesson.slug]),
                 "startUrl": reverse("lesson-start", args=[lesson.slug]),
                 "phaseUrl": reverse("lesson-phase", args=[lesson.slug]),
+                "actUrl": reverse("lesson-act", args=[lesson.slug]),
                 "numbers": list(lesson.shown_numbers()),
                 "steps": [
                     [
@@ -213,6 +214,28 @@ class LessonPhaseApi(APIView):
         if not isinstance(phase, str) or phase not in lesson.phase_ids():
             raise ValidationError({"phase": [f"One of {', '.join(lesson.phase_ids())}."]})
         return Response(services.phase_begin(session_key(request), lesson, phase))
+
+
+class LessonActApi(APIView):
+    permission_classes = [CanControl]
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request, slug: str) -> Response:
+        """Carry out one of the lesson's steps that needs the server (its catalog says what; the page names which by
+        its step and its place in the step)."""
+        lesson = _api_lesson(slug)
+        data = request.data if isinstance(request.data, dict) else {}
+        step, index = data.get("step"), data.get("action")
+        if not isinstance(step, int) or not isinstance(index, int):
+            raise ValidationError({"step": ["The step's and the action's numbers (from 0)."]})
+        try:
+            action = services.lesson_action(lesson, step, index)
+        except KeyError:
+            raise ValidationError({"step": ["No step of this lesson the server carries out there."]}) from None
+        try:
+            return Response(services.lesson_act(session_key(request), lesson, action, by=request.user.get_username()))
+        except services.ActionRefused as exc:
+            return Response({"detail": str(exc)}, status=409)
 
 
 class LessonResetApi(APIView):

@@ -78,6 +78,9 @@ TABLE: dict[str, list[Case]] = {
     "lessons/<slug:slug>/state/": [Case("GET", "/lessons/retries/state/", production=STAFF, debug=OPEN)],
     "lessons/<slug:slug>/reset/": [Case("POST", "/lessons/retries/reset/", **same(STAFF))],
     "lessons/<slug:slug>/start/": [Case("POST", "/lessons/retries/start/", **same(STAFF))],
+    "lessons/<slug:slug>/act/": [
+        Case("POST", "/lessons/retries/act/", body={"step": 0, "action": 0}, **same((403, 403, 400)))
+    ],
     "lessons/<slug:slug>/phase/": [
         Case("POST", "/lessons/retries/phase/", body={"phase": "nope"}, **same((403, 403, 400)))
     ],

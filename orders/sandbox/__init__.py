@@ -35,9 +35,11 @@ from orders.models import (
     OrderEvent,
     Product,
     PublishMode,
+    QueueOverflow,
     SandboxChange,
     SandboxSettings,
     StepGrant,
+    StockUpdate,
 )
 
 # A burst (the dashboard's "Burst" control, orderpipe/dashboard/controls.py) places at most this many orders,
@@ -65,6 +67,9 @@ DEFAULTS: dict[str, Any] = {
     "step_guards": True,
     "cache_mode": CacheMode.WRITE_THROUGH.value,
     "cache_ttl_seconds": None,
+    "stock_update": StockUpdate.GUARDED.value,
+    "queue_max_length": None,
+    "queue_overflow": QueueOverflow.REJECT_PUBLISH.value,
 }
 # The scaling the supervisor of `make run` follows: not faults, but a lesson's baseline sets them, and the banner
 # names them while they differ from these.
@@ -84,6 +89,7 @@ FAULTS = (
     "paused",
     "step_mode",
     "accept_failure_rate",
+    "queue_max_length",
 )
 FAULT_LABELS = {
     "step_delay_ms": "step delay",
@@ -94,11 +100,12 @@ FAULT_LABELS = {
     "paused": "consumption paused",
     "step_mode": "step-by-step mode",
     "accept_failure_rate": "accept failure rate",
+    "queue_max_length": "main queue limited to",
 }
 # The unsafe modes: each switches one guarantee off on the real code path. Any value but the default is unsafe;
 # every page shows them in a red banner while on. `cache_ttl_seconds` is not unsafe by itself (it only matters in
 # cache_aside, where a long one makes stale reads last), so it is a setting, not a mode.
-UNSAFE_MODES = ("ack_mode", "publish_mode", "step_guards", "cache_mode")
+UNSAFE_MODES = ("ack_mode", "publish_mode", "step_guards", "cache_mode", "stock_update", "queue_overflow")
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,8 @@ class Modes:
     cache_mode: str = CacheMode.WRITE_THROUGH.value
     cache_ttl_seconds: int | None = None  # None: settings.ORDER_CACHE_TTL
     accept_failure_rate: float = 0.0
+    stock_update: str = StockUpdate.GUARDED.value
+    queue_overflow: str = QueueOverflow.REJECT_PUBLISH.value
 
     @property
     def cache_ttl(self) -> int:
@@ -138,6 +147,8 @@ def modes(values: dict[str, Any] | None = None, *, fresh: bool = False) -> Modes
         cache_mode=values.get("cache_mode", SAFE_MODES.cache_mode),
         cache_ttl_seconds=values.get("cache_ttl_seconds"),
         accept_failure_rate=values.get("accept_failure_rate", 0.0),
+        stock_update=values.get("stock_update", SAFE_MODES.stock_update),
+        queue_overflow=values.get("queue_overflow", SAFE_MODES.queue_overflow),
     )
 
 
@@ -159,7 +170,8 @@ def active_faults(values: dict[str, Any]) -> list[str]:
         if isinstance(value, bool):
             active.append(FAULT_LABELS[name])
         else:
-            active.append(f"{FAULT_LABELS[name]} {value:g}{' ms' if name == 'step_delay_ms' else ''}")
+            unit = {"step_delay_ms": " ms", "queue_max_length": " messages"}.get(name, "")
+            active.append(f"{FAULT_LABELS[name]} {value:g}{unit}")
     return active + active_scaling(values)
 
 

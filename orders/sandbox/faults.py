@@ -95,12 +95,12 @@ class Faults:
         if any(values[name] != sandbox.DEFAULTS[name] for name in sandbox.FAULTS):
             return False
         modes = self.modes()
-        return (modes.ack_mode, modes.publish_mode, modes.step_guards, modes.cache_mode) == (
-            sandbox.SAFE_MODES.ack_mode,
-            sandbox.SAFE_MODES.publish_mode,
-            sandbox.SAFE_MODES.step_guards,
-            sandbox.SAFE_MODES.cache_mode,
-        )
+        return all(getattr(modes, name) == getattr(sandbox.SAFE_MODES, name) for name in sandbox.UNSAFE_MODES)
+
+    def stock_update(self) -> str:
+        """How the reserve step takes stock: `guarded` (one conditional UPDATE), or the sandbox's unsafe
+        `read_modify_write` (read, compute in Python, write back: a lost update under concurrency)."""
+        return self.modes().stock_update
 
 
 class NoFaults(Faults):

@@ -27,6 +27,8 @@ UNSAFE = [
     ("cache_mode", "cache_aside"),
     ("cache_mode", "off"),
     ("accept_failure_rate", 1.0),
+    ("stock_update", "read_modify_write"),
+    ("queue_overflow", "drop_head"),
 ]
 
 
@@ -47,6 +49,8 @@ def left_unsafe() -> None:
         step_guards=False,
         cache_mode="off",
         accept_failure_rate=1.0,
+        stock_update="read_modify_write",
+        queue_overflow="drop_head",
     )
     sandbox.reader.invalidate()
 
@@ -109,10 +113,18 @@ def test_the_sandbox_api_refuses_a_mode_value_it_does_not_know_with_the_field(st
 
 
 def test_the_red_banner_names_the_unsafe_modes_on_every_page(client):
-    sandbox.sandbox_update(changes={"ack_mode": "on_receive", "step_guards": False}, via="test")
+    sandbox.sandbox_update(
+        changes={
+            "ack_mode": "on_receive",
+            "step_guards": False,
+            "stock_update": "read_modify_write",
+            "queue_overflow": "drop_head",
+        },
+        via="test",
+    )
     client.force_login(get_user_model().objects.create_user("staff", password="pw", is_staff=True))
     page = client.get("/").content.decode()
     assert 'id="unsafe-banner"' in page
-    assert "ack_mode=on_receive, step_guards=false" in page
+    assert "ack_mode=on_receive, step_guards=false, stock_update=read_modify_write, queue_overflow=drop_head" in page
     sandbox.sandbox_restore_safe_modes(via="test")
     assert sandbox.sandbox_state()["unsafe_modes"] == []

@@ -14,6 +14,7 @@ from orders.models import Order, OrderStatus, SandboxSettings
 from orders.tests.factories import ProductFactory
 from worker.applied import settings_applied
 from worker.models import SupervisedProcess, WorkerHeartbeat
+from worker.queue_policy import wanted_policy
 from worker.tests.processes import Service, wait_until
 
 
@@ -139,3 +140,28 @@ def test_the_command_says_which_workers_run_the_change():
     call_command("sandbox", "set", "bug_rate=0.2", stdout=out, stderr=err)
     assert '"bug_rate": 0.2' in out.getvalue()
     assert f"settings version {row.version + 1} not yet in effect on w-old" in err.getvalue()
+
+
+@pytest.mark.django_db
+def test_a_queue_limit_is_done_once_the_supervisor_applied_its_policy_and_says_why_without_one(settings):
+    """The full-queue lesson's limit is a RabbitMQ policy the supervisor applies: the change is pending until the
+    supervisor recorded the policy in effect (or names rabbitmqctl's failure); with no supervisor, it says so."""
+    settings.WORKER_CONCURRENCY, settings.WORKER_PREFETCH = 4, 10
+    row = sandbox.sandbox_update(changes={"queue_max_length": 10, "queue_overflow": "drop_head"}, via="test")
+    beat("a", version=row.version)
+    [pending] = settings_applied(row).pending
+    assert pending["name"] == "main queue policy" and "make run's supervisor" in pending["why"]
+
+    SupervisedProcess.objects.create(name="worker-1", role="worker", pid=1, state="running")
+    assert "the supervisor is setting" in settings_applied(row).pending[0]["why"]
+    SandboxSettings.objects.update(queue_policy_in_effect="failed: nodedown")
+    assert "rabbitmqctl failed: nodedown" in settings_applied(SandboxSettings.load()).pending[0]["why"]
+    SandboxSettings.objects.update(queue_policy_in_effect=wanted_policy(10, "drop_head"))
+    assert settings_applied(SandboxSettings.load()).done
+
+    # Cleared: done once the supervisor cleared the policy.
+    row = sandbox.sandbox_update(changes={"queue_max_length": None}, via="test")
+    WorkerHeartbeat.objects.update(settings_version=row.version)
+    assert not settings_applied(SandboxSettings.load()).done
+    SandboxSettings.objects.update(queue_policy_in_effect="")
+    assert settings_applied(SandboxSettings.load()).done

@@ -1,7 +1,8 @@
 """Every lesson run start to finish as a fast learner would: headless Chromium, against what `make run` runs
 (`manage.py supervise`: web, ws, relay and workers, which it restarts, scales and cuts off), on this test run's
-database and queues. All eight lessons back to back, without a reset and without a pause: each button is clicked
-the moment it is enabled (Playwright's click waits for that), and every checkpoint must give the documented result.
+database and queues. All the lessons back to back (the new ones also on their own), without a reset and without a
+pause: each button is clicked the moment it is enabled (Playwright's click waits for that), and every checkpoint must
+give the documented result.
 The figures each lesson measured are printed, a screenshot of each lesson's final state goes to
 artifacts/screenshots/lessons/, and the test prints how long it took."""
 
@@ -143,25 +144,64 @@ def settled(page, lesson: catalog.Lesson, phase: str, timeout_ms: int = CHECKPOI
         page.wait_for_timeout(250)
 
 
-def test_a_fast_learner_gets_every_documented_result_in_all_eight_lessons_back_to_back(stack, browser, staff):
+def run_back_to_back(page, lessons: tuple[catalog.Lesson, ...]) -> dict[str, dict[str, dict[str, float]]]:
+    """Each lesson as a fast learner runs it, one after the other without a reset; prints each one's figures."""
+    measured: dict[str, dict[str, dict[str, float]]] = {}
+    for lesson in lessons:
+        lesson_started = time.monotonic()
+        shown = run_as_a_fast_learner(page, lesson)
+        for phase in lesson.phase_ids():
+            if shown[phase]["accepted"]:
+                shown[phase] = settled(page, lesson, phase)
+        shot(page, f"fast-{lesson.number}-{lesson.slug}")
+        measured[lesson.slug] = shown
+        # One bucket per order: they add up to "accepted" in every column.
+        for phase, numbers in shown.items():
+            assert sum(numbers[bucket] for bucket in BUCKETS) == numbers["accepted"], (lesson.slug, phase, numbers)
+        print(f"\nlesson {lesson.number} ({lesson.slug}) took {time.monotonic() - lesson_started:.0f} s:")
+        for phase, numbers in shown.items():
+            print(f"  {phase}: " + ", ".join(f"{name} {value:g}" for name, value in numbers.items()))
+    return measured
+
+
+# The lessons added after the first eight: their own test runs them back to back (a few minutes, against the
+# eleven's), and the full run checks them the same way.
+NEW_LESSONS = ("oversold", "full-queue")
+
+
+def check_new_lessons(measured: dict[str, dict[str, dict[str, float]]]) -> None:
+    """Each new lesson's unsafe column shows the loss, its safe column none."""
+    oversold = measured["oversold"]
+    # 9: read-modify-write sells units beyond the 10 in stock; the guarded decrement sells exactly 10, fails 20.
+    assert oversold["read-modify-write"]["oversold"] > 0
+    assert oversold["read-modify-write"]["units_sold"] > oversold["read-modify-write"]["stock_at_start"]
+    guarded = oversold["guarded"]
+    assert (guarded["oversold"], guarded["units_sold"], guarded["stock_left"], guarded["failed"]) == (0, 10, 0, 20)
+    # 10: drop-head confirmed all 30 and dropped 20 from the full queue (parked, reason maxlen); reject-publish's
+    # broker refused the overflow, which waited in the outbox, and every order completed.
+    drop, reject = measured["full-queue"]["drop-head"], measured["full-queue"]["reject-publish"]
+    assert (drop["dropped"], drop["completed"], drop["publish_nacks"], drop["waited_in_queue"]) == (20, 10, 0, 30)
+    assert (reject["completed"], reject["dropped"], reject["lost"]) == (30, 0, 0)
+    assert reject["publish_nacks"] > 0 and reject["waited_in_outbox"] > 0
+
+
+def test_a_fast_learner_gets_the_documented_result_in_the_new_lessons_back_to_back(stack, browser, staff):
+    started = time.monotonic()
+    context, page = open_logged_in(browser, stack.url, next_path="/lessons/", timeout_ms=TIMEOUT_MS)
+    try:
+        measured = run_back_to_back(page, tuple(catalog.BY_SLUG[slug] for slug in NEW_LESSONS))
+    finally:
+        context.close()
+        print(f"\nthe new lessons took {time.monotonic() - started:.0f} s in the browser")
+    check_new_lessons(measured)
+
+
+def test_a_fast_learner_gets_every_documented_result_in_all_the_lessons_back_to_back(stack, browser, staff):
     started = time.monotonic()
     context, page = open_logged_in(browser, stack.url, next_path="/lessons/", timeout_ms=TIMEOUT_MS)
     measured: dict[str, dict[str, dict[str, float]]] = {}
     try:
-        for lesson in catalog.LESSONS:
-            lesson_started = time.monotonic()
-            shown = run_as_a_fast_learner(page, lesson)
-            for phase in lesson.phase_ids():
-                if shown[phase]["accepted"]:
-                    shown[phase] = settled(page, lesson, phase)
-            shot(page, f"fast-{lesson.number}-{lesson.slug}")
-            measured[lesson.slug] = shown
-            # One bucket per order: they add up to "accepted" in every column.
-            for phase, numbers in shown.items():
-                assert sum(numbers[bucket] for bucket in BUCKETS) == numbers["accepted"], (lesson.slug, phase, numbers)
-            print(f"\nlesson {lesson.number} ({lesson.slug}) took {time.monotonic() - lesson_started:.0f} s:")
-            for phase, numbers in shown.items():
-                print(f"  {phase}: " + ", ".join(f"{name} {value:g}" for name, value in numbers.items()))
+        measured = run_back_to_back(page, catalog.LESSONS)
         page.goto("/lessons/")
         page.locator("li[data-lesson='idempotency-key']", has_text="2 of 2 checkpoints passed").wait_for()
         shot(page, "fast-0-index")
@@ -177,7 +217,7 @@ def test_a_fast_learner_gets_every_documented_result_in_all_eight_lessons_back_t
         assert list(Order.objects.filter(customer_email__endswith="@lessons.example.com")) == [typed]
     finally:
         context.close()
-        print(f"\nall eight lessons took {time.monotonic() - started:.0f} s in the browser")
+        print(f"\nall {len(catalog.LESSONS)} lessons took {time.monotonic() - started:.0f} s in the browser")
 
     ack, outbox, consumers = measured["ack-timing"], measured["outbox"], measured["idempotent-consumers"]
     key, retries, poison = measured["idempotency-key"], measured["retries"], measured["poison"]
@@ -205,4 +245,5 @@ def test_a_fast_learner_gets_every_documented_result_in_all_eight_lessons_back_t
     # 8: more workers are faster; prefetch 50 lets one worker hoard, prefetch 1 shares.
     assert scaling["many"]["throughput"] >= 1.5 * scaling["one"]["throughput"]
     assert (scaling["hoard"]["workers_used"], scaling["share"]["workers_used"]) == (1, 2)
+    check_new_lessons(measured)
     assert passes == sum(len(lesson.checkpoints) for lesson in catalog.LESSONS)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.models import F
 from rest_framework.test import APIClient
 
@@ -105,6 +107,45 @@ def test_step_guards_off_repeat_finished_steps_on_a_redelivery_and_charge_twice(
     first = GatewayCharge.objects.filter(order_ref=str(order.id)).earliest("id")
     assert Payment.objects.get(order=order).gateway_reference == first.reference
     assert Product.objects.get(pk=book.pk).stock == 1000 - stock_taken
+
+
+# ---------------------------------------------------------------- stock_update
+
+
+@pytest.mark.parametrize(("mode", "oversold"), [("read_modify_write", True), ("guarded", False)])
+def test_read_modify_write_oversells_stock_under_concurrency_and_the_guarded_decrement_does_not(mode, oversold):
+    """Eight orders of one unit, four in stock, eight threads reserving at once on the real per-order path: the
+    read-modify-write loses updates (more orders reserved than units existed, the stock written back above what is
+    left); the guarded decrement reserves exactly the four units and fails the rest out of stock."""
+    set_modes(stock_update=mode)
+    product = ProductFactory(sku="SCARCE-1", price="5.00", stock=4)
+    orders = [
+        services.order_create(customer_email=f"scarce{n}@example.com", items=[{"sku": "SCARCE-1", "quantity": 1}])
+        for n in range(8)
+    ]
+    start = threading.Barrier(len(orders))
+
+    def process(order: Order) -> None:
+        start.wait()
+        try:
+            Processor(faults=Faults()).process(delivery_for(order))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=process, args=(order,)) for order in orders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    reserved = Order.objects.filter(pk__in=[o.pk for o in orders], status=OrderStatus.COMPLETED).count()
+    left = Product.objects.get(pk=product.pk).stock
+    failed = Order.objects.filter(pk__in=[o.pk for o in orders], status=OrderStatus.FAILED).count()
+    assert reserved + failed == len(orders)
+    if oversold:
+        assert reserved > 4, (reserved, left)
+        assert reserved + left > 4  # the stock does not account for what was sold: updates were lost
+    else:
+        assert (reserved, left, failed) == (4, 0, 4)
 
 
 # ---------------------------------------------------------------- cache_mode

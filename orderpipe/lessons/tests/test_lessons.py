@@ -331,6 +331,68 @@ def test_a_phase_begins_with_the_first_step_that_leads_to_it():
         assert [phase for phase in lesson.begins() if phase] == lesson.phase_ids(), lesson.slug
 
 
+def test_the_oversold_lesson_places_its_burst_on_a_product_of_its_own_and_counts_units_beyond_the_stock(staff):
+    """The act endpoint runs the catalog's stock burst (its own product, 10 in stock, 30 one-unit orders); the measure
+    counts the units reserved beyond the stock from the reservation events and the product row; a reset deletes the
+    orders and the product; dashboard bursts never pick a lesson product."""
+    from orderpipe.dashboard.controls import burst_plan
+    from orderpipe.lessons.measure import LESSON_STOCK, lesson_sku
+    from orders.events import record_event
+    from orders.models import Product
+
+    lesson = catalog.BY_SLUG["oversold"]
+    staff.post(f"/lessons/{lesson.slug}/start/")
+    run = LessonRun.objects.get(lesson=lesson.slug).run
+    step = next(i for i, s in enumerate(lesson.steps) if any(a.kind == "stock_burst" for a in s.actions))
+    answer = staff.post(f"/lessons/{lesson.slug}/act/", {"step": step, "action": 0}, format="json")
+    assert answer.status_code == 200, answer.content
+    email = run_email(lesson.slug, run, "read-modify-write")
+    orders = list(Order.objects.filter(customer_email=email))
+    product = Product.objects.get(sku=lesson_sku(lesson.slug, run, "read-modify-write"))
+    assert len(orders) == 30 and product.stock == LESSON_STOCK
+    assert "BOOK-001" in burst_plan(count=5) and product.sku not in burst_plan(count=1000)
+
+    # As read-modify-write leaves it: 13 orders reserved a unit each, and the row says 2 are left.
+    for order in orders[:13]:
+        record_event(order, EventKind.INVENTORY_RESERVED, "Reserved 1.")
+    Product.objects.filter(pk=product.pk).update(stock=2)
+    numbers = measure(email)
+    assert (numbers["stock_at_start"], numbers["units_sold"], numbers["oversold"], numbers["stock_left"]) == (
+        10,
+        13,
+        3,
+        2,
+    )
+    # The other phase has no product yet: nothing to count.
+    assert measure(run_email(lesson.slug, run, "guarded"))["oversold"] is None
+
+    # Only the catalog's server-side steps run there: a sandbox step is refused.
+    assert staff.post(f"/lessons/{lesson.slug}/act/", {"step": 0, "action": 0}, format="json").status_code == 400
+    assert staff.post(f"/lessons/{lesson.slug}/act/", {"step": "x"}, format="json").status_code == 400
+
+    assert staff.post(f"/lessons/{lesson.slug}/reset/").json()["removed_orders"] == 30
+    assert not Product.objects.filter(pk=product.pk).exists()
+
+
+def test_the_full_queue_lesson_counts_where_each_order_waited_and_what_the_queue_dropped():
+    """Published at the first attempt: waited in the queue; refused (nacked) first: waited in the outbox, one nack per
+    refused attempt; dead-lettered with the full queue's reason: dropped."""
+    from orders.models import OutboxMessage
+    from worker.queue_policy import DROPPED
+
+    email = run_email("full-queue", "abc", "reject-publish")
+    at_once, refused, still_waiting, dropped = place(email, 4)
+    now = timezone.now()
+    OutboxMessage.objects.filter(order=at_once).update(sent_at=now, publish_attempts=1)
+    OutboxMessage.objects.filter(order=refused).update(sent_at=now, publish_attempts=3)
+    OutboxMessage.objects.filter(order=still_waiting).update(publish_attempts=2, last_error="nacked")
+    OutboxMessage.objects.filter(order=dropped).update(sent_at=now, publish_attempts=1)
+    Order.objects.filter(pk=dropped.pk).update(status=OrderStatus.DEAD_LETTERED, failure_reason=DROPPED)
+    numbers = measure(email)
+    assert (numbers["waited_in_queue"], numbers["waited_in_outbox"], numbers["in_outbox"]) == (2, 2, 1)
+    assert (numbers["publish_nacks"], numbers["dropped"]) == (4, 1)
+
+
 def test_orders_a_killed_worker_held_are_not_yet_known_until_the_queues_are_observed_again():
     """Its unacked messages return to the queue when it dies; a depth observed before its death does not show them."""
     email = "t-run-d@lessons.example.com"

@@ -8,11 +8,26 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from worker.links import Links
+from worker.queue_policy import QueuePolicy
 from worker.rabbitmq_nodes import ClusterNodes
 from worker.supervision import POSTGRES_CUT_SECONDS
 from worker.supervisor import Supervisor
+from worker.topology import topology
 
 ROLES = ("web", "ws", "relay", "worker")
+
+
+def rabbitmqctl(cluster: ClusterNodes | None):
+    """The rabbitmqctl command line for the queue policy: the machine's (RABBITMQCTL), or, with `make cluster`,
+    bin/rabbitmq-cluster's `ctl` on the first node that is up (a policy belongs to the whole cluster)."""
+    if cluster is None:
+        return lambda: [settings.RABBITMQCTL]
+
+    def on_a_node_that_is_up() -> list[str]:
+        up = [node.number for node in cluster.nodes() if node.pid] or list(cluster.numbers)
+        return [str(cluster.script), "ctl", str(up[0])]
+
+    return on_a_node_that_is_up
 
 
 class Command(BaseCommand):
@@ -81,6 +96,8 @@ class Command(BaseCommand):
         )
         if settings.ORDERPIPE_SANDBOX:  # with an AMQP_URL naming `make cluster`'s nodes, the page may kill them
             supervisor.cluster = ClusterNodes.find(settings.AMQP_URLS, env=supervisor.env)
+        if settings.ORDERPIPE_SANDBOX:  # the full-queue lesson's length limit on the main queue
+            supervisor.queue_policy = QueuePolicy(topology(), ctl=rabbitmqctl(supervisor.cluster), env=supervisor.env)
         if supervisor.cluster is not None:
             logging.getLogger(__name__).info(
                 "supervisor: RabbitMQ nodes %s can be killed and restarted from the page",
