@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -11,9 +12,19 @@ import pytest
 from django.db import IntegrityError
 
 from orders import batch
-from orders.models import GatewayCharge, Notification, Order, OrderEvent, OutboxMessage, Payment, Product
+from orders.models import (
+    EventKind,
+    GatewayCharge,
+    Notification,
+    Order,
+    OrderEvent,
+    OutboxMessage,
+    Payment,
+    Product,
+)
 from orders.sandbox.faults import NoFaults
 from orders.services import order_create
+from orders.steps import STEPS
 from orders.tests.factories import ProductFactory
 from worker.processing import ACK, Delivery, Processor
 
@@ -172,7 +183,10 @@ def test_a_batch_statement_that_fails_leaves_each_order_to_the_per_order_steps(m
     def broken(orders: list[Order], seams: Any, references: dict[Any, Any]) -> list[Any]:
         raise IntegrityError('duplicate key value violates unique constraint "injected"')
 
-    monkeypatch.setitem(batch.EFFECTS, "charge payment", broken)
+    steps = tuple(
+        replace(step, effect_many=broken) if step.kind == EventKind.PAYMENT_CHARGED else step for step in STEPS
+    )
+    monkeypatch.setattr(batch, "STEPS", steps)
     deliveries = [delivery(order, n + 1) for n, order in enumerate(orders)]
     assert [verdict for _, verdict in Processor(faults=NoFaults()).process_batch(deliveries)] == [ACK] * len(ORDERS)
 
