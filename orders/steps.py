@@ -4,7 +4,8 @@ Each step is one transaction that locks the order row, checks that the order is 
 requires (a guarded update), does the step's effect and records an event. A redelivered message therefore resumes
 at the first unfinished step and never repeats a finished one; the unique payment row makes a double charge
 impossible even if this logic were wrong, and the gateway's idempotency key makes the provider charge once too.
-Redis writes happen after each commit.
+Redis writes happen after each commit. Each row also says how its step runs for a batch of orders (`effect_many`,
+`outside_many`), which orders/batch.py runs.
 
 The worker hands each delivery here (`Pipeline.receive`, then `Pipeline.run`) and turns the outcome into an ack,
 a retry or a dead letter; nothing here knows about RabbitMQ beyond the facts a delivery carries (`Carrier`).
