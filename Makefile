@@ -65,6 +65,7 @@ lint: install node_modules/.installed
 	$(VENV)/bin/djlint templates --check
 	node_modules/.bin/biome ci
 	$(VENV)/bin/mypy
+	$(PY) bin/complexity-check
 
 format: install node_modules/.installed
 	$(VENV)/bin/ruff format .

@@ -1,25 +1,12 @@
-"""Batched steps: the steps of orders/steps.py for every order a worker holds at once, one transaction per step.
+"""The step table of orders/steps.py run for every order a worker holds at once: one transaction per step.
 
-The per-order runner (`Pipeline.run`) is the reference; this is the same table run for a batch, so the cost of a
-transaction, a round trip and a commit is shared by the batch instead of paid by each order:
+Each row's `effect_many` shares the statements (one locked read of the orders in id order, one guarded multi-row
+UPDATE with one INSERT of the events, one commit) while every order gets the events `Pipeline.run` would write.
+An order whose step fails is split out without rolling back the others and gets the per-order outcome. What the
+batch cannot take it leaves to the per-order runner (`Item.alone`): an order that is not fresh, one that moved
+under us, and every order of a step whose batch statement failed (rolled back).
 
-- one locked read of the batch's orders (in id order, so two batches cannot deadlock), one guarded multi-row
-  UPDATE with one multi-row INSERT of the events (`services.transition_many`: still one event per order per step,
-  each with its own db/queue/cache snapshot), and one commit per step;
-- stock reserved for the whole batch with one locked read of its products, in id order (the per-order path locks
-  them in the same order), and one UPDATE;
-- the Redis writes after each commit in one pipelined round trip, and the cache states in one UPDATE.
-
-An order whose step fails is split out without rolling back the others: its check (a sandbox bug, a simulated
-timeout), its gateway call and its email happen before the batch's statements, so nothing of it is written. It then
-gets the outcome the per-order runner gives: a permanent failure is recorded with `Pipeline.fail` after the batch's
-commit (stock released), a transient one comes back for a retry, an unexpected exception comes back to the caller.
-What the batch cannot take it leaves to the per-order runner (`Item.alone`): an order that is not fresh (a
-redelivery, a retry, a terminal or unknown order), one that moved under us, and, if a batch statement itself fails
-(a unique key, say), every order of that step: it is rolled back and each is run again the per-order way.
-
-Only used while no fault is injected and every mode is safe (`FaultInjector.batchable`); the consumer sends each
-delivery the per-order way otherwise.
+Used only while no fault is injected and every mode is safe (`FaultInjector.batchable`).
 """
 
 from __future__ import annotations
@@ -27,40 +14,20 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections import Counter
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
-from psycopg import sql
+from django.db import transaction
 
-from orders import gateway
-from orders.events import product_row
 from orders.failures import BrokenInvariant, PermanentFailure, TransientFailure
-from orders.models import EventKind, Notification, Order, OrderLine, OrderStatus, OrderStep, Payment, Product
+from orders.models import EventKind, Order, OrderLine, OrderStatus, OrderStep
 from orders.services import Change, Transition, attach_lines, cache_after_batch_commit, transition_many
-from orders.steps import (
-    STEPS,
-    Carrier,
-    Done,
-    Ended,
-    Outcome,
-    Pipeline,
-    Seams,
-    Step,
-    charged,
-    completed,
-    notified,
-    out_of_stock,
-    reserved,
-)
+from orders.steps import OUTAGE, STEPS, Carrier, Done, Ended, Outcome, Pipeline, Seams, Step
+
+__all__ = ["OUTAGE", "Item", "run_batch"]
 
 log = logging.getLogger(__name__)
-
-# An outage, not a failure of one order: it propagates, and the caller keeps the messages until the database answers.
-OUTAGE = (OperationalError, InterfaceError)
 
 
 @dataclass
@@ -172,64 +139,44 @@ def _split(item: Item, exc: Exception, step: Step) -> None:
 
 
 def _run_step(pipeline: Pipeline, step: Step, running: list[Item]) -> None:
-    seams = pipeline.seams
-    prepared: dict[uuid.UUID, Any] = {}
-    if step.outside is not None:
-        # The call to the other system, before the step's transaction and outside it, as in `run_step`.
-        orders = [item.order for item in running if item.order is not None]
-        if len(orders) != len(running):
-            raise BrokenInvariant(f"{len(running) - len(orders)} running item(s) without their order")
-        answers = _call_outside(step, orders, seams)
-        for item, answer in zip(running, answers, strict=True):
-            if isinstance(answer, Exception):
-                _split(item, answer, step)
-            else:
-                prepared[item.order_id] = answer
+    """One step of the table for the running items: the outside call (if the step has one), one transaction for
+    all of them, the cache writes after its commit, then the permanent failures recorded one by one."""
+    prepared = _ask_outside(step, running, pipeline.seams)
     entered = [item for item in running if item.running]
-    transitions: list[Transition] = []
-    moving: list[Item] = []
+    cache_after_batch_commit(_commit_step(pipeline.seams, step, entered, prepared))
+    for item in running:
+        if item.failure is not None:
+            _record_failure(pipeline, step, item, item.failure)
+
+
+def _ask_outside(step: Step, running: list[Item], seams: Seams) -> dict[uuid.UUID, Any]:
+    """The call to the other system, before the step's transaction and outside it, as in `run_step`: each order's
+    answer by order id; an order whose answer is an exception is split out."""
+    if step.outside is None:
+        return {}
+    orders = [item.order for item in running if item.order is not None]
+    if len(orders) != len(running):
+        raise BrokenInvariant(f"{len(running) - len(orders)} running item(s) without their order")
+    prepared: dict[uuid.UUID, Any] = {}
+    for item, answer in zip(running, step.ask_outside_many(orders, seams), strict=True):
+        if isinstance(answer, Exception):
+            _split(item, answer, step)
+        else:
+            prepared[item.order_id] = answer
+    return prepared
+
+
+def _commit_step(seams: Seams, step: Step, entered: list[Item], prepared: dict[uuid.UUID, Any]) -> list[Transition]:
+    """The step's transaction for the entered items: their moves, in one statement, of those whose checks and
+    effect went through. If a statement fails, the step is rolled back and each order left to the per-order runner."""
     try:
         with transaction.atomic():
-            locked = _locked([item.order_id for item in entered]) if entered else {}
-            ready: list[tuple[Item, Order]] = []
-            for item in entered:
-                order = locked.get(item.order_id)
-                if order is None or not (order.status == OrderStatus.PROCESSING and order.step == step.requires):
-                    item.alone = True  # moved under us (another worker took it): the per-order guards decide
-                    continue
-                try:
-                    seams.faults.maybe_hit_bug(step.name)
-                    if step.transient_faults:
-                        seams.faults.maybe_fail_transiently(step.name)
-                except Exception as exc:
-                    _split(item, exc, step)
-                    continue
-                ready.append((item, attach_lines(order, item.lines)))
-            results = EFFECTS[step.name]([order for _, order in ready], seams, prepared) if ready else []
-            changes = []
-            for (item, order), done in zip(ready, results, strict=True):
-                if isinstance(done, Exception):
-                    _split(item, done, step)
-                    continue
-                moving.append(item)
-                changes.append(
-                    Change(
-                        order=order,
-                        message=done.message,
-                        queue=item.message.snapshot(),
-                        rows=done.rows,
-                        changes=done.changes if step.then is None else {"step": step.then, **done.changes},
-                    )
-                )
-            if changes:
-                # One step moves every order of the batch to the same status (complete: `completed`).
-                transitions = transition_many(changes, to=_target(step), kind=step.kind)
-            if step.crash_point:
-                for _ in transitions:
-                    # A crash here rolls the whole step back for the batch: each redelivery redoes it once.
-                    seams.faults.maybe_crash(step.name)
-            if transitions and step.name == settings.BATCH_PAUSE_AT:
-                _park(step, transitions)
+            ready = _ready(seams, step, entered)
+            results = step.effect_many([order for _, order in ready], seams, prepared) if ready else []
+            moving, changes = _changes(step, ready, results)
+            # One step moves every order of the batch to the same status (complete: `completed`).
+            transitions = transition_many(changes, to=_target(step), kind=step.kind) if changes else []
+            _before_commit(seams, step, transitions)
     except OUTAGE:
         raise
     except Exception:
@@ -238,21 +185,80 @@ def _run_step(pipeline: Pipeline, step: Step, running: list[Item]) -> None:
         log.warning("batched step '%s' failed; its %d orders go one by one", step.name, len(entered), exc_info=True)
         for item in entered:
             item.alone, item.outcome, item.error, item.failure = True, None, None, None
-        transitions, moving = [], []
+        return []
     for item, moved in zip(moving, transitions, strict=True):
         item.order = moved.order
-    cache_after_batch_commit(transitions)
-    for item in running:
-        if item.failure is not None:
-            # As `Pipeline.run` does after the failed step's rollback: the failure in a transaction of its own.
-            try:
-                pipeline.fail(item.order_id, str(item.failure), item.message)
-            except OUTAGE:
-                raise
-            except Exception as exc:
-                item.failure, item.error = None, exc
-                continue
-            item.outcome = Outcome(Ended.FAILED, step.name, item.failure)
+    return transitions
+
+
+def _ready(seams: Seams, step: Step, entered: list[Item]) -> list[tuple[Item, Order]]:
+    """The entered orders, locked, that are still at the step and pass the sandbox's checks, with their lines."""
+    locked = _locked([item.order_id for item in entered]) if entered else {}
+    ready: list[tuple[Item, Order]] = []
+    for item in entered:
+        order = locked.get(item.order_id)
+        if order is None or not (order.status == OrderStatus.PROCESSING and order.step == step.requires):
+            item.alone = True  # moved under us (another worker took it): the per-order guards decide
+            continue
+        try:
+            _check(seams, step)
+        except Exception as exc:
+            _split(item, exc, step)
+            continue
+        ready.append((item, attach_lines(order, item.lines)))
+    return ready
+
+
+def _check(seams: Seams, step: Step) -> None:
+    """The sandbox's bug and simulated timeout, before the step changes anything, as in `run_step`."""
+    seams.faults.maybe_hit_bug(step.name)
+    if step.transient_faults:
+        seams.faults.maybe_fail_transiently(step.name)
+
+
+def _changes(
+    step: Step, ready: list[tuple[Item, Order]], results: list[Done | Exception]
+) -> tuple[list[Item], list[Change]]:
+    """The items whose effect went through and their moves; the others are split out."""
+    moving: list[Item] = []
+    changes: list[Change] = []
+    for (item, order), done in zip(ready, results, strict=True):
+        if isinstance(done, Exception):
+            _split(item, done, step)
+            continue
+        moving.append(item)
+        changes.append(
+            Change(
+                order=order,
+                message=done.message,
+                queue=item.message.snapshot(),
+                rows=done.rows,
+                changes=step.fields(done),
+            )
+        )
+    return moving, changes
+
+
+def _before_commit(seams: Seams, step: Step, transitions: list[Transition]) -> None:
+    """The sandbox's crash point, and the tests' pause point, inside the step's transaction."""
+    if step.crash_point:
+        for _ in transitions:
+            # A crash here rolls the whole step back for the batch: each redelivery redoes it once.
+            seams.faults.maybe_crash(step.name)
+    if transitions and step.name == settings.BATCH_PAUSE_AT:
+        _park(step, transitions)
+
+
+def _record_failure(pipeline: Pipeline, step: Step, item: Item, failure: PermanentFailure) -> None:
+    """As `Pipeline.run` does after the failed step's rollback: the failure in a transaction of its own."""
+    try:
+        pipeline.fail(item.order_id, str(failure), item.message)
+    except OUTAGE:
+        raise
+    except Exception as exc:
+        item.failure, item.error = None, exc
+        return
+    item.outcome = Outcome(Ended.FAILED, step.name, failure)
 
 
 def _park(step: Step, transitions: list[Transition]) -> None:
@@ -269,131 +275,5 @@ def _park(step: Step, transitions: list[Transition]) -> None:
     threading.Event().wait()
 
 
-def _call_outside(step: Step, orders: list[Order], seams: Seams) -> list[Any]:
-    """Each order's answer from the step's other system (or the exception that is its answer). The real gateway is
-    asked for all of them in one call (`gateway.charge_many`); a gateway passed in (tests, lessons) once per order."""
-    assert step.outside is not None
-    if step.name == "charge payment" and seams.charge is gateway.charge:
-        return gateway.charge_many(orders, seams.faults)
-    answers: list[Any] = []
-    for order in orders:
-        try:
-            answers.append(step.outside(order, seams))
-        except OUTAGE:
-            raise
-        except Exception as exc:
-            answers.append(exc)
-    return answers
-
-
 def _target(step: Step) -> OrderStatus:
     return OrderStatus.COMPLETED if step.then is None else OrderStatus.PROCESSING
-
-
-# ---------------------------------------------------------------- the batched effects
-
-# A step's effect for the batch's orders, locked and at the step: for each, what it did or the exception that takes
-# it out of the batch. Only the effects' statements are shared; what each order's event says is the per-order
-# effect's own (`reserved`, `charged`, `notified`, `completed` in orders/steps.py).
-BatchEffect = Callable[[list[Order], Seams, dict[uuid.UUID, Any]], list[Done | Exception]]
-
-_TAKE_STOCK = (
-    sql.SQL(
-        "UPDATE {product} SET stock = stock - taken.quantity"
-        " FROM unnest(%(ids)s::bigint[], %(quantities)s::integer[]) AS taken(id, quantity)"
-        " WHERE {product}.id = taken.id"
-    )
-    .format(product=sql.Identifier(Product._meta.db_table))
-    .as_string()
-)
-
-
-def reserve_inventory_for(orders: list[Order], seams: Seams, _: dict[uuid.UUID, Any]) -> list[Done | Exception]:
-    """`reserve_inventory` for the batch: its products locked in id order, each order's lines taken in turn from
-    what the orders before it left (all or nothing per order, so an order out of stock takes nothing), then one
-    UPDATE. Each order's event shows the stock as its own reservation left it, as the per-order runner would."""
-    product_ids = sorted({line.product_id for order in orders for line in order.lines.all()})
-    stock = dict(
-        Product.objects.select_for_update().filter(pk__in=product_ids).order_by("pk").values_list("pk", "stock")
-    )
-    taken: Counter[int] = Counter()
-    results: list[Done | Exception] = []
-    for order in orders:
-        wanted: Counter[int] = Counter()
-        rows, failure = [], None
-        for line in sorted(order.lines.all(), key=lambda item: item.product_id):
-            left = stock.get(line.product_id, 0) - taken[line.product_id] - wanted[line.product_id] - line.quantity
-            if left < 0:
-                failure = out_of_stock(line)
-                break
-            wanted[line.product_id] += line.quantity
-            rows.append(product_row(line.product_id, line.sku, left, -line.quantity))
-        if failure is not None:
-            results.append(failure)
-            continue
-        taken.update(wanted)
-        results.append(reserved(order, rows))
-    if taken:
-        with connection.cursor() as cursor:
-            cursor.execute(_TAKE_STOCK, {"ids": list(taken), "quantities": list(taken.values())})
-    return results
-
-
-def record_payments(orders: list[Order], seams: Seams, references: dict[uuid.UUID, Any]) -> list[Done | Exception]:
-    """`record_payment` for the batch: one INSERT of their payments (each with its gateway's reference)."""
-    payments = Payment.objects.bulk_create(
-        Payment(order=order, amount=order.total, gateway_reference=references[order.pk]) for order in orders
-    )
-    return [charged(order, payment) for order, payment in zip(orders, payments, strict=True)]
-
-
-def notify_customers(orders: list[Order], seams: Seams, _: dict[uuid.UUID, Any]) -> list[Done | Exception]:
-    """`notify_customer` for the batch: each email sent (inside the transaction, as there), one INSERT of the
-    notifications of those that went out."""
-    sent: list[tuple[Order, str, str]] = []
-    failed: dict[uuid.UUID, Exception] = {}
-    for order in orders:
-        try:
-            subject, body = seams.notify(order)
-        except OUTAGE:
-            raise
-        except Exception as exc:
-            failed[order.pk] = exc
-            continue
-        sent.append((order, subject, body))
-    notifications = Notification.objects.bulk_create(
-        Notification(order=order, recipient=order.customer_email, subject=subject, body=body)
-        for order, subject, body in sent
-    )
-    done = {
-        order.pk: notified(order, notification) for (order, _, _), notification in zip(sent, notifications, strict=True)
-    }
-    return [failed.get(order.pk) or done[order.pk] for order in orders]
-
-
-def complete_all(orders: list[Order], seams: Seams, _: dict[uuid.UUID, Any]) -> list[Done | Exception]:
-    """`complete` for the batch: their payments in one read."""
-    payments = {payment.order_id: payment for payment in Payment.objects.filter(order_id__in=[o.pk for o in orders])}
-    return [
-        completed(payments[order.pk], order)
-        if order.pk in payments
-        else Payment.DoesNotExist(f"no payment for order {order.pk}")
-        for order in orders
-    ]
-
-
-EFFECTS: dict[str, BatchEffect] = {
-    "reserve inventory": reserve_inventory_for,
-    "charge payment": record_payments,
-    "notify customer": notify_customers,
-    "complete": complete_all,
-}
-
-
-def check_effects(effects: dict[str, BatchEffect], steps: Sequence[Step]) -> None:
-    """Every step of the table has its batched effect, and every effect its step."""
-    if set(effects) != {step.name for step in steps}:
-        raise BrokenInvariant(f"batched effects {sorted(effects)} do not match the steps {[s.name for s in steps]}")
-
-
-check_effects(EFFECTS, STEPS)

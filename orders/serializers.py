@@ -149,19 +149,31 @@ def order_input_fast(data: object) -> dict[str, Any] | None:
         return None
     lines = []
     for item in items:
-        if type(item) is not dict or item.keys() != {"sku", "quantity"}:
+        line = _plain_line(item)
+        if line is None:
             return None
-        sku, quantity = item["sku"], item["quantity"]
-        if not (_plain_text(sku, 64) and sku) or type(quantity) is not int or not 1 <= quantity <= MAX_QUANTITY:
-            return None
-        lines.append({"sku": sku, "quantity": quantity})
-    if sum(line["quantity"] for line in lines) > settings.ORDER_MAX_QUANTITY:
+        lines.append(line)
+    if sum(line["quantity"] for line in lines) > settings.ORDER_MAX_QUANTITY or not _valid_email(email):
         return None
+    return {"customer_email": email, "items": lines, "note": note}
+
+
+def _plain_line(item: object) -> dict[str, Any] | None:
+    """A line of `order_input_fast`'s body as validated, if it is plainly valid; else None."""
+    if type(item) is not dict or item.keys() != {"sku", "quantity"}:
+        return None
+    sku, quantity = item["sku"], item["quantity"]
+    if not (_plain_text(sku, 64) and sku) or type(quantity) is not int or not 1 <= quantity <= MAX_QUANTITY:
+        return None
+    return {"sku": sku, "quantity": quantity}
+
+
+def _valid_email(email: str) -> bool:
     try:
         _validate_email(email)
     except DjangoValidationError:
-        return None
-    return {"customer_email": email, "items": lines, "note": note}
+        return False
+    return True
 
 
 def order_input(data: object) -> tuple[dict[str, Any], dict[str, Product]]:

@@ -4,7 +4,8 @@ Each step is one transaction that locks the order row, checks that the order is 
 requires (a guarded update), does the step's effect and records an event. A redelivered message therefore resumes
 at the first unfinished step and never repeats a finished one; the unique payment row makes a double charge
 impossible even if this logic were wrong, and the gateway's idempotency key makes the provider charge once too.
-Redis writes happen after each commit.
+Redis writes happen after each commit. Each row also says how its step runs for a batch of orders (`effect_many`,
+`outside_many`), which orders/batch.py runs.
 
 The worker hands each delivery here (`Pipeline.receive`, then `Pipeline.run`) and turns the outcome into an ack,
 a retry or a dead letter; nothing here knows about RabbitMQ beyond the facts a delivery carries (`Carrier`).
@@ -15,12 +16,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
@@ -91,6 +93,16 @@ class Done:
     rows: list[RowSnapshot] = field(default_factory=list)  # the other rows it wrote, for the event's snapshot
 
 
+# An outage, not a failure of one order: it propagates, and the caller keeps the messages until the database answers.
+OUTAGE = (OperationalError, InterfaceError)
+
+# The batched form of an effect (orders/batch.py): for the batch's orders, locked and at the step, with what the
+# outside call answered for each (by order id), what each did or the exception that takes it out of the batch.
+BatchEffect = Callable[[list[Order], Seams, dict[uuid.UUID, Any]], list[Done | Exception]]
+# The batched form of an outside call: each order's answer, or the exception that is its answer.
+BatchOutside = Callable[[list[Order], Seams], list[Any]]
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -99,10 +111,39 @@ class Step:
     kind: EventKind
     # Runs inside the step's transaction, the order row locked, after the guard passed.
     effect: Callable[[Order, Seams, Any], Done]
+    # The same effect for a batch of orders in one transaction: the same events, the statements shared.
+    effect_many: BatchEffect
     # Runs before the step's transaction, in its own: a call to another system, whose result `effect` receives.
     outside: Callable[[Order, Seams], Any] | None = None
+    # The same call for a batch (None: `outside` once per order).
+    outside_many: BatchOutside | None = None
     transient_faults: bool = True  # the sandbox's simulated timeouts may hit this step
     crash_point: bool = True  # the sandbox's crash may kill the worker inside this step's transaction
+
+    def fields(self, done: Done) -> dict[str, Any]:
+        """The order's fields once this step commits: the effect's changes and the next step."""
+        return done.changes if self.then is None else {"step": self.then, **done.changes}
+
+    def ask_outside_many(self, orders: list[Order], seams: Seams) -> list[Any]:
+        """Each order's answer from the step's other system, or the exception that is its answer."""
+        if self.outside_many is not None:
+            return self.outside_many(orders, seams)
+        if self.outside is None:
+            raise BrokenInvariant(f"step '{self.name}' calls no other system")
+        return each(self.outside, orders, seams)
+
+
+def each(call: Callable[[Order, Seams], Any], orders: list[Order], seams: Seams) -> list[Any]:
+    """`call` for each order in turn: its answer, or the exception it raised. An outage propagates."""
+    answers: list[Any] = []
+    for order in orders:
+        try:
+            answers.append(call(order, seams))
+        except OUTAGE:
+            raise
+        except Exception as exc:
+            answers.append(exc)
+    return answers
 
 
 # ---------------------------------------------------------------- the effects
@@ -254,16 +295,116 @@ def complete(order: Order, seams: Seams, _: Any) -> Done:
     return completed(Payment.objects.get(order=order), order)
 
 
+# ---------------------------------------------------------------- the effects for a batch of orders
+
+# Only the statements are shared: what each order's event says is the per-order effect's own (`reserved`, `charged`,
+# `notified`, `completed` above), so a batch writes the events the per-order runner would.
+
+
+def call_gateway_many(orders: list[Order], seams: Seams) -> list[str | Exception]:
+    """`call_gateway` for the batch: the real gateway is asked for all of them in one call (`gateway.charge_many`);
+    a gateway passed in (tests, lessons) once per order."""
+    if seams.charge is gateway.charge:
+        return gateway.charge_many(orders, seams.faults)
+    return each(call_gateway, orders, seams)
+
+
+_TAKE_STOCK = (
+    sql.SQL(
+        "UPDATE {product} SET stock = stock - taken.quantity"
+        " FROM unnest(%(ids)s::bigint[], %(quantities)s::integer[]) AS taken(id, quantity)"
+        " WHERE {product}.id = taken.id"
+    )
+    .format(product=sql.Identifier(Product._meta.db_table))
+    .as_string()
+)
+
+
+def reserve_inventory_for(orders: list[Order], seams: Seams, _: dict[uuid.UUID, Any]) -> list[Done | Exception]:
+    """`reserve_inventory` for the batch: its products locked in id order, each order's lines taken in turn from
+    what the orders before it left (all or nothing per order, so an order out of stock takes nothing), then one
+    UPDATE. Each order's event shows the stock as its own reservation left it, as the per-order runner would."""
+    product_ids = sorted({line.product_id for order in orders for line in order.lines.all()})
+    stock = dict(
+        Product.objects.select_for_update().filter(pk__in=product_ids).order_by("pk").values_list("pk", "stock")
+    )
+    taken: Counter[int] = Counter()
+    results: list[Done | Exception] = []
+    for order in orders:
+        wanted: Counter[int] = Counter()
+        rows, failure = [], None
+        for line in sorted(order.lines.all(), key=lambda item: item.product_id):
+            left = stock.get(line.product_id, 0) - taken[line.product_id] - wanted[line.product_id] - line.quantity
+            if left < 0:
+                failure = out_of_stock(line)
+                break
+            wanted[line.product_id] += line.quantity
+            rows.append(product_row(line.product_id, line.sku, left, -line.quantity))
+        if failure is not None:
+            results.append(failure)
+            continue
+        taken.update(wanted)
+        results.append(reserved(order, rows))
+    if taken:
+        with connection.cursor() as cursor:
+            cursor.execute(_TAKE_STOCK, {"ids": list(taken), "quantities": list(taken.values())})
+    return results
+
+
+def record_payments(orders: list[Order], seams: Seams, references: dict[uuid.UUID, Any]) -> list[Done | Exception]:
+    """`record_payment` for the batch: one INSERT of their payments (each with its gateway's reference)."""
+    payments = Payment.objects.bulk_create(
+        Payment(order=order, amount=order.total, gateway_reference=references[order.pk]) for order in orders
+    )
+    return [charged(order, payment) for order, payment in zip(orders, payments, strict=True)]
+
+
+def notify_customers(orders: list[Order], seams: Seams, _: dict[uuid.UUID, Any]) -> list[Done | Exception]:
+    """`notify_customer` for the batch: each email sent (inside the transaction, as there), one INSERT of the
+    notifications of those that went out."""
+    sent: list[tuple[Order, str, str]] = []
+    failed: dict[uuid.UUID, Exception] = {}
+    for order in orders:
+        try:
+            subject, body = seams.notify(order)
+        except OUTAGE:
+            raise
+        except Exception as exc:
+            failed[order.pk] = exc
+            continue
+        sent.append((order, subject, body))
+    notifications = Notification.objects.bulk_create(
+        Notification(order=order, recipient=order.customer_email, subject=subject, body=body)
+        for order, subject, body in sent
+    )
+    done = {
+        order.pk: notified(order, notification) for (order, _, _), notification in zip(sent, notifications, strict=True)
+    }
+    return [failed.get(order.pk) or done[order.pk] for order in orders]
+
+
+def complete_all(orders: list[Order], seams: Seams, _: dict[uuid.UUID, Any]) -> list[Done | Exception]:
+    """`complete` for the batch: their payments in one read."""
+    payments = {payment.order_id: payment for payment in Payment.objects.filter(order_id__in=[o.pk for o in orders])}
+    return [
+        completed(payments[order.pk], order)
+        if order.pk in payments
+        else Payment.DoesNotExist(f"no payment for order {order.pk}")
+        for order in orders
+    ]
+
+
 STEPS: tuple[Step, ...] = (
     Step("reserve inventory", OrderStep.NONE, OrderStep.INVENTORY_RESERVED, EventKind.INVENTORY_RESERVED,
-         reserve_inventory),
+         reserve_inventory, reserve_inventory_for),
     # The gateway injects its own timeouts and declines, outside our transaction.
     Step("charge payment", OrderStep.INVENTORY_RESERVED, OrderStep.PAYMENT_CHARGED, EventKind.PAYMENT_CHARGED,
-         record_payment, outside=call_gateway, transient_faults=False),
+         record_payment, record_payments, outside=call_gateway, outside_many=call_gateway_many,
+         transient_faults=False),
     Step("notify customer", OrderStep.PAYMENT_CHARGED, OrderStep.CUSTOMER_NOTIFIED, EventKind.CUSTOMER_NOTIFIED,
-         notify_customer),
+         notify_customer, notify_customers),
     Step("complete", OrderStep.CUSTOMER_NOTIFIED, None, EventKind.COMPLETED,
-         complete, transient_faults=False, crash_point=False),
+         complete, complete_all, transient_faults=False, crash_point=False),
 )  # fmt: skip
 STEP_BY_NAME = {step.name: step for step in STEPS}
 
@@ -371,7 +512,6 @@ class Pipeline:
             if step.transient_faults:
                 self.seams.faults.maybe_fail_transiently(step.name)
             done = step.effect(order, self.seams, prepared)
-            changes = done.changes if step.then is None else {"step": step.then, **done.changes}
             transition = transition_order(
                 order,
                 to=done.to,
@@ -379,7 +519,7 @@ class Pipeline:
                 message=done.message,
                 queue=message.snapshot(),
                 rows=done.rows,
-                **changes,
+                **step.fields(done),
             )
             if step.crash_point:
                 # A crash here rolls the step back (stock, payment row, notification): the redelivery redoes it once.

@@ -14,7 +14,7 @@ pins it to DRF's loop). A placed order passes three throttles, so six round trip
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from django.core.cache import cache as default_cache
 from rest_framework.settings import api_settings
@@ -57,7 +57,7 @@ class OrderPlacementThrottle(RatesFromSettings, SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
-def _pipelinable(throttle: BaseThrottle) -> bool:
+def _pipelinable(throttle: BaseThrottle) -> TypeGuard[SimpleRateThrottle]:
     """A SimpleRateThrottle that checks the request DRF's way, against the default cache and the clock."""
     if not isinstance(throttle, SimpleRateThrottle):
         return False
@@ -82,7 +82,6 @@ def refusals(throttles: list[BaseThrottle], request: Request, view: APIView) -> 
             if not throttle.allow_request(request, view):
                 waits.append(throttle.wait())
             continue
-        assert isinstance(throttle, SimpleRateThrottle)
         if throttle.rate is None:
             continue
         throttle.key = throttle.get_cache_key(request, view)
@@ -93,6 +92,13 @@ def refusals(throttles: list[BaseThrottle], request: Request, view: APIView) -> 
     if len({throttle.key for throttle in keyed}) < len(keyed):
         # Two throttles counting under one key: the second must see the first's write, so ask them one by one.
         return waits + [throttle.wait() for throttle in keyed if not throttle.allow_request(request, view)]
+    return waits + _count(keyed)
+
+
+def _count(keyed: list[Any]) -> list[float | None]:
+    """DRF's allow_request for throttles with distinct keys, their histories read and written in one round trip
+    each: the waits of those that refuse."""
+    waits: list[float | None] = []
     histories = default_cache.get_many([throttle.key for throttle in keyed])
     now = keyed[0].timer()  # DRF's clock, as each throttle reads it (tests set their own)
     writes: dict[int, dict[str, list[float]]] = defaultdict(dict)

@@ -362,38 +362,9 @@ class Worker:
         """`_handle` for a batch (`Processor.process_batch`): each delivery's verdict is settled as `_handle` settles
         it, all of them in one callback to the connection's thread once the batch is done. A database outage keeps
         the ones without a verdict yet and runs them again when the database answers."""
-        outcomes: dict[int, Outcome] = {}
-        backoff = Backoff(cap=5.0)
         self.in_hand.begin(peek_order_id(deliveries[0].body))
         try:
-            while not self.stopping.is_set():
-                left = [delivery for delivery in deliveries if id(delivery) not in outcomes]
-                if not left:
-                    break
-                try:
-                    for delivery, result in self.processor.process_batch(left):
-                        outcomes[id(delivery)] = (
-                            result if isinstance(result, Verdict) else self._unexpected(delivery, result)
-                        )
-                except Interrupted as exc:
-                    log.info("%s; leaving the messages unacked", exc)
-                    break
-                except DB_ERRORS as exc:
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "worker: database unavailable (%s); retrying %d deliveries in %.1fs",
-                        exc,
-                        len(left),
-                        delay,
-                    )
-                    connection.close()
-                    if self.stopping.wait(delay):
-                        break
-                except Exception as exc:
-                    # Outside any one order (the batch's own code): each delivery it left is settled as unexpected.
-                    for delivery in left:
-                        if id(delivery) not in outcomes:
-                            outcomes[id(delivery)] = self._unexpected(delivery, exc)
+            outcomes = self._batch_outcomes(deliveries)
         finally:
             self.in_hand.end()
         close_old_connections()
@@ -404,6 +375,36 @@ class Worker:
             channel.connection.add_callback_threadsafe(functools.partial(self._settle_batch, channel, settled))
         except BROKER_ERRORS:
             log.warning("connection closed before settling %d deliveries; they will be redelivered", len(settled))
+
+    def _batch_outcomes(self, deliveries: list[Delivery]) -> dict[int, Outcome]:
+        """Each delivery's outcome (by `id`) from `Processor.process_batch`, run again after a database outage for
+        the deliveries still without one. Those left when the worker stops or the batch is interrupted get none."""
+        outcomes: dict[int, Outcome] = {}
+        backoff = Backoff(cap=5.0)
+        while not self.stopping.is_set():
+            left = [delivery for delivery in deliveries if id(delivery) not in outcomes]
+            if not left:
+                break
+            try:
+                for delivery, result in self.processor.process_batch(left):
+                    outcomes[id(delivery)] = (
+                        result if isinstance(result, Verdict) else self._unexpected(delivery, result)
+                    )
+            except Interrupted as exc:
+                log.info("%s; leaving the messages unacked", exc)
+                break
+            except DB_ERRORS as exc:
+                delay = backoff.next_delay()
+                log.warning("worker: database unavailable (%s); retrying %d deliveries in %.1fs", exc, len(left), delay)
+                connection.close()
+                if self.stopping.wait(delay):
+                    break
+            except Exception as exc:
+                # Outside any one order (the batch's own code): each delivery it left is settled as unexpected.
+                for delivery in left:
+                    if id(delivery) not in outcomes:
+                        outcomes[id(delivery)] = self._unexpected(delivery, exc)
+        return outcomes
 
     def _unexpected(self, delivery: Delivery, exc: Exception) -> Outcome:
         """Not an outage: a bug or bad data that waiting will not fix. Logged once per delivery with the order and

@@ -75,8 +75,6 @@ def relay_once(
     per-order reference `record_published_each`). Each event's own log line is at DEBUG; the batch logs one INFO line.
     """
     record = record or record_published
-    published: list[OutboxMessage] = []
-    failure: BaseException | None = None
     with transaction.atomic():
         rows = list(
             OutboxMessage.objects.select_for_update(skip_locked=True)
@@ -92,19 +90,7 @@ def relay_once(
             .filter(pk__in={row.order_id for row in rows})
             .prefetch_related("lines")
         }
-        for row, verdict in zip(rows, _publish(publisher, rows), strict=False):
-            row.publish_attempts += 1
-            if verdict is not None:
-                # The broker did not confirm this row: it stays pending and is tried again; the others keep their
-                # own verdicts (a refused row does not undo a confirmed one).
-                row.last_error = str(verdict)[:1000] or verdict.__class__.__name__
-                row.save(update_fields=["publish_attempts", "last_error"])
-                if failure is None or isinstance(failure, PublishFailed):
-                    failure = verdict  # a lost broker outranks a refusal: it is raised after the commit
-                continue
-            row.sent_at = timezone.now()
-            row.last_error = ""
-            published.append(row)
+        published, failure = _settle(rows, _publish(publisher, rows))
         if published:
             _crash_point("published", len(published))
         OutboxMessage.objects.bulk_update(published, ["sent_at", "publish_attempts", "last_error"])
@@ -122,6 +108,28 @@ def relay_once(
     if failure is not None:
         log.warning("outbox publish refused: %s", failure)
     return len(published)
+
+
+def _settle(
+    rows: list[OutboxMessage], verdicts: list[Exception | None]
+) -> tuple[list[OutboxMessage], Exception | None]:
+    """Each claimed row with the broker's verdict on it: the confirmed rows, marked sent (saved by the caller), and
+    the failure to report after the commit (a lost broker outranks a refusal). An unconfirmed row stays pending,
+    its error saved, and is tried again; the others keep their own verdicts."""
+    published: list[OutboxMessage] = []
+    failure: Exception | None = None
+    for row, verdict in zip(rows, verdicts, strict=False):
+        row.publish_attempts += 1
+        if verdict is not None:
+            row.last_error = str(verdict)[:1000] or verdict.__class__.__name__
+            row.save(update_fields=["publish_attempts", "last_error"])
+            if failure is None or isinstance(failure, PublishFailed):
+                failure = verdict
+            continue
+        row.sent_at = timezone.now()
+        row.last_error = ""
+        published.append(row)
+    return published, failure
 
 
 # Writes the `published` events of a batch's confirmed rows (their orders locked) and returns what to run once the

@@ -77,19 +77,10 @@ class Producer:
         first_id = self.last_event_id
         if rows:
             self.last_event_id = rows[-1]["id"]
-            watched = feed.watched_orders() & {str(row["order_id"]) for row in rows}
-            if watched:
-                by_order = feed.journey_events_for(watched, after_id=first_id, up_to_id=self.last_event_id)
-                for order_id, events in by_order.items():
-                    messages.append((feed.order_group(order_id), {"type": "order.events", "events": events}))
+            messages += _journey_messages(rows, first_id, self.last_event_id)
         if controls:
             self.last_control_id = controls[-1]["id"]
-        now = time.monotonic()
-        since_state = now - self.last_state_at
-        state = None
-        if ((rows or controls) and since_state >= STATE_MIN_INTERVAL) or since_state >= STATE_MAX_INTERVAL:
-            self.last_state_at = now
-            state = {"pipeline": pipeline_state(), "latest_orders": feed.latest_orders()}
+        state = self._state_if_due(changed=bool(rows or controls))
         if rows or controls or state:
             messages.append(
                 (
@@ -105,6 +96,28 @@ class Producer:
                 )
             )
         return messages
+
+    def _state_if_due(self, *, changed: bool) -> dict[str, Any] | None:
+        """The pipeline's state and latest orders when due: after a change at most every STATE_MIN_INTERVAL, and at
+        least every STATE_MAX_INTERVAL."""
+        now = time.monotonic()
+        since_state = now - self.last_state_at
+        if not ((changed and since_state >= STATE_MIN_INTERVAL) or since_state >= STATE_MAX_INTERVAL):
+            return None
+        self.last_state_at = now
+        return {"pipeline": pipeline_state(), "latest_orders": feed.latest_orders()}
+
+
+def _journey_messages(rows: list[dict[str, Any]], after_id: int, up_to_id: int) -> list[tuple[str, dict[str, Any]]]:
+    """The `order.events` message of each order among `rows` that an open journey page watches."""
+    watched = feed.watched_orders() & {str(row["order_id"]) for row in rows}
+    if not watched:
+        return []
+    by_order = feed.journey_events_for(watched, after_id=after_id, up_to_id=up_to_id)
+    return [
+        (feed.order_group(order_id), {"type": "order.events", "events": events})
+        for order_id, events in by_order.items()
+    ]
 
 
 class Broadcaster:

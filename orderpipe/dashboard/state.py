@@ -108,14 +108,8 @@ def supervisor_run(rows: list[SupervisedProcess], now: datetime) -> SupervisorRu
     }
 
 
-def pipeline_state() -> dict[str, Any]:
-    """Everything the dashboard shows about the pipeline, in nine queries and one Redis round trip or two."""
-    now = timezone.now()
-    by_status = {status.value: 0 for status in OrderStatus}
-    for row in Order.objects.values("status").annotate(n=Count("id")).order_by():
-        by_status[row["status"]] = row["n"]
-    backlog = OutboxMessage.objects.filter(sent_at__isnull=True).count()
-    heartbeats = list(WorkerHeartbeat.objects.filter(last_seen__gte=now - WORKER_FORGET_AFTER).order_by("name"))
+def _worker_states(heartbeats: list[WorkerHeartbeat], now: datetime) -> tuple[list[WorkerState], list[GoneWorker]]:
+    """The workers seen lately (by name), and those gone quiet (the latest first)."""
     workers: list[WorkerState] = [
         {
             "name": w.name,
@@ -141,9 +135,12 @@ def pipeline_state() -> dict[str, Any]:
         for w in sorted(heartbeats, key=lambda w: w.last_seen, reverse=True)
         if now - w.last_seen >= WORKER_STALE_AFTER
     ]
-    # Passive queue declarations count ready messages only; a worker reports the deliveries it holds unacked.
-    unacked_main = sum(w["unacked"] for w in workers if w["alive"])
-    queues: list[QueueState] = [
+    return workers, gone_workers
+
+
+def _queue_states(now: datetime, *, unacked_main: int) -> list[QueueState]:
+    """The queues as the relay's monitor last observed them, with the main queue's unacked deliveries."""
+    return [
         {
             "name": q.name,
             "role": q.role,
@@ -155,6 +152,19 @@ def pipeline_state() -> dict[str, Any]:
         }
         for q in QueueStat.objects.all()
     ]
+
+
+def pipeline_state() -> dict[str, Any]:
+    """Everything the dashboard shows about the pipeline, in nine queries and one Redis round trip or two."""
+    now = timezone.now()
+    by_status = {status.value: 0 for status in OrderStatus}
+    for row in Order.objects.values("status").annotate(n=Count("id")).order_by():
+        by_status[row["status"]] = row["n"]
+    backlog = OutboxMessage.objects.filter(sent_at__isnull=True).count()
+    heartbeats = list(WorkerHeartbeat.objects.filter(last_seen__gte=now - WORKER_FORGET_AFTER).order_by("name"))
+    workers, gone_workers = _worker_states(heartbeats, now)
+    # Passive queue declarations count ready messages only; a worker reports the deliveries it holds unacked.
+    queues = _queue_states(now, unacked_main=sum(w["unacked"] for w in workers if w["alive"]))
     process_rows = list(SupervisedProcess.objects.order_by("name"))
     run = supervisor_run(process_rows, now)
     return {

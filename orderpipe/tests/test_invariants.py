@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 
 from orderpipe.lessons.catalog import Action
-from orders.batch import EFFECTS, check_effects
 from orders.failures import BrokenInvariant
 from orders.journal import Move, transition_many
 from orders.models import EventKind
-from orders.steps import STEPS
 
 pytestmark = pytest.mark.pure
 
@@ -71,12 +69,6 @@ def _move(order_id: int, **changes: object) -> Move:
 def test_one_batched_transition_refuses_moves_that_set_different_fields():
     with pytest.raises(BrokenInvariant, match="one list of fields"):
         transition_many([_move(1, step="reserved"), _move(2, failure_reason="x")], at=datetime.now(UTC))
-
-
-def test_every_step_needs_its_batched_effect():
-    check_effects(EFFECTS, STEPS)
-    with pytest.raises(BrokenInvariant, match="do not match the steps"):
-        check_effects({name: effect for name, effect in EFFECTS.items() if name != "complete"}, STEPS)
 
 
 def test_a_lesson_action_of_an_unknown_kind_is_refused():

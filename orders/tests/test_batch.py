@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.db import IntegrityError
 
-from orders import batch
-from orders.models import GatewayCharge, Notification, Order, OrderEvent, OutboxMessage, Payment, Product
+from orders import batch, gateway
+from orders.models import (
+    EventKind,
+    GatewayCharge,
+    Notification,
+    Order,
+    OrderEvent,
+    OutboxMessage,
+    Payment,
+    Product,
+)
 from orders.sandbox.faults import NoFaults
 from orders.services import order_create
+from orders.steps import STEPS
 from orders.tests.factories import ProductFactory
 from worker.processing import ACK, Delivery, Processor
 
@@ -172,7 +183,10 @@ def test_a_batch_statement_that_fails_leaves_each_order_to_the_per_order_steps(m
     def broken(orders: list[Order], seams: Any, references: dict[Any, Any]) -> list[Any]:
         raise IntegrityError('duplicate key value violates unique constraint "injected"')
 
-    monkeypatch.setitem(batch.EFFECTS, "charge payment", broken)
+    steps = tuple(
+        replace(step, effect_many=broken) if step.kind == EventKind.PAYMENT_CHARGED else step for step in STEPS
+    )
+    monkeypatch.setattr(batch, "STEPS", steps)
     deliveries = [delivery(order, n + 1) for n, order in enumerate(orders)]
     assert [verdict for _, verdict in Processor(faults=NoFaults()).process_batch(deliveries)] == [ACK] * len(ORDERS)
 
@@ -183,6 +197,31 @@ def test_a_batch_statement_that_fails_leaves_each_order_to_the_per_order_steps(m
     charged = OrderEvent.objects.filter(kind="payment_charged")
     assert OrderEvent.objects.filter(kind="inventory_reserved").values("at").distinct().count() == 1
     assert charged.count() == charged.values("at").distinct().count() == 4
+
+
+def test_a_step_batches_as_its_row_says_whatever_its_name(monkeypatch):
+    """The batched runner takes each step's batched effect and gateway call from its row: renamed steps still run
+    as one transaction each for the whole batch, the gateway asked once for all of them."""
+    for sku in STOCK:
+        ProductFactory(sku=sku, price="12.50")
+    orders = place("d")
+    renamed = tuple(replace(step, name=f"step {n}") for n, step in enumerate(STEPS))
+    monkeypatch.setattr(batch, "STEPS", renamed)
+    real, asked = gateway.charge_many, []
+
+    def charge_many(orders: list[Order], faults: Any) -> list[Any]:
+        asked.append(len(orders))
+        return real(orders, faults)
+
+    monkeypatch.setattr(gateway, "charge_many", charge_many)
+    deliveries = [delivery(order, n + 1) for n, order in enumerate(orders)]
+    assert [verdict for _, verdict in Processor(faults=NoFaults()).process_batch(deliveries)] == [ACK] * len(ORDERS)
+
+    statuses = [Order.objects.get(pk=order.pk).status for order in orders]
+    assert statuses == ["completed", "failed", "completed", "completed", "completed"]
+    assert asked == [len(ORDERS) - 1]  # the out-of-stock order never asks
+    for kind in ("inventory_reserved", "payment_charged", "customer_notified", "completed"):
+        assert OrderEvent.objects.filter(kind=kind, order__in=orders).values("at").distinct().count() == 1, kind
 
 
 def test_the_batch_statements_find_their_rows_through_an_index():
