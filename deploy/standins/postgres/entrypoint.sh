@@ -1,5 +1,6 @@
 #!/bin/sh
-# First start: a cluster whose superuser is $POSTGRES_USER (password auth from the network) owning $POSTGRES_DB.
+# First start: a cluster whose superuser is $POSTGRES_USER (password auth from the network) and a database
+# $POSTGRES_DB (by default named after the user, as in the official image) that it owns.
 set -eu
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   printf '%s' "$POSTGRES_PASSWORD" > /tmp/pwfile
@@ -7,8 +8,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   rm /tmp/pwfile
   echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
   pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
-  if [ "${POSTGRES_DB:-$POSTGRES_USER}" != "$POSTGRES_USER" ]; then
-    createdb -U "$POSTGRES_USER" -O "$POSTGRES_USER" "$POSTGRES_DB"
+  database=${POSTGRES_DB:-$POSTGRES_USER}
+  if [ "$database" != postgres ]; then
+    createdb -U "$POSTGRES_USER" -O "$POSTGRES_USER" "$database"
   fi
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
