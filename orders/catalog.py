@@ -13,7 +13,7 @@ process whose token differs from the one its entries were read under drops them 
 also drop this process's entries at once, before the commit (the token is read before the rows, so a read racing a
 change is dropped at the next request). Entries are also dropped after MAX_AGE seconds: a change saved while Redis
 was down (its token replacement lost) reaches a process that kept its entries through the outage within that bound.
-Without Redis there is no token, and every read goes to PostgreSQL (`catalog_read_reference`), as it always did.
+Without Redis there is no token, and every read goes to PostgreSQL (`catalog_read_reference`).
 A change made with raw SQL or `QuerySet.update()` of a price sends no signal: the admin and the services do not.
 """
 

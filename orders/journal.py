@@ -135,7 +135,7 @@ _SET_CACHE_STATE_UNSYNCED = _render(
 # transitions set (the same for every row of one statement), typed for jsonb_to_recordset; `{changes}` assigns them.
 # The orders' and their events' rows are found through `%(ids)s` (`= ANY` of an array, which the planner answers from
 # the primary key and the (order_id, seq) index): joined only to the recordset, whose size the planner cannot know,
-# it would read both tables whole, about 13 ms per statement at 15,000 orders, growing with the tables.
+# it would read both tables whole, a cost that grows with the tables.
 _TRANSITION_MANY = sql.SQL("""
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
@@ -228,7 +228,7 @@ def accept(
         "attempts": order.attempts,
         "version": order.version,
         "now": order.created_at,
-        # One JSON parameter rather than four arrays: psycopg's array adaptation was a tenth of the request.
+        # One JSON parameter rather than four arrays: psycopg adapts an array element by element, a JSON string at once.
         "lines": json.dumps(
             [
                 {
@@ -423,8 +423,8 @@ def set_cache_state(event_id: int, state: dict[str, Any]) -> None:
 
 def loaded(instance: M) -> M:
     """`instance`, marked as read from the database, for a row the fast path inserted with SQL: saving it again
-    updates instead of inserting. The two flags `Model.from_db` sets; a copy made by from_db (as this did) cost the
-    accept path four model instantiations per order, and lost the related instances the caller had attached."""
+    updates instead of inserting. The two flags `Model.from_db` sets, set on the instance itself: a copy made by from_db
+    would instantiate the model again and lose the related instances the caller had attached."""
     instance._state.adding = False
     instance._state.db = connection.alias
     return instance

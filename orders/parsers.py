@@ -1,7 +1,7 @@
 """Request body parsers for the REST API (DRF's DEFAULT_PARSER_CLASSES).
 
 `JSONParser` reads a UTF-8 body with orjson, and hands DRF's parser (`parse_reference`) every body orjson refuses, so
-that DRF accepts and words the errors as it always did: malformed JSON, NaN, a lone surrogate escape, 1E400 (DRF
+that DRF accepts them and words the errors itself: malformed JSON, NaN, a lone surrogate escape, 1E400 (DRF
 reads it as infinity). It also hands over, unread, what orjson would read differently: an integer of 19 or more
 digits (orjson makes a float of one beyond 64 bits) and a body with more than MAX_BRACKETS brackets (orjson nests
 deeper than Python's json before refusing). orders/tests/test_parsers.py pins the two to each other.

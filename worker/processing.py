@@ -285,7 +285,7 @@ class Processor:
             taken.add(order_id)
             items.append((delivery, Item(order_id=order_id, message=delivery)))
         if len(items) == 1:
-            # A batch of one gains nothing from the batched statements: it goes the per-order way, as it always did.
+            # A batch of one gains nothing from the batched statements: it goes the per-order way.
             alone.insert(0, items.pop()[0])
         if items:
             run_batch(self.pipeline, [item for _, item in items])
