@@ -77,7 +77,7 @@ def fuzz(who: str, schema: Path, base: str, *, session: requests.Session | None 
     argv += ["--exclude-path-regex", EXCLUDED, "--request-timeout", "10"]
     # In the test's directory, where schemathesis leaves its cache; the hooks module is found from the repository.
     env["PYTHONPATH"] = str(ROOT)
-    run = subprocess.run(argv, cwd=schema.parent, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(argv, cwd=schema.parent, env=env, capture_output=True, text=True, timeout=600)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"{who}.txt").write_text(run.stdout + run.stderr)
     assert run.returncode == 0, (
