@@ -96,6 +96,7 @@ def _check_queue_policy(applied: Applied, row: SandboxSettings, supervisor_runni
         return
     if not supervisor_running:
         policy_why = f"a queue length limit {NEEDS_SUPERVISOR}"
+        applied.unsettleable.add("main queue policy")
     elif row.queue_policy_in_effect.startswith(FAILED):
         policy_why = f"rabbitmqctl {row.queue_policy_in_effect}"
     else:

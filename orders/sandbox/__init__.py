@@ -269,6 +269,8 @@ class Applied:
     applied: list[str] = field(default_factory=list)
     pending: list[Pending] = field(default_factory=list)
     note: str = ""
+    # The names in `pending` that no wait can settle (a queue limit with no supervisor to apply it).
+    unsettleable: set[str] = field(default_factory=set)
 
     @property
     def done(self) -> bool:
@@ -313,7 +315,8 @@ def wait_applied(version: int, *, timeout: float = APPLY_WAIT, every: float = 0.
     while True:
         row = SandboxSettings.load()
         applied = applied_by(row)
-        if applied.done or time.monotonic() >= deadline:
+        waiting_helps = any(p["name"] not in applied.unsettleable for p in applied.pending)
+        if not waiting_helps or time.monotonic() >= deadline:
             return applied
         time.sleep(every)
 
