@@ -216,7 +216,7 @@ RETRY_DELAYS_MS = [int(x) for x in env_list("ORDERPIPE_RETRY_DELAYS_MS", "1000,5
 RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 100)
 RELAY_POLL_INTERVAL = env_float("RELAY_POLL_INTERVAL", 2.0)
 # The rabbitmqctl `make run`'s supervisor runs to set and clear the full-queue lesson's policy (worker/queue_policy.py).
-RABBITMQCTL = os.environ.get("RABBITMQCTL", "rabbitmqctl")
+RABBITMQCTL = env_str("RABBITMQCTL", "rabbitmqctl")
 # Outbox rows the relay publishes before waiting for their confirms (worker/relay.py); 1 waits for each in turn.
 RELAY_CONFIRM_WINDOW = env_int("RELAY_CONFIRM_WINDOW", 100)
 if RELAY_CONFIRM_WINDOW < 1:
