@@ -1,8 +1,7 @@
 """Every lesson run start to finish as a fast learner would: headless Chromium, against what `make run` runs
 (`manage.py supervise`: web, ws, relay and workers, which it restarts, scales and cuts off), on this test run's
-database and queues. All the lessons back to back (the new ones also on their own), without a reset and without a
-pause: each button is clicked the moment it is enabled (Playwright's click waits for that), and every checkpoint must
-give the documented result.
+database and queues. All the lessons back to back, without a reset and without a pause: each button is clicked the
+moment it is enabled (Playwright's click waits for that), and every checkpoint must give the documented result.
 The figures each lesson measured are printed, a screenshot of each lesson's final state goes to
 artifacts/screenshots/lessons/, and the test prints how long it took."""
 
@@ -164,11 +163,6 @@ def run_back_to_back(page, lessons: tuple[catalog.Lesson, ...]) -> dict[str, dic
     return measured
 
 
-# The lessons added after the first eight: their own test runs them back to back (a few minutes, against the
-# eleven's), and the full run checks them the same way.
-NEW_LESSONS = ("oversold", "full-queue")
-
-
 def check_new_lessons(measured: dict[str, dict[str, dict[str, float]]]) -> None:
     """Each new lesson's unsafe column shows the loss, its safe column none."""
     oversold = measured["oversold"]
@@ -183,17 +177,6 @@ def check_new_lessons(measured: dict[str, dict[str, dict[str, float]]]) -> None:
     assert (drop["dropped"], drop["completed"], drop["publish_nacks"], drop["waited_in_queue"]) == (20, 10, 0, 30)
     assert (reject["completed"], reject["dropped"], reject["lost"]) == (30, 0, 0)
     assert reject["publish_nacks"] > 0 and reject["waited_in_outbox"] > 0
-
-
-def test_a_fast_learner_gets_the_documented_result_in_the_new_lessons_back_to_back(stack, browser, staff):
-    started = time.monotonic()
-    context, page = open_logged_in(browser, stack.url, next_path="/lessons/", timeout_ms=TIMEOUT_MS)
-    try:
-        measured = run_back_to_back(page, tuple(catalog.BY_SLUG[slug] for slug in NEW_LESSONS))
-    finally:
-        context.close()
-        print(f"\nthe new lessons took {time.monotonic() - started:.0f} s in the browser")
-    check_new_lessons(measured)
 
 
 def test_a_fast_learner_gets_every_documented_result_in_all_the_lessons_back_to_back(stack, browser, staff):
