@@ -5,8 +5,13 @@ queues or keys of a `make run` instance on the same machine, and its own test da
 not collide either.
 """
 
+import faulthandler
 import os
+import sys
+import threading
 import uuid
+
+import pytest
 
 RUN_ID = uuid.uuid4().hex[:8]
 os.environ["ORDERPIPE_PREFIX"] = f"test-{RUN_ID}"
@@ -26,3 +31,33 @@ os.environ.setdefault("ORDERPIPE_LOGIN_FAILURE_LIMIT", "1000")
 os.environ.setdefault("ORDERPIPE_LOGIN_ADDRESS_FAILURE_LIMIT", "1000")
 # /metrics outside DEBUG needs it (tests scrape with `Authorization: Bearer` and this value).
 os.environ.setdefault("ORDERPIPE_METRICS_TOKEN", "test-metrics-" + uuid.uuid4().hex)
+# A statement of the tests or of their subprocesses that waits on a lock fails after two minutes, naming the lock,
+# instead of waiting forever (libpq reads PGOPTIONS): say, pytest-django's TRUNCATE between two tests behind a
+# connection a test left idle in a transaction.
+os.environ.setdefault("PGOPTIONS", "-c lock_timeout=120s")
+
+# Seconds a finished test process may take to exit (see pytest_unconfigure).
+EXIT_GRACE_SECONDS = 60
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Python joins every non-daemon thread before it exits, so one thread still blocked after the run (an executor
+    thread of an async test's sync call that never returned) would keep this process, and CI, waiting forever. Once
+    the results are reported, a watchdog gives the process EXIT_GRACE_SECONDS; past that it prints every thread's
+    stack to stderr and exits with the run's status."""
+
+    def watchdog() -> None:
+        threading.Event().wait(EXIT_GRACE_SECONDS)
+        print(
+            f"\ntest process {os.getpid()} still running {EXIT_GRACE_SECONDS} s after its run ended:", file=sys.stderr
+        )
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        os._exit(_exit_status or 1)
+
+    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
