@@ -81,18 +81,17 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAVAILABLE)
 
     async def take_slot(self) -> bool:
-        self.slot = uuid.uuid4().hex
+        slot = uuid.uuid4().hex
         taken = await sockets.acquire(
             self.channel_layer.redis(),
             self.client,
-            self.slot,
+            slot,
             cap=settings.WS_MAX_CONNECTIONS_PER_CLIENT,
             ttl_seconds=settings.WS_SLOT_TTL,
         )
-        if taken:
+        if taken:  # only a slot taken is given back (release_slot)
+            self.slot = slot
             self.keep_slot = asyncio.ensure_future(self._refresh_slot())
-        else:
-            self.slot = ""
         return taken
 
     async def _refresh_slot(self) -> None:

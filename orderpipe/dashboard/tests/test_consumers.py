@@ -28,7 +28,8 @@ from orderpipe.dashboard.consumers import (
 from orders import services
 from orders.models import EventKind, Order, OrderStatus
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Each test takes seconds; one still running after two minutes fails with every thread's stack (pyproject.toml).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
 ORIGIN = b"http://127.0.0.1:8000"
 
@@ -49,14 +50,17 @@ def communicator(path: str, *, cookie: bytes | None = None, origin: bytes = ORIG
     return WebsocketCommunicator(application, path, headers=headers)
 
 
-def run(body: Callable[[], Awaitable[None]]) -> None:
-    """Run an async test body in its own loop and always stop the producer it started."""
+def run(body: Callable[[], Awaitable[None]], *, timeout: float = 60.0) -> None:
+    """Run an async test body in its own loop and always stop the producer it started. A body still waiting after
+    `timeout` seconds fails with the stack of what it waits on."""
 
     async def wrapped() -> None:
         try:
-            await body()
+            async with asyncio.timeout(timeout):
+                await body()
         finally:
-            await broadcaster.stop()
+            async with asyncio.timeout(10):
+                await broadcaster.stop()
 
     async_to_sync(wrapped)()
 
