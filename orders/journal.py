@@ -1,17 +1,6 @@
-"""The journal: every write of an order's journey event, and the SQL that writes it, in one place.
-
-An event is always written in the transaction that made the change it records, with the order row locked (or
-inserted by the same statement): the lock is what keeps `seq` gap-free and unique when a relay and a worker touch
-the same order. Two ways to write are kept side by side, pinned to each other by orders/tests/test_journal.py:
-
-- the readable ORM path (`append_reference`), which `reference.order_create_reference` and
-  `reference.transition_reference` use: one query per row, the way to learn what is written;
-- the fast path: one statement per change (`accept`, `transition`, `append`), which is what the pipeline runs;
-- the batch path: one statement for a step's changes to many orders (`transition_many`, `set_cache_states`), which
-  a worker runs for the deliveries it holds (orders/batch.py), pinned to the per-order path by
-  orders/tests/test_batch.py.
-
-The statements are built with `psycopg.sql` from the models' table and column names, once, at import.
+"""The journal: every write of an order's journey event, and the SQL that writes it, in one place: a readable ORM
+path, a one-statement-per-change path and a batch path, pinned to each other by tests (docs/10-design-notes.md,
+"The journal").
 """
 
 from __future__ import annotations

@@ -1,15 +1,5 @@
-"""Prometheus metrics: the counters and histograms every process keeps of the pipeline events it commits.
-
-Pipeline events are counted in one place: every write of an event (`orders.events.record_event`,
-`services.order_create`, `services.transition_order` and their readable twins, all writing through
-`orders.journal`) calls `orders.events.count_on_commit`, which calls `event_committed` once the transaction that
-recorded the event commits, so rolled-back work is never counted. Each process (web, relays, workers) exposes its
-own counters; Prometheus sums them across processes. Shared state (outbox backlog, queue depths, cache hit/miss
-counters) is not counted by anyone: the web process reads it when scraped (orderpipe/scrape.py), once per scrape,
-so N workers do not report the same backlog N times.
-
-Useful series (all counters are `orderpipe_order_events_total{kind=...}`):
-accepted, completed, failed, dead_lettered, retry_scheduled (retried), redelivered (redeliveries).
+"""Prometheus metrics: the counters and histograms each process keeps of the pipeline events it commits
+(docs/10-design-notes.md, "Metrics").
 """
 
 from __future__ import annotations

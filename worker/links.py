@@ -1,21 +1,6 @@
-"""The supervisor's cuttable links to PostgreSQL, RabbitMQ and Redis: one TCP proxy (worker/proxy.py) in front of
-each service, and the connection URLs that send the supervised processes through them.
-
-Who goes through the proxies, and why:
-- web, relay and workers: every connection to the three services (`DATABASE_URL`, `AMQP_URL`, `REDIS_URL`). These
-  are the processes whose behaviour the "What happens when…" stories are about: the API answering 503 or MISS, the
-  outbox growing, workers holding their messages.
-- ws (daphne) never does. It is the page's eyes: it reads the pipeline state from PostgreSQL and pushes it over the
-  channel layer, so the page keeps watching the outage it caused instead of going blind with it.
-- the channel layer never does, in any process (`CHANNEL_LAYER_REDIS_URL` is the real Redis): a cut of Redis is
-  about the cache, and the page's live updates must survive it.
-- the supervisor itself never does: it must record what it did (in PostgreSQL and the live feed) while the link is
-  cut, and restore it.
-
-A cut resets every open connection and refuses new ones (the listener closes); a restore listens again on the same
-port, so clients reconnect to the address they were given. The cut of PostgreSQL restores itself after
-POSTGRES_CUT_SECONDS (worker/supervision.py says why). Each link's state is a `ServiceLink` row, refreshed every few
-seconds so the page can tell a running supervisor from one that has gone.
+"""The supervisor's cuttable links to PostgreSQL, RabbitMQ and Redis: a TCP proxy (worker/proxy.py) in front of each
+service, and the URLs that send the supervised processes through them. Who goes through them and why:
+docs/10-design-notes.md, "The cuttable links".
 """
 
 from __future__ import annotations

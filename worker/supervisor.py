@@ -1,31 +1,6 @@
-"""The supervisor of `make run`: keeps web, ws, relay and the workers running, on one machine, for the sandbox.
-
-A learner's crash injection kills a worker on purpose, so a dead worker must not take the stack down: it is
-restarted after a capped exponential backoff (a worker that crashes at once again waits longer each time; one that
-ran for a while starts over at the shortest delay), while web, ws and the relay keep running. The same holds for
-every other process it starts.
-
-The number of workers, their concurrency and prefetch are read from the sandbox settings (the page, the admin or
-`manage.py sandbox set workers=3` change them) about once a second, and the supervisor follows: it starts
-workers, stops the highest-numbered ones with SIGTERM (they finish the orders in hand and ack them first), or
-restarts them with the new concurrency or prefetch. With ORDERPIPE_SANDBOX=false the settings are ignored and the
-command line decides.
-
-What it sees is written to `SupervisedProcess` rows (state, pid, restarts, last exit status), which the dashboard
-shows: a worker's own heartbeat stops when it dies, only its parent knows it crashed and was restarted.
-
-Staff can also ask it, from the dashboard, to kill or stop one of its workers or its relay, or to cut one of its links
-to PostgreSQL, RabbitMQ or Redis (worker/links.py): the web process files a `SupervisorRequest`
-(worker/supervision.py), and this loop carries it out within about half a second and records the outcome in the row
-and in the live feed. The web process never signals processes or touches sockets itself: it is not their parent,
-and the links it would cut are its own. When the AMQP_URL names the nodes of `make cluster`'s RabbitMQ cluster, the
-page may also ask it to kill a node or start it again (worker/rabbitmq_nodes.py); their rows (`rabbitmq-1` …) say
-whether each is up, which the supervisor checks every few seconds but never mends by itself.
-
-Why not supervisord or circus: the desired state lives in the database and changes at run time from the page; with
-either of them that needs a second process translating database rows into their XML-RPC or ZeroMQ commands, and
-their restart policies (supervisord's startretries/FATAL, no backoff after startsecs) would still need a policy of
-ours on top. A loop that starts processes, reaps them and compares with the desired state is shorter than that glue.
+"""The supervisor of `make run`: keeps web, ws, relay and the workers running on one machine, follows the sandbox's
+worker settings, and carries out the dashboard's kill, stop and cut requests. Why it is built this way, and not on
+supervisord: docs/10-design-notes.md, "The supervisor of `make run`".
 """
 
 from __future__ import annotations

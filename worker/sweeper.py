@@ -1,25 +1,6 @@
-"""Reconciliation: re-send orders whose message is nowhere to be found.
-
-The outbox guarantees that a message reaches the broker; it cannot see a message lost after that (a purged queue,
-a deleted queue, a broker restored from an old disk). The sweeper, run by the relay every `SWEEP_EVERY` seconds,
-re-sends through the outbox every order that is `queued`, `processing` or `retrying` and whose message is nowhere
-the system can see:
-
-- its journey has not moved for `SWEEP_AFTER` seconds (every step, receipt and publish appends an event);
-- no live worker holds it: each worker's heartbeat lists the orders of its unacked deliveries (a worker waiting
-  out a database outage, a step delay or step-by-step mode holds its message without progress), and the lists
-  are read only once every live worker has reported after the main queue was seen empty (see `Sweeper`);
-- it is not waiting in a retry tier: a `retry_scheduled` event is given the longest tier delay on top;
-- it is not waiting in the main queue: a passive declare counts ready messages but cannot tell whose they are, so
-  while the main queue holds any, nothing is swept (under a standing backlog a lost message is re-sent once the
-  queue drains: late, never wrongly);
-- it has no unsent outbox row (the relay is about to publish it).
-Parked messages need no sweeping: their orders are `dead_lettered`.
-
-What it cannot see, it may re-send: that is harmless, because the step guards make a duplicate a no-op (a message
-for an order that has moved on resumes at the first unfinished step, or is acked as a duplicate once terminal).
-Two sweepers at once do not both re-send an order: each locks the candidates with SKIP LOCKED and checks them again
-under the lock, after any other sweeper's `resent` event has committed.
+"""Reconciliation: the relay re-sends, through the outbox, orders whose message is nowhere to be found (a purged or
+deleted queue, a broker restored from an old disk). What counts as "nowhere", and why a re-send is harmless:
+docs/10-design-notes.md, "The sweeper".
 """
 
 from __future__ import annotations

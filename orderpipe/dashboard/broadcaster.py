@@ -1,16 +1,5 @@
-"""The one producer of live updates: reads what changed and pushes it to the dashboard and journey sockets.
-
-Why an asyncio task inside the WebSocket server (daphne, Compose's `ws`; gunicorn serves HTTP and never starts it),
-and not a thread in the relay: it only runs while someone is watching (it starts with the first socket and stops
-~10 s after the last one leaves), it needs no extra process to deploy, and it uses the channel layer from an event
-loop it already has, so `group_send` never spins up a new loop and Redis connection per call. Several daphne
-processes may run: each starts a task, but only the holder of a Redis lock (`SET NX PX`, renewed every tick)
-produces; the others wait and take over if the holder dies.
-
-Each tick (every `INTERVAL` seconds) costs one query for the new events, plus `pipeline_state()` at most twice a
-second and at least once a second, plus one query for the events of orders whose journey page is open. Whatever
-the event rate, a tab therefore receives at most ~1/INTERVAL messages per second, each carrying a batch; a burst of
-5,000 orders cannot fill a socket's channel (capacity 1000 in settings).
+"""The one producer of live updates: reads what changed and pushes it to the dashboard and journey sockets, from a
+task in the WebSocket server that runs while someone watches (docs/10-design-notes.md, "The live producer").
 """
 
 from __future__ import annotations

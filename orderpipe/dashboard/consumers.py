@@ -1,15 +1,5 @@
-"""WebSocket consumers: thin edges that check access, send the current state, then relay the producer's batches.
-
-The sockets are read-only. Controls go through the CSRF-protected HTTP endpoints only, so there is one audited
-path for them; a control message arriving over a socket is refused (and an anonymous one closes the socket).
-
-Limits (settings WS_*): a client (user, or address when anonymous) holds at most WS_MAX_CONNECTIONS_PER_CLIENT
-sockets, counted in Redis across daphne processes (dashboard/sockets.py), and the next one is closed with 4429; a
-handshake that cannot get a Redis connection (the channel layer's pool is exhausted, or Redis is down) or the
-database is closed with 4503; a frame that is not a JSON object with an `action` is closed with 4400; `resync` is
-served at most once per WS_RESYNC_INTERVAL seconds per socket. Each of these is one log line, never a traceback.
-Those closes come after accepting the handshake: a close before it reaches the browser as a bare HTTP 403 (code
-1006), and the page could not tell "too many tabs" from "server down".
+"""WebSocket consumers: thin, read-only edges that check access, send the current state, then relay the producer's
+batches. Their limits and close codes: docs/10-design-notes.md, "The WebSocket consumers and their limits".
 """
 
 from __future__ import annotations
