@@ -1,13 +1,5 @@
-"""ASGI entry point, served by daphne: WebSockets go through Channels (orderpipe/dashboard/routing.py), HTTP to Django.
-
-In production daphne is there for the sockets (`/ws/...`, Compose's `ws` service); gunicorn serves HTTP
-(gunicorn.conf.py, orderpipe/wsgi.py). daphne still answers HTTP with the same Django stack, static files included
-(WhiteNoise is a middleware, so it serves /static/ under either server), which keeps a single-server setup working
-and gives the `ws` container its /healthz.
-
-Sockets pass the origin check first (only hosts in ALLOWED_HOSTS may open them, so another site cannot read the
-dashboard with a visitor's cookies), then get the session's user from AuthMiddlewareStack. Both go by host, not
-port, so a page served by gunicorn on one port may open its socket to daphne on another.
+"""ASGI entry point, served by daphne: WebSockets through Channels (orderpipe/dashboard/routing.py) after an origin
+check, HTTP to Django (docs/10-design-notes.md, "The ASGI entry point").
 """
 
 import os

@@ -1,20 +1,6 @@
-"""The catalog as the accept path prices it: sku -> Product (id, sku, price), kept in each process between requests.
-
-Why: every `POST /api/orders/` validates its skus and prices its lines from the catalog, and reading the rows through
-the ORM was about a quarter of the request's CPU (the query's construction more than PostgreSQL's answer). Prices
-change rarely (the admin, `seed_demo`); orders arrive all the time.
-
-What is cached: the id, sku and price of the products a request asked for, per process. NOT the stock: stock changes
-with every order, and is checked where it is decremented, by the worker's reserve step (a conditional update).
-
-How it stays right: a version token in Redis (Django's cache, under this instance's prefix), which every read checks
-first (one GET) and which a Product save or delete replaces once its transaction commits (orders/signals.py). A
-process whose token differs from the one its entries were read under drops them and reads again. The same signals
-also drop this process's entries at once, before the commit (the token is read before the rows, so a read racing a
-change is dropped at the next request). Entries are also dropped after MAX_AGE seconds: a change saved while Redis
-was down (its token replacement lost) reaches a process that kept its entries through the outage within that bound.
-Without Redis there is no token, and every read goes to PostgreSQL (`catalog_read_reference`).
-A change made with raw SQL or `QuerySet.update()` of a price sends no signal: the admin and the services do not.
+"""The catalog as the accept path prices it: sku -> Product (id, sku, price), kept in each process between requests
+and checked against a version token in Redis; never the stock (docs/10-design-notes.md, "The accept path's catalog
+cache").
 """
 
 from __future__ import annotations

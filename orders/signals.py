@@ -1,13 +1,5 @@
-"""Keep Redis in step with deletions and the catalog. An order deleted from PostgreSQL (the admin's delete page, its
-bulk "delete selected" action, or any queryset delete, all of which send post_delete per row) is evicted from the
-cache, so `GET /api/orders/<id>/` stops serving it from Redis at once instead of for the rest of ORDER_CACHE_TTL.
-
-The eviction runs after the commit: evicting inside the transaction would let a read in between (which still sees
-the row) put the entry straight back, and a rolled-back delete would have emptied the cache for nothing.
-
-A product saved or deleted (the admin, `seed_demo`) makes every process read the catalog again (orders/catalog.py):
-this process's copy is dropped at once, and the version token in Redis is replaced after the commit, for the
-others. Stock updates (`QuerySet.update`, the worker's reserve step) send no signal: stock is not in that copy.
+"""Keep Redis in step with deletions and the catalog: a deleted order leaves the cache after the commit, a saved or
+deleted product makes every process read the catalog again (docs/10-design-notes.md, "Deletions and the catalog").
 """
 
 from __future__ import annotations

@@ -1,14 +1,5 @@
-"""Request limits for the REST API (rates in settings: ORDERPIPE_THROTTLE_*). DRF keeps the counters in the default
-cache, i.e. Redis under this instance's prefix, so every gunicorn worker shares them. A Redis outage makes the cache
-miss (IGNORE_EXCEPTIONS), and the throttles then let requests through rather than failing them.
-
-Clients are told apart by user id, or by address when anonymous: REMOTE_ADDR, or the X-Forwarded-For entry that
-ORDERPIPE_NUM_PROXIES trusted proxies put there (never the whole header, which a client can fill with anything).
-
-DRF checks a view's throttles one after the other, each with its own two round trips to Redis (read its history,
-write it back). `PipelinedThrottles` checks them together, with the same verdicts and the same histories written:
-one read of every history, then one write of those that let the request through (orders/tests/test_throttles.py
-pins it to DRF's loop). A placed order passes three throttles, so six round trips become two.
+"""Request limits for the REST API (ORDERPIPE_THROTTLE_*), counted in Redis per user or address, and checked
+together in two round trips by `PipelinedThrottles` (docs/10-design-notes.md, "Request limits").
 """
 
 from __future__ import annotations

@@ -1,14 +1,5 @@
 """Which live workers run the current sandbox settings: the check behind "a change answers once it is in effect"
-(orders/sandbox `sandbox_update_applied`, which the API, the command, the admin and the lessons call).
-
-A worker reports in its heartbeat the settings version it runs (it re-reads the row as soon as the change's NOTIFY
-arrives, and pauses or resumes consuming before it reports), and the threads and prefetch it was started with. A
-worker is live while its heartbeat is fresh; under `make run`'s supervisor, only while its pid is one the supervisor
-runs (a killed worker's last heartbeat would otherwise count for a few seconds), and then the number of workers, their
-threads and their prefetch must be the wanted ones too: "done" means the processes run with them.
-
-The web processes are not waited for: the API's accept and read take the row fresh on every request
-(`sandbox.modes(fresh=True)`). The relay reads no sandbox setting.
+(docs/10-design-notes.md, "Applied settings").
 """
 
 from __future__ import annotations

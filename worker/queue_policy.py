@@ -1,16 +1,6 @@
-"""The main queue's length limit for the full-queue lesson: a RabbitMQ policy on exactly this instance's main queue,
-set and cleared by `make run`'s supervisor as the sandbox settings say (`queue_max_length`, `queue_overflow`).
-
-A policy, not a queue argument: a queue's arguments cannot change once it is declared (a redeclare with others is
-refused), a policy applies to the queue as it is and is removed the same way. The management plugin is off, so the
-supervisor runs `rabbitmqctl set_policy` / `clear_policy` (with `make cluster`, bin/rabbitmq-cluster's `ctl` on a
-node that is up: a policy belongs to the whole cluster). On RabbitMQ 3.10 a policy's `overflow` wins over the queue's
-`x-overflow=reject-publish` argument, and quorum queues take `drop-head` and `reject-publish`. The pattern matches
-only this instance's (prefixed) main queue, so other instances and tests are never limited. The supervisor clears
-the policy when the setting is cleared (every lesson's baseline and "Restore defaults" clear it) and when it stops.
-
-What it applied goes to the settings row's `queue_policy_in_effect`, which the "applied" answer compares with what
-the settings want (worker/applied.py).
+"""The main queue's length limit for the full-queue lesson: a RabbitMQ policy on this instance's main queue, set and
+cleared by `make run`'s supervisor as the sandbox settings say (docs/10-design-notes.md, "The full-queue lesson's
+policy").
 """
 
 from __future__ import annotations
