@@ -19,9 +19,10 @@ from rest_framework.reverse import reverse as api_reverse
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from orders import publishing, sandbox, selectors, services
-from orders.models import Order, OrderStatus, PublishMode, SandboxSettings
+from orders import sandbox, selectors, services
+from orders.models import Order, OrderStatus, SandboxSettings
 from orders.permissions import PlaceOrdersPublicly, PublicReadOnly, SandboxStaff
+from orders.sandbox import policies
 from orders.schema import ERROR, FIELD_ERRORS, is_sandbox_only
 from orders.serializers import (
     OrderEventSerializer,
@@ -32,7 +33,6 @@ from orders.serializers import (
     StrictFloatField,
     StrictIntegerField,
     order_input,
-    order_representation,
 )
 from orders.throttles import OrderPlacementThrottle, PipelinedThrottles
 
@@ -148,40 +148,21 @@ class OrderListCreateApi(PipelinedThrottles, generics.ListAPIView):
             raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 characters."]})
         validated, products = order_input(request.data)
         headers = {}
-        code: int
-        current = sandbox.modes(fresh=True)
-        if current.publish_mode != PublishMode.OUTBOX or current.accept_failure_rate:
-            # The sandbox's unsafe publish modes and accept fault (orders/publishing.py); never in production.
-            try:
-                body, code, replayed = publishing.order_accept(
-                    current=current,
-                    key=key,
-                    fingerprint=services.request_fingerprint(request.data) if key is not None else "",
-                    products=products,
-                    **validated,
-                )
-            except services.IdempotencyMismatch as exc:
-                raise IdempotencyKeyReused(str(exc)) from None
-            except (publishing.AcceptFailed, publishing.PublishError) as exc:
-                raise AcceptFailedError(str(exc)) from None
-            if replayed:
-                headers["Idempotent-Replayed"] = "true"
-        elif key is None:
-            order = services.order_create(**validated, products=products)
-            body, code = order_representation(order), status.HTTP_202_ACCEPTED
-        else:
-            try:
-                record, replayed = services.order_create_idempotent(
-                    key=key,
-                    fingerprint=services.request_fingerprint(request.data),
-                    products=products,
-                    **validated,
-                )
-            except services.IdempotencyMismatch as exc:
-                raise IdempotencyKeyReused(str(exc)) from None
-            body, code = record.response_body, record.response_status
-            if replayed:
-                headers["Idempotent-Replayed"] = "true"
+        # `services.order_accept` (the outbox) unless a sandbox publish mode or the accept fault is on.
+        accept = policies.accept_policy()
+        try:
+            body, code, replayed = accept(
+                key=key,
+                fingerprint=services.request_fingerprint(request.data) if key is not None else "",
+                products=products,
+                **validated,
+            )
+        except services.IdempotencyMismatch as exc:
+            raise IdempotencyKeyReused(str(exc)) from None
+        except policies.ACCEPT_FAILURES as exc:
+            raise AcceptFailedError(str(exc)) from None
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
         headers["Location"] = request.build_absolute_uri(reverse("api-order-detail", args=[body["id"]]))
         return Response(body, status=code, headers=headers)
 

@@ -406,6 +406,26 @@ def order_create_idempotent(
         return _replay(existing, fingerprint), True
 
 
+def order_accept(
+    *,
+    customer_email: str,
+    items: list[dict[str, Any]],
+    note: str = "",
+    products: dict[str, Product] | None = None,
+    key: str | None = None,
+    fingerprint: str = "",
+) -> tuple[dict[str, Any], int, bool]:
+    """What POST /api/orders/ does: `order_create`, or with an Idempotency-Key `order_create_idempotent`. Returns
+    (body, status, replayed); raises IdempotencyMismatch when the key was used for another request."""
+    if key is None:
+        order = order_create(customer_email=customer_email, items=items, note=note, products=products)
+        return order_representation(order), 202, False
+    record, replayed = order_create_idempotent(
+        key=key, fingerprint=fingerprint, customer_email=customer_email, items=items, note=note, products=products
+    )
+    return record.response_body, record.response_status, replayed
+
+
 def idempotency_keys_purge() -> int:
     """Delete expired keys (the relay calls this now and then)."""
     deleted, _ = IdempotencyKey.objects.filter(expires_at__lte=timezone.now()).delete()

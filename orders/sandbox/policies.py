@@ -1,0 +1,144 @@
+"""The seams through which the sandbox's unsafe modes reach the production path, chosen here and nowhere else, from
+the modes in effect (`sandbox.modes()`: the safe defaults whenever ORDERPIPE_SANDBOX=false, so there every chooser
+returns the safe implementation):
+
+- `step_policy`: how the step runner guards, takes stock, charges and records (`orders.steps.StepPolicy`);
+  step_guards=off and stock_update=read_modify_write each swap parts of `orders.steps.SAFE_STEPS`.
+- `accept_policy`: how POST /api/orders/ stores an order and hands it on: `services.order_accept` (the outbox), or
+  orders/publishing.py's dual write or publish-first, and the accept fault.
+- `acks_on_receipt`: whether the worker acks a delivery the moment it arrives (ack_mode=on_receive) instead of after
+  the order's last commit.
+
+Fault injection and step mode are the other seam, the fault injector (orders/sandbox/faults.py `Faults`), which the
+worker holds and asks for these. A new mode adds its implementation here and one case to its chooser.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from django.db import connection
+from psycopg import sql
+
+from orders import gateway, publishing, sandbox, services, steps
+from orders.events import notification_row, payment_row
+from orders.models import AckMode, Notification, Order, OrderStatus, Payment, Product, PublishMode, StockUpdate
+from orders.steps import Done, Seams, Step, StepPolicy
+
+# ---------------------------------------------------------------- the step runner
+
+
+def step_policy(current: sandbox.Modes) -> StepPolicy:
+    """The step policy for these modes: `SAFE_STEPS`, with the parts of each unsafe mode that is on swapped in."""
+    return _step_policy(current.step_guards, current.stock_update)
+
+
+@functools.cache
+def _step_policy(step_guards: bool, stock_update: str) -> StepPolicy:
+    policy = steps.SAFE_STEPS
+    if not step_guards:
+        policy = replace(policy, **UNGUARDED)
+    if stock_update == StockUpdate.READ_MODIFY_WRITE:
+        policy = replace(policy, take_stock=read_modify_write_stock)
+    return policy
+
+
+def processing_at_any_step(order: Order, step: Step) -> bool:
+    """The unsafe step_guards=off check: any step may run while the order is processing, done before or not."""
+    return order.status == OrderStatus.PROCESSING
+
+
+def charge_without_its_key(order: Order, seams: Seams) -> str:
+    """step_guards=off: the gateway is called without an idempotency key, so every call is a new charge."""
+    return gateway.charge_without_key(order, seams.faults)
+
+
+def keep_first_payment(order: Order, reference: str) -> Done:
+    """step_guards=off: a repeated step charged the gateway again (a new reference in its ledger), but the one-payment
+    constraint stays: our books keep the first payment and the repeat records nothing, so it does not crash on the
+    unique key. The double charge shows where a real one would: at the provider."""
+    payment, created = Payment.objects.get_or_create(
+        order=order, defaults={"amount": order.total, "gateway_reference": reference}
+    )
+    if not created:
+        return Done(
+            message=f"Charged {order.total} AGAIN (gateway reference {reference}); step guards are off. Our "
+            f"books keep the first payment ({payment.gateway_reference}).",
+            rows=[payment_row(payment)],
+        )
+    return steps.charged(order, payment)
+
+
+def keep_first_notification(order: Order, subject: str, body: str) -> Done:
+    """step_guards=off: the email went out again; the one-notification row is kept, like the payment."""
+    notification, _ = Notification.objects.get_or_create(
+        order=order, defaults={"recipient": order.customer_email, "subject": subject, "body": body}
+    )
+    return Done(message=f"Emailed {order.customer_email}: “{subject}”.", rows=[notification_row(notification)])
+
+
+# What step_guards=off swaps: no guard, no idempotency key, and records that tolerate a repeat.
+UNGUARDED: dict[str, Any] = {
+    "at": processing_at_any_step,
+    "charge": charge_without_its_key,
+    "record_payment": keep_first_payment,
+    "record_notification": keep_first_notification,
+}
+
+# How long the naive code of stock_update=read_modify_write works between its read and its write (a real application
+# validates, logs, asks another service): the window in which another worker reads the same stock.
+READ_MODIFY_WRITE_GAP = 0.05
+_READ_STOCK = (
+    sql.SQL("SELECT stock FROM {} WHERE id = %(id)s").format(sql.Identifier(Product._meta.db_table)).as_string()
+)
+_WRITE_STOCK = (
+    sql.SQL("UPDATE {} SET stock = %(stock)s WHERE id = %(id)s")
+    .format(sql.Identifier(Product._meta.db_table))
+    .as_string()
+)
+
+
+def read_modify_write_stock(product_id: int, change: int) -> int | None:
+    """The sandbox's unsafe stock_update=read_modify_write, as naive code takes stock: read the stock (no row lock),
+    compute the new value in Python, write it back. Two workers that read the same stock both write `stock - 1`: one
+    reservation is lost, and more units are sold than existed. Returns the stock it wrote, or None when the value it
+    read was not enough."""
+    with connection.cursor() as cursor:
+        cursor.execute(_READ_STOCK, {"id": product_id})
+        row = cursor.fetchone()
+        if row is None or row[0] + change < 0:
+            return None
+        left = row[0] + change
+        time.sleep(READ_MODIFY_WRITE_GAP)
+        cursor.execute(_WRITE_STOCK, {"stock": left, "id": product_id})
+    return left
+
+
+# ---------------------------------------------------------------- the accept path
+
+# (customer_email, items, note, products, key, fingerprint) -> (body, status, replayed), as `services.order_accept`.
+Accept = Callable[..., tuple[dict[str, Any], int, bool]]
+# What an unsafe accept raises when the order was not stored (or, in publish_first, not published): the API's 503.
+ACCEPT_FAILURES = (publishing.AcceptFailed, publishing.PublishError)
+
+
+def accept_policy() -> Accept:
+    """How the API accepts an order now (the settings read fresh, so a change is in effect at once): through the
+    outbox (`services.order_accept`), or under the sandbox's publish mode and accept fault (orders/publishing.py)."""
+    current = sandbox.modes(fresh=True)
+    if current.publish_mode == PublishMode.OUTBOX and not current.accept_failure_rate:
+        return services.order_accept
+    return functools.partial(publishing.order_accept, current=current)
+
+
+# ---------------------------------------------------------------- the worker's ack
+
+
+def acks_on_receipt(current: sandbox.Modes) -> bool:
+    """Whether the worker acks each delivery the moment it arrives (the unsafe ack_mode=on_receive) rather than after
+    the order's last commit."""
+    return current.ack_mode == AckMode.ON_RECEIVE
