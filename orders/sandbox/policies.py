@@ -6,6 +6,8 @@ returns the safe implementation):
   step_guards=off and stock_update=read_modify_write each swap parts of `orders.steps.SAFE_STEPS`.
 - `accept_policy`: how POST /api/orders/ stores an order and hands it on: `services.order_accept` (the outbox), or
   orders/publishing.py's dual write or publish-first, and the accept fault.
+- `cache_policy`: how the order cache is written after each commit and read by the API: write-through, or the
+  sandbox's cache-aside or off (and, in the sandbox only, the count of stale reads).
 - `acks_on_receipt`: whether the worker acks a delivery the moment it arrives (ack_mode=on_receive) instead of after
   the order's last commit.
 
@@ -16,18 +18,20 @@ worker holds and asks for these. A new mode adds its implementation here and one
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
-from django.db import connection
-from psycopg import sql
+from django.conf import settings
+from django.utils import timezone
 
-from orders import gateway, publishing, sandbox, services, steps
-from orders.events import notification_row, payment_row
-from orders.models import AckMode, Notification, Order, OrderStatus, Payment, Product, PublishMode, StockUpdate
-from orders.steps import Done, Seams, Step, StepPolicy
+from orders import cache, publishing, sandbox, services
+from orders.models import AckMode, CacheMode, Order, PublishMode, StockUpdate
+from orders.serializers import order_representation
+
+if TYPE_CHECKING:
+    from orders.steps import StepPolicy
 
 # ---------------------------------------------------------------- the step runner
 
@@ -39,83 +43,103 @@ def step_policy(current: sandbox.Modes) -> StepPolicy:
 
 @functools.cache
 def _step_policy(step_guards: bool, stock_update: str) -> StepPolicy:
+    # Imported here, not above: the steps import orders.services, which reads the cache policy from this module.
+    from orders import steps
+    from orders.sandbox import unsafe_steps
+
     policy = steps.SAFE_STEPS
     if not step_guards:
-        policy = replace(policy, **UNGUARDED)
+        policy = replace(policy, **unsafe_steps.UNGUARDED)
     if stock_update == StockUpdate.READ_MODIFY_WRITE:
-        policy = replace(policy, take_stock=read_modify_write_stock)
+        policy = replace(policy, take_stock=unsafe_steps.read_modify_write_stock)
     return policy
 
 
-def processing_at_any_step(order: Order, step: Step) -> bool:
-    """The unsafe step_guards=off check: any step may run while the order is processing, done before or not."""
-    return order.status == OrderStatus.PROCESSING
+# ---------------------------------------------------------------- the order cache
 
 
-def charge_without_its_key(order: Order, seams: Seams) -> str:
-    """step_guards=off: the gateway is called without an idempotency key, so every call is a new charge."""
-    return gateway.charge_without_key(order, seams.faults)
+@dataclass(frozen=True)
+class WriteThrough:
+    """cache_mode=write_through, the production way: after each commit the worker (and the relay, the API) writes the
+    order's representation; the API's read is served from the cache, and a miss fills it. `counts_stale` (the sandbox
+    only): a hit costs one more query, to count a stale read for the lessons' checkpoint."""
+
+    ttl: int
+    counts_stale: bool = False
+
+    def after_commit(self, order: Order) -> cache.CacheState:
+        """What the cache holds for the order once its commit is done (the events record it)."""
+        return cache.write_order(order_representation(order), ttl=self.ttl)
+
+    def after_batch_commit(self, orders: list[Order]) -> list[cache.CacheState]:
+        return cache.write_orders([order_representation(order) for order in orders], ttl=self.ttl)
+
+    def read(self, order_id: Any) -> dict[str, Any] | None:
+        cached = cache.read_order(order_id)
+        if cached is not None and self.counts_stale:
+            count_if_stale(order_id, cached)
+        return cached
+
+    def fill(self, representation: dict[str, Any]) -> None:
+        cache.fill_order(representation, ttl=self.ttl)
 
 
-def keep_first_payment(order: Order, reference: str) -> Done:
-    """step_guards=off: a repeated step charged the gateway again (a new reference in its ledger), but the one-payment
-    constraint stays: our books keep the first payment and the repeat records nothing, so it does not crash on the
-    unique key. The double charge shows where a real one would: at the provider."""
-    payment, created = Payment.objects.get_or_create(
-        order=order, defaults={"amount": order.total, "gateway_reference": reference}
-    )
-    if not created:
-        return Done(
-            message=f"Charged {order.total} AGAIN (gateway reference {reference}); step guards are off. Our "
-            f"books keep the first payment ({payment.gateway_reference}).",
-            rows=[payment_row(payment)],
-        )
-    return steps.charged(order, payment)
+class CacheAside(WriteThrough):
+    """The sandbox's cache_mode=cache_aside: only the API's read fills the cache, and nothing invalidates it, so a
+    long TTL serves old statuses. After a commit nothing is written: the event notes what the cache holds instead."""
+
+    mode = CacheMode.CACHE_ASIDE.value
+
+    def after_commit(self, order: Order) -> cache.CacheState:
+        state = cache.order_state(order.pk)
+        state["written"] = False
+        state["note"] = f"not written: sandbox cache_mode={self.mode}"
+        return state
+
+    def after_batch_commit(self, orders: list[Order]) -> list[cache.CacheState]:
+        return [self.after_commit(order) for order in orders]
 
 
-def keep_first_notification(order: Order, subject: str, body: str) -> Done:
-    """step_guards=off: the email went out again; the one-notification row is kept, like the payment."""
-    notification, _ = Notification.objects.get_or_create(
-        order=order, defaults={"recipient": order.customer_email, "subject": subject, "body": body}
-    )
-    return Done(message=f"Emailed {order.customer_email}: “{subject}”.", rows=[notification_row(notification)])
+class NoCache(CacheAside):
+    """The sandbox's cache_mode=off: PostgreSQL every time; nothing read from, or written to, the cache."""
+
+    mode = CacheMode.OFF.value
+
+    def read(self, order_id: Any) -> dict[str, Any] | None:
+        return None
+
+    def fill(self, representation: dict[str, Any]) -> None:
+        return None
 
 
-# What step_guards=off swaps: no guard, no idempotency key, and records that tolerate a repeat.
-UNGUARDED: dict[str, Any] = {
-    "at": processing_at_any_step,
-    "charge": charge_without_its_key,
-    "record_payment": keep_first_payment,
-    "record_notification": keep_first_notification,
+CachePolicy = WriteThrough
+CACHE_POLICIES: dict[str, type[CachePolicy]] = {
+    CacheMode.WRITE_THROUGH: WriteThrough,
+    CacheMode.CACHE_ASIDE: CacheAside,
+    CacheMode.OFF: NoCache,
 }
 
-# How long the naive code of stock_update=read_modify_write works between its read and its write (a real application
-# validates, logs, asks another service): the window in which another worker reads the same stock.
-READ_MODIFY_WRITE_GAP = 0.05
-_READ_STOCK = (
-    sql.SQL("SELECT stock FROM {} WHERE id = %(id)s").format(sql.Identifier(Product._meta.db_table)).as_string()
-)
-_WRITE_STOCK = (
-    sql.SQL("UPDATE {} SET stock = %(stock)s WHERE id = %(id)s")
-    .format(sql.Identifier(Product._meta.db_table))
-    .as_string()
-)
+
+def cache_policy(*, fresh: bool = False) -> CachePolicy:
+    """How the order cache is written and read now (`fresh`: the settings read now, as the API's read does)."""
+    current = sandbox.modes(fresh=fresh)
+    return CACHE_POLICIES[current.cache_mode](ttl=current.cache_ttl, counts_stale=settings.ORDERPIPE_SANDBOX)
 
 
-def read_modify_write_stock(product_id: int, change: int) -> int | None:
-    """The sandbox's unsafe stock_update=read_modify_write, as naive code takes stock: read the stock (no row lock),
-    compute the new value in Python, write it back. Two workers that read the same stock both write `stock - 1`: one
-    reservation is lost, and more units are sold than existed. Returns the stock it wrote, or None when the value it
-    read was not enough."""
-    with connection.cursor() as cursor:
-        cursor.execute(_READ_STOCK, {"id": product_id})
-        row = cursor.fetchone()
-        if row is None or row[0] + change < 0:
-            return None
-        left = row[0] + change
-        time.sleep(READ_MODIFY_WRITE_GAP)
-        cursor.execute(_WRITE_STOCK, {"stock": left, "id": product_id})
-    return left
+# A hit counts as stale when the database row changed more than this long before the read. Write-through writes the
+# cache right after each commit, so a read landing in that gap of milliseconds sees the previous status: that is the
+# write's latency, not a stale cache, and on a busy machine the gap can stretch. Cache-aside keeps an old status for
+# its whole TTL (minutes), which is what the count is for.
+STALE_AFTER = timedelta(seconds=1)
+
+
+def count_if_stale(order_id: Any, cached: dict[str, Any]) -> None:
+    row = Order.objects.filter(pk=order_id).values_list("status", "version", "updated_at").first()
+    if row is None:
+        return
+    status, version, updated_at = row
+    if (cached.get("status"), cached.get("version")) != (status, version) and updated_at < timezone.now() - STALE_AFTER:
+        cache.count_stale_read()
 
 
 # ---------------------------------------------------------------- the accept path
