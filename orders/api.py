@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
 from django.urls import resolve, reverse
@@ -23,7 +22,7 @@ from orders import sandbox, selectors, services
 from orders.models import Order, OrderStatus, SandboxSettings
 from orders.permissions import PlaceOrdersPublicly, PublicReadOnly, SandboxStaff
 from orders.sandbox import policies
-from orders.schema import ERROR, FIELD_ERRORS, is_sandbox_only
+from orders.schema import ERROR, FIELD_ERRORS, is_listed
 from orders.serializers import (
     OrderEventSerializer,
     OrderInputSerializer,
@@ -99,7 +98,7 @@ class ApiRootApi(APIView):
             {
                 name: api_reverse(url_name, request=request)
                 for name, url_name in self.ENDPOINTS.items()
-                if settings.ORDERPIPE_SANDBOX or not is_sandbox_only(resolve(reverse(url_name)).func.cls)  # type: ignore[attr-defined]
+                if is_listed(resolve(reverse(url_name)).func.cls)  # type: ignore[attr-defined]
             }
         )
 
