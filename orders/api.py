@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
 from django.urls import resolve, reverse
@@ -19,10 +18,11 @@ from rest_framework.reverse import reverse as api_reverse
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from orders import publishing, sandbox, selectors, services
-from orders.models import Order, OrderStatus, PublishMode, SandboxSettings
+from orders import sandbox, selectors, services
+from orders.models import Order, OrderStatus, SandboxSettings
 from orders.permissions import PlaceOrdersPublicly, PublicReadOnly, SandboxStaff
-from orders.schema import ERROR, FIELD_ERRORS, is_sandbox_only
+from orders.sandbox import policies
+from orders.schema import ERROR, FIELD_ERRORS, is_listed
 from orders.serializers import (
     OrderEventSerializer,
     OrderInputSerializer,
@@ -32,7 +32,6 @@ from orders.serializers import (
     StrictFloatField,
     StrictIntegerField,
     order_input,
-    order_representation,
 )
 from orders.throttles import OrderPlacementThrottle, PipelinedThrottles
 
@@ -99,7 +98,7 @@ class ApiRootApi(APIView):
             {
                 name: api_reverse(url_name, request=request)
                 for name, url_name in self.ENDPOINTS.items()
-                if settings.ORDERPIPE_SANDBOX or not is_sandbox_only(resolve(reverse(url_name)).func.cls)  # type: ignore[attr-defined]
+                if is_listed(resolve(reverse(url_name)).func.cls)  # type: ignore[attr-defined]
             }
         )
 
@@ -148,40 +147,21 @@ class OrderListCreateApi(PipelinedThrottles, generics.ListAPIView):
             raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 characters."]})
         validated, products = order_input(request.data)
         headers = {}
-        code: int
-        current = sandbox.modes(fresh=True)
-        if current.publish_mode != PublishMode.OUTBOX or current.accept_failure_rate:
-            # The sandbox's unsafe publish modes and accept fault (orders/publishing.py); never in production.
-            try:
-                body, code, replayed = publishing.order_accept(
-                    current=current,
-                    key=key,
-                    fingerprint=services.request_fingerprint(request.data) if key is not None else "",
-                    products=products,
-                    **validated,
-                )
-            except services.IdempotencyMismatch as exc:
-                raise IdempotencyKeyReused(str(exc)) from None
-            except (publishing.AcceptFailed, publishing.PublishError) as exc:
-                raise AcceptFailedError(str(exc)) from None
-            if replayed:
-                headers["Idempotent-Replayed"] = "true"
-        elif key is None:
-            order = services.order_create(**validated, products=products)
-            body, code = order_representation(order), status.HTTP_202_ACCEPTED
-        else:
-            try:
-                record, replayed = services.order_create_idempotent(
-                    key=key,
-                    fingerprint=services.request_fingerprint(request.data),
-                    products=products,
-                    **validated,
-                )
-            except services.IdempotencyMismatch as exc:
-                raise IdempotencyKeyReused(str(exc)) from None
-            body, code = record.response_body, record.response_status
-            if replayed:
-                headers["Idempotent-Replayed"] = "true"
+        # `services.order_accept` (the outbox) unless a sandbox publish mode or the accept fault is on.
+        accept = policies.accept_policy()
+        try:
+            body, code, replayed = accept(
+                key=key,
+                fingerprint=services.request_fingerprint(request.data) if key is not None else "",
+                products=products,
+                **validated,
+            )
+        except services.IdempotencyMismatch as exc:
+            raise IdempotencyKeyReused(str(exc)) from None
+        except policies.ACCEPT_FAILURES as exc:
+            raise AcceptFailedError(str(exc)) from None
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
         headers["Location"] = request.build_absolute_uri(reverse("api-order-detail", args=[body["id"]]))
         return Response(body, status=code, headers=headers)
 

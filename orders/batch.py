@@ -211,9 +211,7 @@ def _ready(seams: Seams, step: Step, entered: list[Item]) -> list[tuple[Item, Or
 
 def _check(seams: Seams, step: Step) -> None:
     """The sandbox's bug and simulated timeout, before the step changes anything, as in `run_step`."""
-    seams.faults.maybe_hit_bug(step.name)
-    if step.transient_faults:
-        seams.faults.maybe_fail_transiently(step.name)
+    seams.faults.before_step(step.name, transient=step.transient_faults)
 
 
 def _changes(
@@ -241,10 +239,9 @@ def _changes(
 
 def _before_commit(seams: Seams, step: Step, transitions: list[Transition]) -> None:
     """The sandbox's crash point, and the tests' pause point, inside the step's transaction."""
-    if step.crash_point:
-        for _ in transitions:
-            # A crash here rolls the whole step back for the batch: each redelivery redoes it once.
-            seams.faults.maybe_crash(step.name)
+    for _ in transitions:
+        # A crash here rolls the whole step back for the batch: each redelivery redoes it once.
+        seams.faults.inside_step(step.name, crash_point=step.crash_point)
     if transitions and step.name == settings.BATCH_PAUSE_AT:
         _park(step, transitions)
 

@@ -43,8 +43,8 @@ def gateway_charges(orders: QuerySet[Order] | None = None) -> int:
 
 def stale_reads() -> int:
     """Cache hits of GET /api/orders/<id>/ that served a status or version other than the database row's, where the
-    row had changed more than a second before the read (orders/selectors.py `STALE_AFTER`), since the cache was last
-    flushed. Counted in the sandbox only (orders/selectors.py `order_read`: one more query per hit)."""
+    row had changed more than a second before the read (orders/sandbox/policies.py `STALE_AFTER`), since the cache
+    was last flushed. Counted in the sandbox only (the cache policy there: one more query per hit)."""
     return cache.stale_reads()
 
 

@@ -5,8 +5,12 @@ Kept apart from the steps so the seams (the gateway, the email sender) can raise
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from orders.steps import StepPolicy
 
 
 class PermanentFailure(Exception):
@@ -42,22 +46,26 @@ class GatewayFaults(Protocol):
 
 
 class FaultInjector(GatewayFaults, Protocol):
-    """What the steps ask the sandbox before and during each step; all answers are "no fault" in production."""
+    """What the step runner asks the sandbox before and during each step; all answers are "no fault" and the safe
+    policy in production."""
 
-    def delay(self, should_stop: Callable[[], bool]) -> None: ...
-
-    def maybe_crash(self, step: str) -> None: ...
-
-    def maybe_hit_bug(self, step: str) -> None: ...
-
-    def step_mode(self) -> bool: ...
-
-    def step_guards(self) -> bool:
-        """False only in the sandbox's unsafe step_guards=off: the steps skip their "done before?" check."""
+    def wait_before_step(
+        self, order_id: uuid.UUID, step: str, *, should_stop: Callable[[], bool], announce: Callable[[], None]
+    ) -> None:
+        """The step delay, then in step-by-step mode the wait for 'Next step' (`announce` records it once); raises
+        Interrupted when the worker stops meanwhile."""
         ...
 
-    def stock_update(self) -> str:
-        """ "guarded" except in the sandbox's unsafe stock_update=read_modify_write (the reserve step's lost update)."""
+    def before_step(self, step: str, *, transient: bool) -> None:
+        """In the step's transaction, before it changes anything: the simulated bug, then (`transient`) timeout."""
+        ...
+
+    def inside_step(self, step: str, *, crash_point: bool) -> None:
+        """In the step's transaction, after its effect: the simulated crash (only at a `crash_point`)."""
+        ...
+
+    def policy(self) -> StepPolicy:
+        """How the steps run now: `orders.steps.SAFE_STEPS` unless a sandbox mode swaps a part."""
         ...
 
     def batchable(self) -> bool:

@@ -90,6 +90,11 @@ def is_sandbox_only(view: Any) -> bool:
     return any(getattr(permission, "sandbox_only", False) for permission in getattr(view, "permission_classes", ()))
 
 
+def is_listed(view: Any) -> bool:
+    """Whether an endpoint is listed (API root, schema): a sandbox endpoint only while the sandbox is on."""
+    return settings.ORDERPIPE_SANDBOX or not is_sandbox_only(view)
+
+
 def drop_sandbox_endpoints(endpoints: list[tuple[str, str, str, Any]]) -> list[tuple[str, str, str, Any]]:
     """drf-spectacular's PREPROCESSING_HOOKS: the sandbox's endpoints are in the schema only while it is on."""
     if settings.ORDERPIPE_SANDBOX:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db.models import QuerySet
-from django.utils import timezone
 
-from orders import cache, sandbox
-from orders.models import CacheMode, Order, OrderEvent, Product
+from orders import cache
+from orders.models import Order, OrderEvent, Product
+from orders.sandbox import policies
 from orders.serializers import order_representation
 
 
@@ -26,38 +24,19 @@ def order_read(order_id: uuid.UUID | str) -> tuple[dict[str, Any], bool]:
     """The order's representation, from Redis when present. Returns (representation, cache_hit).
     Raises Order.DoesNotExist.
 
-    The sandbox's cache_mode decides: write_through (the workers write after each commit; a miss fills the entry),
-    cache_aside (only this read fills it, and nothing invalidates it: a long TTL serves old statuses), off (PostgreSQL
-    every time). In the sandbox only, a hit costs one more query, the row's status and version, to count a stale
-    read when the cached copy differs (the lessons' checkpoint); production never makes it."""
-    current = sandbox.modes(fresh=True)
-    if current.cache_mode != CacheMode.OFF:
-        cached = cache.read_order(order_id)
-        if cached is not None:
-            if settings.ORDERPIPE_SANDBOX:
-                _count_if_stale(order_id, cached)
-            return cached, True
+    The cache policy reads and fills (orders/sandbox/policies.py): write-through, where the workers write after each
+    commit and a miss fills the entry; the sandbox's cache_aside (only this read fills it, and nothing invalidates
+    it: a long TTL serves old statuses) and off (PostgreSQL every time). In the sandbox only, a hit costs one more
+    query, the row's status and version, to count a stale read when the cached copy differs (the lessons'
+    checkpoint); production never makes it."""
+    policy = policies.cache_policy(fresh=True)
+    cached = policy.read(order_id)
+    if cached is not None:
+        return cached, True
     order = Order.objects.prefetch_related("lines").get(pk=order_id)
     representation = order_representation(order)
-    if current.cache_mode != CacheMode.OFF:
-        cache.fill_order(representation, ttl=current.cache_ttl)
+    policy.fill(representation)
     return representation, False
-
-
-# A hit counts as stale when the database row changed more than this long before the read. Write-through writes the
-# cache right after each commit, so a read landing in that gap of milliseconds sees the previous status: that is the
-# write's latency, not a stale cache, and on a busy machine the gap can stretch. Cache-aside keeps an old status for
-# its whole TTL (minutes), which is what the count is for.
-STALE_AFTER = timedelta(seconds=1)
-
-
-def _count_if_stale(order_id: uuid.UUID | str, cached: dict[str, Any]) -> None:
-    row = Order.objects.filter(pk=order_id).values_list("status", "version", "updated_at").first()
-    if row is None:
-        return
-    status, version, updated_at = row
-    if (cached.get("status"), cached.get("version")) != (status, version) and updated_at < timezone.now() - STALE_AFTER:
-        cache.count_stale_read()
 
 
 def order_page_read(order_id: uuid.UUID | str) -> Order:

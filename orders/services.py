@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from orders import cache, journal, sandbox
+from orders import cache, journal
 from orders.events import (
     QueueSnapshot,
     RowSnapshot,
@@ -28,7 +28,6 @@ from orders.events import (
     stored_event,
 )
 from orders.models import (
-    CacheMode,
     EventKind,
     IdempotencyKey,
     Order,
@@ -40,6 +39,7 @@ from orders.models import (
     allowed_sources,
 )
 from orders.prefetch import attach_prefetched
+from orders.sandbox import policies
 from orders.serializers import order_representation
 
 MESSAGE_VERSION = 1
@@ -291,30 +291,19 @@ def cache_after_commit(transitions: list[Transition]) -> None:
     """Write-through: after the commit, store each order's new representation in Redis and note in its event
     what the cache then held. Runs outside any transaction; the orders must have their lines prefetched.
 
-    In the sandbox's cache_aside and off modes nothing is written (only the API's read fills the cache in
-    cache_aside): the event notes what the cache holds instead, which may be an older status."""
-    current = sandbox.modes()
+    The cache policy writes (orders/sandbox/policies.py: write-through, but in the sandbox's cache_aside and off
+    modes nothing is written and the event notes what the cache holds instead, which may be an older status)."""
+    policy = policies.cache_policy()
     for item in transitions:
-        if current.cache_mode == CacheMode.WRITE_THROUGH:
-            state = cache.write_order(order_representation(item.order), ttl=current.cache_ttl)
-        else:
-            state = cache.order_state(item.order.pk)
-            state["written"] = False
-            state["note"] = f"not written: sandbox cache_mode={current.cache_mode}"
-        attach_cache_state(item.event, state)
+        attach_cache_state(item.event, policy.after_commit(item.order))
 
 
 def cache_after_batch_commit(transitions: list[Transition]) -> None:
     """`cache_after_commit` for a batch's transitions: the Redis writes in one pipelined round trip, and what they
-    left recorded in the events with one statement. Only write-through writes; the other cache modes take the
-    per-order way (the batched path does not run in them anyway)."""
+    left recorded in the events with one statement."""
     if not transitions:
         return
-    current = sandbox.modes()
-    if current.cache_mode != CacheMode.WRITE_THROUGH:
-        cache_after_commit(transitions)
-        return
-    states = cache.write_orders([order_representation(item.order) for item in transitions], ttl=current.cache_ttl)
+    states = policies.cache_policy().after_batch_commit([item.order for item in transitions])
     for item, state in zip(transitions, states, strict=True):
         item.event.snapshot["cache"] = state
     journal.set_cache_states([(item.event.pk, dict(state)) for item, state in zip(transitions, states, strict=True)])
@@ -404,6 +393,26 @@ def order_create_idempotent(
         if existing is None:
             raise
         return _replay(existing, fingerprint), True
+
+
+def order_accept(
+    *,
+    customer_email: str,
+    items: list[dict[str, Any]],
+    note: str = "",
+    products: dict[str, Product] | None = None,
+    key: str | None = None,
+    fingerprint: str = "",
+) -> tuple[dict[str, Any], int, bool]:
+    """What POST /api/orders/ does: `order_create`, or with an Idempotency-Key `order_create_idempotent`. Returns
+    (body, status, replayed); raises IdempotencyMismatch when the key was used for another request."""
+    if key is None:
+        order = order_create(customer_email=customer_email, items=items, note=note, products=products)
+        return order_representation(order), 202, False
+    record, replayed = order_create_idempotent(
+        key=key, fingerprint=fingerprint, customer_email=customer_email, items=items, note=note, products=products
+    )
+    return record.response_body, record.response_status, replayed
 
 
 def idempotency_keys_purge() -> int:

@@ -14,11 +14,10 @@ a retry or a dead letter; nothing here knows about RabbitMQ beyond the facts a d
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Protocol
 
@@ -26,12 +25,11 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
-from orders import gateway, notifications, sandbox
+from orders import gateway, notifications
 from orders.events import QueueSnapshot, RowSnapshot, notification_row, payment_row, product_row, record_event
 from orders.failures import (
     BrokenInvariant,
     FaultInjector,
-    Interrupted,
     OutOfStock,
     PermanentFailure,
     TransientFailure,
@@ -46,7 +44,6 @@ from orders.models import (
     OrderStep,
     Payment,
     Product,
-    StockUpdate,
 )
 from orders.notifications import Notifier
 from orders.services import Transition, attach_lines, cache_after_commit, transition_order
@@ -73,13 +70,29 @@ class UnknownOrder(Exception):
 
 @dataclass(frozen=True)
 class Seams:
-    """The outside world a step talks to: the sandbox's faults, the payment gateway, the email sender."""
+    """The outside world a step talks to: the sandbox's faults, the payment gateway, the email sender, and how the
+    steps guard, take stock, charge and record (`policy`: the production way unless a sandbox mode swaps a part)."""
 
     faults: FaultInjector
     charge: Gateway = gateway.charge
     notify: Notifier = notifications.send_confirmation
-    # The unsafe mode step_guards=off charges through this instead: no idempotency key, every call a new charge.
-    charge_unguarded: Gateway = gateway.charge_without_key
+    policy: StepPolicy = field(default_factory=lambda: SAFE_STEPS)
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    """How the steps guard, take stock, charge and record what they did. `SAFE_STEPS` (below) is the production
+    way; each of the sandbox's unsafe modes swaps one part (orders/sandbox/policies.py chooses, from the settings)."""
+
+    # Whether the order is where the step may run: the guard a redelivery meets.
+    at: Callable[[Order, Step], bool]
+    # Adds `change` (negative: takes) to a product's stock; returns the stock it left, None when there was not enough.
+    take_stock: Callable[[int, int], int | None]
+    # Asks the gateway for the order's charge; returns its reference.
+    charge: Callable[[Order, Seams], str]
+    # Records the charge (the gateway's reference) and the email sent (subject, body) in the step's transaction.
+    record_payment: Callable[[Order, str], Done]
+    record_notification: Callable[[Order, str, str], Done]
 
 
 @dataclass(frozen=True)
@@ -155,12 +168,9 @@ def reserve_inventory(order: Order, seams: Seams, _: Any) -> Done:
     # whole step back with the decrements before it. Each decrement returns the stock it left, for the snapshot;
     # the row locks are then held until the commit, one statement (the order's transition) longer than if the
     # decrements came last: the price of showing the stock as this step left it without a query more.
-    take = change_stock
-    if seams.faults.stock_update() == StockUpdate.READ_MODIFY_WRITE:
-        take = read_modify_write_stock  # the sandbox's unsafe mode: a lost update
     rows = []
     for line in sorted(order.lines.all(), key=lambda item: item.product_id):
-        stock = take(line.product_id, -line.quantity)
+        stock = seams.policy.take_stock(line.product_id, -line.quantity)
         if stock is None:
             raise out_of_stock(line)
         rows.append(product_row(line.product_id, line.sku, stock, -line.quantity))
@@ -220,60 +230,25 @@ def change_stock(product_id: int, change: int) -> int | None:
     return None if row is None else row[0]
 
 
-# How long the naive code of stock_update=read_modify_write works between its read and its write (a real application
-# validates, logs, asks another service): the window in which another worker reads the same stock.
-READ_MODIFY_WRITE_GAP = 0.05
-_READ_STOCK = (
-    sql.SQL("SELECT stock FROM {} WHERE id = %(id)s").format(sql.Identifier(Product._meta.db_table)).as_string()
-)
-_WRITE_STOCK = (
-    sql.SQL("UPDATE {} SET stock = %(stock)s WHERE id = %(id)s")
-    .format(sql.Identifier(Product._meta.db_table))
-    .as_string()
-)
-
-
-def read_modify_write_stock(product_id: int, change: int) -> int | None:
-    """The sandbox's unsafe stock_update=read_modify_write, as naive code takes stock: read the stock (no row lock),
-    compute the new value in Python, write it back. Two workers that read the same stock both write `stock - 1`: one
-    reservation is lost, and more units are sold than existed. Returns the stock it wrote, or None when the value it
-    read was not enough."""
-    with connection.cursor() as cursor:
-        cursor.execute(_READ_STOCK, {"id": product_id})
-        row = cursor.fetchone()
-        if row is None or row[0] + change < 0:
-            return None
-        left = row[0] + change
-        time.sleep(READ_MODIFY_WRITE_GAP)
-        cursor.execute(_WRITE_STOCK, {"stock": left, "id": product_id})
-    return left
-
-
 def call_gateway(order: Order, seams: Seams) -> str:
     # Before our transaction and outside it: the gateway is another system. A crash between this call and our
     # commit leaves the provider's charge and no Payment; the redelivery calls again with the same key and gets
     # the same charge back.
-    if not seams.faults.step_guards():
-        return seams.charge_unguarded(order, seams.faults)
+    return seams.policy.charge(order, seams)
+
+
+def charge_with_its_key(order: Order, seams: Seams) -> str:
+    """The production charge: the gateway the seams name, keyed by the order id (`gateway.charge`)."""
     return seams.charge(order, seams.faults)
 
 
 def record_payment(order: Order, seams: Seams, reference: str) -> Done:
-    if not seams.faults.step_guards():
-        # step_guards=off: a repeated step charged the gateway again (a new reference in its ledger), but the
-        # one-payment constraint stays: our books keep the first payment and the repeat records nothing, so it does
-        # not crash on the unique key. The double charge shows where a real one would: at the provider.
-        payment, created = Payment.objects.get_or_create(
-            order=order, defaults={"amount": order.total, "gateway_reference": reference}
-        )
-        if not created:
-            return Done(
-                message=f"Charged {order.total} AGAIN (gateway reference {reference}); step guards are off. Our "
-                f"books keep the first payment ({payment.gateway_reference}).",
-                rows=[payment_row(payment)],
-            )
-    else:
-        payment = Payment.objects.create(order=order, amount=order.total, gateway_reference=reference)
+    return seams.policy.record_payment(order, reference)
+
+
+def create_payment(order: Order, reference: str) -> Done:
+    """The order's one payment (a second would break its unique key: the guard keeps a finished step from rerunning)."""
+    payment = Payment.objects.create(order=order, amount=order.total, gateway_reference=reference)
     return charged(order, payment)
 
 
@@ -281,12 +256,11 @@ def notify_customer(order: Order, seams: Seams, _: Any) -> Done:
     # Sent inside the transaction: if the commit then fails, the retry sends it again (at least once), which for a
     # confirmation email is the right side to err on.
     subject, body = seams.notify(order)
-    if not seams.faults.step_guards():
-        # step_guards=off: the email above went out again; the one-notification row is kept, like the payment.
-        notification, _ = Notification.objects.get_or_create(
-            order=order, defaults={"recipient": order.customer_email, "subject": subject, "body": body}
-        )
-        return Done(message=f"Emailed {order.customer_email}: “{subject}”.", rows=[notification_row(notification)])
+    return seams.policy.record_notification(order, subject, body)
+
+
+def create_notification(order: Order, subject: str, body: str) -> Done:
+    """The order's one notification row, for the email just sent."""
     notification = Notification.objects.create(order=order, recipient=order.customer_email, subject=subject, body=body)
     return notified(order, notification)
 
@@ -478,8 +452,9 @@ class Pipeline:
         """Every step the order has not finished, in order. A permanent failure fails the order (stock released);
         a transient one is handed back to the caller with the step it hit.
 
-        In the sandbox's unsafe step_guards=off, every step runs on every delivery, finished or not: a redelivery
-        reserves the stock again, charges the gateway again (without a key) and emails again."""
+        The sandbox's unsafe step_guards=off swaps the guard (orders/sandbox/policies.py): every step runs on every
+        delivery, finished or not, so a redelivery reserves the stock again, charges again (without a key) and emails
+        again."""
         for step in STEPS:
             self.wait_before_step(order_id, step.name, message)
             try:
@@ -493,9 +468,9 @@ class Pipeline:
 
     def run_step(self, step: Step, order_id: uuid.UUID, message: Carrier) -> Transition | None:
         """One guarded step. Returns None, changing nothing, when the order is not at the step this one requires.
-        Unguarded (the sandbox's step_guards=off), only the status is checked (the transition table needs
-        `processing`), not the step: a finished step runs again."""
-        at = _at if self.seams.faults.step_guards() else _processing
+        The step policy in effect now (`FaultInjector.policy`: `SAFE_STEPS` but in a sandbox mode) runs it."""
+        seams = replace(self.seams, policy=self.seams.faults.policy())
+        at = seams.policy.at
         prepared = None
         if step.outside is not None:
             # An unlocked read is enough to skip a finished step; the guard under the lock below is the real check
@@ -503,15 +478,13 @@ class Pipeline:
             order = _unlocked(order_id)
             if not at(order, step):
                 return None
-            prepared = step.outside(order, self.seams)
+            prepared = step.outside(order, seams)
         with transaction.atomic():
             order = _locked(order_id)
             if not at(order, step):
                 return None
-            self.seams.faults.maybe_hit_bug(step.name)  # sandbox: a bug, before the step changes anything
-            if step.transient_faults:
-                self.seams.faults.maybe_fail_transiently(step.name)
-            done = step.effect(order, self.seams, prepared)
+            seams.faults.before_step(step.name, transient=step.transient_faults)  # the sandbox's bug and timeout
+            done = step.effect(order, seams, prepared)
             transition = transition_order(
                 order,
                 to=done.to,
@@ -521,28 +494,17 @@ class Pipeline:
                 rows=done.rows,
                 **step.fields(done),
             )
-            if step.crash_point:
-                # A crash here rolls the step back (stock, payment row, notification): the redelivery redoes it once.
-                self.seams.faults.maybe_crash(step.name)
+            # The sandbox's crash: it rolls the step back (stock, payment row, notification); the redelivery redoes
+            # it once.
+            seams.faults.inside_step(step.name, crash_point=step.crash_point)
         cache_after_commit([transition])
         return transition
 
     def wait_before_step(self, order_id: uuid.UUID, step: str, message: Carrier) -> None:
         """Sandbox: the step delay, and in step-by-step mode, wait for 'Next step' on the journey page."""
-        faults = self.seams.faults
-        faults.delay(self.should_stop)
-        if not faults.step_mode():
-            return
-        announced = False
-        while faults.step_mode():
-            if self.should_stop():
-                raise Interrupted(f"stopping while order {order_id} waits before '{step}'")
-            if sandbox.step_grant_take(order_id=order_id):
-                return
-            if not announced:
-                self._announce_wait(order_id, step, message)
-                announced = True
-            time.sleep(0.2)
+        self.seams.faults.wait_before_step(
+            order_id, step, should_stop=self.should_stop, announce=lambda: self._announce_wait(order_id, step, message)
+        )
 
     def _announce_wait(self, order_id: uuid.UUID, step: str, message: Carrier) -> None:
         with transaction.atomic():
@@ -628,13 +590,19 @@ class Pipeline:
         return transition
 
 
-def _at(order: Order, step: Step) -> bool:
+def at_its_step(order: Order, step: Step) -> bool:
+    """The step guard: the order is processing and at the step this one requires (a finished step never reruns)."""
     return order.status == OrderStatus.PROCESSING and order.step == step.requires
 
 
-def _processing(order: Order, step: Step) -> bool:
-    """The unsafe step_guards=off check: any step may run while the order is processing, done before or not."""
-    return order.status == OrderStatus.PROCESSING
+# The production way the steps run; the sandbox's unsafe modes swap a part (orders/sandbox/policies.py).
+SAFE_STEPS: StepPolicy = StepPolicy(
+    at=at_its_step,
+    take_stock=change_stock,
+    charge=charge_with_its_key,
+    record_payment=create_payment,
+    record_notification=create_notification,
+)
 
 
 # The lines of the order this thread is working on. A delivery runs start to finish on one step thread, and an

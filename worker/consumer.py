@@ -45,7 +45,6 @@ from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.spec import Basic, BasicProperties
 
-from orders.models import AckMode
 from orders.sandbox.faults import Faults
 from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect, process_data_events
 from worker.database_watch import DatabaseWatch
@@ -311,7 +310,7 @@ class Worker:
 
     def _ack_on_receive(self) -> bool:
         try:
-            return self.faults.modes().ack_mode == AckMode.ON_RECEIVE
+            return self.faults.acks_on_receipt()
         except DatabaseError:
             close_old_connections()
             return False

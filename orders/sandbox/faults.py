@@ -2,6 +2,10 @@
 
 Every knob is read from the sandbox settings (refreshed within a second); all are off by default, so a
 production deployment with ORDERPIPE_SANDBOX=false and untouched settings behaves normally.
+
+`Faults` is the worker's one seam to the sandbox: the step runner asks it for the faults and step mode around each
+step and for the step policy of the modes in effect, the consumer whether to pause and when to ack (both chosen in
+orders/sandbox/policies.py).
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ import logging
 import os
 import random
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from orders import sandbox
-from orders.failures import TransientFailure
+from orders.failures import Interrupted, TransientFailure
+from orders.sandbox import policies
+from orders.steps import StepPolicy
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,33 @@ class Faults:
                 return
             time.sleep(min(remaining, 0.1))
 
+    def wait_before_step(
+        self, order_id: uuid.UUID, step: str, *, should_stop: Callable[[], bool], announce: Callable[[], None]
+    ) -> None:
+        """The step delay, then in step-by-step mode wait for 'Next step' on the journey page (announced once)."""
+        self.delay(should_stop)
+        announced = False
+        while self.step_mode():
+            if should_stop():
+                raise Interrupted(f"stopping while order {order_id} waits before '{step}'")
+            if sandbox.step_grant_take(order_id=order_id):
+                return
+            if not announced:
+                announce()
+                announced = True
+            time.sleep(0.2)
+
+    def before_step(self, step: str, *, transient: bool) -> None:
+        """A bug, then (where the step allows it) a simulated timeout: before the step changes anything."""
+        self.maybe_hit_bug(step)
+        if transient:
+            self.maybe_fail_transiently(step)
+
+    def inside_step(self, step: str, *, crash_point: bool) -> None:
+        """The crash, at the step's crash point: inside its transaction, after its effect."""
+        if crash_point:
+            self.maybe_crash(step)
+
     def maybe_fail_transiently(self, step: str) -> None:
         if self.rng.random() < self.settings()["transient_failure_rate"]:
             raise TransientFailure(f"simulated timeout in step '{step}'")
@@ -84,8 +118,13 @@ class Faults:
         """The unsafe modes in effect (the safe defaults when ORDERPIPE_SANDBOX=false)."""
         return sandbox.modes(self.settings())
 
-    def step_guards(self) -> bool:
-        return self.modes().step_guards
+    def policy(self) -> StepPolicy:
+        """How the steps run in the modes in effect (orders/sandbox/policies.py chooses)."""
+        return policies.step_policy(self.modes())
+
+    def acks_on_receipt(self) -> bool:
+        """Whether the worker acks a delivery as it arrives (ack_mode=on_receive; orders/sandbox/policies.py)."""
+        return policies.acks_on_receipt(self.modes())
 
     def batchable(self) -> bool:
         """Whether a worker may run the deliveries it holds as one batch (orders/batch.py): only while every fault
@@ -96,11 +135,6 @@ class Faults:
             return False
         modes = self.modes()
         return all(getattr(modes, name) == getattr(sandbox.SAFE_MODES, name) for name in sandbox.UNSAFE_MODES)
-
-    def stock_update(self) -> str:
-        """How the reserve step takes stock: `guarded` (one conditional UPDATE), or the sandbox's unsafe
-        `read_modify_write` (read, compute in Python, write back: a lost update under concurrency)."""
-        return self.modes().stock_update
 
 
 class NoFaults(Faults):

@@ -27,7 +27,7 @@ from orders.models import (
     Product,
 )
 from orders.sandbox.faults import Faults
-from orders.selectors import STALE_AFTER
+from orders.sandbox.policies import STALE_AFTER
 from orders.tests.factories import ProductFactory
 from worker import checkpoints as broker_checkpoints
 from worker.models import WorkerHeartbeat
