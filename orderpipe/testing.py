@@ -36,7 +36,7 @@ os.environ.setdefault("ORDERPIPE_METRICS_TOKEN", "test-metrics-" + uuid.uuid4().
 # connection a test left idle in a transaction.
 os.environ.setdefault("PGOPTIONS", "-c lock_timeout=120s")
 
-# Seconds a finished test process may take to exit (see pytest_unconfigure).
+# Seconds a test process may take to exit once the interpreter shuts down (see pytest_unconfigure).
 EXIT_GRACE_SECONDS = 60
 _exit_status = 0
 
@@ -48,16 +48,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Python joins every non-daemon thread before it exits, so one thread still blocked after the run (an executor
-    thread of an async test's sync call that never returned) would keep this process, and CI, waiting forever. Once
-    the results are reported, a watchdog gives the process EXIT_GRACE_SECONDS; past that it prints every thread's
-    stack to stderr and exits with the run's status."""
+    thread of an async test's sync call that never returned) would keep this process, and CI, waiting forever. When
+    the interpreter starts shutting down, a watchdog gives it EXIT_GRACE_SECONDS; past that it prints every thread's
+    stack to stderr and exits with the run's status. (An xdist worker may wait much longer than that for the other
+    worker before it shuts down: the clock starts at the shutdown, not at the end of its tests.)"""
+    shutting_down = threading.Event()
 
     def watchdog() -> None:
-        threading.Event().wait(EXIT_GRACE_SECONDS)
-        print(
-            f"\ntest process {os.getpid()} still running {EXIT_GRACE_SECONDS} s after its run ended:", file=sys.stderr
-        )
+        shutting_down.wait()
+        if threading.Event().wait(EXIT_GRACE_SECONDS):
+            return
+        print(f"\ntest process {os.getpid()} still exiting after {EXIT_GRACE_SECONDS} s:", file=sys.stderr)
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        os._exit(_exit_status or 1)
+        os._exit(_exit_status)
 
     threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
+    # Called at the start of the interpreter's shutdown, before it joins the threads (as concurrent.futures does).
+    threading._register_atexit(shutting_down.set)  # type: ignore[attr-defined]
