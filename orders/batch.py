@@ -6,13 +6,15 @@ An order whose step fails is split out without rolling back the others and gets 
 batch cannot take it leaves to the per-order runner (`Item.alone`): an order that is not fresh, one that moved
 under us, and every order of a step whose batch statement failed (rolled back).
 
-Used only while no fault is injected and every mode is safe (`FaultInjector.batchable`).
+Used only while no fault is injected and every mode is safe (`FaultInjector.batchable`). The batch's events are
+logged at DEBUG; at INFO a batch logs one summary line (its orders by outcome and its duration).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +54,7 @@ class Item:
 def run_batch(pipeline: Pipeline, items: list[Item]) -> None:
     """Take the fresh orders of `items` into `processing` and run every step for them, one transaction per step.
     Sets each item's `outcome`, `error` or `alone`. Database outages propagate."""
+    started = time.monotonic()
     _receive(items)
     for step in STEPS:
         running = [item for item in items if item.running]
@@ -61,6 +64,29 @@ def run_batch(pipeline: Pipeline, items: list[Item]) -> None:
     for item in items:
         if item.running:
             item.outcome = Outcome(Ended.DONE)
+    _log_summary(items, time.monotonic() - started)
+
+
+def _log_summary(items: list[Item], seconds: float) -> None:
+    """The batch's one INFO line: how many orders it ran and how each ended (its events are at DEBUG)."""
+    ended = {kind: sum(1 for item in items if item.outcome and item.outcome.ended is kind) for kind in Ended}
+    alone = sum(1 for item in items if item.alone)
+    errors = sum(1 for item in items if item.error is not None and not item.alone)
+    log.info(
+        "batch: %d order(s) in %.1f ms: %d done, %d failed, %d to retry, %d left to the per-order steps, %d error(s)",
+        len(items),
+        seconds * 1000,
+        ended[Ended.DONE],
+        ended[Ended.FAILED],
+        ended[Ended.TRANSIENT],
+        alone,
+        errors,
+        extra={
+            "orders": len(items),
+            "duration_ms": round(seconds * 1000, 1),
+            **{f"orders_{kind.value}": count for kind, count in ended.items()},
+        },
+    )
 
 
 def _fresh(order: Order, message: Carrier) -> bool:
@@ -120,7 +146,9 @@ def _take_in(items: list[Item]) -> list[Transition]:
             )
             taken.append(item)
         if changes:
-            transitions = transition_many(changes, to=OrderStatus.PROCESSING, kind=EventKind.RECEIVED)
+            transitions = transition_many(
+                changes, to=OrderStatus.PROCESSING, kind=EventKind.RECEIVED, log_level=logging.DEBUG
+            )
     for item, moved in zip(taken, transitions, strict=True):
         item.received, item.order = True, moved.order
     return transitions
@@ -175,7 +203,9 @@ def _commit_step(seams: Seams, step: Step, entered: list[Item], prepared: dict[u
             results = step.effect_many([order for _, order in ready], seams, prepared) if ready else []
             moving, changes = _changes(step, ready, results)
             # One step moves every order of the batch to the same status (complete: `completed`).
-            transitions = transition_many(changes, to=_target(step), kind=step.kind) if changes else []
+            transitions = (
+                transition_many(changes, to=_target(step), kind=step.kind, log_level=logging.DEBUG) if changes else []
+            )
             _before_commit(seams, step, transitions)
     except OUTAGE:
         raise

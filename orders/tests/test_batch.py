@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import replace
 from decimal import Decimal
@@ -284,3 +285,33 @@ def test_an_order_another_worker_moved_on_is_left_to_the_per_order_guards(monkey
     assert OrderEvent.objects.filter(order=victim, kind="inventory_reserved").count() == 1
     assert [Order.objects.get(pk=order.pk).status for order in orders] == ["completed"] * len(orders)
     assert Payment.objects.filter(order__in=orders).count() == GatewayCharge.objects.count() == len(orders)
+
+
+def test_a_batch_logs_one_summary_line_and_its_events_at_debug(caplog, django_capture_on_commit_callbacks):
+    """At INFO a batch is one line (its orders by outcome and its duration); its events are at DEBUG. The order that
+    fails (out of stock) is recorded the per-order way and keeps its INFO lines."""
+    for sku in STOCK:
+        ProductFactory(sku=sku, price="12.50")
+    orders = place("e")
+    deliveries = [delivery(order, n + 1) for n, order in enumerate(orders)]
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    with django_capture_on_commit_callbacks(execute=True):  # the events are logged once their transaction commits
+        assert [verdict for _, verdict in Processor(faults=NoFaults()).process_batch(deliveries)] == [ACK] * len(ORDERS)
+
+    summaries = [r for r in caplog.records if r.name == "orders.batch" and r.levelno == logging.INFO]
+    assert [r.getMessage().split(" ms: ", 1)[1] for r in summaries] == [
+        "4 done, 1 failed, 0 to retry, 0 left to the per-order steps, 0 error(s)"
+    ]
+    assert summaries[0].orders == len(ORDERS) and summaries[0].duration_ms > 0
+    events = [r for r in caplog.records if r.name == "orderpipe.events"]
+    assert {r.kind for r in events if r.levelno == logging.INFO} == {"failed"}
+    debug = [(r.order_id, r.kind) for r in events if r.levelno == logging.DEBUG]
+    assert len(debug) == len(ORDERS) + 4 * 4  # received by all; four steps for the four that complete
+    assert {kind for _, kind in debug} == {
+        "received",
+        "inventory_reserved",
+        "payment_charged",
+        "customer_notified",
+        "completed",
+    }
