@@ -1,19 +1,6 @@
-"""The sandbox's unsafe publish modes: how POST /api/orders/ hands an order to RabbitMQ without the outbox.
-
-The safe mode (`outbox`) never publishes from a request: the order and its outbox row commit together and the relay
-publishes later, so an accepted order always has a message on its way. The two unsafe modes are the designs the
-outbox replaces, on the real code path, so a learner can watch them fail:
-
-- `dual_write`: commit the order WITHOUT an outbox row, then publish from the request. If that publish fails (the
-  broker is down, the connection drops, the process dies between the commit and the publish), the order is accepted
-  (202) and never processed: no row anywhere says a message is owed, so nothing ever retries it.
-- `publish_first`: publish, then commit. If the commit then fails (the sandbox's `accept_failure_rate` raises
-  right after the publish, inside the transaction), the transaction rolls back and leaves a ghost message for an
-  order that does not exist: the worker dead-letters it as an unknown order. (A worker fast enough can even take
-  the message before the commit lands, and dead-letter a real order the same way.)
-
-orders/ never imports pika or worker/: the publisher is a callable the worker app registers at startup
-(`worker/apps.py` -> `worker/direct_publish.py`), with publisher confirms, so "published" means the broker took it.
+"""The sandbox's unsafe publish modes, `dual_write` and `publish_first`: the designs the outbox replaces, on the real
+code path, so a learner can watch them lose orders or send ghosts (docs/10-design-notes.md, "The unsafe publish
+modes").
 """
 
 from __future__ import annotations

@@ -1,28 +1,7 @@
-"""The worker process: consumes `order.placed` messages and hands each to the Processor.
-
-pika's BlockingConnection is not thread-safe and does no background I/O, so the main thread does nothing but
-service the connection (heartbeats, deliveries, acks, republishing) while the steps run on a small thread pool.
-Step threads hand their verdict back with `add_callback_threadsafe`; the ack (or the republish to a retry tier or
-the dead letters, confirmed before the ack) is done on the connection's own thread, after the step's commit.
-
-Deliveries are run in batches (orders/batch.py: one transaction per step for all of them) while no fault and no
-unsafe mode is on: each arriving delivery joins the worker's pending list, and a step thread that becomes free takes
-the whole list, whatever is in hand then; it never waits for more, so a lone delivery at low load goes through as a
-batch of one (which takes the per-order steps: it has nothing to share). The batch's acks go after its last commit,
-in one `multiple` ack where no other delivery of the channel below them is unsettled. With a fault or an unsafe
-mode on, each delivery has its own step thread, as the lessons show it.
-
-Every delivery ends in a verdict; none is held without progress:
-- a database outage keeps the message unacked and retries the step until the database answers;
-- any other exception (an IntegrityError, a KeyError, a Redis error that escaped: a bug, not an outage) is logged
-  once with the order id and the traceback and the message is nacked with requeue. Waiting does not fix a bug, so
-  it is not sent through the retry tiers: the quorum queue counts the returns and, past `x-delivery-limit`,
-  dead-letters it, and the dead-letter watch marks the order for replay;
-- the worker stopping (or step mode interrupted by a stop) leaves it unacked; it returns when the channel closes;
-- in the sandbox's unsafe ack_mode=on_receive the message is acked the moment it arrives (before any step), so the
-  verdict can only hand a retry or a dead letter on: a killed or stopping worker loses what it held.
-The worker's heartbeat lists the orders whose messages it holds, so the sweeper (worker/sweeper.py) knows they are
-not lost.
+"""The worker process: consumes `order.placed` messages and hands each to the Processor. The main thread only
+services pika's connection; steps run on a thread pool and hand their verdict back with `add_callback_threadsafe`;
+every delivery ends in an ack, a nack or a confirmed republish, after the step's commit (docs/10-design-notes.md,
+"The worker: threads, batches and verdicts").
 """
 
 from __future__ import annotations

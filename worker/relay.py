@@ -1,18 +1,6 @@
-"""The outbox relay: moves committed outbox rows to RabbitMQ with publisher confirms.
-
-`relay_once` is the unit of work (tests call it directly); `run_relay` is a small loop around it that sleeps on
-PostgreSQL LISTEN/NOTIFY with a polling fallback, reconnects to a lost broker with capped backoff, and runs the
-sweeper (worker/sweeper.py) every few seconds to re-send orders whose message was lost after publishing.
-
-Killed at any point, the relay loses nothing: killed after claiming rows, it has published nothing and the rows are
-still unsent when its transaction dies; killed after the broker confirmed some rows but before its commit, those
-rows are still unsent and are published again (a duplicate message, which the worker's step guards make a no-op).
-`ORDERPIPE_RELAY_CRASH_AT` (tests only) makes the relay SIGKILL itself at either point of its first batch.
-
-A batch is published a window at a time (RELAY_CONFIRM_WINDOW rows, every one mandatory) and the window's confirms
-are awaited together: one round trip to the broker per window, not per row. A row is marked sent only once its own
-confirm came; a row the broker returned (unroutable) or nacked, or did not confirm before the connection was lost,
-stays pending with its attempt and error recorded, whatever happened to the rows beside it.
+"""The outbox relay: moves committed outbox rows to RabbitMQ with publisher confirms, a window at a time; a row is
+marked sent only once its own confirm came, so a kill at any point loses nothing (docs/10-design-notes.md, "The
+outbox relay"). `relay_once` is the unit of work; `run_relay` loops around it on LISTEN/NOTIFY.
 """
 
 from __future__ import annotations
