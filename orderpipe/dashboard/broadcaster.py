@@ -16,6 +16,7 @@ from channels.layers import get_channel_layer
 from django_redis import get_redis_connection
 
 from orderpipe.dashboard import feed
+from orderpipe.dashboard.channel_layer import being_cancelled
 from orderpipe.dashboard.state import pipeline_state
 from orders import cache, live
 
@@ -158,7 +159,9 @@ class Broadcaster:
                         await layer.group_send(group, message)
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # a database or Redis outage must not kill live updates for good
+                except Exception as exc:  # a database or Redis outage must not kill live updates for good
+                    if being_cancelled():  # a cancel that reached us as an error still stops the producer
+                        raise asyncio.CancelledError from exc
                     log.exception("live producer tick failed; retrying")
                     producer.last_event_id = None if not holding else producer.last_event_id
                     await asyncio.sleep(2)

@@ -57,8 +57,18 @@ class PooledRedisChannelLayer(RedisChannelLayer):
             try:
                 return await super().receive(channel)
             except (RedisConnectionError, RedisTimeoutError) as exc:
+                if being_cancelled():  # a cancel that reached us as a connection error still ends the receive
+                    raise asyncio.CancelledError from exc
                 now = time.monotonic()
                 if now - self._last_receive_warning >= RECEIVE_WARNING_INTERVAL:
                     self._last_receive_warning = now
                     log.warning("channel layer receive waits for Redis: %s", exc)
                 await asyncio.sleep(RECEIVE_RETRY_SECONDS)
+
+
+def being_cancelled() -> bool:
+    """Whether this task has a cancel request pending (redis-py can report one, raced with its pool's timeout, as
+    "No connection available"): a retry loop that caught that error must end instead of waiting again, or the
+    consumer it serves could never finish."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

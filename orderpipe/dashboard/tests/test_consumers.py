@@ -11,9 +11,11 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from channels_redis.core import RedisChannelLayer
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.test import Client
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from orderpipe.asgi import application
 from orderpipe.dashboard import sockets
@@ -409,3 +411,31 @@ def test_the_layers_socket_timeout_outlasts_its_blocking_receive():
         assert layer.redis().connection_pool.connection_kwargs["socket_timeout"] > layer.brpop_timeout
 
     run(body)
+
+
+def test_a_cancel_reported_as_a_connection_error_ends_the_layers_receive(monkeypatch):
+    """The layer's receive retries while Redis is unavailable, but a cancel must end it even when it surfaces as a
+    connection error (here the library turns the delivered cancel into one, as redis-py's pool can when its timeout
+    races a cancel):
+    a receive that swallowed it would keep its consumer running forever."""
+    layer = get_channel_layer()
+    attempts = 0
+
+    async def unavailable(self, channel):
+        nonlocal attempts
+        attempts += 1
+        asyncio.current_task().cancel()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:  # the cancel is delivered, and comes out as a connection error
+            raise RedisConnectionError("No connection available.") from None
+
+    monkeypatch.setattr(RedisChannelLayer, "receive", unavailable)
+
+    async def body() -> None:
+        task = asyncio.ensure_future(layer.receive(await layer.new_channel()))
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done and task.cancelled()
+
+    run(body)
+    assert attempts == 1
