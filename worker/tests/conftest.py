@@ -9,13 +9,20 @@ from pathlib import Path
 import pytest
 
 from orders import services
-from orders.models import Order, OutboxMessage
+from orders.models import Order, OutboxMessage, SandboxSettings
 from orders.sandbox.faults import Faults
 from worker.consumer import Worker
+from worker.models import WorkerHeartbeat
 from worker.processing import Delivery
 from worker.tests.processes import RUNNING
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+def a_worker_runs_current_settings() -> bool:
+    """Whether a worker's heartbeat reports the current sandbox settings version (it re-reads the row on the
+    change's NOTIFY and reports at once)."""
+    return WorkerHeartbeat.objects.filter(settings_version=SandboxSettings.load().version).exists()
 
 
 def require_chromium(path: str = CHROMIUM) -> None:

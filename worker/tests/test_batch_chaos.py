@@ -105,7 +105,7 @@ def test_sigkills_inside_batches_lose_nothing_and_charge_nothing_twice(tmp_path,
             worker = start()
             started = Order.objects.filter(pk__in=wave, status=OrderStatus.PROCESSING)
             assert wait_until(started.exists, 90), worker.output()[-3000:]
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 0.3))  # a random moment of the batch, on purpose
             worker.kill()
             random_kills += 1
             finished = recover()

@@ -12,12 +12,13 @@ from django.contrib.auth import get_user_model
 from orders.tests.factories import ProductFactory
 from worker.tests.conftest import (
     BROWSER_PASSWORD,
+    a_worker_runs_current_settings,
     open_logged_in,
     place_order_from_the_form,
     require_chromium,
     screenshot,
 )
-from worker.tests.processes import Service, Web
+from worker.tests.processes import Service, Web, wait_until
 from worker.topology import topology
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -110,7 +111,8 @@ def test_step_by_step_mode_advances_one_step_per_click(page):
     page.get_by_label("Step-by-step mode").check()
     page.get_by_role("button", name="Apply").click()
     page.locator("#sandbox-result[data-ok=yes]").wait_for()
-    page.wait_for_timeout(1_500)  # workers re-read the sandbox settings at most once a second
+    # "Applied" also answers when no worker has beaten yet: wait for the module's worker to run the change.
+    assert wait_until(a_worker_runs_current_settings, 20)
     order_id = place_order_from_the_form(page)
     page.goto(f"/orders/{order_id}/")
     page.locator("#live-status[data-state=live]").wait_for()

@@ -350,7 +350,7 @@ def test_a_crashed_servers_slots_lapse(settings):
         assert not await sockets.acquire(redis, "user:crashed", "b", cap=1, ttl_seconds=0.3)
         async with asyncio.timeout(10):
             while not await sockets.acquire(redis, "user:crashed", "b", cap=1, ttl_seconds=60):
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # the poll's interval, until the first slot's TTL has run out
         assert await sockets.held(redis, "user:crashed") == 1
         # ...while a refreshed slot keeps counting.
         assert await sockets.refresh(redis, "user:crashed", "b", ttl_seconds=60)
