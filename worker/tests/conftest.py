@@ -11,6 +11,7 @@ import pytest
 from orders import services
 from orders.models import Order, OutboxMessage, SandboxSettings
 from orders.sandbox.faults import Faults
+from orders.tests.factories import ProductFactory, StaffFactory
 from worker.consumer import Worker
 from worker.models import WorkerHeartbeat
 from worker.processing import Delivery
@@ -107,12 +108,8 @@ def web(django_db_setup, django_db_blocker, tmp_path_factory):
 @pytest.fixture
 def staff():
     """The demo product and a staff login (`browser-staff` / BROWSER_PASSWORD) for the browser tests."""
-    from django.contrib.auth import get_user_model
-
-    from orders.tests.factories import ProductFactory
-
     ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=5000)
-    get_user_model().objects.create_user("browser-staff", password=BROWSER_PASSWORD, is_staff=True)
+    StaffFactory(username="browser-staff", password=BROWSER_PASSWORD)
 
 
 def place_order_from_the_form(page, *, email: str = "browser@example.com", quantity: int = 2) -> str:

@@ -7,9 +7,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
 
-from orders.tests.factories import ProductFactory
+from orders.tests.factories import ProductFactory, StaffFactory
 from worker.tests.conftest import (
     BROWSER_PASSWORD,
     a_worker_runs_current_settings,
@@ -49,7 +48,7 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
 @pytest.fixture
 def page(stack, browser):
     ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=5000)
-    get_user_model().objects.create_user("browser-staff", password=PASSWORD, is_staff=True)
+    StaffFactory(username="browser-staff", password=PASSWORD)
     context, page = open_logged_in(browser, stack.url, timeout_ms=TIMEOUT_MS)
     yield page
     context.close()

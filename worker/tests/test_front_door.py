@@ -21,9 +21,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
 
+from orders.tests.factories import StaffFactory
 from worker.tests.processes import ROOT, GunicornWeb, Process, Web, free_port, service_env, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -225,7 +225,7 @@ def test_the_front_door_refuses_a_body_over_its_limit_before_reading_it(front_do
 
 def test_the_front_door_carries_websockets_to_daphne(front_door):
     front, _gunicorn = front_door
-    staff = get_user_model().objects.create_user("front-door-staff", password="front-door-password", is_staff=True)
+    staff = StaffFactory(username="front-door-staff", password="front-door-password")
     client = Client()
     client.force_login(staff)
     session = client.cookies["sessionid"].value

@@ -11,7 +11,6 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.test import Client
 
@@ -27,6 +26,7 @@ from orderpipe.dashboard.consumers import (
 )
 from orders import services
 from orders.models import EventKind, Order, OrderStatus
+from orders.tests.factories import StaffFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,11 +34,8 @@ ORIGIN = b"http://127.0.0.1:8000"
 
 
 def session_cookie(*, staff: bool) -> bytes:
-    user = get_user_model().objects.create_user(
-        username=f"{'staff' if staff else 'viewer'}-{get_user_model().objects.count()}", password="x", is_staff=staff
-    )
     client = Client()
-    client.force_login(user)
+    client.force_login(StaffFactory() if staff else UserFactory())
     return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
