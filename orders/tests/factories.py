@@ -4,14 +4,28 @@ in a given shape rather than an order placed through `services.order_create` (wh
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import factory
-from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 
 from orders.models import EventKind, GatewayCharge, Order, OrderEvent, OutboxMessage, Payment, Product
 
+T = TypeVar("T")
 
-class ProductFactory(factory.django.DjangoModelFactory):
+
+class ModelFactory(factory.django.DjangoModelFactory[T]):
+    """A DjangoModelFactory that mypy sees return the model it creates (factory-boy's metaclass call is untyped)."""
+
+    class Meta:
+        abstract = True
+
+    if TYPE_CHECKING:
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> T: ...
+
+
+class ProductFactory(ModelFactory[Product]):
     class Meta:
         model = Product
 
@@ -21,12 +35,12 @@ class ProductFactory(factory.django.DjangoModelFactory):
     stock = 100
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(ModelFactory[User]):
     """A customer account. No usable password unless one is given (`password="..."`, hashed like `create_user`):
     most tests log in with `force_login`."""
 
     class Meta:
-        model = get_user_model()
+        model = User
 
     username = factory.Sequence(lambda n: f"user-{n}")
     password = factory.django.Password(None)
@@ -48,7 +62,7 @@ class AdminFactory(StaffFactory):
     is_superuser = True
 
 
-class OrderFactory(factory.django.DjangoModelFactory):
+class OrderFactory(ModelFactory[Order]):
     """A bare order row (no lines, no outbox message, no events): `services.order_create` places a real one."""
 
     class Meta:
@@ -58,7 +72,7 @@ class OrderFactory(factory.django.DjangoModelFactory):
     total = Decimal("10.00")
 
 
-class OutboxMessageFactory(factory.django.DjangoModelFactory):
+class OutboxMessageFactory(ModelFactory[OutboxMessage]):
     class Meta:
         model = OutboxMessage
 
@@ -66,7 +80,7 @@ class OutboxMessageFactory(factory.django.DjangoModelFactory):
     payload = factory.LazyFunction(dict)
 
 
-class OrderEventFactory(factory.django.DjangoModelFactory):
+class OrderEventFactory(ModelFactory[OrderEvent]):
     class Meta:
         model = OrderEvent
 
@@ -76,7 +90,7 @@ class OrderEventFactory(factory.django.DjangoModelFactory):
     message = factory.LazyAttribute(lambda event: EventKind(event.kind).label)
 
 
-class PaymentFactory(factory.django.DjangoModelFactory):
+class PaymentFactory(ModelFactory[Payment]):
     """Our record of a charge: one per order (its one-to-one key)."""
 
     class Meta:
@@ -87,7 +101,7 @@ class PaymentFactory(factory.django.DjangoModelFactory):
     gateway_reference = factory.Sequence(lambda n: f"ref-{n}")
 
 
-class GatewayChargeFactory(factory.django.DjangoModelFactory):
+class GatewayChargeFactory(ModelFactory[GatewayCharge]):
     """A charge in the simulated provider's ledger, for `order` (not a field: the ledger keeps only its reference)."""
 
     class Meta:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import factory
 from django.utils import timezone
 
+from orders.tests.factories import ModelFactory
 from worker.models import QueueStat, ServiceLink, SupervisedProcess, WorkerHeartbeat
 
 
-class WorkerHeartbeatFactory(factory.django.DjangoModelFactory):
+class WorkerHeartbeatFactory(ModelFactory[WorkerHeartbeat]):
     """A worker that has just reported itself (`last_seen` now: live)."""
 
     class Meta:
@@ -22,7 +23,7 @@ class WorkerHeartbeatFactory(factory.django.DjangoModelFactory):
     last_seen = factory.SelfAttribute("started_at")
 
 
-class SupervisedProcessFactory(factory.django.DjangoModelFactory):
+class SupervisedProcessFactory(ModelFactory[SupervisedProcess]):
     """A worker that `make run`'s supervisor runs (`updated_at` is set on save: fresh)."""
 
     class Meta:
@@ -34,7 +35,7 @@ class SupervisedProcessFactory(factory.django.DjangoModelFactory):
     state = SupervisedProcess.State.RUNNING
 
 
-class ServiceLinkFactory(factory.django.DjangoModelFactory):
+class ServiceLinkFactory(ModelFactory[ServiceLink]):
     """A supervisor's link to a service, up and just refreshed."""
 
     class Meta:
@@ -46,7 +47,7 @@ class ServiceLinkFactory(factory.django.DjangoModelFactory):
     updated_at = factory.LazyFunction(timezone.now)
 
 
-class QueueStatFactory(factory.django.DjangoModelFactory):
+class QueueStatFactory(ModelFactory[QueueStat]):
     """A queue depth just observed, on the main queue unless told."""
 
     class Meta:
