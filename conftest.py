@@ -11,7 +11,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from orders import cache
-from orders.tests.factories import ProductFactory
+from orders.tests.factories import ProductFactory, StaffFactory
 
 # Whether a test that may use the services ran: a `make test-fast` run (only `pure` tests) never touches them.
 _services_used = False
@@ -66,10 +66,8 @@ def api() -> APIClient:
 @pytest.fixture
 def staff_api(db) -> APIClient:
     """A client logged in as staff: outside DEBUG, reading orders, events, the pipeline and the schema needs it."""
-    from django.contrib.auth import get_user_model
-
     client = APIClient()
-    client.force_login(get_user_model().objects.create_user("staff-reader", password=None, is_staff=True))
+    client.force_login(StaffFactory(username="staff-reader"))
     return client
 
 

@@ -7,12 +7,11 @@ import json
 from dataclasses import dataclass
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 from orders import services
-from orders.tests.factories import ProductFactory
+from orders.tests.factories import ProductFactory, StaffFactory, UserFactory
 
 CLIENTS = ("anonymous", "customer", "staff")
 
@@ -111,10 +110,9 @@ def test_every_url_has_a_permission_decision():
 
 @pytest.fixture
 def clients(db) -> dict[str, APIClient]:
-    users = get_user_model().objects
     customer, staff = APIClient(), APIClient()
-    customer.force_login(users.create_user("customer", password=None))
-    staff.force_login(users.create_user("staff", password=None, is_staff=True))
+    customer.force_login(UserFactory(username="customer"))
+    staff.force_login(StaffFactory(username="staff"))
     return {"anonymous": APIClient(), "customer": customer, "staff": staff}
 
 

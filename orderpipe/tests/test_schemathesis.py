@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from django.contrib.auth import get_user_model
 
-from orders.tests.factories import ProductFactory
+from orders.tests.factories import ProductFactory, StaffFactory
 from worker.broker import Publisher, connect
 from worker.tests.processes import ROOT, GunicornWeb, service_env
 
@@ -40,7 +39,7 @@ def server(tmp_path):
 
 def staff_session(base: str) -> requests.Session:
     """A staff login through the admin's form, as a browser does it: the session cookie and the CSRF token."""
-    get_user_model().objects.create_user("fuzz-staff", password=PASSWORD, is_staff=True)
+    StaffFactory(username="fuzz-staff", password=PASSWORD)
     session = requests.Session()
     session.get(f"{base}/admin/login/", timeout=10).raise_for_status()
     answer = session.post(

@@ -1,18 +1,18 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from orders import services
 from orders.models import Order, Product
+from orders.tests.factories import AdminFactory
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def admin_client(client):
-    client.force_login(get_user_model().objects.create_superuser("root", password="pw"))
+    client.force_login(AdminFactory(username="root"))
     return client
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from orders import cache, services
 from orders.models import Order, OrderStatus
 from orders.serializers import order_representation
+from orders.tests.factories import AdminFactory
 
 # The eviction runs after the commit, so these tests commit for real.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -17,7 +17,7 @@ WARNING = "still in the pipeline"
 
 @pytest.fixture
 def admin_client(client):
-    client.force_login(get_user_model().objects.create_superuser("root", password="pw"))
+    client.force_login(AdminFactory(username="root"))
     return client
 
 

@@ -7,12 +7,12 @@ import json
 import logging
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import Client
 
 from orders.demo_login import DEMO_PASSWORD, DEMO_USERNAME
 from orders.models import SandboxSettings
+from orders.tests.factories import StaffFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -61,7 +61,7 @@ def test_a_demo_session_opened_in_debug_ends_when_debug_is_off(demo_left_by_a_de
 
 
 def test_the_demo_login_works_in_debug_and_other_staff_outside_it(demo_left_by_a_debug_run, settings):
-    get_user_model().objects.create_user(username="ops", password="a-real-password", is_staff=True)
+    StaffFactory(username="ops", password="a-real-password")
     assert admin_login(Client(), "ops", "a-real-password")
     settings.DEBUG = True
     assert admin_login(Client(), DEMO_USERNAME, DEMO_PASSWORD)

@@ -5,15 +5,14 @@ import logging
 import pytest
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from orders import services
 from orders.sandbox.faults import NoFaults
-from worker.models import QueueStat
 from worker.processing import ACK, Processor
 from worker.tests.conftest import delivery_for
+from worker.tests.factories import QueueStatFactory
 
 # on_commit hooks only run when the test really commits.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -67,7 +66,7 @@ def test_the_gauges_show_the_backlog_queues_and_cache(staff_api, product):
     client = staff_api  # reading the order over HTTP needs staff outside DEBUG
     place()
     place()
-    QueueStat.objects.create(name="test.orders.process", role="main", ready=7, consumers=1, observed_at=timezone.now())
+    QueueStatFactory(name="test.orders.process", ready=7, consumers=1)
     order = place()
     Processor(faults=NoFaults()).process(delivery_for(order))
     assert client.get(f"/api/orders/{order.id}/")["X-Cache"] == "HIT"

@@ -5,7 +5,8 @@ from decimal import Decimal
 import pytest
 from django.db import IntegrityError, transaction
 
-from orders.models import TRANSITIONS, Order, OrderStatus, Payment, Product, allowed_sources
+from orders.models import TRANSITIONS, OrderStatus, Payment, Product, allowed_sources
+from orders.tests.factories import OrderFactory, PaymentFactory, ProductFactory
 
 
 @pytest.mark.pure
@@ -28,15 +29,15 @@ def test_every_status_has_an_entry():
 
 @pytest.mark.django_db
 def test_the_database_refuses_a_second_payment_for_an_order():
-    order = Order.objects.create(customer_email="a@example.com", total=Decimal("5.00"))
-    Payment.objects.create(order=order, amount=order.total, gateway_reference="ref-1")
+    order = OrderFactory(total=Decimal("5.00"))
+    PaymentFactory(order=order)
     with pytest.raises(IntegrityError), transaction.atomic():
-        Payment.objects.create(order=order, amount=order.total, gateway_reference="ref-2")
+        PaymentFactory(order=order)  # another gateway reference, the same order
     assert Payment.objects.filter(order=order).count() == 1
 
 
 @pytest.mark.django_db
 def test_the_database_refuses_negative_stock():
-    product = Product.objects.create(sku="X", name="x", price=Decimal("1.00"), stock=0)
+    product = ProductFactory(stock=0)
     with pytest.raises(IntegrityError), transaction.atomic():
         Product.objects.filter(pk=product.pk).update(stock=-1)

@@ -3,18 +3,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from orders import sandbox, services
 from orders.models import EventKind, OrderEvent, SandboxChange, SandboxSettings, StepGrant
+from orders.tests.factories import StaffFactory
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def staff_api(api):
-    user = get_user_model().objects.create_user("staff", password="pw", is_staff=True)
+    user = StaffFactory(username="staff", password="pw")
     api.force_authenticate(user)
     return api
 

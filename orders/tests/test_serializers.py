@@ -11,6 +11,7 @@ from rest_framework.exceptions import ValidationError
 
 from orders.models import Product
 from orders.serializers import OrderInputSerializer, order_input, order_input_fast
+from orders.tests.factories import ProductFactory
 
 
 @pytest.mark.django_db
@@ -112,7 +113,7 @@ def test_the_fast_validation_agrees_with_the_serializer(body):
 
 @pytest.mark.django_db
 def test_a_plain_order_takes_the_fast_path():
-    Product.objects.create(sku="FAST-1", name="fast", price=Decimal("2.00"), stock=1)
+    ProductFactory(sku="FAST-1", stock=1)
     body = {"customer_email": "ada@example.com", "items": [{"sku": "FAST-1", "quantity": 3}], "note": "hi"}
     assert order_input_fast(body) == body
     assert order_input_fast({**body, "note": " hi"}) is None  # DRF would trim it: the serializer decides

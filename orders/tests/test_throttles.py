@@ -9,7 +9,6 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_login_failed
 from django.core.cache import cache
 from django.test import Client
@@ -19,6 +18,7 @@ from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from orders.api import OrderListCreateApi
+from orders.tests.factories import StaffFactory, UserFactory
 from orders.throttles import PipelinedThrottles
 
 pytestmark = pytest.mark.django_db
@@ -67,12 +67,12 @@ def test_anonymous_and_user_rates_apply_to_every_endpoint(product, rates):
     anonymous = APIClient()
     assert [anonymous.get("/api/products/").status_code for _ in range(3)] == [200, 200, 429]
     user = APIClient()
-    user.force_login(get_user_model().objects.create_user("customer", password=None))
+    user.force_login(UserFactory(username="customer"))
     assert [user.get("/api/products/").status_code for _ in range(4)] == [200, 200, 200, 429]
 
 
 def test_a_basic_header_is_not_checked_outside_debug(api, product):
-    get_user_model().objects.create_user("ops", password="right", is_staff=True)
+    StaffFactory(username="ops", password="right")
     attempts = []
     user_login_failed.connect(receiver := lambda **kwargs: attempts.append(kwargs))
     try:
@@ -88,7 +88,7 @@ def test_a_basic_header_is_not_checked_outside_debug(api, product):
 
 def test_basic_auth_still_works_in_debug(api, settings):
     settings.DEBUG = True
-    get_user_model().objects.create_user("ops", password="right", is_staff=True)
+    StaffFactory(username="ops", password="right")
     right = "Basic " + base64.b64encode(b"ops:right").decode()
     assert api.get("/api/sandbox/", HTTP_AUTHORIZATION=right).status_code == 200
 
@@ -96,7 +96,7 @@ def test_basic_auth_still_works_in_debug(api, settings):
 @pytest.mark.parametrize("path", ["/admin/login/", "/api-auth/login/"])
 def test_logins_lock_a_username_per_address_after_failures(path, settings):
     settings.LOGIN_FAILURE_LIMIT = 3
-    get_user_model().objects.create_user("ops", password="right", is_staff=True)
+    StaffFactory(username="ops", password="right")
     client = Client()
     for _ in range(3):
         assert client.post(path, {"username": "ops", "password": "wrong"}).status_code == 200  # the form again
@@ -105,13 +105,13 @@ def test_logins_lock_a_username_per_address_after_failures(path, settings):
     assert int(locked["Retry-After"]) == settings.LOGIN_FAILURE_WINDOW
     assert "_auth_user_id" not in client.session
     # Another username from the same address is not locked out by these failures.
-    get_user_model().objects.create_user("other", password="fine", is_staff=True)
+    StaffFactory(username="other", password="fine")
     assert client.post(path, {"username": "other", "password": "fine"}).status_code == 302
 
 
 def test_a_successful_login_clears_the_failures(settings):
     settings.LOGIN_FAILURE_LIMIT = 2
-    get_user_model().objects.create_user("ops", password="right", is_staff=True)
+    StaffFactory(username="ops", password="right")
     client = Client()
     assert client.post("/admin/login/", {"username": "ops", "password": "wrong"}).status_code == 200
     assert client.post("/admin/login/", {"username": "ops", "password": "right"}).status_code == 302
@@ -169,7 +169,7 @@ def _checked(check, monkeypatch, user) -> list[Any]:
 
 def test_the_pipelined_throttles_give_drfs_verdicts_and_leave_its_histories(rates, monkeypatch):
     rates(anon="3/minute", user="4/minute", orders="2/minute")
-    user = get_user_model().objects.create_user("throttled", password=None)
+    user = UserFactory(username="throttled")
     drf = _checked(APIView.check_throttles, monkeypatch, user)
     pipelined = _checked(PipelinedThrottles.check_throttles, monkeypatch, user)
     assert pipelined == drf
@@ -196,7 +196,7 @@ def test_a_unicode_variant_of_a_locked_username_is_locked_too(settings):
     # The login form normalizes usernames (NFKC): with a fullwidth r (U+FF52), `rtstaff` logs in as `rtstaff`, so
     # it counts as it.
     settings.LOGIN_FAILURE_LIMIT = 3
-    get_user_model().objects.create_user("rtstaff", password="right", is_staff=True)
+    StaffFactory(username="rtstaff", password="right")
     client = Client()
     for username in ("rtstaff", "ｒtstaff", " RTstaff"):
         assert client.post("/admin/login/", {"username": username, "password": "wrong"}).status_code == 200
@@ -208,7 +208,7 @@ def test_a_unicode_variant_of_a_locked_username_is_locked_too(settings):
 def test_random_usernames_from_one_address_trip_the_address_limit(settings):
     settings.LOGIN_FAILURE_LIMIT = 3
     settings.LOGIN_ADDRESS_FAILURE_LIMIT = 5
-    get_user_model().objects.create_user("ops", password="right", is_staff=True)
+    StaffFactory(username="ops", password="right")
     checked = []
     user_login_failed.connect(receiver := lambda **kwargs: checked.append(kwargs))
     try:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
 from orders import cache, sandbox
 from orders.models import GatewayCharge, Order, OutboxMessage, SandboxSettings
 from orders.sandbox.faults import Faults
-from orders.tests.factories import ProductFactory
+from orders.tests.factories import AdminFactory, ProductFactory, StaffFactory
 from worker.processing import ACK, Processor
 from worker.tests.conftest import delivery_for
 
@@ -66,7 +65,7 @@ def test_each_unsafe_mode_is_refused_when_the_sandbox_is_off(production, field, 
 
 
 def test_the_admin_refuses_an_unsafe_mode_with_a_form_error_when_the_sandbox_is_off(production, client):
-    client.force_login(get_user_model().objects.create_superuser("admin", password="pw"))
+    client.force_login(AdminFactory(username="admin"))
     row = SandboxSettings.load()
     form = {name: "" if value is None else value for name, value in row.as_dict().items()}
     form.update({"ack_mode": "on_receive", "step_guards": "on"})
@@ -122,7 +121,7 @@ def test_the_red_banner_names_the_unsafe_modes_on_every_page(client):
         },
         via="test",
     )
-    client.force_login(get_user_model().objects.create_user("staff", password="pw", is_staff=True))
+    client.force_login(StaffFactory(username="staff"))
     page = client.get("/").content.decode()
     assert 'id="unsafe-banner"' in page
     assert "ack_mode=on_receive, step_guards=false, stock_update=read_modify_write, queue_overflow=drop_head" in page

@@ -9,13 +9,21 @@ from pathlib import Path
 import pytest
 
 from orders import services
-from orders.models import Order, OutboxMessage
+from orders.models import Order, OutboxMessage, SandboxSettings
 from orders.sandbox.faults import Faults
+from orders.tests.factories import ProductFactory, StaffFactory
 from worker.consumer import Worker
+from worker.models import WorkerHeartbeat
 from worker.processing import Delivery
 from worker.tests.processes import RUNNING
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+def a_worker_runs_current_settings() -> bool:
+    """Whether a worker's heartbeat reports the current sandbox settings version (it re-reads the row on the
+    change's NOTIFY and reports at once)."""
+    return WorkerHeartbeat.objects.filter(settings_version=SandboxSettings.load().version).exists()
 
 
 def require_chromium(path: str = CHROMIUM) -> None:
@@ -100,12 +108,8 @@ def web(django_db_setup, django_db_blocker, tmp_path_factory):
 @pytest.fixture
 def staff():
     """The demo product and a staff login (`browser-staff` / BROWSER_PASSWORD) for the browser tests."""
-    from django.contrib.auth import get_user_model
-
-    from orders.tests.factories import ProductFactory
-
     ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=5000)
-    get_user_model().objects.create_user("browser-staff", password=BROWSER_PASSWORD, is_staff=True)
+    StaffFactory(username="browser-staff", password=BROWSER_PASSWORD)
 
 
 def place_order_from_the_form(page, *, email: str = "browser@example.com", quantity: int = 2) -> str:

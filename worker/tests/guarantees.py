@@ -84,5 +84,5 @@ def wait_until_settled(
             last_event, quiet_since = latest, time.monotonic()
         elif time.monotonic() - quiet_since > idle:
             return False
-        time.sleep(0.2)
+        time.sleep(0.2)  # the poll's interval
     return all_terminal(ids)

@@ -13,8 +13,9 @@ from orders import sandbox, services
 from orders.models import Order, OrderStatus, SandboxSettings
 from orders.tests.factories import ProductFactory
 from worker.applied import settings_applied
-from worker.models import SupervisedProcess, WorkerHeartbeat
+from worker.models import WorkerHeartbeat
 from worker.queue_policy import wanted_policy
+from worker.tests.factories import SupervisedProcessFactory, WorkerHeartbeatFactory
 from worker.tests.processes import Service, wait_until
 
 
@@ -63,16 +64,13 @@ def test_an_order_placed_right_after_the_pause_answers_waits_for_the_unpause(tmp
 
 
 def beat(name: str, *, version: int, pid: int = 1, concurrency: int = 4, prefetch: int = 10, age: float = 0.0) -> None:
-    now = timezone.now()
-    WorkerHeartbeat.objects.create(
+    WorkerHeartbeatFactory(
         name=name,
-        hostname="h",
         pid=pid,
         settings_version=version,
         concurrency=concurrency,
         prefetch=prefetch,
-        started_at=now,
-        last_seen=now - timedelta(seconds=age),
+        last_seen=timezone.now() - timedelta(seconds=age),
     )
 
 
@@ -95,8 +93,8 @@ def test_a_worker_on_an_older_version_is_named_until_it_reports_the_new_one(sett
 def test_under_the_supervisor_done_means_the_wanted_workers_threads_and_prefetch(settings):
     settings.WORKER_CONCURRENCY, settings.WORKER_PREFETCH = 4, 10
     row = sandbox.sandbox_update(changes={"workers": 2, "worker_prefetch": 1}, via="test")
-    SupervisedProcess.objects.create(name="worker-1", role="worker", pid=11, state="running")
-    SupervisedProcess.objects.create(name="worker-9", role="worker", pid=99, state="stopped")
+    SupervisedProcessFactory(name="worker-1", pid=11)
+    SupervisedProcessFactory(name="worker-9", pid=99, state="stopped")
     beat("a", version=row.version, pid=11, prefetch=10)
     beat("killed", version=row.version, pid=12, prefetch=1)  # not a process the supervisor runs: not counted
     applied = settings_applied(row)
@@ -106,7 +104,7 @@ def test_under_the_supervisor_done_means_the_wanted_workers_threads_and_prefetch
         {"name": "workers", "why": "1 more starting"},
     ]
     WorkerHeartbeat.objects.filter(pk="a").update(prefetch=1)
-    SupervisedProcess.objects.create(name="worker-2", role="worker", pid=13, state="running")
+    SupervisedProcessFactory(name="worker-2", pid=13)
     beat("b", version=row.version, pid=13, prefetch=1)
     assert settings_applied(row).applied == ["worker-1", "worker-2"]
     assert settings_applied(row).done
@@ -152,7 +150,7 @@ def test_a_queue_limit_is_done_once_the_supervisor_applied_its_policy_and_says_w
     [pending] = settings_applied(row).pending
     assert pending["name"] == "main queue policy" and "make run's supervisor" in pending["why"]
 
-    SupervisedProcess.objects.create(name="worker-1", role="worker", pid=1, state="running")
+    SupervisedProcessFactory(name="worker-1", pid=1)
     assert "the supervisor is setting" in settings_applied(row).pending[0]["why"]
     SandboxSettings.objects.update(queue_policy_in_effect="failed: nodedown")
     assert "rabbitmqctl failed: nodedown" in settings_applied(SandboxSettings.load()).pending[0]["why"]

@@ -70,9 +70,11 @@ def test_sigkills_inside_batches_lose_nothing_and_charge_nothing_twice(tmp_path,
     def recover() -> bool:
         """A plain worker takes back what the kill left (redelivered) and finishes every order so far. It stops
         before the next round, so that round's worker gets the round's fresh orders in one burst: batches."""
-        start()
+        worker = start()
         settled = wait_until_settled(ids, tick=keep_alive)
-        assert workers[-1].stop() == 0, workers[-1].output()[-3000:]
+        # Stopped once it consumes (its SIGTERM handler is in place by then), even if the kill had left nothing.
+        assert wait_until(lambda: " consuming " in worker.output(), 60), worker.output()[-3000:]
+        assert worker.stop() == 0, worker.output()[-3000:]
         return settled
 
     finished = True
@@ -105,7 +107,7 @@ def test_sigkills_inside_batches_lose_nothing_and_charge_nothing_twice(tmp_path,
             worker = start()
             started = Order.objects.filter(pk__in=wave, status=OrderStatus.PROCESSING)
             assert wait_until(started.exists, 90), worker.output()[-3000:]
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 0.3))  # a random moment of the batch, on purpose
             worker.kill()
             random_kills += 1
             finished = recover()

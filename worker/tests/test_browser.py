@@ -7,17 +7,18 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
 
-from orders.tests.factories import ProductFactory
+from orders import sandbox
+from orders.tests.factories import ProductFactory, StaffFactory
 from worker.tests.conftest import (
     BROWSER_PASSWORD,
+    a_worker_runs_current_settings,
     open_logged_in,
     place_order_from_the_form,
     require_chromium,
     screenshot,
 )
-from worker.tests.processes import Service, Web
+from worker.tests.processes import Service, Web, wait_until
 from worker.topology import topology
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -48,7 +49,7 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
 @pytest.fixture
 def page(stack, browser):
     ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=5000)
-    get_user_model().objects.create_user("browser-staff", password=PASSWORD, is_staff=True)
+    StaffFactory(username="browser-staff", password=PASSWORD)
     context, page = open_logged_in(browser, stack.url, timeout_ms=TIMEOUT_MS)
     yield page
     context.close()
@@ -110,7 +111,8 @@ def test_step_by_step_mode_advances_one_step_per_click(page):
     page.get_by_label("Step-by-step mode").check()
     page.get_by_role("button", name="Apply").click()
     page.locator("#sandbox-result[data-ok=yes]").wait_for()
-    page.wait_for_timeout(1_500)  # workers re-read the sandbox settings at most once a second
+    # "Applied" also answers when no worker has beaten yet: wait for the module's worker to run the change.
+    assert wait_until(a_worker_runs_current_settings, 20)
     order_id = place_order_from_the_form(page)
     page.goto(f"/orders/{order_id}/")
     page.locator("#live-status[data-state=live]").wait_for()
@@ -133,10 +135,10 @@ def test_step_by_step_mode_advances_one_step_per_click(page):
         page.locator("#order-status", has_text="completed").wait_for()
         assert next_step.is_disabled()
     finally:
-        page.goto("/")
-        page.get_by_label("Step-by-step mode").uncheck()
-        page.get_by_role("button", name="Apply").click()
-        page.locator("#sandbox-result[data-ok=yes]").wait_for()
+        # Step mode off for the module's next tests, through the service: a freshly opened page's form is refilled
+        # from the server once its settings request answers, which could re-check a box unchecked before that.
+        sandbox.sandbox_update(changes={"step_mode": False}, via="test")
+        assert wait_until(a_worker_runs_current_settings, 20)
 
 
 def test_a_burst_updates_the_counters_live(page):

@@ -19,6 +19,7 @@ from worker.tests.conftest import (
     require_chromium,
     screenshot,
 )
+from worker.tests.factories import SupervisedProcessFactory, WorkerHeartbeatFactory
 from worker.tests.processes import Service, Web
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -139,9 +140,7 @@ def test_settings_are_shared_live_between_pages(web, browser, staff):
 def test_gone_workers_and_a_disconnected_page(browser, staff, tmp_path):
     now = timezone.now()
     for name, silent_for in (("worker-live", 0), ("worker-gone", 60), ("worker-forgotten", 600)):
-        WorkerHeartbeat.objects.create(
-            name=name, hostname="host", pid=1, started_at=now, last_seen=now - timedelta(seconds=silent_for)
-        )
+        WorkerHeartbeatFactory(name=name, started_at=now, last_seen=now - timedelta(seconds=silent_for))
     server = Web(log_dir=tmp_path).start().wait_ready()
     # A busy machine can take longer than WORKER_STALE_AFTER to start the server: the live worker beats again now.
     WorkerHeartbeat.objects.filter(name="worker-live").update(last_seen=timezone.now())
@@ -205,7 +204,7 @@ def test_controls_and_all_stages_are_visible_together(web, browser, staff, width
     # say why they are off (three lines): the tightest case a learner meets. The supervisor's rows are dated ahead so
     # that they stay fresh however long the page takes to open on a busy machine.
     sandbox.sandbox_update(changes={"step_mode": True}, via="test")
-    SupervisedProcess.objects.create(name="worker-1", role="worker", pid=1, state="running")
+    SupervisedProcessFactory(name="worker-1")
     SupervisedProcess.objects.update(updated_at=timezone.now() + timedelta(minutes=5))
     context, page = open_dashboard(browser, web, width=width, height=height)
     try:

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from worker.models import QueueStat, SupervisedProcess
 from worker.tests.conftest import CHROMIUM, open_logged_in, screenshot
+from worker.tests.factories import QueueStatFactory, SupervisedProcessFactory
 from worker.tests.processes import Service
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -83,8 +84,8 @@ def test_rows_of_an_ended_supervisor_are_not_the_state_of_processes_started_by_h
 ):
     # An earlier `make run`, killed: its rows say the relay stopped and worker-1 crashed, and nobody refreshes them.
     ended = timezone.now() - timedelta(minutes=3)
-    SupervisedProcess.objects.create(name="relay", role="relay", pid=1, state="stopped", last_exit="exit 0")
-    SupervisedProcess.objects.create(name="worker-1", role="worker", pid=2, state="crashed", last_exit="exit 70")
+    SupervisedProcessFactory(name="relay", role="relay", state="stopped", last_exit="exit 0")
+    SupervisedProcessFactory(name="worker-1", state="crashed", last_exit="exit 70")
     SupervisedProcess.objects.update(updated_at=ended)
     relay = Service("run_relay", log_dir=tmp_path).start()
     worker = Service("run_worker", log_dir=tmp_path).start()
@@ -111,9 +112,7 @@ def test_rows_of_an_ended_supervisor_are_not_the_state_of_processes_started_by_h
 def test_queue_depths_observed_long_ago_say_when(web, browser, staff):
     # The last observation before RabbitMQ was cut, half a minute ago: nobody has been able to look since.
     observed = timezone.now() - timedelta(seconds=30)
-    QueueStat.objects.create(
-        name="t.orders.process", role="main", position=0, ready=12, consumers=1, observed_at=observed
-    )
+    QueueStatFactory(name="t.orders.process", ready=12, consumers=1, observed_at=observed)
     context, page = open_logged_in(browser, web.url, width=1280, height=800, timeout_ms=TIMEOUT_MS)
     try:
         page.locator("#queue-rows tr[data-queue='t.orders.process']").wait_for()

@@ -140,7 +140,7 @@ def settled(page, lesson: catalog.Lesson, phase: str, timeout_ms: int = CHECKPOI
         if shown["accepted"] and shown["in_flight"] == 0 and shown["not_yet_known"] == 0:
             return shown
         assert time.monotonic() < deadline, f"{lesson.slug}/{phase} did not settle: {shown}"
-        page.wait_for_timeout(250)
+        page.wait_for_timeout(250)  # the poll's interval: the figures are read again
 
 
 def run_back_to_back(page, lessons: tuple[catalog.Lesson, ...]) -> dict[str, dict[str, dict[str, float]]]:

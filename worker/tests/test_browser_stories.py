@@ -102,9 +102,9 @@ def test_stories_from_the_page(stack, browser):
         screenshot(page, "stories-kill-restarted", full_page=False)
 
         # 1b. A worker is stopped with SIGTERM while it holds orders: it finishes and acks them, exits 0, and the
-        # supervisor starts it again. Slow steps again; the running worker reads the change within a second.
-        sandbox.sandbox_update(changes={"step_delay_ms": 1000}, via="test")
-        time.sleep(1.5)
+        # supervisor starts it again. Slow steps again, once the running worker runs them.
+        _row, applied = sandbox.sandbox_update_applied(changes={"step_delay_ms": 1000}, via="test")
+        assert applied.done, applied.text()
         stopped = place(4, "term")
         assert wait_until(lambda: Order.objects.filter(pk__in=stopped, status=OrderStatus.PROCESSING).exists(), 30)
         page.select_option("#kill-process", "worker-1")

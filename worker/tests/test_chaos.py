@@ -65,7 +65,7 @@ def test_sigkill_chaos_loses_no_order_and_charges_none_twice(tmp_path, broker):
             # Kill it mid-order: once its heartbeat says it holds deliveries (its steps are left to chance).
             if not wait_until(lambda w=worker: holds_deliveries(w) or all_terminal(ids), 60) or all_terminal(ids):
                 break
-            time.sleep(rng.uniform(0.0, 1.0))
+            time.sleep(rng.uniform(0.0, 1.0))  # a random moment of its work: no event to wait for, on purpose
             worker.kill()
             kills += 1
             worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()
@@ -192,7 +192,7 @@ def test_relay_and_worker_sigkills_lose_nothing_and_process_nothing_twice(tmp_pa
                 # Kill it mid-order: once it has started one of this wave (which step it is in is left to chance).
                 started = Order.objects.filter(pk__in=ids[wave_start:], status=OrderStatus.PROCESSING)
                 wait_until(started.exists, 30)
-                time.sleep(rng.uniform(0.0, 0.3))
+                time.sleep(rng.uniform(0.0, 0.3))  # a random moment of its work, on purpose
                 worker.kill()
                 kills["worker"] += 1
                 worker = Service("run_worker", *worker_args, log_dir=tmp_path).start()

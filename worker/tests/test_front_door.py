@@ -21,10 +21,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
 
-from worker.tests.processes import ROOT, GunicornWeb, Process, Web, free_port, service_env
+from orders.tests.factories import StaffFactory
+from worker.tests.processes import ROOT, GunicornWeb, Process, Web, free_port, service_env, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -108,9 +108,27 @@ def front_door(django_db_setup, django_db_blocker, tmp_path_factory):
             process.stop()
 
 
+def server_sockets(port: int) -> tuple[int | None, int]:
+    """What 127.0.0.1:`port`'s server holds (/proc/net/tcp): the connections its listening socket has not accepted
+    yet (a listening socket's rx_queue is its accept queue; None when nothing listens there), and the connections it
+    has accepted and read everything sent on (rx_queue 0)."""
+    waiting, read = None, 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, unread = fields[1], fields[3], int(fields[4].split(":")[1], 16)
+        if int(local.split(":")[1], 16) != port:
+            continue
+        if state == "0A":  # LISTEN
+            waiting = (waiting or 0) + unread
+        elif state == "01" and unread == 0:  # ESTABLISHED
+            read += 1
+    return waiting, read
+
+
 @contextmanager
-def slow_posts(url: str, count: int) -> Iterator[list[socket.socket]]:
-    """`count` connections each sending POST /api/orders/ with Content-Length: 100000, one body byte every 2 s."""
+def slow_posts(url: str, count: int, *, taken: int) -> Iterator[list[socket.socket]]:
+    """`count` connections each sending POST /api/orders/ with Content-Length: 100000, one body byte every 2 s; yields
+    once the server has accepted them all and is reading `taken` of them (has read their head and first byte)."""
     host, port = url.removeprefix("http://").split(":")
     head = (
         f"POST /api/orders/ HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
@@ -132,7 +150,12 @@ def slow_posts(url: str, count: int) -> Iterator[list[socket.socket]]:
     dripper = threading.Thread(target=drip, daemon=True)
     dripper.start()
     try:
-        time.sleep(3)  # the connections are in: each has sent its head and begun its body
+
+        def in_the_server() -> bool:
+            waiting, read = server_sockets(int(port))
+            return waiting == 0 and read >= taken
+
+        assert wait_until(in_the_server, 10), f"(not accepted, read): {server_sockets(int(port))}"
         yield sockets
     finally:
         stop.set()
@@ -153,7 +176,7 @@ def probe(url: str, count: int = 8) -> list[float | None]:
         except (OSError, urllib.error.URLError):
             ok = False
         timings.append(time.monotonic() - started if ok else None)
-        time.sleep(0.25)
+        time.sleep(0.25)  # probes spread over the slow clients' drip, not fired in one burst
     return timings
 
 
@@ -169,11 +192,11 @@ def describe(timings: list[float | None]) -> str:
 
 def test_slow_clients_do_not_starve_the_app_behind_the_front_door(front_door):
     front, gunicorn = front_door
-    with slow_posts(front, SLOW_CLIENTS):
+    with slow_posts(front, SLOW_CLIENTS, taken=SLOW_CLIENTS):  # nginx reads every one
         through_the_front_door = probe(front)
     print(f"\n/healthz through the front door, {SLOW_CLIENTS} slow clients on it: {describe(through_the_front_door)}")
     # For comparison (printed, not asserted: how badly depends on timing): the same clients on gunicorn itself.
-    with slow_posts(gunicorn, SLOW_CLIENTS):
+    with slow_posts(gunicorn, SLOW_CLIENTS, taken=0):  # accepted; how many its threads then hold varies
         direct = probe(gunicorn, count=4)
     print(f"/healthz on gunicorn directly, {SLOW_CLIENTS} slow clients on it: {describe(direct)}")
     assert None not in through_the_front_door, describe(through_the_front_door)
@@ -202,7 +225,7 @@ def test_the_front_door_refuses_a_body_over_its_limit_before_reading_it(front_do
 
 def test_the_front_door_carries_websockets_to_daphne(front_door):
     front, _gunicorn = front_door
-    staff = get_user_model().objects.create_user("front-door-staff", password="front-door-password", is_staff=True)
+    staff = StaffFactory(username="front-door-staff", password="front-door-password")
     client = Client()
     client.force_login(staff)
     session = client.cookies["sessionid"].value

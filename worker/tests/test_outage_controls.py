@@ -7,16 +7,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.utils import timezone
 from rest_framework.test import APIClient
 
 from orders import sandbox
 from orders.models import Order, OrderStatus, Payment
 from orders.sandbox.faults import Faults
-from worker.models import ServiceLink, SupervisedProcess, SupervisorRequest
+from orders.tests.factories import StaffFactory
+from worker.models import SupervisedProcess, SupervisorRequest
 from worker.relay import relay_once
 from worker.replay import replay_dead_letters
+from worker.tests.factories import ServiceLinkFactory, SupervisedProcessFactory
 from worker.tests.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def staff() -> APIClient:
     client = APIClient(enforce_csrf_checks=True)
-    client.force_login(get_user_model().objects.create_user("ops", password="x", is_staff=True))
+    client.force_login(StaffFactory(username="ops"))
     client.get("/")
     return client
 
@@ -39,11 +39,10 @@ def post(client: APIClient, url: str, body: dict):
 @pytest.fixture
 def a_supervisor_runs():
     """The rows a running supervisor keeps fresh (worker/supervisor.py's heartbeat, worker/links.py)."""
-    now = timezone.now()
-    SupervisedProcess.objects.create(name="worker-1", role="worker", pid=1, state="running")
-    SupervisedProcess.objects.create(name="relay", role="relay", pid=2, state="running")
+    SupervisedProcessFactory(name="worker-1", pid=1)
+    SupervisedProcessFactory(name="relay", role="relay", pid=2)
     for name in ("postgresql", "rabbitmq", "redis"):
-        ServiceLink.objects.create(name=name, target="127.0.0.1:1", proxy_ports="2", updated_at=now)
+        ServiceLinkFactory(name=name)
 
 
 def test_without_a_supervisor_the_controls_answer_409_and_file_nothing(staff):
@@ -87,7 +86,7 @@ def test_with_a_supervisor_a_request_is_filed_for_it(staff, a_supervisor_runs):
 def cluster_nodes(*states: str) -> None:
     """The rows a supervisor running against `make cluster`'s nodes keeps fresh (rabbitmq-1 …)."""
     for number, state in enumerate(states, start=1):
-        SupervisedProcess.objects.create(name=f"rabbitmq-{number}", role="rabbitmq", pid=100 + number, state=state)
+        SupervisedProcessFactory(name=f"rabbitmq-{number}", role="rabbitmq", pid=100 + number, state=state)
 
 
 def test_the_node_controls_need_a_supervisor_and_a_cluster(staff, a_supervisor_runs):

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.contrib.auth import get_user_model
 
 from orders.models import Order, OrderStatus
-from orders.tests.factories import ProductFactory
+from orders.tests.factories import ProductFactory, StaffFactory
 from worker.tests.conftest import log_in, place_order_from_the_form
 from worker.tests.processes import ROOT, GunicornWeb, Service, Web, service_env, wait_until
 
@@ -89,7 +88,7 @@ def test_gunicorn_accepts_orders_and_serves_static_files(servers):
 def test_the_dashboard_from_gunicorn_goes_live_over_daphne_with_the_same_login(servers, browser):
     http, ws = servers
     ProductFactory(sku="BOOK-001", name="The Pragmatic Queue", price="25.00", stock=100)
-    get_user_model().objects.create_user("split-staff", password=PASSWORD, is_staff=True)
+    StaffFactory(username="split-staff", password=PASSWORD)
     context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=http.url)
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()

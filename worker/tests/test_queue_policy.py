@@ -7,12 +7,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import pika
 import pytest
 from django.conf import settings
 
 from orders.models import OutboxMessage, SandboxSettings
 from worker.queue_policy import FAILED, QueuePolicy, policy_name, policy_pattern, wanted_policy
 from worker.relay import relay_once
+from worker.tests.processes import wait_until
 from worker.topology import Topology
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -25,6 +27,19 @@ def policies() -> str:
     return subprocess.run([settings.RABBITMQCTL, "-q", "list_policies"], capture_output=True, text=True).stdout
 
 
+def leader_max_length(topology: Topology) -> str:
+    """The max-length the main queue's Raft leader enforces (`10`, or `undefined`), read from its state with
+    rabbitmqctl eval: a policy reaches a quorum queue's leader asynchronously, after set_policy has answered."""
+    vhost = pika.URLParameters(settings.AMQP_URLS[0]).virtual_host
+    expression = (
+        f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, <<"{topology.process_queue}">>)), '
+        "{ok, {_, Config}, _} = ra:leader_query(amqqueue:get_pid(Q), "
+        "fun(State) -> maps:get(config, rabbit_fifo:overview(State)) end), maps:get(max_length, Config)."
+    )
+    ran = subprocess.run([settings.RABBITMQCTL, "-q", "eval", expression], capture_output=True, text=True)
+    return ran.stdout.strip()
+
+
 @pytest.fixture
 def limit(broker):
     """Sets the policy for this run's topology; always cleared at the end."""
@@ -32,7 +47,8 @@ def limit(broker):
 
     def apply(overflow: str) -> None:
         assert policy.follow(wanted_policy(10, overflow))
-        broker.connection.sleep(1.0)  # the queue's leader takes the new policy in asynchronously
+        # Its max-length and overflow reach the leader in one configuration command.
+        assert wait_until(lambda: leader_max_length(broker.topology) == "10", 30)
 
     yield apply
     policy.clear()

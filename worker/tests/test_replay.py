@@ -3,11 +3,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from orders.models import EventKind, Order, OrderEvent, OrderStatus, OutboxMessage
+from orders.tests.factories import AdminFactory, StaffFactory
 from worker.replay import replay_dead_letters
 
 pytestmark = pytest.mark.django_db
@@ -23,7 +23,7 @@ def dead_order(place_order):
 
 @pytest.fixture
 def staff_api(api):
-    api.force_authenticate(get_user_model().objects.create_user("ops", is_staff=True))
+    api.force_authenticate(StaffFactory(username="ops"))
     return api
 
 
@@ -88,7 +88,7 @@ def test_anonymous_users_cannot_replay(dead_order):
 
 
 def test_the_admin_action_replays_selected_orders(broker, dead_order, client):
-    admin = get_user_model().objects.create_superuser("root", password="pw")
+    admin = AdminFactory(username="root", password="pw")
     client.force_login(admin)
     response = client.post(
         "/admin/orders/order/",

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import websockets
-from django.contrib.auth import get_user_model
 from django.test import Client
 from django_redis import get_redis_connection
 
 from orders import cache
+from orders.tests.factories import StaffFactory
 from worker.tests.processes import Web, service_env, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,7 +31,7 @@ class PatientDaphne(Web):
 
 
 def logged_in_cookie() -> tuple[str, int]:
-    user = get_user_model().objects.create_user(username="watcher", password="x", is_staff=True)
+    user = StaffFactory(username="watcher", password="x")
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}", user.pk

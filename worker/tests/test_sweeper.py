@@ -10,10 +10,12 @@ from django.utils import timezone
 
 from orders import sandbox
 from orders.models import EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Payment
+from orders.tests.factories import OrderEventFactory, OutboxMessageFactory
 from worker import sweeper as sweeper_module
 from worker.models import WorkerHeartbeat
 from worker.relay import relay_once, run_relay
 from worker.sweeper import Sweeper, orders_resend_stale
+from worker.tests.factories import WorkerHeartbeatFactory
 from worker.tests.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -112,13 +114,10 @@ def test_it_leaves_alone_what_is_in_a_workers_hands_a_retry_tier_the_outbox_or_t
     held, retrying, unsent, stale = (place_order() for _ in range(4))
     relay_once(broker)
     broker.channel.queue_purge(broker.topology.process_queue)
-    now = timezone.now()
-    WorkerHeartbeat.objects.create(
-        name="holder", hostname="h", pid=1, holding=[str(held.pk)], started_at=now, last_seen=now + timedelta(hours=1)
-    )
+    WorkerHeartbeatFactory(holding=[str(held.pk)], last_seen=timezone.now() + timedelta(hours=1))
     Order.objects.filter(pk=retrying.pk).update(status=OrderStatus.RETRYING)
-    OrderEvent.objects.create(order=retrying, seq=99, kind=EventKind.RETRY_SCHEDULED, message="retry 1 in 2 s")
-    OutboxMessage.objects.create(order=unsent, payload={})
+    OrderEventFactory(order=retrying, kind=EventKind.RETRY_SCHEDULED)  # its latest event
+    OutboxMessageFactory(order=unsent)
 
     sweeper = Sweeper(after=AFTER, every=0)
     sweeper.retry_grace = timedelta(hours=1)  # the retry tier's delay has not passed yet
@@ -139,9 +138,7 @@ def test_it_waits_until_every_live_worker_has_reported_since_the_queue_was_seen_
     broker.channel.queue_purge(broker.topology.process_queue)
     OrderEvent.objects.filter(order=order).update(at=F("at") - timedelta(minutes=5))  # long stale
     # A live worker whose last report predates the observation may have taken the message just before it.
-    worker = WorkerHeartbeat.objects.create(
-        name="w", hostname="h", pid=1, started_at=timezone.now(), last_seen=timezone.now()
-    )
+    worker = WorkerHeartbeatFactory()
     sweeper = Sweeper(after=AFTER, every=60)
     sweeper.observe(ready(broker))
     assert sweeper.sweep() == []

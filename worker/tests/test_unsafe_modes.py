@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import F
 from rest_framework.test import APIClient
@@ -28,7 +27,7 @@ from orders.models import (
 )
 from orders.sandbox.faults import Faults
 from orders.sandbox.policies import STALE_AFTER
-from orders.tests.factories import ProductFactory
+from orders.tests.factories import ProductFactory, StaffFactory
 from worker import checkpoints as broker_checkpoints
 from worker.models import WorkerHeartbeat
 from worker.processing import ACK, Processor
@@ -53,7 +52,7 @@ def book():
 @pytest.fixture
 def staff_api():
     client = APIClient()
-    client.force_authenticate(get_user_model().objects.create_user("modes-staff", password="pw", is_staff=True))
+    client.force_authenticate(StaffFactory(username="modes-staff", password="pw"))
     return client
 
 

@@ -12,7 +12,6 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from channels_redis.core import RedisChannelLayer
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.test import Client
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -29,6 +28,7 @@ from orderpipe.dashboard.consumers import (
 )
 from orders import services
 from orders.models import EventKind, Order, OrderStatus
+from orders.tests.factories import StaffFactory, UserFactory
 
 # Each test takes seconds; one still running after two minutes fails with every thread's stack (pyproject.toml).
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
@@ -37,11 +37,8 @@ ORIGIN = b"http://127.0.0.1:8000"
 
 
 def session_cookie(*, staff: bool) -> bytes:
-    user = get_user_model().objects.create_user(
-        username=f"{'staff' if staff else 'viewer'}-{get_user_model().objects.count()}", password="x", is_staff=staff
-    )
     client = Client()
-    client.force_login(user)
+    client.force_login(StaffFactory() if staff else UserFactory())
     return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
@@ -356,7 +353,7 @@ def test_a_crashed_servers_slots_lapse(settings):
         assert not await sockets.acquire(redis, "user:crashed", "b", cap=1, ttl_seconds=0.3)
         async with asyncio.timeout(10):
             while not await sockets.acquire(redis, "user:crashed", "b", cap=1, ttl_seconds=60):
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # the poll's interval, until the first slot's TTL has run out
         assert await sockets.held(redis, "user:crashed") == 1
         # ...while a refreshed slot keeps counting.
         assert await sockets.refresh(redis, "user:crashed", "b", ttl_seconds=60)

@@ -6,14 +6,13 @@ import json
 
 import pytest
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import connection
 from rest_framework.test import APIClient
 
 from orderpipe.dashboard.controls import NotEnoughStock, burst_create, burst_plan
 from orders import cache, live
 from orders.models import Order, OrderEvent, OutboxMessage, Product
-from orders.tests.factories import ProductFactory
+from orders.tests.factories import ProductFactory, StaffFactory, UserFactory
 from worker.tests.processes import wait_until
 from worker.topology import topology
 
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def staff() -> APIClient:
     client = APIClient(enforce_csrf_checks=True)
-    client.force_login(get_user_model().objects.create_user("ops", password="x", is_staff=True))
+    client.force_login(StaffFactory(username="ops"))
     client.get("/")  # sets the CSRF cookie, as the dashboard does
     return client
 
@@ -134,10 +133,10 @@ def test_controls_need_staff_and_csrf(product):
     anonymous = APIClient()
     assert anonymous.post("/api/controls/flush-cache/").status_code == 403
     viewer = APIClient()
-    viewer.force_login(get_user_model().objects.create_user("viewer", password="x"))
+    viewer.force_login(UserFactory(username="viewer"))
     assert viewer.post("/api/controls/burst/", {"count": 1}, format="json").status_code == 403
     staff = APIClient(enforce_csrf_checks=True)
-    staff.force_login(get_user_model().objects.create_user("staff", password="x", is_staff=True))
+    staff.force_login(StaffFactory(username="staff"))
     assert staff.post("/api/controls/burst/", {"count": 1}, format="json").status_code == 403  # no CSRF token
     assert viewer.post("/api/controls/restock/", {}, format="json").status_code == 403
     assert anonymous.post("/api/controls/restock/", {}, format="json").status_code == 403

@@ -16,13 +16,14 @@ from orders import cache, services
 from orders.models import OrderStatus
 from orders.sandbox import BURST_MAX
 from orders.serializers import MAX_QUANTITY
+from orders.tests.factories import StaffFactory
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def staff_client(client):
-    client.force_login(get_user_model().objects.create_user("staff", password="x", is_staff=True))
+    client.force_login(StaffFactory(username="staff"))
     return client
 
 

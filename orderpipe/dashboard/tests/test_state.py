@@ -8,7 +8,8 @@ from django.utils import timezone
 from orderpipe.dashboard import state as pipeline
 from orders import sandbox
 from worker import supervision
-from worker.models import QueueStat, SupervisedProcess, WorkerHeartbeat
+from worker.models import SupervisedProcess, WorkerHeartbeat
+from worker.tests.factories import QueueStatFactory, SupervisedProcessFactory, WorkerHeartbeatFactory
 
 
 @pytest.mark.django_db
@@ -19,7 +20,7 @@ def test_a_worker_that_stops_heart_beating_is_listed_as_gone_then_forgotten():
         ("w-gone", pipeline.WORKER_STALE_AFTER * 2),
         ("w-old", pipeline.WORKER_FORGET_AFTER * 2),
     ):
-        WorkerHeartbeat.objects.create(name=name, hostname="h", pid=1, started_at=now, last_seen=now - silent_for)
+        WorkerHeartbeatFactory(name=name, started_at=now, last_seen=now - silent_for)
     state = pipeline.pipeline_state()
     assert [w["name"] for w in state["workers"]] == ["w-live"]
     gone = state["gone_workers"]
@@ -41,8 +42,8 @@ def test_the_pipeline_state_carries_the_sandbox_settings_and_the_active_faults()
 def test_rows_of_a_supervisor_that_stopped_heart_beating_are_not_shown_as_the_state_of_processes():
     """Processes started by hand against a database an earlier `make run` used: that run's rows (relay "stopped",
     worker-1 "crashed") describe nothing running now. The page hears that the supervisor ended, and when."""
-    SupervisedProcess.objects.create(name="relay", role="relay", pid=11, state="stopped", last_exit="exit 0")
-    SupervisedProcess.objects.create(name="worker-1", role="worker", pid=12, state="crashed")
+    SupervisedProcessFactory(name="relay", role="relay", state="stopped", last_exit="exit 0")
+    SupervisedProcessFactory(name="worker-1", state="crashed")
     state = pipeline.pipeline_state()
     assert [p["name"] for p in state["processes"]] == ["relay", "worker-1"]  # a running supervisor's rows
     assert state["supervisor_run"]["running"] is True
@@ -60,9 +61,9 @@ def test_rows_of_a_supervisor_that_stopped_heart_beating_are_not_shown_as_the_st
 @pytest.mark.django_db
 def test_queue_depths_observed_more_than_a_few_seconds_ago_are_marked_stale():
     now = timezone.now()
-    QueueStat.objects.create(name="q.fresh", role="main", position=0, ready=3, consumers=1, observed_at=now)
+    QueueStatFactory(name="q.fresh", ready=3, consumers=1, observed_at=now)
     old = now - pipeline.QUEUE_STALE_AFTER - timedelta(seconds=1)
-    QueueStat.objects.create(name="q.old", role="dead", position=1, ready=7, consumers=0, observed_at=old)
+    QueueStatFactory(name="q.old", role="dead", position=1, ready=7, observed_at=old)
     queues = {q["name"]: q for q in pipeline.pipeline_state()["queues"]}
     assert queues["q.fresh"]["stale"] is False
     assert (queues["q.old"]["stale"], queues["q.old"]["observed_at"]) == (True, old.isoformat())

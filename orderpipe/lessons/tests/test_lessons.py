@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -25,8 +24,16 @@ from orders.models import (
     OutboxMessage,
     SandboxSettings,
 )
-from orders.tests.factories import ProductFactory
-from worker.models import QueueStat, WorkerHeartbeat
+from orders.tests.factories import (
+    GatewayChargeFactory,
+    OrderEventFactory,
+    PaymentFactory,
+    ProductFactory,
+    StaffFactory,
+    UserFactory,
+)
+from worker.models import QueueStat
+from worker.tests.factories import WorkerHeartbeatFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +41,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def staff() -> APIClient:
     client = APIClient()
-    client.force_login(get_user_model().objects.create_user("teacher", password=None, is_staff=True))
+    client.force_login(StaffFactory(username="teacher"))
     return client
 
 
@@ -102,12 +109,10 @@ def test_lost_counts_only_orders_whose_message_is_nowhere():
         OutboxMessage.objects.filter(order=order).update(sent_at=timezone.now())
     Order.objects.filter(pk__in=[queued.pk, held.pk, resent.pk]).update(status=OrderStatus.PROCESSING)
     Order.objects.filter(pk=done.pk).update(status=OrderStatus.COMPLETED)
-    OrderEvent.objects.create(order=resent, seq=99, kind=EventKind.RESENT, message="re-sent")
+    OrderEventFactory(order=resent, kind=EventKind.RESENT)
     for order in (queued, held, in_outbox, done, resent):
         age(order)
-    WorkerHeartbeat.objects.create(
-        name="w", hostname="h", pid=1, holding=[str(held.pk)], started_at=timezone.now(), last_seen=timezone.now()
-    )
+    WorkerHeartbeatFactory(holding=[str(held.pk)])
 
     queues_seen(ready=3)  # something waits in a queue: nobody can say whose, so nothing is called lost yet
     numbers = measure(email)
@@ -140,8 +145,8 @@ def test_charged_twice_and_duplicates():
     email = "t-run-b@lessons.example.com"
     a, b = place(email, 2)
     for order, charges in ((a, 2), (b, 1)):
-        for n in range(charges):
-            GatewayCharge.objects.create(order_ref=str(order.pk), amount=order.total, reference=f"sim-{order.pk}-{n}")
+        for _ in range(charges):
+            GatewayChargeFactory(order=order)
     numbers = measure(email)
     assert (numbers["charges"], numbers["charged_twice"]) == (3, 1)
 
@@ -199,8 +204,8 @@ def test_a_reset_deletes_payments_and_ledger_lines_of_its_orders(staff):
     order = place(run_email(lesson.slug, run, "flaky"))[0]
     from orders.models import Payment
 
-    Payment.objects.create(order=order, amount=order.total, gateway_reference="sim-1")
-    GatewayCharge.objects.create(order_ref=str(order.pk), amount=order.total, reference="sim-1")
+    PaymentFactory(order=order)
+    GatewayChargeFactory(order=order)
     assert staff.post(f"/lessons/{lesson.slug}/reset/").json()["removed_orders"] == 1
     assert not Payment.objects.exists() and not GatewayCharge.objects.exists()
 
@@ -208,7 +213,7 @@ def test_a_reset_deletes_payments_and_ledger_lines_of_its_orders(staff):
 def test_only_staff_act_and_only_staff_see_the_instructor_page(settings):
     settings.DEBUG = True
     customer = APIClient()
-    customer.force_login(get_user_model().objects.create_user("learner", password=None))
+    customer.force_login(UserFactory())
     assert customer.post("/lessons/retries/reset/").status_code == 403
     assert customer.post("/lessons/instructor/reset/").status_code == 403
     assert customer.get("/lessons/instructor/").status_code == 302
@@ -401,12 +406,9 @@ def test_orders_a_killed_worker_held_are_not_yet_known_until_the_queues_are_obse
     Order.objects.filter(pk=order.pk).update(status=OrderStatus.PROCESSING)
     age(order)
     queues_seen(ready=0)
-    WorkerHeartbeat.objects.create(
+    WorkerHeartbeatFactory(
         name="killed",
-        hostname="h",
-        pid=1,
         holding=[str(order.pk)],
-        started_at=timezone.now(),
         last_seen=timezone.now() - timedelta(seconds=6),  # stale: taken for dead
     )
     QueueStat.objects.update(observed_at=timezone.now() - timedelta(seconds=7))  # before it died
