@@ -9,7 +9,8 @@ the system can see:
 - no live worker holds it: each worker's heartbeat lists the orders of its unacked deliveries (a worker waiting
   out a database outage, a step delay or step-by-step mode holds its message without progress), and the lists
   are read only once every live worker has reported after the main queue was seen empty (see `Sweeper`);
-- it is not waiting in a retry tier: a `retry_scheduled` event is given the longest tier delay on top;
+- it is not waiting in a retry tier: a `retry_scheduled` event is given the longest delay of any tier's lane on top
+  (1.5 times the longest tier's: its longest jitter lane);
 - it is not waiting in the main queue: a passive declare counts ready messages but cannot tell whose they are, so
   while the main queue holds any, nothing is swept (under a standing backlog a lost message is re-sent once the
   queue drains: late, never wrongly);
@@ -39,6 +40,7 @@ from orders.events import record_event
 from orders.models import EventKind, Order, OrderEvent, OrderStatus, OutboxMessage
 from orders.services import order_message, outbox_channel
 from worker.models import WorkerHeartbeat
+from worker.topology import topology
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,9 @@ class Sweeper:
     def __init__(self, *, after: float | None = None, every: float | None = None) -> None:
         self.after = settings.SWEEP_AFTER if after is None else after
         self.every = settings.SWEEP_EVERY if every is None else every
-        self.retry_grace = timedelta(milliseconds=max(settings.RETRY_DELAYS_MS, default=0))
+        self.retry_grace = timedelta(
+            milliseconds=max((lane.delay_ms for tier in topology().retry_tiers for lane in tier.lanes), default=0)
+        )
         self.last_run = time.monotonic()  # the first round waits a full interval: workers report in first
         self.queue_empty_at: datetime | None = None
         self.resent = 0

@@ -74,6 +74,10 @@ class Faults:
     def declined(self) -> bool:
         return self.rng.random() < self.settings()["decline_rate"]
 
+    def gateway_down(self) -> bool:
+        """Whether the payment gateway refuses every call now (`gateway_down_until` is still ahead)."""
+        return sandbox.gateway_down_for(self.settings()) > 0
+
     def step_mode(self) -> bool:
         return bool(self.settings()["step_mode"])
 
@@ -101,6 +105,11 @@ class Faults:
         """How the reserve step takes stock: `guarded` (one conditional UPDATE), or the sandbox's unsafe
         `read_modify_write` (read, compute in Python, write back: a lost update under concurrency)."""
         return self.modes().stock_update
+
+    def retry_backoff(self) -> str:
+        """How a retry waits: `jitter` (a delay lane of its tier picked at random, 0.5-1.5x the tier's delay), or the
+        sandbox's unsafe `fixed` (exactly the tier's delay: orders that failed together come back together)."""
+        return self.modes().retry_backoff
 
 
 class NoFaults(Faults):
