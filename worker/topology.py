@@ -4,10 +4,10 @@
         x-delivery-limit: a message that keeps crashing workers is dead-lettered instead of looping forever
         x-dead-letter-exchange <prefix>.dlx, at-least-once dead-lettering (needs x-overflow=reject-publish)
     retry tiers <prefix>.orders.retry.<delay>: per-queue TTL, dead-lettered back to <prefix>.orders
-        each with jitter lanes <prefix>.orders.retry.<delay>.lane.<ttl> (0.5, 0.75, 1.25 and 1.5x the tier's delay;
-        the tier's own queue is the 1x lane): a retry with jitter waits in one picked at random, so orders that
-        failed together come back spread out. A lane per TTL, because a queue only expires the message at its
-        head: per-message TTLs in one queue would hold a short one behind a long one.
+        each with jitter lanes <prefix>.orders.retry.<delay>.lane.<ttl> (0.5, 0.6, ... 1.5x the tier's delay; the
+        tier's own queue is the 1x lane): a retry with jitter waits in one picked at random, so orders that failed
+        together come back spread out. A lane per TTL, because a queue only expires the message at its head:
+        per-message TTLs in one queue would hold the short ones behind a long one and release them together.
     exchange <prefix>.dlx (fanout) --> quorum queue <prefix>.orders.dead (the parking lot, replayable)
                                    --> quorum queue <prefix>.orders.dead.watch (a copy the worker consumes to mark
                                        orders the broker dead-lettered by itself, e.g. at the delivery limit)
@@ -29,8 +29,9 @@ from django.conf import settings
 
 ROUTING_KEY = "order.placed"
 MESSAGE_TYPE = "order.placed"
-# The delays of a tier's jitter lanes, as factors of the tier's delay (1: the tier's own queue).
-JITTER_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5)
+# The delays of a tier's jitter lanes, as factors of the tier's delay (1: the tier's own queue): eleven, so that a
+# burst's retries, republished within a moment of each other, come back in clumps of a tenth of them at most.
+JITTER_FACTORS = tuple(round(0.5 + 0.1 * step, 1) for step in range(11))
 
 
 def _delay_label(ms: int) -> str:

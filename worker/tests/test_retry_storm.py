@@ -36,14 +36,12 @@ TOPO = Topology(prefix="t", delivery_limit=5, retry_delays_ms=(1000, 5000))
 @pytest.mark.pure
 def test_each_tier_has_lanes_from_half_to_one_and_a_half_times_its_delay_its_own_queue_the_middle_one():
     first, second = TOPO.retry_tiers
-    assert [lane.delay_ms for lane in first.lanes] == [500, 750, 1000, 1250, 1500]
-    assert [lane.delay_ms for lane in second.lanes] == [2500, 3750, 5000, 6250, 7500]
-    assert first.lanes[2].queue == first.queue == "t.orders.retry.1s"
-    assert [lane.queue for lane in first.extra_lanes()] == [
+    assert [lane.delay_ms for lane in first.lanes] == [500, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500]
+    assert [lane.delay_ms for lane in second.lanes][::5] == [2500, 5000, 7500]
+    assert first.lanes[5].queue == first.queue == "t.orders.retry.1s"
+    assert [lane.queue for lane in first.extra_lanes()][:2] == [
         "t.orders.retry.1s.lane.500ms",
-        "t.orders.retry.1s.lane.750ms",
-        "t.orders.retry.1s.lane.1250ms",
-        "t.orders.retry.1s.lane.1500ms",
+        "t.orders.retry.1s.lane.600ms",
     ]
     # The dashboard draws the tiers only; cleaning up removes the lanes too.
     assert [name for name, role in TOPO.queues() if role == "retry"] == [first.queue, second.queue]
@@ -57,7 +55,7 @@ def test_with_jitter_a_retry_waits_in_a_lane_picked_at_random_and_on_fixed_delay
     jitter = Processor(faults=Backoff("jitter"), topo=TOPO, rng=random.Random(7))
     picked = Counter(jitter.delay_lane(tier).queue for _ in range(500))
     assert set(picked) == {lane.queue for lane in tier.lanes}
-    assert min(picked.values()) > 50  # about 100 each: none left out, none favoured
+    assert min(picked.values()) > 20  # about 45 each: none left out, none favoured
     fixed = Processor(faults=Backoff("fixed"), topo=TOPO, rng=random.Random(7))
     assert {fixed.delay_lane(tier) for _ in range(50)} == {tier}
 
