@@ -1134,15 +1134,15 @@ RETRY_STORM = Lesson(
         "the waves repeat at every tier: a retry storm.",
         "Jitter (the safe default here): each retry waits a random share of its tier's delay, 0.5 to 1.5 times it, so "
         "the returns spread out and the gateway sees a trickle. RabbitMQ only expires the message at a queue's head, "
-        "so a per-message TTL in one queue would hold a short wait behind a long one; each tier has five delay queues "
-        "(lanes) with TTLs of 0.5, 0.75, 1, 1.25 and 1.5 times its delay, and the worker picks one at random.",
-        "In each column the gateway refuses every call for {gateway_down} s, from the moment 30 orders arrive at "
+        "so in one queue a long wait would hold the short ones behind it; each tier has eleven delay queues (lanes) "
+        "with TTLs of 0.5, 0.6, ... 1.5 times its delay, and the worker picks one at random.",
+        "In each column the gateway refuses every call for {gateway_down} s, from the moment 20 orders arrive at "
         "once: long enough that each order's first retry is refused too, short enough that the second finds it back. "
         "The chart counts the gateway's calls per 100 ms (red: refused, green: charged). Nothing is lost and nothing "
         "is charged twice either way; what differs is the load the gateway meets, and how long the last order takes.",
     ),
     diagram=Diagram(
-        boxes=("gateway (down, then back)", "worker", "retry tier (one delay, or five lanes 0.5-1.5×)", "main queue"),
+        boxes=("gateway (down, then back)", "worker", "retry tier (its delay, or a lane: 0.5-1.5×)", "main queue"),
         arrows=("refused", "retry: republish to a delay queue", "after the TTL, dead-lettered back"),
         broken=1,
         note="Fixed: every order of a burst waits the same TTL and returns at the same moment. Jitter: a lane at "
@@ -1157,7 +1157,7 @@ RETRY_STORM = Lesson(
             "retry_backoff=jitter (safe)",
             "tier = tiers[retries]\n"
             "lane = random.choice(tier.lanes)\n"
-            "publish(lane.queue)   # TTL = 0.5-1.5 × the delay",
+            "publish(lane.queue)   # TTL = 0.5, 0.6 … 1.5 × the delay",
         ),
     ),
     phases=(Phase("fixed", "fixed delays"), Phase("jitter", "backoff with jitter")),
@@ -1179,15 +1179,15 @@ RETRY_STORM = Lesson(
             (Action("retry_backoff=fixed", "sandbox", {"retry_backoff": "fixed"}),),
         ),
         Step(
-            "The gateway goes down for a few seconds and 30 orders arrive at once. Watch the chart: a wave at the "
+            "The gateway goes down for a few seconds and 20 orders arrive at once. Watch the chart: a wave at the "
             "burst, a wave of refusals at the first tier, a wave of charges at the second.",
-            (Action("Gateway down, 30 orders", "outage_burst", {"count": 30}, phase="fixed"),),
+            (Action("Gateway down, 20 orders", "outage_burst", {"count": 20}, phase="fixed"),),
         ),
         Step(
             "Back to jitter (the safe default), and the same outage and burst.",
             (
                 Action("retry_backoff=jitter", "sandbox", {"retry_backoff": "jitter"}, waits=(settled("fixed"),)),
-                Action("Gateway down, 30 orders", "outage_burst", {"count": 30}, phase="jitter"),
+                Action("Gateway down, 20 orders", "outage_burst", {"count": 20}, phase="jitter"),
             ),
         ),
     ),
@@ -1221,7 +1221,10 @@ RETRY_STORM = Lesson(
         ),
     ),
     minutes=1,
-    baseline=baseline(),
+    # Sixteen threads that may hold every order of the burst: the worker takes a wave as fast as it comes, so what
+    # the gateway meets is the wave's shape, not one worker's pace.
+    baseline=baseline(worker_concurrency=16, worker_prefetch=20),
+    needs_supervisor=True,
     chart="calls_chart",
 )
 

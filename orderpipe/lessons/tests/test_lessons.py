@@ -459,7 +459,7 @@ def test_the_retry_storm_lesson_counts_the_gateways_calls_per_100_ms_and_the_ret
 
 def test_the_retry_storm_lesson_takes_the_gateway_down_and_places_its_burst(staff):
     """The act endpoint runs the catalog's outage burst: the gateway down for the lesson's outage from the moment the
-    orders are about to be placed, and the phase's 40 orders placed at once."""
+    orders are about to be placed, and the phase's 20 orders placed at once."""
     import time
 
     lesson = catalog.BY_SLUG["retry-storm"]
@@ -473,7 +473,7 @@ def test_the_retry_storm_lesson_takes_the_gateway_down_and_places_its_burst(staf
     assert f"refuses every call for {seconds:g} s" in answer.json()["text"]
     until = SandboxSettings.load().gateway_down_until
     assert until is not None and before + seconds <= until <= time.time() + seconds
-    assert Order.objects.filter(customer_email=run_email(lesson.slug, run, "fixed")).count() == 30
+    assert Order.objects.filter(customer_email=run_email(lesson.slug, run, "fixed")).count() == 20
     # Start again: the baseline brings the gateway back.
     staff.post(f"/lessons/{lesson.slug}/start/")
     assert SandboxSettings.load().gateway_down_until is None
