@@ -70,6 +70,7 @@ NUMBER_LABELS = {
     "gateway_refused": "calls refused (the gateway was down)",
     "calls_peak": "gateway calls per 100 ms, peak",
     "retry_calls_peak": "retried calls per 100 ms, peak",
+    "retry_calls_second": "retried calls in the busiest second",
     "back_calls_peak": "gateway calls per 100 ms once it was back, peak",
 }
 # What the lesson's own endpoint (/lessons/<slug>/act/) carries out, with the catalog's params.
@@ -1169,6 +1170,7 @@ RETRY_STORM = Lesson(
         "gateway_calls",
         "gateway_refused",
         "retry_calls_peak",
+        "retry_calls_second",
         "back_calls_peak",
         "calls_peak",
         "seconds",
@@ -1195,7 +1197,7 @@ RETRY_STORM = Lesson(
         Checkpoint(
             "waves",
             "Fixed delays: every order completed once the gateway was back, none lost or charged twice; the retries "
-            "came back in waves (the peak of retried calls per 100 ms)",
+            "came back in waves (the retried calls in the busiest second)",
             "fixed",
             lambda n: (
                 _settled(n["fixed"])
@@ -1207,7 +1209,7 @@ RETRY_STORM = Lesson(
         ),
         Checkpoint(
             "spread",
-            "Jitter: the same outage, the retries spread out: a lower peak of retried calls per 100 ms than on fixed "
+            "Jitter: the same outage, the retries spread out: fewer retried calls in the busiest second than on fixed "
             "delays, every order completed, none lost or charged twice",
             "jitter",
             lambda n: (
@@ -1216,7 +1218,7 @@ RETRY_STORM = Lesson(
                 and n["jitter"]["lost"] == 0
                 and n["jitter"]["charged_twice"] == 0
                 and n["jitter"]["gateway_refused"] > 0
-                and n["jitter"]["retry_calls_peak"] < n["fixed"]["retry_calls_peak"]
+                and n["jitter"]["retry_calls_second"] < n["fixed"]["retry_calls_second"]
             ),
         ),
     ),

@@ -44,6 +44,7 @@ BUCKETS = ("completed", "failed", "dead_lettered", "in_flight", "not_yet_known",
 # The retry-storm lesson counts the gateway's calls in bins of this long, and charts at most CHART_BINS of them.
 CALL_BIN_MS = 100
 CHART_BINS = 600
+SECOND_BINS = 1000 // CALL_BIN_MS
 
 
 def run_email(slug: str, run: str, phase: str) -> str:
@@ -102,8 +103,8 @@ def _calls(events: QuerySet[OrderEvent]) -> dict[str, Any]:
     """The retry-storm lesson's numbers: every call the workers made to the payment gateway for the phase's orders, as
     the journey records its answer: a charge (payment_charged), or a refusal or timeout (the retry scheduled, or the
     dead letter, after 'charge payment'). Counted per CALL_BIN_MS from the first call: the peak of all calls, of the
-    retried ones (each order's calls after its first: what the backoff shapes), and of all calls once the gateway was
-    back (from its first charge on); and the chart's bins (charged, refused)."""
+    retried ones (each order's calls after its first: what the backoff shapes) and their busiest second, and of all
+    calls once the gateway was back (from its first charge on); and the chart's bins (charged, refused)."""
     calls = list(
         events.filter(
             Q(kind=EventKind.PAYMENT_CHARGED)
@@ -118,6 +119,7 @@ def _calls(events: QuerySet[OrderEvent]) -> dict[str, Any]:
             "gateway_refused": 0,
             "calls_peak": 0,
             "retry_calls_peak": 0,
+            "retry_calls_second": 0,
             "back_calls_peak": 0,
             "calls_chart": None,
         }
@@ -139,6 +141,8 @@ def _calls(events: QuerySet[OrderEvent]) -> dict[str, Any]:
         "gateway_refused": sum(refused.values()),
         "calls_peak": max(total.values()),
         "retry_calls_peak": max(retried.values()),
+        # The busiest second of retries (any ten bins in a row): less at the mercy of one bin's chance clump.
+        "retry_calls_second": max(sum(retried[slot + n] for n in range(SECOND_BINS)) for slot in list(retried)),
         "back_calls_peak": max((n for slot, n in total.items() if back is not None and slot >= back), default=0),
         "calls_chart": {
             "bin_ms": CALL_BIN_MS,

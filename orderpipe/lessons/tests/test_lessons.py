@@ -449,6 +449,8 @@ def test_the_retry_storm_lesson_counts_the_gateways_calls_per_100_ms_and_the_ret
     # Retried: every order's calls after its first (the 2nd of c, then the three charges); the gateway was back from
     # bin 10 (its first charge): 3 calls there.
     assert (numbers["calls_peak"], numbers["retry_calls_peak"], numbers["back_calls_peak"]) == (3, 3, 3)
+    # The busiest second of retries: bins 1 to 10 (c's second call, then the three charges).
+    assert numbers["retry_calls_second"] == 4
     chart = numbers["calls_chart"]
     assert chart["bin_ms"] == CALL_BIN_MS
     assert chart["refused"] == [2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]
