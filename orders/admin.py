@@ -228,11 +228,11 @@ class SandboxChangeAdmin(admin.ModelAdmin):
     # control actions print them: the default rendering mixed JSON's `true` with Python's `False`.
     @admin.display(description="from", ordering="old_value")
     def old(self, obj: SandboxChange) -> str:
-        return sandbox.shown_value(obj.old_value)
+        return sandbox.shown_value(obj.old_value, obj.field)
 
     @admin.display(description="to", ordering="new_value")
     def new(self, obj: SandboxChange) -> str:
-        return sandbox.shown_value(obj.new_value)
+        return sandbox.shown_value(obj.new_value, obj.field)
 
     def has_add_permission(self, request) -> bool:
         return False

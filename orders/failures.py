@@ -29,6 +29,10 @@ class TransientFailure(Exception):
     """A failure worth retrying later (a gateway timeout, a dropped connection)."""
 
 
+class GatewayDown(TransientFailure):
+    """The payment gateway refused the call: it is down (the sandbox's `gateway_down_until`). Retried like a timeout."""
+
+
 class Interrupted(Exception):
     """The worker is stopping while this order waits (step mode, delay): leave the message unacked."""
 
@@ -38,11 +42,13 @@ class BrokenInvariant(Exception):
 
 
 class GatewayFaults(Protocol):
-    """The two questions the simulated payment gateway asks the sandbox."""
+    """The questions the simulated payment gateway asks the sandbox."""
 
     def maybe_fail_transiently(self, step: str) -> None: ...
 
     def declined(self) -> bool: ...
+
+    def gateway_down(self) -> bool: ...
 
 
 class FaultInjector(GatewayFaults, Protocol):

@@ -18,13 +18,21 @@ from decimal import Decimal
 
 from django.db import IntegrityError, transaction
 
-from orders.failures import GatewayFaults, PaymentDeclined, TransientFailure
+from orders.failures import GatewayDown, GatewayFaults, PaymentDeclined, TransientFailure
 from orders.models import GatewayCharge, Order
 
 # What a step calls: the order to charge and the sandbox's faults -> the gateway's reference for the charge.
 Gateway = Callable[[Order, GatewayFaults], str]
 # The batched steps' call: the orders -> for each, its reference or the exception that answers it.
 BatchGateway = Callable[[list[Order], GatewayFaults], list[str | Exception]]
+# What a refused call answers while the gateway is down (the lessons find refused calls by it in the journey).
+DOWN = "the payment gateway refused 'charge payment': it is down"
+
+
+def refuse_if_down(faults: GatewayFaults) -> None:
+    """A gateway that is down answers every call at once with a refusal (before it sees the request)."""
+    if faults.gateway_down():
+        raise GatewayDown(DOWN)
 
 
 def charge(order: Order, faults: GatewayFaults) -> str:
@@ -35,8 +43,9 @@ def charge(order: Order, faults: GatewayFaults) -> str:
 def charge_with_key(*, key: str, order_ref: str, amount: Decimal, faults: GatewayFaults) -> str:
     """The provider's side of an idempotent charge: the stored reference if the key was seen, else a new charge.
 
-    A timeout can happen before the provider sees the request, so it comes first; a decline is only for a new
-    charge (a replayed key answers what the first call answered)."""
+    A refusal (down) or a timeout can happen before the provider sees the request, so they come first; a decline is
+    only for a new charge (a replayed key answers what the first call answered)."""
+    refuse_if_down(faults)
     faults.maybe_fail_transiently("charge payment")
     existing = GatewayCharge.objects.filter(idempotency_key=key).values_list("reference", flat=True).first()
     if existing is not None:
@@ -59,6 +68,7 @@ def charge_many(orders: list[Order], faults: GatewayFaults) -> list[str | Except
     answers: dict[str, str | Exception] = {}
     for order in orders:
         try:
+            refuse_if_down(faults)
             faults.maybe_fail_transiently("charge payment")
         except TransientFailure as exc:
             answers[str(order.id)] = exc
@@ -102,9 +112,13 @@ class _NoMoreFaults:
     def declined(self) -> bool:
         return False
 
+    def gateway_down(self) -> bool:
+        return False
+
 
 def charge_without_key(order: Order, faults: GatewayFaults) -> str:
     """The unsafe call, kept for the lesson that switches the step guards off: every call is a new charge."""
+    refuse_if_down(faults)
     faults.maybe_fail_transiently("charge payment")
     if faults.declined():
         raise PaymentDeclined("payment declined by the (simulated) card issuer")

@@ -267,6 +267,11 @@ class QueueOverflow(models.TextChoices):
     DROP_HEAD = "drop_head", "drop-head (unsafe: the broker drops the oldest messages of a full queue)"
 
 
+class RetryBackoff(models.TextChoices):
+    JITTER = "jitter", "jitter (safe: each retry waits 0.5-1.5x its tier's delay, a lane picked at random)"
+    FIXED = "fixed", "fixed (unsafe: every retry of a tier waits exactly its delay; a burst returns as one wave)"
+
+
 class SandboxSettings(models.Model):
     """The fault injector: one row, read by every worker within a second. All faults are off by default."""
 
@@ -363,6 +368,22 @@ class SandboxSettings(models.Model):
         default=QueueOverflow.REJECT_PUBLISH,
         help_text="UNSAFE when drop_head: a full main queue drops its oldest messages instead of refusing new ones.",
     )
+    # A fault: the payment gateway refuses every call (a retryable error) until this Unix time, in seconds (lesson 11
+    # sets it to now + N s).
+    gateway_down_until = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(4_102_444_800.0)],  # up to 2100-01-01
+        help_text="Unix time (seconds) until which the payment gateway refuses every call, a timeout-like error the "
+        "worker retries (empty: the gateway is up).",
+    )
+    retry_backoff = models.CharField(
+        max_length=20,
+        choices=RetryBackoff,
+        default=RetryBackoff.JITTER,
+        help_text="UNSAFE when fixed: every retry of a tier waits exactly the tier's delay, so orders that failed "
+        "together come back together (a retry storm); jitter spreads them over 0.5-1.5x the delay.",
+    )
     # What the supervisor last applied to the broker ("" none, else the policy's definition): not a setting.
     queue_policy_in_effect = models.CharField(max_length=200, blank=True, default="", editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -390,6 +411,8 @@ class SandboxSettings(models.Model):
         "stock_update",
         "queue_max_length",
         "queue_overflow",
+        "gateway_down_until",
+        "retry_backoff",
     )
 
     class Meta:

@@ -37,22 +37,28 @@ class QueueMonitor:
             self.observe()
 
     def observe(self) -> None:
-        """Passive-declare every queue and store its counts. Never raises for a broker or database hiccup."""
+        """Passive-declare every queue and store its counts, a retry tier's with its jitter lanes' folded in. Never
+        raises for a broker or database hiccup."""
         self.last_run = time.monotonic()
         now = timezone.now()
         rows = []
+        lanes = self.topology.lanes_of()
         try:
             if self.channel is None or not self.channel.is_open:
                 self.channel = self.connection.channel()
             for position, (name, role) in enumerate(self.topology.queues()):
                 result = self.channel.queue_declare(name, passive=True)
-                self.ready[name] = result.method.message_count
+                self.ready[name] = ready = result.method.message_count
+                for lane in lanes.get(name, []):
+                    # Each queue's own depth for the journey's snapshots; the tier's row counts its lanes too.
+                    self.ready[lane] = self.channel.queue_declare(lane, passive=True).method.message_count
+                    ready += self.ready[lane]
                 rows.append(
                     QueueStat(
                         name=name,
                         role=role,
                         position=position,
-                        ready=result.method.message_count,
+                        ready=ready,
                         consumers=result.method.consumer_count,
                         observed_at=now,
                     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -236,9 +237,11 @@ class Processor:
         should_stop: Callable[[], bool] = lambda: False,
         gateway: Gateway = charge,
         notify: Notifier = send_confirmation,
+        rng: random.Random | None = None,
     ) -> None:
         self.faults = faults or Faults()
         self.topology = topo or topology()
+        self.rng = rng or random.Random()
         self.pipeline = Pipeline(
             seams=Seams(faults=self.faults, charge=gateway, notify=notify), should_stop=should_stop
         )
@@ -315,13 +318,19 @@ class Processor:
             return self.retry_or_give_up(order_id, outcome.step, outcome.error, delivery)
         return ACK
 
+    def delay_lane(self, tier: RetryTier) -> RetryTier:
+        """Where a retry of this tier waits: with jitter (the safe default) one of its lanes, picked at random, so
+        orders that failed together come back spread over 0.5-1.5x the tier's delay; the sandbox's unsafe
+        retry_backoff=fixed: the tier's own queue, exactly its delay."""
+        return self.faults.retry_wait()(tier, tier.lanes, self.rng)
+
     def retry_or_give_up(self, order_id: uuid.UUID, step: str, exc: Exception | None, delivery: Delivery) -> Verdict:
         """A transient failure: schedule the next retry tier, or dead-letter the order after the last one.
         The order keeps its finished steps either way, so a retry or a replay resumes where it stopped."""
         tiers = self.topology.retry_tiers
         retries = delivery.retries
         if retries < len(tiers):
-            tier = tiers[retries]
+            tier = self.delay_lane(tiers[retries])
             message = (
                 f"Transient failure in '{step}': {exc}. Retry {retries + 1} of {len(tiers)} "
                 f"in {tier.delay_ms / 1000:g} s through {tier.queue}."

@@ -20,6 +20,7 @@ from orders.events import record_event
 from orders.models import EventKind, Order, OrderEvent, OrderStatus, OutboxMessage
 from orders.services import order_message, outbox_channel
 from worker.models import WorkerHeartbeat
+from worker.topology import topology
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,9 @@ class Sweeper:
     def __init__(self, *, after: float | None = None, every: float | None = None) -> None:
         self.after = settings.SWEEP_AFTER if after is None else after
         self.every = settings.SWEEP_EVERY if every is None else every
-        self.retry_grace = timedelta(milliseconds=max(settings.RETRY_DELAYS_MS, default=0))
+        self.retry_grace = timedelta(
+            milliseconds=max((lane.delay_ms for tier in topology().retry_tiers for lane in tier.lanes), default=0)
+        )
         self.last_run = time.monotonic()  # the first round waits a full interval: workers report in first
         self.queue_empty_at: datetime | None = None
         self.resent = 0

@@ -4,6 +4,10 @@
         x-delivery-limit: a message that keeps crashing workers is dead-lettered instead of looping forever
         x-dead-letter-exchange <prefix>.dlx, at-least-once dead-lettering (needs x-overflow=reject-publish)
     retry tiers <prefix>.orders.retry.<delay>: per-queue TTL, dead-lettered back to <prefix>.orders
+        each with jitter lanes <prefix>.orders.retry.<delay>.lane.<ttl> (0.5, 0.6, ... 1.5x the tier's delay; the
+        tier's own queue is the 1x lane): a retry with jitter waits in one picked at random, so orders that failed
+        together come back spread out. A lane per TTL, because a queue only expires the message at its head:
+        per-message TTLs in one queue would hold the short ones behind a long one and release them together.
     exchange <prefix>.dlx (fanout) --> quorum queue <prefix>.orders.dead (the parking lot, replayable)
                                    --> quorum queue <prefix>.orders.dead.watch (a copy the worker consumes to mark
                                        orders the broker dead-lettered by itself, e.g. at the delivery limit)
@@ -25,6 +29,9 @@ from django.conf import settings
 
 ROUTING_KEY = "order.placed"
 MESSAGE_TYPE = "order.placed"
+# The delays of a tier's jitter lanes, as factors of the tier's delay (1: the tier's own queue): eleven, so that a
+# burst's retries, republished within a moment of each other, come back in clumps of a tenth of them at most.
+JITTER_FACTORS = tuple(round(0.5 + 0.1 * step, 1) for step in range(11))
 
 
 def _delay_label(ms: int) -> str:
@@ -35,6 +42,12 @@ def _delay_label(ms: int) -> str:
 class RetryTier:
     queue: str
     delay_ms: int
+    # Where a retry of this tier may wait with jitter, the tier's own queue among them (JITTER_FACTORS order).
+    lanes: tuple[RetryTier, ...] = ()
+
+    def extra_lanes(self) -> list[RetryTier]:
+        """The lanes that are queues of their own (all but the tier's)."""
+        return [lane for lane in self.lanes if lane.queue != self.queue]
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,21 @@ class Topology:
 
     @property
     def retry_tiers(self) -> list[RetryTier]:
-        return [RetryTier(f"{self.prefix}.orders.retry.{_delay_label(ms)}", ms) for ms in self.retry_delays_ms]
+        tiers = []
+        for ms in self.retry_delays_ms:
+            queue = f"{self.prefix}.orders.retry.{_delay_label(ms)}"
+            lanes = tuple(
+                RetryTier(
+                    queue if factor == 1.0 else f"{queue}.lane.{_delay_label(round(ms * factor))}", round(ms * factor)
+                )
+                for factor in JITTER_FACTORS
+            )
+            tiers.append(RetryTier(queue, ms, lanes))
+        return tiers
+
+    def lanes_of(self) -> dict[str, list[str]]:
+        """Each tier's queue -> its extra lanes' queues: what the dashboard counts as the tier."""
+        return {tier.queue: [lane.queue for lane in tier.extra_lanes()] for tier in self.retry_tiers}
 
     def queues(self) -> list[tuple[str, str]]:
         """(name, role) of every queue, in the order the dashboard draws them."""
@@ -68,7 +95,8 @@ class Topology:
         )
 
     def all_queues(self) -> list[str]:
-        return [name for name, _role in self.queues()] + [self.dead_watch_queue]
+        lanes = [lane for tier_lanes in self.lanes_of().values() for lane in tier_lanes]
+        return [name for name, _role in self.queues()] + lanes + [self.dead_watch_queue]
 
     def process_queue_arguments(self) -> dict:
         return {
@@ -96,7 +124,8 @@ class Topology:
         channel.queue_declare(self.process_queue, durable=True, arguments=self.process_queue_arguments())
         channel.queue_bind(self.process_queue, self.exchange, routing_key=ROUTING_KEY)
         for tier in self.retry_tiers:
-            channel.queue_declare(tier.queue, durable=True, arguments=self.retry_queue_arguments(tier))
+            for lane in (tier, *tier.extra_lanes()):
+                channel.queue_declare(lane.queue, durable=True, arguments=self.retry_queue_arguments(lane))
         channel.queue_declare(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
         channel.queue_bind(self.dead_queue, self.dead_letter_exchange)
         channel.queue_declare(self.dead_watch_queue, durable=True, arguments={"x-queue-type": "quorum"})

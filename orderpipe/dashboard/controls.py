@@ -184,10 +184,13 @@ class BurstApi(ControlApi):
 
 
 def queue_purge(queue: str) -> int:
-    """Drop every ready message of one of this instance's queues. Returns how many were dropped."""
+    """Drop every ready message of one of this instance's queues (a retry tier's with its jitter lanes'). Returns
+    how many were dropped."""
     conn = connect()
     try:
-        return conn.channel().queue_purge(queue).method.message_count or 0
+        channel = conn.channel()
+        names = [queue, *topology().lanes_of().get(queue, [])]
+        return sum(channel.queue_purge(name).method.message_count or 0 for name in names)
     finally:
         if conn.is_open:
             conn.close()

@@ -66,11 +66,18 @@ NUMBER_LABELS = {
     "waited_in_queue": "waited in the queue (published at once)",
     "waited_in_outbox": "waited in the outbox (refused by the broker first)",
     "publish_nacks": "publishes the broker refused (the relay's nacks)",
+    "gateway_calls": "gateway calls (charges and refusals)",
+    "gateway_refused": "calls refused (the gateway was down)",
+    "calls_peak": "gateway calls per 100 ms, peak",
+    "retry_calls_peak": "retried calls per 100 ms, peak",
+    "retry_calls_second": "retried calls in the busiest second",
+    "back_calls_peak": "gateway calls per 100 ms once it was back, peak",
 }
 # What the lesson's own endpoint (/lessons/<slug>/act/) carries out, with the catalog's params.
 SERVER_KINDS = frozenset(
     {
         "stock_burst",  # a product with LESSON_STOCK units, and `count` one-unit orders for it, at once
+        "outage_burst",  # the payment gateway down for `gateway_outage_seconds()`, and `count` orders at once
     }
 )
 ACTION_KINDS = frozenset(
@@ -193,6 +200,8 @@ class Lesson:
     counters: tuple[str, ...] = ()
     # Code shown side by side under the diagram: (caption, text) each, the unsafe one first.
     code: tuple[tuple[str, str], ...] = ()
+    # A chart per phase under the panel: the name of the phase's measure that holds its data ("calls_chart").
+    chart: str = ""
 
     def phase_ids(self) -> list[str]:
         return [phase.id for phase in self.phases]
@@ -1113,6 +1122,114 @@ FULL_QUEUE = Lesson(
     needs_supervisor=True,
 )
 
+RETRY_STORM = Lesson(
+    number=11,
+    slug="retry-storm",
+    title="A retry storm: backoff with jitter",
+    teaches="Retries on fixed delays bring every order that failed together back together; jitter spreads them.",
+    intro=(
+        "The payment gateway goes down for a few seconds, then comes back. Every order that tried to charge a card "
+        "meanwhile was refused and waits in a retry tier ({tiers}). On fixed delays each one waits exactly its tier's "
+        "delay, so the orders that failed together come back together: the gateway meets a wave per tier, as steep as "
+        "the burst that caused it. A gateway just back on its feet is often knocked down again by such a wave, and "
+        "the waves repeat at every tier: a retry storm.",
+        "Jitter (the safe default here): each retry waits a random share of its tier's delay, 0.5 to 1.5 times it, so "
+        "the returns spread out and the gateway sees a trickle. RabbitMQ only expires the message at a queue's head, "
+        "so in one queue a long wait would hold the short ones behind it; each tier has eleven delay queues (lanes) "
+        "with TTLs of 0.5, 0.6, ... 1.5 times its delay, and the worker picks one at random.",
+        "In each column the gateway refuses every call for {gateway_down} s, from the moment 20 orders arrive at "
+        "once: long enough that each order's first retry is refused too, short enough that the second finds it back. "
+        "The chart counts the gateway's calls per 100 ms (red: refused, green: charged). Nothing is lost and nothing "
+        "is charged twice either way; what differs is the load the gateway meets, and how long the last order takes.",
+    ),
+    diagram=Diagram(
+        boxes=("gateway (down, then back)", "worker", "retry tier (its delay, or a lane: 0.5-1.5×)", "main queue"),
+        arrows=("refused", "retry: republish to a delay queue", "after the TTL, dead-lettered back"),
+        broken=1,
+        note="Fixed: every order of a burst waits the same TTL and returns at the same moment. Jitter: a lane at "
+        "random, so they return spread over the tier's delay.",
+    ),
+    code=(
+        (
+            "retry_backoff=fixed (unsafe)",
+            "tier = tiers[retries]\npublish(tier.queue)   # TTL = the tier's delay",
+        ),
+        (
+            "retry_backoff=jitter (safe)",
+            "tier = tiers[retries]\n"
+            "lane = random.choice(tier.lanes)\n"
+            "publish(lane.queue)   # TTL = 0.5, 0.6 … 1.5 × the delay",
+        ),
+    ),
+    phases=(Phase("fixed", "fixed delays"), Phase("jitter", "backoff with jitter")),
+    numbers=(
+        "accepted",
+        "completed",
+        "lost",
+        "charged_twice",
+        "gateway_calls",
+        "gateway_refused",
+        "retry_calls_peak",
+        "retry_calls_second",
+        "back_calls_peak",
+        "calls_peak",
+        "seconds",
+    ),
+    steps=(
+        Step(
+            "Retries on fixed delays: every retry of a tier waits exactly the tier's delay.",
+            (Action("retry_backoff=fixed", "sandbox", {"retry_backoff": "fixed"}),),
+        ),
+        Step(
+            "The gateway goes down for a few seconds and 20 orders arrive at once. Watch the chart: a wave at the "
+            "burst, a wave of refusals at the first tier, a wave of charges at the second.",
+            (Action("Gateway down, 20 orders", "outage_burst", {"count": 20}, phase="fixed"),),
+        ),
+        Step(
+            "Back to jitter (the safe default), and the same outage and burst.",
+            (
+                Action("retry_backoff=jitter", "sandbox", {"retry_backoff": "jitter"}, waits=(settled("fixed"),)),
+                Action("Gateway down, 20 orders", "outage_burst", {"count": 20}, phase="jitter"),
+            ),
+        ),
+    ),
+    checkpoints=(
+        Checkpoint(
+            "waves",
+            "Fixed delays: every order completed once the gateway was back, none lost or charged twice; the retries "
+            "came back in waves (the retried calls in the busiest second)",
+            "fixed",
+            lambda n: (
+                _settled(n["fixed"])
+                and n["fixed"]["completed"] == n["fixed"]["accepted"]
+                and n["fixed"]["lost"] == 0
+                and n["fixed"]["charged_twice"] == 0
+                and n["fixed"]["gateway_refused"] > 0
+            ),
+        ),
+        Checkpoint(
+            "spread",
+            "Jitter: the same outage, the retries spread out: fewer retried calls in the busiest second than on fixed "
+            "delays, every order completed, none lost or charged twice",
+            "jitter",
+            lambda n: (
+                _settled(n["jitter"])
+                and n["jitter"]["completed"] == n["jitter"]["accepted"]
+                and n["jitter"]["lost"] == 0
+                and n["jitter"]["charged_twice"] == 0
+                and n["jitter"]["gateway_refused"] > 0
+                and n["jitter"]["retry_calls_second"] < n["fixed"]["retry_calls_second"]
+            ),
+        ),
+    ),
+    minutes=1,
+    # Sixteen threads that may hold every order of the burst: the worker takes a wave as fast as it comes, so what
+    # the gateway meets is the wave's shape, not one worker's pace.
+    baseline=baseline(worker_concurrency=16, worker_prefetch=20),
+    needs_supervisor=True,
+    chart="calls_chart",
+)
+
 LESSONS: tuple[Lesson, ...] = tuple(
     sorted(
         (
@@ -1126,6 +1243,7 @@ LESSONS: tuple[Lesson, ...] = tuple(
             SCALING,
             OVERSOLD,
             FULL_QUEUE,
+            RETRY_STORM,
         ),
         key=lambda lesson: lesson.number,
     )
@@ -1146,4 +1264,14 @@ def text_values(lesson: Lesson) -> dict[str, str]:
         "prefetch": str(lesson.baseline["worker_prefetch"]),
         "sweep_after": f"{settings.SWEEP_AFTER:g}",
         "lesson_stock": str(LESSON_STOCK),
+        "gateway_down": f"{gateway_outage_seconds():g}",
     }
+
+
+def gateway_outage_seconds() -> float:
+    """How long the retry-storm lesson's gateway is down once its orders exist: past the first tier's longest jitter
+    (1.5x its delay) with room for the burst's first calls to spread (a worker takes them a few at a time), short of
+    the second tier's shortest return (0.5x the first delay, then 0.5x the second): a quarter of the first tier's
+    delay plus half the second's (2.75 s for 1 s and 5 s)."""
+    delays = [*settings.RETRY_DELAYS_MS, 0][:2]
+    return round((delays[0] / 4 + delays[1] / 2) / 1000, 2) or 1.0

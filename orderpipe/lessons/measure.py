@@ -41,6 +41,10 @@ LESSON_SKU_PREFIX = "lesson-"
 LESSON_STOCK = 10
 # The buckets every accepted order is counted in, exactly one each.
 BUCKETS = ("completed", "failed", "dead_lettered", "in_flight", "not_yet_known", "lost")
+# The retry-storm lesson counts the gateway's calls in bins of this long, and charts at most CHART_BINS of them.
+CALL_BIN_MS = 100
+CHART_BINS = 600
+SECOND_BINS = 1000 // CALL_BIN_MS
 
 
 def run_email(slug: str, run: str, phase: str) -> str:
@@ -92,6 +96,59 @@ def _backlog(orders: QuerySet[Order]) -> dict[str, Any]:
         "waited_in_outbox": counts["refused"],
         "publish_nacks": (counts["attempts"] or 0) - counts["sent"],
         "dropped": orders.filter(status=OrderStatus.DEAD_LETTERED, failure_reason=DROPPED).count(),
+    }
+
+
+def _calls(events: QuerySet[OrderEvent]) -> dict[str, Any]:
+    """The retry-storm lesson's numbers: every call the workers made to the payment gateway for the phase's orders, as
+    the journey records its answer: a charge (payment_charged), or a refusal or timeout (the retry scheduled, or the
+    dead letter, after 'charge payment'). Counted per CALL_BIN_MS from the first call: the peak of all calls, of the
+    retried ones (each order's calls after its first: what the backoff shapes) and their busiest second, and of all
+    calls once the gateway was back (from its first charge on); and the chart's bins (charged, refused)."""
+    calls = list(
+        events.filter(
+            Q(kind=EventKind.PAYMENT_CHARGED)
+            | Q(kind__in=(EventKind.RETRY_SCHEDULED, EventKind.DEAD_LETTERED), message__contains="'charge payment'")
+        )
+        .order_by("at", "pk")
+        .values_list("order_id", "kind", "at")
+    )
+    if not calls:
+        return {
+            "gateway_calls": 0,
+            "gateway_refused": 0,
+            "calls_peak": 0,
+            "retry_calls_peak": 0,
+            "retry_calls_second": 0,
+            "back_calls_peak": 0,
+            "calls_chart": None,
+        }
+    start = calls[0][2]
+    charged: Counter[int] = Counter()
+    refused: Counter[int] = Counter()
+    retried: Counter[int] = Counter()
+    seen: set[Any] = set()
+    for order_id, kind, at in calls:
+        slot = int((at - start).total_seconds() * 1000 // CALL_BIN_MS)
+        (charged if kind == EventKind.PAYMENT_CHARGED else refused)[slot] += 1
+        retried[slot] += order_id in seen
+        seen.add(order_id)
+    total = charged + refused
+    back = min(charged, default=None)
+    bins = min(max(total) + 1, CHART_BINS)
+    return {
+        "gateway_calls": len(calls),
+        "gateway_refused": sum(refused.values()),
+        "calls_peak": max(total.values()),
+        "retry_calls_peak": max(retried.values()),
+        # The busiest second of retries (any ten bins in a row): less at the mercy of one bin's chance clump.
+        "retry_calls_second": max(sum(retried[slot + n] for n in range(SECOND_BINS)) for slot in list(retried)),
+        "back_calls_peak": max((n for slot, n in total.items() if back is not None and slot >= back), default=0),
+        "calls_chart": {
+            "bin_ms": CALL_BIN_MS,
+            "charged": [charged[slot] for slot in range(bins)],
+            "refused": [refused[slot] for slot in range(bins)],
+        },
     }
 
 
@@ -176,6 +233,7 @@ def measure(email: str | None) -> dict[str, Any]:
         "workers_running": WorkerHeartbeat.objects.filter(last_seen__gte=timezone.now() - WORKER_ALIVE).count(),
         **_stock(orders, events),
         **_backlog(orders),
+        **_calls(events),
         "seconds": round(seconds, 1),
         "throughput": round(completed / seconds, 1) if seconds > 0 else None,
         # The phase's orders, for the page's reads (the cache lesson), and its dead-lettered ones, for a replay.

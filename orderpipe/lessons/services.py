@@ -5,13 +5,14 @@ frozen once a later phase begins; checkpoints, passing them), starting a lesson 
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from orderpipe.lessons.catalog import BY_SLUG, SERVER_KINDS, Action, Lesson
+from orderpipe.lessons.catalog import BY_SLUG, SERVER_KINDS, Action, Lesson, gateway_outage_seconds
 from orderpipe.lessons.measure import (
     LESSON_SKU_PREFIX,
     LESSON_STOCK,
@@ -139,7 +140,7 @@ def _reset_to_baseline(lesson: Lesson, *, by: str) -> tuple[list[str], sandbox.A
     row, applied = sandbox.sandbox_update_applied(changes=dict(lesson.baseline), changed_by=by, via="lesson")
     after = row.as_dict()
     changed = [
-        f"{name} {sandbox.shown_value(before[name])} → {sandbox.shown_value(after[name])}"
+        f"{name} {sandbox.shown_value(before[name], name)} → {sandbox.shown_value(after[name], name)}"
         for name in lesson.baseline
         if before[name] != after[name]
     ]
@@ -187,6 +188,8 @@ def lesson_act(session_key: str, lesson: Lesson, action: Action, *, by: str) -> 
     run = current_run(session_key, lesson)
     if action.kind == "stock_burst":
         return _stock_burst(lesson, run, action, by=by)
+    if action.kind == "outage_burst":
+        return _outage_burst(lesson, run, action, by=by)
     raise ActionRefused(f"unknown action {action.kind}")
 
 
@@ -209,6 +212,30 @@ def _stock_burst(lesson: Lesson, run: LessonRun, action: Action, *, by: str) -> 
         email=run_email(lesson.slug, run.run, action.phase),
     )
     return {"text": f"{created} one-unit orders placed for a new product with {LESSON_STOCK} in stock ({sku})."}
+
+
+def _outage_burst(lesson: Lesson, run: LessonRun, action: Action, *, by: str) -> dict[str, Any]:
+    """The retry-storm lesson's step: `count` orders placed at once for the phase, and the payment gateway down for
+    `gateway_outage_seconds()` from the moment they exist (answers then). The outage is set first, with room to
+    spare, so that every worker refuses calls before the orders arrive; then cut to its length from there."""
+    from orderpipe.dashboard.controls import NotEnoughStock, burst_create, burst_plan  # as `_stock_burst`
+
+    seconds = gateway_outage_seconds()
+    count = int(action.params["count"])
+    try:
+        plan = burst_plan(count=count)
+    except NotEnoughStock as exc:
+        raise ActionRefused(str(exc)) from None
+    _, applied = sandbox.sandbox_update_applied(
+        changes={"gateway_down_until": time.time() + 60}, changed_by=by, via="lesson"
+    )
+    if not applied.done:
+        raise ActionRefused(f"the gateway's outage is {applied.text()}")
+    created = burst_create(
+        count=count, by=by, burst_id=new_run_id()[:6], plan=plan, email=run_email(lesson.slug, run.run, action.phase)
+    )
+    sandbox.sandbox_update(changes={"gateway_down_until": time.time() + seconds}, changed_by=by, via="lesson")
+    return {"text": f"{created} orders placed at once; the payment gateway refuses every call for {seconds:g} s."}
 
 
 def _shown(lesson: Lesson, numbers: dict[str, Any], phase: str) -> dict[str, Any]:

@@ -113,6 +113,7 @@ def lesson_page(request: HttpRequest, slug: str) -> HttpResponse:
                 "phaseUrl": reverse("lesson-phase", args=[lesson.slug]),
                 "actUrl": reverse("lesson-act", args=[lesson.slug]),
                 "numbers": list(lesson.shown_numbers()),
+                "chart": lesson.chart,
                 "steps": [
                     [
                         {

@@ -36,6 +36,7 @@ from orders.models import (
     Product,
     PublishMode,
     QueueOverflow,
+    RetryBackoff,
     SandboxChange,
     SandboxSettings,
     StepGrant,
@@ -70,6 +71,8 @@ DEFAULTS: dict[str, Any] = {
     "stock_update": StockUpdate.GUARDED.value,
     "queue_max_length": None,
     "queue_overflow": QueueOverflow.REJECT_PUBLISH.value,
+    "gateway_down_until": None,
+    "retry_backoff": RetryBackoff.JITTER.value,
 }
 # The scaling the supervisor of `make run` follows: not faults, but a lesson's baseline sets them, and the banner
 # names them while they differ from these.
@@ -90,6 +93,7 @@ FAULTS = (
     "step_mode",
     "accept_failure_rate",
     "queue_max_length",
+    "gateway_down_until",
 )
 FAULT_LABELS = {
     "step_delay_ms": "step delay",
@@ -101,11 +105,20 @@ FAULT_LABELS = {
     "step_mode": "step-by-step mode",
     "accept_failure_rate": "accept failure rate",
     "queue_max_length": "main queue limited to",
+    "gateway_down_until": "payment gateway down",
 }
 # The unsafe modes: each switches one guarantee off on the real code path. Any value but the default is unsafe;
 # every page shows them in a red banner while on. `cache_ttl_seconds` is not unsafe by itself (it only matters in
 # cache_aside, where a long one makes stale reads last), so it is a setting, not a mode.
-UNSAFE_MODES = ("ack_mode", "publish_mode", "step_guards", "cache_mode", "stock_update", "queue_overflow")
+UNSAFE_MODES = (
+    "ack_mode",
+    "publish_mode",
+    "step_guards",
+    "cache_mode",
+    "stock_update",
+    "queue_overflow",
+    "retry_backoff",
+)
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,7 @@ class Modes:
     accept_failure_rate: float = 0.0
     stock_update: str = StockUpdate.GUARDED.value
     queue_overflow: str = QueueOverflow.REJECT_PUBLISH.value
+    retry_backoff: str = RetryBackoff.JITTER.value
 
     @property
     def cache_ttl(self) -> int:
@@ -149,6 +163,7 @@ def modes(values: dict[str, Any] | None = None, *, fresh: bool = False) -> Modes
         accept_failure_rate=values.get("accept_failure_rate", 0.0),
         stock_update=values.get("stock_update", SAFE_MODES.stock_update),
         queue_overflow=values.get("queue_overflow", SAFE_MODES.queue_overflow),
+        retry_backoff=values.get("retry_backoff", SAFE_MODES.retry_backoff),
     )
 
 
@@ -157,6 +172,14 @@ def active_unsafe_modes(values: dict[str, Any]) -> list[str]:
     if not settings.ORDERPIPE_SANDBOX:
         return []
     return [f"{name}={shown_value(values[name])}" for name in UNSAFE_MODES if values[name] != DEFAULTS[name]]
+
+
+def gateway_down_for(values: dict[str, Any], now: float | None = None) -> float:
+    """How many more seconds the payment gateway refuses calls (`gateway_down_until`), 0 once it is back."""
+    until = values.get("gateway_down_until")
+    if until is None:
+        return 0.0
+    return max(0.0, until - (time.time() if now is None else now))
 
 
 def active_faults(values: dict[str, Any]) -> list[str]:
@@ -169,6 +192,8 @@ def active_faults(values: dict[str, Any]) -> list[str]:
             continue
         if isinstance(value, bool):
             active.append(FAULT_LABELS[name])
+        elif name == "gateway_down_until":
+            active.append(f"{FAULT_LABELS[name]} until {shown_value(value, name)}")
         else:
             unit = {"step_delay_ms": " ms", "queue_max_length": " messages"}.get(name, "")
             active.append(f"{FAULT_LABELS[name]} {value:g}{unit}")
@@ -191,8 +216,11 @@ def active_scaling(values: dict[str, Any]) -> list[str]:
     return [f"{SCALING_LABELS[name]} {wanted[name]}" for name in SCALING if wanted[name] != default[name]]
 
 
-def shown_value(value: Any) -> str:
-    """A setting's value as the feed and the admin print it: true/false, numbers without trailing zeros."""
+def shown_value(value: Any, name: str = "") -> str:
+    """A setting's value as the feed and the admin print it: true/false, numbers without trailing zeros, the
+    gateway's outage end as a UTC time of day."""
+    if name == "gateway_down_until" and isinstance(value, int | float):
+        return time.strftime("%H:%M:%S UTC", time.gmtime(value))
     if value is None:
         return "default"
     if isinstance(value, bool):
@@ -248,7 +276,9 @@ def sandbox_update(*, changes: dict[str, Any], changed_by: str = "", via: str) -
     )
     if recorded:
         # Into the live feed (and so onto every open page, with the new settings) only once the change is committed.
-        detail = ", ".join(f"{c.field} {shown_value(c.old_value)} → {shown_value(c.new_value)}" for c in recorded)
+        detail = ", ".join(
+            f"{c.field} {shown_value(c.old_value, c.field)} → {shown_value(c.new_value, c.field)}" for c in recorded
+        )
         transaction.on_commit(lambda: live.record_control("sandbox", f"{detail} (via {via})", by=changed_by))
         # This process sees its own change at once (others within the reader's second).
         transaction.on_commit(reader.invalidate)

@@ -108,6 +108,10 @@ class Faults:
     def declined(self) -> bool:
         return self.rng.random() < self.settings()["decline_rate"]
 
+    def gateway_down(self) -> bool:
+        """Whether the payment gateway refuses every call now (`gateway_down_until` is still ahead)."""
+        return sandbox.gateway_down_for(self.settings()) > 0
+
     def step_mode(self) -> bool:
         return bool(self.settings()["step_mode"])
 
@@ -135,6 +139,10 @@ class Faults:
             return False
         modes = self.modes()
         return all(getattr(modes, name) == getattr(sandbox.SAFE_MODES, name) for name in sandbox.UNSAFE_MODES)
+
+    def retry_wait(self) -> policies.RetryWait:
+        """Where a retry waits in the modes in effect (retry_backoff; orders/sandbox/policies.py chooses)."""
+        return policies.retry_wait(self.modes())
 
 
 class NoFaults(Faults):

@@ -10,6 +10,7 @@ returns the safe implementation):
   sandbox's cache-aside or off (and, in the sandbox only, the count of stale reads).
 - `acks_on_receipt`: whether the worker acks a delivery the moment it arrives (ack_mode=on_receive) instead of after
   the order's last commit.
+- `retry_wait`: where a retry waits: a random jitter lane of its tier, or the tier's own queue (retry_backoff=fixed).
 
 Fault injection and step mode are the other seam, the fault injector (orders/sandbox/faults.py `Faults`), which the
 worker holds and asks for these. A new mode adds its implementation here and one case to its chooser.
@@ -18,16 +19,17 @@ worker holds and asks for these. A new mode adds its implementation here and one
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
 from django.utils import timezone
 
 from orders import cache, publishing, sandbox, services
-from orders.models import AckMode, CacheMode, Order, PublishMode, StockUpdate
+from orders.models import AckMode, CacheMode, Order, PublishMode, RetryBackoff, StockUpdate
 from orders.serializers import order_representation
 
 if TYPE_CHECKING:
@@ -166,3 +168,26 @@ def acks_on_receipt(current: sandbox.Modes) -> bool:
     """Whether the worker acks each delivery the moment it arrives (the unsafe ack_mode=on_receive) rather than after
     the order's last commit."""
     return current.ack_mode == AckMode.ON_RECEIVE
+
+
+# ---------------------------------------------------------------- where a retry waits
+
+Lane = TypeVar("Lane")
+RetryWait = Callable[[Lane, Sequence[Lane], random.Random], Lane]
+
+
+def jittered_wait(tier: Lane, lanes: Sequence[Lane], rng: random.Random) -> Lane:
+    """One of the tier's delay lanes (0.5-1.5x its delay) picked at random, so orders that failed together come back
+    spread out."""
+    return rng.choice(lanes) if lanes else tier
+
+
+def fixed_wait(tier: Lane, lanes: Sequence[Lane], rng: random.Random) -> Lane:
+    """The sandbox's unsafe retry_backoff=fixed: the tier's own queue, exactly its delay, so orders that failed
+    together come back together."""
+    return tier
+
+
+def retry_wait(current: sandbox.Modes) -> RetryWait:
+    """Where a retry waits: a random jitter lane of its tier, or the tier's own queue on fixed delays."""
+    return fixed_wait if current.retry_backoff == RetryBackoff.FIXED else jittered_wait

@@ -6,23 +6,27 @@ import pytest
 from django.db import transaction
 
 from orders import gateway, services
-from orders.failures import PaymentDeclined
+from orders.failures import GatewayDown, PaymentDeclined
 from orders.models import GatewayCharge
 
 pytestmark = pytest.mark.django_db
 
 
 class Faults:
-    """Just the two answers the gateway asks for."""
+    """Just the answers the gateway asks for."""
 
-    def __init__(self, *, declined: bool = False) -> None:
+    def __init__(self, *, declined: bool = False, down: bool = False) -> None:
         self._declined = declined
+        self._down = down
 
     def maybe_fail_transiently(self, step: str) -> None:
         pass
 
     def declined(self) -> bool:
         return self._declined
+
+    def gateway_down(self) -> bool:
+        return self._down
 
 
 def test_the_same_key_returns_the_first_charge_and_adds_no_ledger_row():
@@ -79,3 +83,17 @@ def test_a_batch_charge_answers_each_order_as_its_own_charge_would(product):
     [declined] = gateway.charge_many([late], Faults(declined=True))
     assert isinstance(declined, PaymentDeclined)
     assert not GatewayCharge.objects.filter(order_ref=str(late.id)).exists()
+
+
+def test_a_gateway_that_is_down_refuses_every_call_and_charges_nothing(product):
+    order = services.order_create(customer_email="down@example.com", items=[{"sku": product.sku, "quantity": 1}])
+    with pytest.raises(GatewayDown, match="'charge payment': it is down"):
+        gateway.charge(order, Faults(down=True))
+    with pytest.raises(GatewayDown):
+        gateway.charge_without_key(order, Faults(down=True))
+    [refused] = gateway.charge_many([order], Faults(down=True))
+    assert isinstance(refused, GatewayDown) and str(refused) == gateway.DOWN
+    assert not GatewayCharge.objects.exists()
+    # Back up: the same key charges once.
+    assert gateway.charge(order, Faults()) == gateway.charge(order, Faults())
+    assert GatewayCharge.objects.count() == 1

@@ -32,10 +32,10 @@ SITES = {
     "orders/publishing.py": 10,
     "orders/steps.py": 19,
     "orders/batch.py": 4,
-    "orders/gateway.py": 14,
+    "orders/gateway.py": 19,
     "worker/consumer.py": 16,
     "worker/relay.py": 0,
-    "worker/processing.py": 10,
+    "worker/processing.py": 11,
 }
 
 

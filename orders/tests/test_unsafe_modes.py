@@ -28,6 +28,7 @@ UNSAFE = [
     ("accept_failure_rate", 1.0),
     ("stock_update", "read_modify_write"),
     ("queue_overflow", "drop_head"),
+    ("retry_backoff", "fixed"),
 ]
 
 
@@ -50,6 +51,7 @@ def left_unsafe() -> None:
         accept_failure_rate=1.0,
         stock_update="read_modify_write",
         queue_overflow="drop_head",
+        retry_backoff="fixed",
     )
     sandbox.reader.invalidate()
 
@@ -118,12 +120,16 @@ def test_the_red_banner_names_the_unsafe_modes_on_every_page(client):
             "step_guards": False,
             "stock_update": "read_modify_write",
             "queue_overflow": "drop_head",
+            "retry_backoff": "fixed",
         },
         via="test",
     )
     client.force_login(StaffFactory(username="staff"))
     page = client.get("/").content.decode()
     assert 'id="unsafe-banner"' in page
-    assert "ack_mode=on_receive, step_guards=false, stock_update=read_modify_write, queue_overflow=drop_head" in page
+    assert (
+        "ack_mode=on_receive, step_guards=false, stock_update=read_modify_write, queue_overflow=drop_head, "
+        "retry_backoff=fixed" in page
+    )
     sandbox.sandbox_restore_safe_modes(via="test")
     assert sandbox.sandbox_state()["unsafe_modes"] == []

@@ -59,9 +59,45 @@ function render() {
     const item = $(`checkpoint-${checkpoint.id}`);
     if (item) item.dataset.passed = checkpoint.passed_at ? "yes" : "no";
   }
+  if (lesson.chart) renderCharts();
   const emails = $("phase-emails");
   if (emails && state.phases[0].email) emails.textContent = state.phases[0].email;
   updateButtons();
+}
+
+// ---------------------------------------------------------------- the calls charts (lesson 11)
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function bar(x, y, width, height, kind) {
+  const rect = document.createElementNS(SVG, "rect");
+  for (const [key, value] of Object.entries({ x, y, width, height, class: kind })) rect.setAttribute(key, value);
+  return rect;
+}
+
+// Each column's chart: a bar per bin, refused stacked on charged; the same scales in every column (the most bins
+// and the highest bin of any), so their peaks compare at a glance.
+function renderCharts() {
+  const charts = state.phases.map((phase) => phase.numbers[lesson.chart]);
+  const bins = Math.max(1, ...charts.map((c) => (c ? c.charged.length : 0)));
+  const top = Math.max(1, ...charts.flatMap((c) => (c ? c.charged.map((n, i) => n + c.refused[i]) : [])));
+  state.phases.forEach((phase, index) => {
+    const svg = $(`chart-${phase.id}`);
+    const chart = charts[index];
+    if (!svg) return;
+    const width = 200 / bins;
+    const rects = [];
+    (chart?.charged || []).forEach((charged, i) => {
+      const refused = chart.refused[i];
+      const h1 = (refused / top) * 60;
+      const h2 = (charged / top) * 60;
+      if (refused) rects.push(bar(i * width, 60 - h1, width, h1, "refused"));
+      if (charged) rects.push(bar(i * width, 60 - h1 - h2, width, h2, "charged"));
+    });
+    svg.replaceChildren(...rects);
+    svg.dataset.bins = String(chart ? chart.charged.length : 0);
+    svg.dataset.calls = String(chart ? chart.charged.reduce((a, n, i) => a + n + chart.refused[i], 0) : 0);
+  });
 }
 
 async function refresh() {
@@ -340,6 +376,7 @@ async function run(action, button) {
     case "flaky_client":
       return flakyClient(action.params, action.phase);
     case "stock_burst":
+    case "outage_burst":
       return act(button, action);
     default:
       return { ok: false, text: `Unknown action ${action.kind}` };

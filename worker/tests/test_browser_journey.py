@@ -87,9 +87,12 @@ def test_the_rabbitmq_panel_names_the_delay_queue_at_each_retry_and_the_dead_let
         for number, tier in enumerate(tiers, start=1):
             text, queue = select(page, "retry_scheduled", number - 1)
             assert f"Retry {number} of {len(tiers)}" in text
-            assert re.search(rf"queue\s+{re.escape(tier.queue)}\n", queue)
+            # Jitter (the default): one of the tier's lanes, with its TTL.
+            lanes = "|".join(re.escape(lane.queue) for lane in tier.lanes)
+            ttls = "|".join(re.escape(f"{lane.delay_ms / 1000:g}") for lane in tier.lanes)
+            assert re.search(rf"queue\s+({lanes})\n", queue)
             assert re.search(rf"taken from\s+{re.escape(topo.process_queue)}", queue)
-            assert re.search(rf"TTL\s+{tier.delay_ms / 1000:g} s", queue)
+            assert re.search(rf"TTL\s+({ttls}) s", queue)
             assert re.search(r"back in the main queue\s+[\d:.]+ \(after \d+\.\d s\)", queue)
             assert re.search(rf"retries\s+{number}\n", queue)
             assert re.search(r"queue depth \(ready\)\s+\d+", queue)

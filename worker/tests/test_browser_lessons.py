@@ -29,6 +29,12 @@ TIMEOUT_MS = 45_000
 CLICK_MS = 240_000
 CHECKPOINT_MS = 240_000
 
+# The stack's retry tiers: far enough apart that lesson 11's outage (a quarter of the first tier's delay plus half
+# the second's: 5 s) spans the first retry on fixed delays and ends before any second retry, whatever the jitter,
+# and a first tier long enough for its jitter to spread 20 retries over 4 s; the tests' 200/400/800 ms tiers
+# overlap once jittered.
+STACK_RETRY_DELAYS_MS = [4000, 8000, 12000]
+
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
 
@@ -39,9 +45,9 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / "lessons" / f"{name}.png"), full_page=True)
 
 
-def purge_queues() -> None:
+def purge_queues(*, delete_tiers: bool = False) -> None:
     """This run's queues, declared and emptied, on a connection of its own (a lesson outlasts the heartbeat timeout
-    of a connection left idle, like the `broker` fixture's)."""
+    of a connection left idle, like the `broker` fixture's); `delete_tiers`: the retry tiers and their lanes go."""
     from worker.broker import Publisher, connect
 
     publisher = Publisher(connect())
@@ -49,6 +55,9 @@ def purge_queues() -> None:
         publisher.declare_topology()
         for name in publisher.topology.all_queues():
             publisher.channel.queue_purge(name)
+        for tier in publisher.topology.retry_tiers if delete_tiers else []:
+            for lane in tier.lanes:
+                publisher.channel.queue_delete(lane.queue)
     finally:
         publisher.close()
 
@@ -66,22 +75,24 @@ def port_pair() -> int:
 
 
 @pytest.fixture
-def stack(tmp_path, staff):
+def stack(tmp_path, staff, settings):
     """What `make run` runs: `manage.py supervise` with web (gunicorn), ws (daphne), the relay and the workers, on
-    free ports, this run's database and queues. The lessons need all of it: the supervisor restarts killed workers,
-    follows the number of workers, and owns the links a lesson cuts (the web's included). One per test: the
-    supervisor writes its processes' rows only when they change, so a stack would not outlive the flush between
-    two tests."""
+    free ports, this run's database and queues (with the retry tiers STACK_RETRY_DELAYS_MS, which go at the end). The
+    lessons need all of it: the supervisor restarts killed workers, follows the number of workers, and owns the links
+    a lesson cuts (the web's included). One per test: the supervisor writes its processes' rows only when they change,
+    so a stack would not outlive the flush between two tests."""
+    settings.RETRY_DELAYS_MS = STACK_RETRY_DELAYS_MS
     purge_queues()
     port = port_pair()
-    env = service_env(WEB_WORKERS="1", WEB_THREADS="4")
+    delays = ",".join(str(ms) for ms in STACK_RETRY_DELAYS_MS)
+    env = service_env(WEB_WORKERS="1", WEB_THREADS="4", ORDERPIPE_RETRY_DELAYS_MS=delays)
     service = Service("supervise", "--port", str(port), log_dir=tmp_path, env=env).start()
     service.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     service.wait_http(f"{service.url}/healthz", timeout=60)
     assert wait_until(supervisor_reported, timeout=60), service.output(4000)
     yield service
     service.stop(30)
-    purge_queues()
+    purge_queues(delete_tiers=True)
 
 
 def supervisor_reported() -> bool:
@@ -152,6 +163,10 @@ def run_back_to_back(page, lessons: tuple[catalog.Lesson, ...]) -> dict[str, dic
         for phase in lesson.phase_ids():
             if shown[phase]["accepted"]:
                 shown[phase] = settled(page, lesson, phase)
+        if lesson.chart:
+            # What each column's chart drew: its calls, summed over its bars' bins.
+            for phase in lesson.phase_ids():
+                shown[phase]["chart_calls"] = float(page.locator(f"#chart-{phase}").get_attribute("data-calls") or 0)
         shot(page, f"fast-{lesson.number}-{lesson.slug}")
         measured[lesson.slug] = shown
         # One bucket per order: they add up to "accepted" in every column.
@@ -177,6 +192,14 @@ def check_new_lessons(measured: dict[str, dict[str, dict[str, float]]]) -> None:
     assert (drop["dropped"], drop["completed"], drop["publish_nacks"], drop["waited_in_queue"]) == (20, 10, 0, 30)
     assert (reject["completed"], reject["dropped"], reject["lost"]) == (30, 0, 0)
     assert reject["publish_nacks"] > 0 and reject["waited_in_outbox"] > 0
+    # 11: the same outage and burst of 20 in each column, nothing lost or charged twice, every order refused at least
+    # once and completed; on fixed delays the retries came back in waves, with jitter spread out: the fixed column's
+    # busiest second of retries is well above the jittered one's. Each chart drew every call of its column.
+    fixed, jitter = measured["retry-storm"]["fixed"], measured["retry-storm"]["jitter"]
+    for column in (fixed, jitter):
+        assert (column["accepted"], column["completed"], column["lost"], column["charged_twice"]) == (20, 20, 0, 0)
+        assert column["gateway_refused"] >= 20 and column["chart_calls"] == column["gateway_calls"]
+    assert fixed["retry_calls_second"] >= 1.5 * jitter["retry_calls_second"], (fixed, jitter)
 
 
 def test_a_fast_learner_gets_every_documented_result_in_all_the_lessons_back_to_back(stack, browser, staff):

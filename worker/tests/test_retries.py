@@ -88,12 +88,14 @@ def test_an_order_that_keeps_failing_is_dead_lettered_then_replayed(broker, plac
     assert Product.objects.get(sku="BOOK-001").stock == 9
 
 
+@pytest.mark.parametrize("backoff", ["jitter", "fixed"])
 def test_the_journey_names_the_delay_queue_at_each_retry_and_the_dead_letter_queue_at_the_end(
-    broker, place_order, start_worker
+    broker, place_order, start_worker, backoff
 ):
     # A real retry: the sandbox's transient failure rate at 1, so every attempt at the first step times out and the
-    # order goes through each delay tier (200/400/800 ms in tests) and is then dead-lettered by the worker.
-    sandbox.sandbox_update(changes={"transient_failure_rate": 1}, via="test")
+    # order goes through each delay tier (200/400/800 ms in tests) and is then dead-lettered by the worker. With
+    # jitter each retry waits in one of its tier's lanes; on fixed delays in the tier's own queue.
+    sandbox.sandbox_update(changes={"transient_failure_rate": 1, "retry_backoff": backoff}, via="test")
     start_worker(Faults(reader=sandbox.SandboxReader(ttl=0)))
     order = place_order()
     relay_once(broker)
@@ -109,13 +111,14 @@ def test_the_journey_names_the_delay_queue_at_each_retry_and_the_dead_letter_que
     assert len(scheduled) == len(tiers)
     for number, (event, tier) in enumerate(zip(scheduled, tiers, strict=True), start=1):
         queue = event.snapshot["queue"]
-        assert f"Retry {number} of {len(tiers)}" in event.message and tier.queue in event.message
-        assert queue["queue"] == tier.queue and queue["routing_key"] == tier.queue and queue["exchange"] == ""
+        lane = tier if backoff == "fixed" else next(lane for lane in tier.lanes if lane.queue == queue["queue"])
+        assert f"Retry {number} of {len(tiers)}" in event.message and lane.queue in event.message
+        assert queue["queue"] == lane.queue and queue["routing_key"] == lane.queue and queue["exchange"] == ""
         assert queue["from_queue"] == topo.process_queue
-        assert queue["ttl_ms"] == tier.delay_ms
+        assert queue["ttl_ms"] == lane.delay_ms and tier.delay_ms / 2 <= lane.delay_ms <= tier.delay_ms * 1.5
         assert queue["retries"] == number  # the header the copy in the delay queue carries, as the text says
         back_in = datetime.fromisoformat(queue["back_at"]) - event.at
-        assert timedelta(0) < back_in <= timedelta(milliseconds=tier.delay_ms)
+        assert timedelta(0) < back_in <= timedelta(milliseconds=lane.delay_ms)
 
     received_back = [e for e in events if e.kind == EventKind.RECEIVED and e.snapshot["queue"].get("retries")]
     assert [e.snapshot["queue"]["retries"] for e in received_back] == list(range(1, len(tiers) + 1))

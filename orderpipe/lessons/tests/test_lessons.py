@@ -417,3 +417,74 @@ def test_orders_a_killed_worker_held_are_not_yet_known_until_the_queues_are_obse
     assert "a worker died" in numbers["lost_why"]
     queues_seen(ready=0)  # observed since, still empty: now it is lost
     assert measure(email)["lost"] == 1
+
+
+def test_the_retry_storm_lesson_counts_the_gateways_calls_per_100_ms_and_the_retried_ones():
+    """A call is a charge (payment_charged) or a refusal (a retry or a dead letter after 'charge payment'); the bins
+    count from the phase's first call; an order's calls after its first are retries; the gateway is back from its
+    first charge."""
+    from orderpipe.lessons.measure import CALL_BIN_MS
+    from orders import gateway
+    from orders.events import record_event
+
+    email = run_email("retry-storm", "abc", "fixed")
+    a, b, c = place(email, 3)
+    refused = f"Transient failure in 'charge payment': {gateway.DOWN}. Retry 1 of 3 in 1 s through x."
+    start = timezone.now() - timedelta(seconds=60)
+    calls = [  # (order, ms after the first call, refused?)
+        (a, 0, True),
+        (b, 20, True),
+        (c, 150, True),
+        (c, 160, True),
+        (a, 1000, False),
+        (b, 1010, False),
+        (c, 1090, False),
+    ]
+    for order, ms, was_refused in calls:
+        kind = EventKind.RETRY_SCHEDULED if was_refused else EventKind.PAYMENT_CHARGED
+        event = record_event(order, kind, refused if was_refused else "Charged.")
+        OrderEvent.objects.filter(pk=event.pk).update(at=start + timedelta(milliseconds=ms))
+    # A retry for another step is no gateway call.
+    record_event(a, EventKind.RETRY_SCHEDULED, "Transient failure in 'reserve inventory': simulated timeout.")
+    numbers = measure(email)
+    assert (numbers["gateway_calls"], numbers["gateway_refused"]) == (7, 4)
+    # Retried: every order's calls after its first (the 2nd of c, then the three charges); the gateway was back from
+    # bin 10 (its first charge): 3 calls there.
+    assert (numbers["calls_peak"], numbers["retry_calls_peak"], numbers["back_calls_peak"]) == (3, 3, 3)
+    # The busiest second of retries: bins 1 to 10 (c's second call, then the three charges).
+    assert numbers["retry_calls_second"] == 4
+    chart = numbers["calls_chart"]
+    assert chart["bin_ms"] == CALL_BIN_MS
+    assert chart["refused"] == [2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert chart["charged"] == [0] * 10 + [3]
+    # A phase without calls has no chart.
+    assert measure(run_email("retry-storm", "abc", "jitter"))["calls_chart"] is None
+
+
+def test_the_retry_storm_lesson_takes_the_gateway_down_and_places_its_burst(staff):
+    """The act endpoint runs the catalog's outage burst: the gateway down for the lesson's outage from the moment the
+    orders are about to be placed, and the phase's 20 orders placed at once."""
+    import time
+
+    lesson = catalog.BY_SLUG["retry-storm"]
+    staff.post(f"/lessons/{lesson.slug}/start/")
+    run = LessonRun.objects.get(lesson=lesson.slug).run
+    step = next(i for i, s in enumerate(lesson.steps) if any(a.kind == "outage_burst" for a in s.actions))
+    before = time.time()
+    answer = staff.post(f"/lessons/{lesson.slug}/act/", {"step": step, "action": 0}, format="json")
+    assert answer.status_code == 200, answer.content
+    seconds = catalog.gateway_outage_seconds()
+    assert f"refuses every call for {seconds:g} s" in answer.json()["text"]
+    until = SandboxSettings.load().gateway_down_until
+    assert until is not None and before + seconds <= until <= time.time() + seconds
+    assert Order.objects.filter(customer_email=run_email(lesson.slug, run, "fixed")).count() == 20
+    # Start again: the baseline brings the gateway back.
+    staff.post(f"/lessons/{lesson.slug}/start/")
+    assert SandboxSettings.load().gateway_down_until is None
+
+
+def test_the_retry_storm_outage_spans_the_first_tier_and_ends_before_the_second(settings):
+    # Past the first tier's longest jitter (1.5 s), short of the second tier's shortest return (0.5 s + 2.5 s).
+    settings.RETRY_DELAYS_MS = [1000, 5000, 30000]
+    assert catalog.gateway_outage_seconds() == 2.75
+    assert 1.5 < catalog.gateway_outage_seconds() < 3.0
