@@ -17,7 +17,7 @@ Every accepted order is in exactly one bucket (BUCKETS), so they add up to "acce
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import Count, Max, Min, Q, QuerySet, Sum
@@ -185,10 +185,13 @@ def _buckets(orders: QuerySet[Order], events: QuerySet[OrderEvent]) -> dict[str,
     }
 
 
-def measure(email: str | None) -> dict[str, Any]:
+def measure(email: str | None, *, placed_before: datetime | None = None) -> dict[str, Any]:
     """The numbers of one phase: the buckets, and every other count a lesson may show (each lesson picks the ones
-    it needs). None: a phase of a lesson not started yet (all zero)."""
+    it needs). None: a phase of a lesson not started yet (all zero). `placed_before`: only the orders placed by
+    then (a frozen phase's)."""
     orders = Order.objects.filter(customer_email=email) if email else Order.objects.none()
+    if placed_before is not None:
+        orders = orders.filter(created_at__lte=placed_before)
     by_status = dict(orders.order_by().values_list("status").annotate(n=Count("pk")))
     accepted = sum(by_status.values())
     events = OrderEvent.objects.filter(order__in=orders)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -60,12 +61,32 @@ def _numbers(lesson: Lesson, run: LessonRun | None) -> dict[str, dict[str, Any]]
     numbers: dict[str, dict[str, Any]] = {}
     for phase in lesson.phase_ids():
         if run is not None and phase in run.frozen:
-            numbers[phase] = run.frozen[phase]
+            numbers[phase] = _kept(lesson, run, phase)
             continue
         measured = measure(run_email(lesson.slug, run.run, phase) if run is not None else None)
         shown = live_counters if phase == under_way else dict.fromkeys(lesson.counters)
         numbers[phase] = {**measured, **shown}
     return numbers
+
+
+def _settled(numbers: dict[str, Any]) -> bool:
+    return not numbers.get("in_flight") and not numbers.get("not_yet_known")
+
+
+def _kept(lesson: Lesson, run: LessonRun, phase: str) -> dict[str, Any]:
+    """A frozen phase's figures. Frozen while some of its orders were still moving (the next phase began at once),
+    the figures of the orders it had then are measured again until each is in a bucket it stays in, and kept from
+    then on; the counters stay as they were when it froze (the next phase may zero them)."""
+    kept = run.frozen[phase]
+    if _settled(kept):
+        return kept
+    placed_before = datetime.fromisoformat(kept["frozen_at"])
+    measured = measure(run_email(lesson.slug, run.run, phase), placed_before=placed_before)
+    now = {**kept, **{name: value for name, value in measured.items() if name not in lesson.counters}}
+    if _settled(now):
+        run.frozen[phase] = now
+        run.save(update_fields=["frozen"])
+    return now
 
 
 def lesson_state(session_key: str | None, lesson: Lesson, *, user: str = "") -> dict[str, Any]:

@@ -318,6 +318,31 @@ def test_a_phase_keeps_its_figures_and_counters_once_the_next_one_begins(staff):
     assert staff.post(f"/lessons/{lesson.slug}/phase/", {"phase": "nope"}, format="json").status_code == 400
 
 
+def test_a_phase_frozen_with_orders_in_flight_follows_them_until_they_settle(staff):
+    """A fast learner begins the next phase while the last orders of this one are still moving: the frozen column
+    follows those orders until each is in a bucket it stays in, then keeps its figures; a late order never counts."""
+    lesson = catalog.BY_SLUG["idempotency-key"]
+    staff.post(f"/lessons/{lesson.slug}/start/")
+    run = LessonRun.objects.get(lesson=lesson.slug).run
+    orders = place(run_email(lesson.slug, run, "no-key"), 2)
+    assert staff.post(f"/lessons/{lesson.slug}/phase/", {"phase": "with-key"}, format="json").status_code == 200
+
+    def no_key() -> dict:
+        state = staff.get(f"/lessons/{lesson.slug}/state/").json()
+        assert state["phases"][0]["frozen"]
+        return state["phases"][0]["numbers"]
+
+    assert (no_key()["accepted"], no_key()["in_flight"], no_key()["completed"]) == (2, 2, 0)
+    Order.objects.filter(pk__in=[o.pk for o in orders]).update(
+        status=OrderStatus.COMPLETED, completed_at=timezone.now()
+    )
+    place(run_email(lesson.slug, run, "no-key"))  # late: placed after the phase froze
+    assert (no_key()["accepted"], no_key()["in_flight"], no_key()["completed"]) == (2, 0, 2)
+    # Settled, it is kept from now on, whatever happens to its orders later.
+    Order.objects.filter(pk=orders[0].pk).update(status=OrderStatus.FAILED)
+    assert (no_key()["completed"], no_key()["failed"]) == (2, 0)
+
+
 def _stale(n: int) -> int:
     """Count `n` stale reads the way the API does, and return the counter."""
     from orders import cache
