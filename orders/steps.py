@@ -1,18 +1,12 @@
-"""An order's processing steps, as one table and one runner.
-
-Each step is one transaction that locks the order row, checks that the order is at the step the table says it
-requires (a guarded update), does the step's effect and records an event. A redelivered message therefore resumes
-at the first unfinished step and never repeats a finished one; the unique payment row makes a double charge
-impossible even if this logic were wrong, and the gateway's idempotency key makes the provider charge once too.
-Redis writes happen after each commit. Each row also says how its step runs for a batch of orders (`effect_many`,
-`outside_many`), which orders/batch.py runs.
-
-The worker hands each delivery here (`Pipeline.receive`, then `Pipeline.run`) and turns the outcome into an ack,
-a retry or a dead letter; nothing here knows about RabbitMQ beyond the facts a delivery carries (`Carrier`).
+"""An order's processing steps: the step table (`STEPS`) and its one runner (`Pipeline`), for a batch of one or of
+many. Each step is one transaction that locks the order, checks that it is at the step the table requires (the
+guard), does the step's effect and records an event; Redis is written after each commit. Why a redelivery can never
+repeat a step or charge twice: docs/10-design-notes.md ("The steps").
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections import Counter
@@ -21,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Protocol
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from psycopg import sql
@@ -46,7 +41,17 @@ from orders.models import (
     Product,
 )
 from orders.notifications import Notifier
-from orders.services import Transition, attach_lines, cache_after_commit, transition_order
+from orders.services import (
+    Change,
+    Transition,
+    attach_lines,
+    cache_after_batch_commit,
+    cache_after_commit,
+    transition_many,
+    transition_order,
+)
+
+log = logging.getLogger(__name__)
 
 
 class Carrier(Protocol):
@@ -132,6 +137,11 @@ class Step:
     outside_many: BatchOutside | None = None
     transient_faults: bool = True  # the sandbox's simulated timeouts may hit this step
     crash_point: bool = True  # the sandbox's crash may kill the worker inside this step's transaction
+
+    @property
+    def target(self) -> OrderStatus:
+        """The status every order has once this step commits."""
+        return OrderStatus.COMPLETED if self.then is None else OrderStatus.PROCESSING
 
     def fields(self, done: Done) -> dict[str, Any]:
         """The order's fields once this step commits: the effect's changes and the next step."""
@@ -399,8 +409,26 @@ class Outcome:
     error: Exception | None = None
 
 
+@dataclass
+class Item:
+    """One delivery's order as the runner takes it through the steps, and how far it got."""
+
+    order_id: uuid.UUID
+    message: Carrier
+    order: Order | None = None  # as the last step that read it left it (lines attached)
+    outcome: Outcome | None = None  # how its steps ended, once they have
+    error: Exception | None = None  # an unexpected exception: `Pipeline.run` raises it
+    failure: PermanentFailure | None = None  # recorded with `Pipeline.fail` once the step's transaction is over
+    lines: list[OrderLine] | None = None  # read once per delivery: an order's lines never change after it is accepted
+
+    @property
+    def running(self) -> bool:
+        return self.outcome is None and self.error is None and self.failure is None
+
+
 class Pipeline:
-    """Runs an order's steps for one delivery. One instance per worker; safe to share between its threads."""
+    """Runs the step table for the orders a worker holds: one transaction per step, for a batch of one or of many.
+    One instance per worker; safe to share between its threads."""
 
     def __init__(self, *, seams: Seams, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.seams = seams
@@ -409,7 +437,6 @@ class Pipeline:
     def receive(self, order_id: uuid.UUID, message: Carrier) -> Transition | None:
         """Take the order into `processing` and count the attempt; raises UnknownOrder. Returns None when the order
         is already terminal (a duplicate delivery, recorded as such)."""
-        _lines.entry = None
         with transaction.atomic():
             try:
                 order = _locked(order_id)
@@ -448,57 +475,150 @@ class Pipeline:
         cache_after_commit([transition])
         return transition
 
-    def run(self, order_id: uuid.UUID, message: Carrier) -> Outcome:
-        """Every step the order has not finished, in order. A permanent failure fails the order (stock released);
-        a transient one is handed back to the caller with the step it hit.
+    def run(self, order_id: uuid.UUID, message: Carrier, order: Order | None = None) -> Outcome:
+        """Every step the order has not finished, in order: `run_items` for a batch of one. A permanent failure
+        fails the order (stock released); a transient one is handed back with the step it hit; an unexpected
+        exception is raised. `order`: the order as `receive` left it, so its lines are not read again.
 
         The sandbox's unsafe step_guards=off swaps the guard (orders/sandbox/policies.py): every step runs on every
         delivery, finished or not, so a redelivery reserves the stock again, charges again (without a key) and emails
         again."""
-        for step in STEPS:
-            self.wait_before_step(order_id, step.name, message)
-            try:
-                self.run_step(step, order_id, message)
-            except PermanentFailure as exc:
-                self.fail(order_id, str(exc), message)
-                return Outcome(Ended.FAILED, step.name, exc)
-            except TransientFailure as exc:
-                return Outcome(Ended.TRANSIENT, step.name, exc)
-        return Outcome(Ended.DONE)
+        item = Item(order_id=order_id, message=message, order=order)
+        self.run_items([item])
+        if item.error is not None:
+            raise item.error
+        if item.outcome is None:
+            raise BrokenInvariant(f"order {order_id}: the steps ended without an outcome")
+        return item.outcome
 
-    def run_step(self, step: Step, order_id: uuid.UUID, message: Carrier) -> Transition | None:
-        """One guarded step. Returns None, changing nothing, when the order is not at the step this one requires.
+    def run_items(self, items: list[Item]) -> None:
+        """Every step the items' orders have not finished, one transaction per step for all of them. Sets each
+        item's `outcome` or `error`; database outages and `Interrupted` (the worker stopping) propagate. Events are
+        logged at INFO for an order run on its own, at DEBUG in a batch (orders/batch.py logs its summary)."""
+        log_level = logging.INFO if len(items) == 1 else logging.DEBUG
+        for step in STEPS:
+            running = [item for item in items if item.running]
+            if not running:
+                break
+            for item in running:
+                self.wait_before_step(item.order_id, step.name, item.message)
+            self.run_step(step, running, log_level=log_level)
+        for item in items:
+            if item.running:
+                item.outcome = Outcome(Ended.DONE)
+
+    def run_step(self, step: Step, items: list[Item], *, log_level: int = logging.INFO) -> None:
+        """One guarded step for the items' orders: the call to another system (if the step makes one), one
+        transaction for all of them, the cache writes after its commit, then the permanent failures recorded one
+        by one. An order that is not at the step this one requires is left as it is: a finished step never reruns.
         The step policy in effect now (`FaultInjector.policy`: `SAFE_STEPS` but in a sandbox mode) runs it."""
         seams = replace(self.seams, policy=self.seams.faults.policy())
-        at = seams.policy.at
-        prepared = None
-        if step.outside is not None:
-            # An unlocked read is enough to skip a finished step; the guard under the lock below is the real check
-            # (a call made needlessly by a racing worker is harmless: it repeats an idempotent request).
-            order = _unlocked(order_id)
-            if not at(order, step):
-                return None
-            prepared = step.outside(order, seams)
+        _read_lines(items)
+        prepared = self._ask_outside(step, items, seams)
+        entered = [item for item in items if item.running and (step.outside is None or item.order_id in prepared)]
+        self._enter(seams, step, entered, prepared, log_level)
+        for item in items:
+            if item.failure is not None:
+                self._record_failure(step, item)
+
+    def _ask_outside(self, step: Step, items: list[Item], seams: Seams) -> dict[uuid.UUID, Any]:
+        """The call to the other system, before the step's transaction and outside it: each asked order's answer by
+        order id. Only orders at the step are asked (an unlocked read is enough to skip a finished step; the guard
+        under the lock is the real check, and a call made needlessly by a racing worker repeats an idempotent
+        request). An order whose answer is an exception is split out with it."""
+        if step.outside is None:
+            return {}
+        current = _unlocked([item.order_id for item in items])
+        asking = [item for item in items if item.order_id in current and seams.policy.at(current[item.order_id], step)]
+        orders = [attach_lines(current[item.order_id], item.lines or []) for item in asking]
+        answers = step.ask_outside_many(orders, seams) if _batched(orders, seams) else each(step.outside, orders, seams)
+        prepared: dict[uuid.UUID, Any] = {}
+        for item, answer in zip(asking, answers, strict=True):
+            if isinstance(answer, Exception):
+                _split(item, answer, step)
+            else:
+                prepared[item.order_id] = answer
+        return prepared
+
+    def _enter(
+        self, seams: Seams, step: Step, entered: list[Item], prepared: dict[uuid.UUID, Any], log_level: int
+    ) -> None:
+        """The step's transaction for the entered items, then the cache writes. An order whose step raises is
+        split out with its exception; if the transaction of several fails, it is rolled back for all of them and
+        each runs again on its own, where its own exception has its own verdict."""
+        if not entered:
+            return
+        try:
+            transitions = self._commit_step(seams, step, entered, prepared, log_level)
+        except OUTAGE:
+            raise
+        except Exception as exc:
+            if len(entered) == 1:
+                _split(entered[0], exc, step)
+                return
+            log.warning("step '%s' failed for a batch; its %d orders go one by one", step.name, len(entered),
+                        exc_info=True)  # fmt: skip
+            for item in entered:
+                item.outcome, item.error, item.failure = None, None, None
+                self._enter(seams, step, [item], prepared, log_level)
+            return
+        cache_after_batch_commit(transitions)
+
+    def _commit_step(
+        self, seams: Seams, step: Step, entered: list[Item], prepared: dict[uuid.UUID, Any], log_level: int
+    ) -> list[Transition]:
+        """The step's transaction: the orders locked (in id order) and guarded, the sandbox's checks, the effect,
+        the moves with their events in one statement, the sandbox's crash point, the commit."""
         with transaction.atomic():
-            order = _locked(order_id)
-            if not at(order, step):
-                return None
-            seams.faults.before_step(step.name, transient=step.transient_faults)  # the sandbox's bug and timeout
-            done = step.effect(order, seams, prepared)
-            transition = transition_order(
-                order,
-                to=done.to,
-                kind=step.kind,
-                message=done.message,
-                queue=message.snapshot(),
-                rows=done.rows,
-                **step.fields(done),
+            ready = self._ready(seams, step, entered)
+            orders = [order for _, order in ready]
+            results = _effects(step, seams, orders, prepared)
+            moving, changes = _changes(step, ready, results)
+            # One step moves every order to the same status (complete: `completed`).
+            transitions = (
+                transition_many(changes, to=step.target, kind=step.kind, log_level=log_level) if changes else []
             )
-            # The sandbox's crash: it rolls the step back (stock, payment row, notification); the redelivery redoes
-            # it once.
-            seams.faults.inside_step(step.name, crash_point=step.crash_point)
-        cache_after_commit([transition])
-        return transition
+            for _ in transitions:
+                # The sandbox's crash: it rolls the step back (stock, payment row, notification) for every order in
+                # it; each redelivery redoes it once.
+                seams.faults.inside_step(step.name, crash_point=step.crash_point)
+            if len(transitions) > 1 and step.name == settings.BATCH_PAUSE_AT:
+                _park(step, transitions)
+        for item, moved in zip(moving, transitions, strict=True):
+            item.order = moved.order
+        return transitions
+
+    def _ready(self, seams: Seams, step: Step, entered: list[Item]) -> list[tuple[Item, Order]]:
+        """The entered orders, locked, that are at the step (the guard) and pass the sandbox's bug and simulated
+        timeout, with their lines."""
+        locked = locked_many([item.order_id for item in entered])
+        ready: list[tuple[Item, Order]] = []
+        for item in entered:
+            if item.order_id not in locked:
+                item.error = Order.DoesNotExist(f"order {item.order_id} is gone")
+                continue
+            order = item.order = attach_lines(locked[item.order_id], item.lines or [])
+            if not seams.policy.at(order, step):
+                continue  # the step guard: not at this step (done before, or another worker has it)
+            try:
+                seams.faults.before_step(step.name, transient=step.transient_faults)
+            except Exception as exc:
+                _split(item, exc, step)
+                continue
+            ready.append((item, order))
+        return ready
+
+    def _record_failure(self, step: Step, item: Item) -> None:
+        """After the failed step's rollback: the failure in a transaction of its own."""
+        failure, item.failure = item.failure, None
+        try:
+            self.fail(item.order_id, str(failure), item.message)
+        except OUTAGE:
+            raise
+        except Exception as exc:
+            item.error = exc
+            return
+        item.outcome = Outcome(Ended.FAILED, step.name, failure)
 
     def wait_before_step(self, order_id: uuid.UUID, step: str, message: Carrier) -> None:
         """Sandbox: the step delay, and in step-by-step mode, wait for 'Next step' on the journey page."""
@@ -605,22 +725,106 @@ SAFE_STEPS: StepPolicy = StepPolicy(
 )
 
 
-# The lines of the order this thread is working on. A delivery runs start to finish on one step thread, and an
-# order's lines never change after it is accepted, so each delivery reads them once instead of once per step.
-_lines = threading.local()
-
-
-def _with_lines(order: Order) -> Order:
-    cached = getattr(_lines, "entry", None)
-    if cached is None or cached[0] != order.pk:
-        cached = _lines.entry = (order.pk, list(OrderLine.objects.filter(order_id=order.pk).order_by("pk")))
-    return attach_lines(order, cached[1])
-
-
 def _locked(order_id: uuid.UUID) -> Order:
-    """The order, its row locked until the step's transaction ends, with its lines."""
-    return _with_lines(Order.objects.select_for_update(of=("self",)).get(pk=order_id))
+    """The order, its row locked until the transaction ends, with its lines."""
+    order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
+    return attach_lines(order, list(OrderLine.objects.filter(order_id=order_id).order_by("pk")))
 
 
-def _unlocked(order_id: uuid.UUID) -> Order:
-    return _with_lines(Order.objects.get(pk=order_id))
+def locked_many(order_ids: list[uuid.UUID]) -> dict[uuid.UUID, Order]:
+    """The orders, their rows locked until the transaction ends, in id order: two batches (or a batch and a single
+    order) sharing an order wait for each other instead of deadlocking."""
+    orders = Order.objects.select_for_update(of=("self",)).filter(pk__in=order_ids).order_by("pk")
+    return {order.pk: order for order in orders}
+
+
+def _unlocked(order_ids: list[uuid.UUID]) -> dict[uuid.UUID, Order]:
+    return {order.pk: order for order in Order.objects.filter(pk__in=order_ids)}
+
+
+def _read_lines(items: list[Item]) -> None:
+    """Each item's order lines: from the order `receive` left, or for the others in one read."""
+    missing: list[uuid.UUID] = []
+    for item in items:
+        if item.lines is None and item.order is not None:
+            item.lines = list(item.order.lines.all())
+        elif item.lines is None:
+            missing.append(item.order_id)
+    if not missing:
+        return
+    lines: dict[uuid.UUID, list[OrderLine]] = {order_id: [] for order_id in missing}
+    for line in OrderLine.objects.filter(order_id__in=missing).order_by("pk"):
+        lines[line.order_id].append(line)
+    for item in items:
+        if item.lines is None:
+            item.lines = lines[item.order_id]
+
+
+def _batched(orders: list[Order], seams: Seams) -> bool:
+    """Whether a step's batched form runs (`effect_many`, `outside_many`): for more than one order, under the
+    production policy. One order, or a sandbox policy, runs each order's own form, the readable one."""
+    return len(orders) > 1 and seams.policy is SAFE_STEPS
+
+
+def _effects(step: Step, seams: Seams, orders: list[Order], prepared: dict[uuid.UUID, Any]) -> list[Done | Exception]:
+    """What the step's effect did for each order, or the exception that takes it out of the step. One order's
+    exception propagates (its step is rolled back); in a batch each order's own effect runs in a savepoint."""
+    if _batched(orders, seams):
+        return step.effect_many(orders, seams, prepared)
+    if len(orders) == 1:
+        return [step.effect(orders[0], seams, prepared.get(orders[0].pk))]
+    results: list[Done | Exception] = []
+    for order in orders:
+        try:
+            with transaction.atomic():
+                results.append(step.effect(order, seams, prepared.get(order.pk)))
+        except OUTAGE:
+            raise
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def _changes(
+    step: Step, ready: list[tuple[Item, Order]], results: list[Done | Exception]
+) -> tuple[list[Item], list[Change]]:
+    """The items whose effect went through and their moves; the others are split out."""
+    moving: list[Item] = []
+    changes: list[Change] = []
+    for (item, order), done in zip(ready, results, strict=True):
+        if isinstance(done, Exception):
+            _split(item, done, step)
+            continue
+        moving.append(item)
+        changes.append(
+            Change(order=order, message=done.message, queue=item.message.snapshot(), rows=done.rows,
+                   changes=step.fields(done))
+        )  # fmt: skip
+    return moving, changes
+
+
+def _split(item: Item, exc: Exception, step: Step) -> None:
+    """Take one order out of the step with the outcome its exception gives it: a permanent failure fails the order,
+    a transient one is retried, anything else is unexpected. An outage propagates."""
+    if isinstance(exc, OUTAGE):
+        raise exc
+    if isinstance(exc, PermanentFailure):
+        item.failure = exc
+    elif isinstance(exc, TransientFailure):
+        item.outcome = Outcome(Ended.TRANSIENT, step.name, exc)
+    else:
+        item.error = exc
+
+
+def _park(step: Step, transitions: list[Transition]) -> None:
+    """Tests only (`ORDERPIPE_BATCH_PAUSE_AT`): in a batch of several, say which orders this step holds, then wait
+    here, before the step's commit, until the process is killed, so a chaos test's SIGKILL lands exactly there."""
+    log.warning(
+        "batch: pause point %s reached with %d order(s): %s",
+        step.name,
+        len(transitions),
+        " ".join(str(moved.order.pk) for moved in transitions),
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    threading.Event().wait()

@@ -265,7 +265,7 @@ class Processor:
             return Verdict(Action.DEAD_LETTER, reason=f"poison message: {exc}")
         if started is None:
             return ACK
-        return self.verdict(order_id, self.pipeline.run(order_id, delivery), delivery)
+        return self.verdict(order_id, self.pipeline.run(order_id, delivery, order=started.order), delivery)
 
     def process_batch(self, deliveries: list[Delivery]) -> Iterator[tuple[Delivery, Verdict | Exception]]:
         """Handle the deliveries a worker holds, yielding each with its verdict (or the unexpected exception that
@@ -273,9 +273,9 @@ class Processor:
 
         The fresh ones (first deliveries of orders no worker has started, one per order) run as one batch, one
         transaction per step (orders/batch.py); every other delivery, and any order the batch leaves, goes through
-        `process` (or, if the batch took it into `processing`, through the per-order steps), one by one, after the
-        batch. Each gets exactly the verdict `process` would give it. Database errors and Interrupted propagate;
-        what was yielded before them is settled, so the caller runs only the rest again."""
+        `process`, one by one, after the batch. Each gets exactly the verdict `process` would give it. Database
+        errors and Interrupted propagate; what was yielded before them is settled, so the caller runs only the rest
+        again."""
         items: list[tuple[Delivery, Item]] = []
         alone: list[Delivery] = []
         taken: set[uuid.UUID] = set()
@@ -288,15 +288,12 @@ class Processor:
             taken.add(order_id)
             items.append((delivery, Item(order_id=order_id, message=delivery)))
         if len(items) == 1:
-            # A batch of one gains nothing from the batched statements: it goes the per-order way.
+            # A batch of one gains nothing from the batched receipt: it goes the per-order way.
             alone.insert(0, items.pop()[0])
-        if items:
-            run_batch(self.pipeline, [item for _, item in items])
+        left = {id(item) for item in run_batch(self.pipeline, [item for _, item in items])} if items else set()
         for delivery, item in items:
-            if item.alone and not item.received:
+            if id(item) in left:
                 alone.append(delivery)
-            elif item.alone:
-                yield delivery, _guarded(self.resume, item.order_id, delivery)
             elif item.error is not None:
                 yield delivery, item.error
             elif item.outcome is None:
@@ -305,10 +302,6 @@ class Processor:
                 yield delivery, _guarded(self.verdict, item.order_id, item.outcome, delivery)
         for delivery in alone:
             yield delivery, _guarded(self.process, delivery)
-
-    def resume(self, order_id: uuid.UUID, delivery: Delivery) -> Verdict:
-        """The rest of `process` for an order already received: its unfinished steps, one by one."""
-        return self.verdict(order_id, self.pipeline.run(order_id, delivery), delivery)
 
     def verdict(self, order_id: uuid.UUID, outcome: Outcome, delivery: Delivery) -> Verdict:
         """The verdict for how an order's steps ended."""

@@ -13,6 +13,7 @@ import pytest
 from django.db import IntegrityError
 
 from orders import batch, gateway
+from orders import steps as steps_module
 from orders.models import (
     EventKind,
     GatewayCharge,
@@ -25,7 +26,7 @@ from orders.models import (
 )
 from orders.sandbox.faults import NoFaults
 from orders.services import order_create
-from orders.steps import STEPS
+from orders.steps import STEPS, Item
 from orders.tests.factories import ProductFactory
 from worker.processing import ACK, Delivery, Processor
 
@@ -187,7 +188,7 @@ def test_a_batch_statement_that_fails_leaves_each_order_to_the_per_order_steps(m
     steps = tuple(
         replace(step, effect_many=broken) if step.kind == EventKind.PAYMENT_CHARGED else step for step in STEPS
     )
-    monkeypatch.setattr(batch, "STEPS", steps)
+    monkeypatch.setattr(steps_module, "STEPS", steps)
     deliveries = [delivery(order, n + 1) for n, order in enumerate(orders)]
     assert [verdict for _, verdict in Processor(faults=NoFaults()).process_batch(deliveries)] == [ACK] * len(ORDERS)
 
@@ -207,7 +208,7 @@ def test_a_step_batches_as_its_row_says_whatever_its_name(monkeypatch):
         ProductFactory(sku=sku, price="12.50")
     orders = place("d")
     renamed = tuple(replace(step, name=f"step {n}") for n, step in enumerate(STEPS))
-    monkeypatch.setattr(batch, "STEPS", renamed)
+    monkeypatch.setattr(steps_module, "STEPS", renamed)
     real, asked = gateway.charge_many, []
 
     def charge_many(orders: list[Order], faults: Any) -> list[Any]:
@@ -258,10 +259,10 @@ def test_the_batch_statements_find_their_rows_through_an_index():
             assert not re.search(r"Seq Scan on orders_(order|orderevent)\b", plan), plan
 
 
-def test_an_order_another_worker_moved_on_is_left_to_the_per_order_guards(monkeypatch):
+def test_an_order_another_worker_moved_on_is_skipped_by_the_step_guard(monkeypatch):
     """A duplicate delivery of one of the batch's orders, run the per-order way by another worker, reserves its stock
-    between the batch's receipt and its reserve step: the batch's guard (the order must be at the step) leaves that
-    order to the per-order guards, so its stock is taken once."""
+    between the batch's receipt and its reserve step: the step guard (the order must be at the step) skips that order
+    in the batch's reserve step, so its stock is taken once."""
     ProductFactory(sku="BOOK-001", price="12.50", stock=10)
     orders = [
         order_create(customer_email=f"d{n}@example.com", items=[{"sku": "BOOK-001", "quantity": 1}]) for n in range(3)
@@ -275,7 +276,8 @@ def test_an_order_another_worker_moved_on_is_left_to_the_per_order_guards(monkey
     def racing_worker_after(transitions: list[Any]) -> None:
         after_commit(transitions)
         if not raced:  # the batch's receipt has committed: the other worker reserves the victim's stock now
-            raced.append(processor.pipeline.run_step(batch.STEPS[0], victim.pk, deliveries[1]) is not None)
+            processor.pipeline.run_step(STEPS[0], [Item(order_id=victim.pk, message=deliveries[1])])
+            raced.append(Order.objects.get(pk=victim.pk).step == STEPS[0].then)
 
     monkeypatch.setattr(batch, "cache_after_batch_commit", racing_worker_after)
     assert [verdict for _, verdict in processor.process_batch(deliveries)] == [ACK] * len(orders)

@@ -38,10 +38,10 @@ def run_until(broker):
             # A bug in the charge step: the message is returned until the quorum queue's delivery limit parks it.
             run_step = worker.processor.pipeline.run_step
 
-            def broken(step, order_id, message):
+            def broken(step, items, **options):
                 if step is STEPS[1]:
                     raise KeyError("injected bug")
-                return run_step(step, order_id, message)
+                return run_step(step, items, **options)
 
             worker.processor.pipeline.run_step = broken  # type: ignore[method-assign]
         thread = threading.Thread(target=worker.run, daemon=True)

@@ -49,14 +49,14 @@ def worker_with_faults(broker):
     run_step = worker.processor.pipeline.run_step
     calls = {"charge": 0}
 
-    def flaky(step, order_id, message):
+    def flaky(step, items, **options):
         if step is STEPS[1]:
             calls["charge"] += 1
             if calls["charge"] == 1:
                 raise KeyError("injected bug")
             if calls["charge"] == 2:
                 raise TransientFailure("gateway timeout (injected)")
-        return run_step(step, order_id, message)
+        return run_step(step, items, **options)
 
     worker.processor.pipeline.run_step = flaky  # type: ignore[method-assign]
     thread = threading.Thread(target=worker.run, daemon=True)

@@ -146,10 +146,10 @@ def _raising_in_a_step(worker: Worker, bad: set[str], exc: Exception) -> None:
     pipeline = worker.processor.pipeline
     run_step = pipeline.run_step
 
-    def broken(step, order_id, message):
-        if step is STEPS[1] and str(order_id) in bad:
+    def broken(step, items, **options):
+        if step is STEPS[1] and any(str(item.order_id) in bad for item in items):
             raise exc
-        return run_step(step, order_id, message)
+        return run_step(step, items, **options)
 
     pipeline.run_step = broken  # type: ignore[method-assign]
 
