@@ -1,16 +1,6 @@
 """gunicorn's configuration for orderpipe's HTTP server (`gunicorn -c gunicorn.conf.py`: Compose's `web`, the
-Dockerfile's CMD, `make run`). WebSockets are not served here: daphne runs beside it (Compose's `ws`).
-
-Why gunicorn with threads (WSGI) for HTTP: it accepted the most orders. On the 2-core development machine,
-POST /api/orders/ at 64 connections reached 338 orders/s with 2 workers x 4 threads, against 299/s for
-`uvicorn --workers 2` and 220/s for daphne (bench/run.py; the table in docs/09-benchmark.md). The CPU is
-the limit there (about 3 ms per order in the server), not waits: threads only fill the short gaps while a request
-waits on PostgreSQL's answers. granian (WSGI, the same 2 x 4) measured beside it without a clear win: level at 16
-connections, about 9% ahead at 64 in three runs (docs/09-benchmark.md).
-
-The variables read here are gunicorn's alone (WEB_BIND, PORT, WEB_WORKERS, WEB_THREADS, WEB_ACCESS_LOG,
-LOG_LEVEL); Django's settings still come from orderpipe/settings.py. Options on the command line win over this
-file (the tests and the benchmark bind with `-b`).
+Dockerfile's CMD, `make run`); daphne serves the WebSockets beside it (Compose's `ws`). Options on the command line win
+over this file. Why gunicorn with threads, and which variables it reads: docs/10-design-notes.md, "The HTTP server".
 """
 
 from __future__ import annotations

@@ -1,23 +1,7 @@
 """`make bench`: how fast orderpipe accepts and processes orders on this machine, beside raw baselines.
 
-One run measures, on the local PostgreSQL, RabbitMQ and Redis, in its own database (`orderpipe_bench`) and under its
-own prefix (`bench-<random>`, removed afterwards), so it never touches a dev instance or a test run:
-
-- API accept: POST /api/orders/ (every request a real, unique order) with wrk at 16 and 64 connections against
-  daphne, uvicorn (2 workers), gunicorn (2 workers x 4 threads) and granian (WSGI, 2 workers x 4 threads),
-  production settings (DEBUG off, real key), with the server's and PostgreSQL's CPU per request;
-- pipeline: a backlog of orders drained by the relay and 1, 2 or 4 workers (zero simulated delay), each row with the
-  batch size the workers used and the CPU per order of each process (workers, PostgreSQL's backends for the bench's
-  database, relay, broker, Redis) over the drain, from /proc (bench/cpu.py);
-- end to end at a steady 20 orders/s through the API, relay and one worker (accepted -> completed);
-- relay only: a backlog of outbox rows published by the relay's unit of work (`relay_once`, in this process) with
-  one confirm awaited per row (RELAY_CONFIRM_WINDOW=1, the relay before windows) and with the default window, each
-  with the CPU per row of the relay, PostgreSQL and the broker;
-- raw baselines: the order + lines + outbox + event INSERT transaction straight through psycopg at the same
-  concurrency, pika publish-with-confirm and consume-with-ack rates on a quorum queue, and pika publishing windows
-  of confirms (SelectConnection).
-
-Every project figure is printed beside its baseline as a ratio. The table also goes to bench/results/<date>.md.
+One run measures the API's accept, the pipeline's drain, end to end and the relay alone, in its own database and under
+its own prefix, each figure beside its baseline; what each row measures: docs/09-benchmark.md, "What it measures".
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
 """How many WebSocket messages a dashboard tab receives during a burst of orders, and whether the page stays
-responsive. Not part of the test suite.
+responsive. Not part of the test suite; what it samples: docs/10-design-notes.md, "The dashboard under a burst".
 
-Run against a running instance (e.g. `make run`, which prints the demo staff login):
-
-    .venv/bin/python bench/ws_burst.py --url http://127.0.0.1:8000 --orders 5000
-
-It logs in, opens the dashboard in headless Chromium, places the burst from the page's own control, and samples once
-a second, in the page: WebSocket messages and bytes received (counters kept by static/js/live.js), animation frames
-(a requestAnimationFrame counter: ~60/s means the page never stalled), the longest gap between two frames, and long
-tasks (> 50 ms) reported by PerformanceObserver. It stops when every order of the burst is terminal or after
---max-seconds, and prints a summary (and --json for the raw samples).
+    .venv/bin/python bench/ws_burst.py --url http://127.0.0.1:8000 --orders 5000   # against a running `make run`
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""The payment gateway seam: a simulated external provider with a ledger of its own (`GatewayCharge`).
-
-It is another system: each call runs in a transaction of its own (`durable=True`: calling it inside another
-transaction is an error), never inside the step that records our `Payment`, because a real provider's charge does
-not roll back with our database. That leaves a window: the
-gateway has charged and our step has not committed (a crash, a lost connection). Calling it again with the same
-idempotency key (the order id) is what closes the window: the second call returns the first charge's reference
-and adds nothing to the ledger, so the redelivered step records the one charge there is.
-
-Swap it by passing another `Gateway` to the worker's Processor (tests and lessons do).
+"""The payment gateway seam: a simulated external provider with a ledger of its own (`GatewayCharge`). Each call
+runs in a transaction of its own, and a call repeated with the same idempotency key (the order id) returns the first
+charge (docs/10-design-notes.md, "The payment gateway"). Swap it by passing another `Gateway` to the worker's
+Processor (tests and lessons do).
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
-"""The OpenAPI schema (drf-spectacular), made to say what the API really does.
-
-- Every operation lists every status it can answer: its own (from `@extend_schema`), plus those any request may
-  get from the layers in front of the view (`error_responses`): 403 (not allowed, or the CSRF check), 429
-  (throttled), 503 (the database is down), 414 (a request line over gunicorn's limit), and for a body 400
-  (malformed JSON), 411 (chunked), 413 (too large) and 415 (not JSON).
-- An operation anonymous callers may use says so (an empty security requirement beside the login), as the view's
-  permission decides (`allows_anonymous` on orders/permissions.py's classes).
-- With ORDERPIPE_SANDBOX=false the sandbox's endpoints are not in the schema (`drop_sandbox_endpoints`): they
-  answer 404 then.
+"""The OpenAPI schema (drf-spectacular), made to say what the API really does: every status an operation can answer,
+those of the layers in front of the view included, which operations anonymous callers may use, and no sandbox
+endpoints with ORDERPIPE_SANDBOX=false (docs/10-design-notes.md, "The OpenAPI schema").
 """
 
 from __future__ import annotations

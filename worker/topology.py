@@ -1,24 +1,6 @@
-"""The RabbitMQ topology, declared in this one place, idempotently, by relays and workers alike.
-
-    exchange <prefix>.orders (direct) --order.placed--> quorum queue <prefix>.orders.process
-        x-delivery-limit: a message that keeps crashing workers is dead-lettered instead of looping forever
-        x-dead-letter-exchange <prefix>.dlx, at-least-once dead-lettering (needs x-overflow=reject-publish)
-    retry tiers <prefix>.orders.retry.<delay>: per-queue TTL, dead-lettered back to <prefix>.orders
-        each with jitter lanes <prefix>.orders.retry.<delay>.lane.<ttl> (0.5, 0.6, ... 1.5x the tier's delay; the
-        tier's own queue is the 1x lane): a retry with jitter waits in one picked at random, so orders that failed
-        together come back spread out. A lane per TTL, because a queue only expires the message at its head:
-        per-message TTLs in one queue would hold the short ones behind a long one and release them together.
-    exchange <prefix>.dlx (fanout) --> quorum queue <prefix>.orders.dead (the parking lot, replayable)
-                                   --> quorum queue <prefix>.orders.dead.watch (a copy the worker consumes to mark
-                                       orders the broker dead-lettered by itself, e.g. at the delivery limit)
-
-Every name carries the configured prefix, so tests never touch a running instance's queues.
-
-On a cluster (`make cluster`, several nodes in AMQP_URL) every quorum queue gets a member on each node: RabbitMQ
-3.10 sizes a new quorum queue's group to all cluster nodes when `x-quorum-initial-group-size` is absent. It is left
-absent on purpose: a queue's arguments must match on every redeclare, so adding it would make queues already
-declared on a single broker refuse this topology (PRECONDITION_FAILED). worker/tests/test_cluster.py checks the
-membership.
+"""The RabbitMQ topology, declared in this one place, idempotently, by relays and workers alike: the orders exchange
+and its quorum queue, the retry tiers with their jitter lanes, and the dead letters with their watch copy, every name
+under the configured prefix (docs/10-design-notes.md, "The RabbitMQ topology").
 """
 
 from __future__ import annotations

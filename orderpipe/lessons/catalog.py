@@ -1,18 +1,7 @@
 """The lessons, as data: what each teaches, its diagram, its steps (buttons that call the pipeline's existing API
 endpoints), the numbers its checkpoint panel shows and the checkpoints that pass on them. One template
-(templates/lessons/lesson.html) and one script (static/js/lessons.js) render every lesson.
-
-An action's `kind` names what the page's script calls: `sandbox` PATCHes /api/sandbox/ with `params`; `burst`
-POSTs /api/controls/burst/ with the phase's customer email; `replay` replays the phase's dead-lettered orders one by
-one (/api/dead-letters/replay/); `restock`, `flush_cache`, `purge` call their controls; `flaky_client` runs the
-client simulator in the page. Orders placed by an action belong to its `phase`: a lesson compares its phases
-(the unsafe run and the safe one) side by side, and a phase's figures are kept as they were once a step that begins
-a later phase is pressed.
-
-A lesson starts clean: its "Start" button sets every sandbox setting to the lesson's `baseline` (faults, modes and
-scaling, spelled out). Its buttons are pressed in order, each enabled once the one before is done (a settings change
-is done once the workers run it) and once its `waits` hold (a phase settled, a worker holding its orders), so a
-learner clicking as fast as the buttons allow gets the documented result.
+(templates/lessons/lesson.html) and one script (static/js/lessons.js) render every lesson; what an action, a phase and
+a baseline do: docs/10-design-notes.md, "The lessons as data".
 """
 
 from __future__ import annotations

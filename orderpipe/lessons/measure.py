@@ -1,17 +1,6 @@
-"""What a lesson's checkpoint panel shows, measured from real state: the orders of one phase of a lesson run (found
-by their customer email, `run_email`, which names the run), PostgreSQL's rows, the gateway's ledger, the workers'
-heartbeats and the queue depths the relay and workers last observed. The counting itself is the unsafe modes'
-checkpoint functions (orders/checkpoints.py for what the domain can count, worker/checkpoints.py for the broker's
-side of "lost"); this module scopes them to a phase and adds what the sweeper saw.
-
-Every accepted order is in exactly one bucket (BUCKETS), so they add up to "accepted":
-- lost: its message is nowhere (not terminal, no unsent outbox row, no journey movement for a few seconds, not held
-  by a live worker, and no queue that could carry it holds anything), or the sweeper re-sent it (a `resent` event):
-  it was lost, whatever it became afterwards ("lost, later re-sent by the sweeper");
-- not yet known: stuck the same way, but a queue holds ready messages (they may be its) or the depths were not
-  observed recently: the count is late, never wrong;
-- completed, failed, dead-lettered: its terminal status;
-- in flight: the rest (in the outbox, queued, held by a worker, retrying).
+"""What a lesson's checkpoint panel shows, measured from real state for one phase of a lesson run (its orders found by
+their customer email, `run_email`). Every accepted order is in exactly one of BUCKETS: lost, not yet known, completed,
+failed, dead-lettered or in flight (docs/10-design-notes.md, "The lessons' checkpoint figures").
 """
 
 from __future__ import annotations
@@ -159,7 +148,8 @@ def run_orders(slug: str, runs: list[str], phases: list[str]) -> QuerySet[Order]
 
 
 def _buckets(orders: QuerySet[Order], events: QuerySet[OrderEvent]) -> dict[str, Any]:
-    """Each order in exactly one of BUCKETS (the module's docstring says which), with what explains the lost ones."""
+    """Each order in exactly one of BUCKETS (docs/10-design-notes.md, "The lessons' checkpoint figures", says which),
+    with what explains the lost ones."""
     status_of = {str(pk): status for pk, status in orders.values_list("pk", "status")}
     resent = {str(pk) for pk in events.filter(kind=EventKind.RESENT).values_list("order_id", flat=True)}
     found = lost_orders(orders)

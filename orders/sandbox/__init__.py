@@ -1,13 +1,8 @@
-"""The fault injector's settings: stored in one database row, changed through these services (API, admin,
-command, dashboard), recorded in SandboxChange, and read by workers through a one-second cache.
-
-Each change raises the row's `version` and NOTIFYs `sandbox_channel()` on commit; a worker re-reads the row at once
-and reports the version it runs in its heartbeat. `sandbox_update_applied` waits (bounded) until every live worker
-runs the change, and says which do not yet (`applied_by`, the worker side's check, worker/applied.py).
-
-The package is the sandbox: these services (with the learner's step grants and restock), and the fault injector
-that reads them (`faults`). Its HTTP endpoints are orders/api.py's `/api/sandbox/` and next-step, and the
-dashboard's controls (orderpipe/dashboard/controls.py)."""
+"""The sandbox: the fault injector's settings in one database row, changed through these services (API, admin,
+command, dashboard), recorded in SandboxChange and read by workers through a one-second cache;
+`sandbox_update_applied` waits until every live worker runs a change (docs/10-design-notes.md, "The sandbox's
+settings").
+"""
 
 from __future__ import annotations
 

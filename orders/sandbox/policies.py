@@ -1,19 +1,6 @@
-"""The seams through which the sandbox's unsafe modes reach the production path, chosen here and nowhere else, from
-the modes in effect (`sandbox.modes()`: the safe defaults whenever ORDERPIPE_SANDBOX=false, so there every chooser
-returns the safe implementation):
-
-- `step_policy`: how the step runner guards, takes stock, charges and records (`orders.steps.StepPolicy`);
-  step_guards=off and stock_update=read_modify_write each swap parts of `orders.steps.SAFE_STEPS`.
-- `accept_policy`: how POST /api/orders/ stores an order and hands it on: `services.order_accept` (the outbox), or
-  orders/publishing.py's dual write or publish-first, and the accept fault.
-- `cache_policy`: how the order cache is written after each commit and read by the API: write-through, or the
-  sandbox's cache-aside or off (and, in the sandbox only, the count of stale reads).
-- `acks_on_receipt`: whether the worker acks a delivery the moment it arrives (ack_mode=on_receive) instead of after
-  the order's last commit.
-- `retry_wait`: where a retry waits: a random jitter lane of its tier, or the tier's own queue (retry_backoff=fixed).
-
-Fault injection and step mode are the other seam, the fault injector (orders/sandbox/faults.py `Faults`), which the
-worker holds and asks for these. A new mode adds its implementation here and one case to its chooser.
+"""The seams through which the sandbox's unsafe modes reach the production path, chosen here and nowhere else from
+the modes in effect (`sandbox.modes()`), one chooser per seam; with ORDERPIPE_SANDBOX=false every chooser returns the
+safe implementation (docs/10-design-notes.md, "The sandbox's seams").
 """
 
 from __future__ import annotations
