@@ -17,11 +17,6 @@ MAX_LINES = 9
 # Never walked: what is not a module of the project (tests, migrations) or not in the repository (hidden directories
 # such as .git and .venv are skipped too).
 SKIPPED = {"tests", "migrations", "__pycache__", "node_modules", "staticfiles", "var", "artifacts"}
-# Modules allowed a longer docstring, each with the reason. An entry goes once its docstring fits.
-EXCEPTIONS: dict[str, str] = {
-    "orders/steps.py": "being rewritten; its docstring is cut with the rewrite",
-    "orders/batch.py": "being rewritten; its docstring is cut with the rewrite",
-}
 
 
 def modules(root: Path = ROOT) -> list[Path]:
@@ -62,13 +57,8 @@ def test_the_check_catches_a_long_docstring(tmp_path):
 
 
 def test_module_docstrings_are_a_few_lines():
-    found = {name: length for name, length in too_long(modules()).items() if name not in EXCEPTIONS}
+    found = too_long(modules())
     assert found == {}, (
         f"module docstrings over {MAX_LINES} lines: say what the module does in a few lines, and move the reasons to "
         "docs/10-design-notes.md"
     )
-
-
-def test_every_exception_is_still_needed():
-    fitting = sorted(name for name in EXCEPTIONS if docstring_lines(ROOT / name) <= MAX_LINES)
-    assert fitting == [], "these docstrings fit now: remove them from EXCEPTIONS"
