@@ -41,24 +41,29 @@ def expected_arrow(event: OrderEvent) -> tuple[str, str]:
     return arrow.source, arrow.target
 
 
+class FlakyCharge(Faults):
+    """The sandbox's faults (read on every step), with the charge step failing twice before it changes anything:
+    first with a bug (its message goes back to the queue unacked: a redelivery), then with a transient failure (a
+    retry through a delay queue)."""
+
+    def __init__(self) -> None:
+        super().__init__(reader=sandbox.SandboxReader(ttl=0))
+        self.charges = 0
+
+    def before_step(self, step: str, *, transient: bool) -> None:
+        if step == STEPS[1].name:
+            self.charges += 1
+            if self.charges == 1:
+                raise KeyError("injected bug")
+            if self.charges == 2:
+                raise TransientFailure("gateway timeout (injected)")
+        super().before_step(step, transient=transient)
+
+
 @pytest.fixture
 def worker_with_faults(broker):
-    """A worker (a thread of this process) whose charge step fails twice: first with a bug (its message goes back
-    to the queue unacked: a redelivery), then with a transient failure (a retry through a delay queue)."""
-    worker = Worker(prefetch=5, name="sequence-worker", faults=Faults(reader=sandbox.SandboxReader(ttl=0)))
-    run_step = worker.processor.pipeline.run_step
-    calls = {"charge": 0}
-
-    def flaky(step, items, **options):
-        if step is STEPS[1]:
-            calls["charge"] += 1
-            if calls["charge"] == 1:
-                raise KeyError("injected bug")
-            if calls["charge"] == 2:
-                raise TransientFailure("gateway timeout (injected)")
-        return run_step(step, items, **options)
-
-    worker.processor.pipeline.run_step = flaky  # type: ignore[method-assign]
+    """A worker (a thread of this process) whose charge step fails twice (`FlakyCharge`)."""
+    worker = Worker(prefetch=5, name="sequence-worker", faults=FlakyCharge())
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     yield worker
