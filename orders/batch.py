@@ -1,5 +1,5 @@
 """The worker's batched receipt: the fresh orders it holds taken into `processing` in one transaction, then run
-through the step table together (`Pipeline.run_items` in orders/steps.py, the same runner as for one order).
+through the step table together (`Pipeline.run_items` in orders/runner.py, the same runner as for one order).
 
 Only first deliveries of orders no worker has started are taken; the others are left to the per-order way
 (`Pipeline.receive`, then `Pipeline.run`), whose receipt tells a redelivery, a retry and a duplicate apart. Used
@@ -16,8 +16,9 @@ import uuid
 from django.db import transaction
 
 from orders.models import EventKind, Order, OrderLine, OrderStatus, OrderStep
+from orders.runner import Carrier, Ended, Item, Pipeline, locked_many
 from orders.services import Change, Transition, attach_lines, cache_after_batch_commit, transition_many
-from orders.steps import OUTAGE, Carrier, Ended, Item, Pipeline, locked_many
+from orders.steps import OUTAGE
 
 __all__ = ["OUTAGE", "Item", "run_batch"]
 

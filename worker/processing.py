@@ -1,9 +1,9 @@
 """What the worker does with one delivered message: decode it, hand it to the order's steps, return a verdict.
 
-The steps themselves (guards, effects, failure policy) are the domain's, in `orders/steps.py`; this module is the
-transport side: the message types, decoding, and the mapping from how the steps ended to a verdict (ack, retry
-later through a delay tier, dead-letter). The verdict goes back to the consumer, which owns the AMQP channel and
-acts on it only after the steps' commits.
+The steps themselves (guards, effects, failure policy) are the domain's, in `orders/steps.py` and
+`orders/runner.py`; this module is the transport side: the message types, decoding, and the mapping from how the
+steps ended to a verdict (ack, retry later through a delay tier, dead-letter). The verdict goes back to the
+consumer, which owns the AMQP channel and acts on it only after the steps' commits.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from orders.failures import BrokenInvariant
 from orders.failures import Interrupted as Interrupted  # re-exported: the consumer catches it by this name
 from orders.gateway import Gateway, charge
 from orders.notifications import Notifier, send_confirmation
+from orders.runner import Ended, Outcome, Pipeline, UnknownOrder
 from orders.sandbox.faults import Faults
 from orders.services import MESSAGE_VERSION, Transition
-from orders.steps import Ended, Outcome, Pipeline, Seams, UnknownOrder
+from orders.steps import Seams
 from worker.topology import RetryTier, Topology, topology
 
 log = logging.getLogger(__name__)

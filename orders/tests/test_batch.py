@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from django.db import IntegrityError
 
-from orders import batch, gateway
-from orders import steps as steps_module
+from orders import batch, gateway, runner
 from orders.models import (
     EventKind,
     GatewayCharge,
@@ -24,9 +23,10 @@ from orders.models import (
     Payment,
     Product,
 )
+from orders.runner import Item
 from orders.sandbox.faults import NoFaults
 from orders.services import order_create
-from orders.steps import STEPS, Item
+from orders.steps import STEPS
 from orders.tests.factories import ProductFactory
 from worker.processing import ACK, Delivery, Processor
 
@@ -188,7 +188,7 @@ def test_a_batch_statement_that_fails_leaves_each_order_to_the_per_order_steps(m
     steps = tuple(
         replace(step, effect_many=broken) if step.kind == EventKind.PAYMENT_CHARGED else step for step in STEPS
     )
-    monkeypatch.setattr(steps_module, "STEPS", steps)
+    monkeypatch.setattr(runner, "STEPS", steps)
     deliveries = [delivery(order, n + 1) for n, order in enumerate(orders)]
     assert [verdict for _, verdict in Processor(faults=NoFaults()).process_batch(deliveries)] == [ACK] * len(ORDERS)
 
@@ -208,7 +208,7 @@ def test_a_step_batches_as_its_row_says_whatever_its_name(monkeypatch):
         ProductFactory(sku=sku, price="12.50")
     orders = place("d")
     renamed = tuple(replace(step, name=f"step {n}") for n, step in enumerate(STEPS))
-    monkeypatch.setattr(steps_module, "STEPS", renamed)
+    monkeypatch.setattr(runner, "STEPS", renamed)
     real, asked = gateway.charge_many, []
 
     def charge_many(orders: list[Order], faults: Any) -> list[Any]:

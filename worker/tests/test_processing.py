@@ -8,8 +8,9 @@ from django.core import mail
 from orders import cache
 from orders.failures import PaymentDeclined
 from orders.models import GatewayCharge, Notification, OrderEvent, OrderStatus, OrderStep, Payment, Product
+from orders.runner import Item
 from orders.sandbox.faults import NoFaults
-from orders.steps import STEP_BY_NAME, Item
+from orders.steps import STEP_BY_NAME
 from orders.tests.factories import ProductFactory
 from worker.processing import ACK, Action, Delivery, Processor
 from worker.tests.conftest import delivery_for
