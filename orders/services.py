@@ -189,6 +189,7 @@ def transition_order(
     message: str,
     queue: QueueSnapshot | dict[str, Any] | None = None,
     rows: list[RowSnapshot] | None = None,
+    log_level: int = logging.INFO,
     **changes: Any,
 ) -> Transition:
     """Move a locked order to `to` with a guarded UPDATE and record the event (one statement, `journal.transition`).
@@ -221,7 +222,7 @@ def transition_order(
             setattr(order, name, value)
         raise InvalidTransition(f"order {order.pk} changed under us")
     event = stored_event(order, pk=row.pk, seq=row.seq, kind=kind, at=now, message=message, snapshot=snapshot)
-    count_on_commit(order, event, previous_at=row.previous_at)
+    count_on_commit(order, event, previous_at=row.previous_at, log_level=log_level)
     return Transition(order=order, event=event)
 
 
