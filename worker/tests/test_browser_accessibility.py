@@ -6,7 +6,6 @@ runs it before `make test`), injected into the page: no CDN."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,7 @@ from orderpipe.lessons.catalog import LESSONS
 from orders import services
 from orders.models import Order, OrderStatus
 from worker.relay import relay_once
-from worker.tests.conftest import BROWSER_PASSWORD, CHROMIUM, screenshot
+from worker.tests.conftest import BROWSER_PASSWORD, require_chromium, screenshot
 from worker.tests.processes import ROOT, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -25,8 +24,7 @@ BLOCKING = ("critical", "serious")
 ALSO = ("empty-table-header", "page-has-heading-one")
 TIMEOUT_MS = 45_000
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+require_chromium()
 
 
 def violations(page) -> list[dict]:

@@ -5,13 +5,12 @@ started by hand, and queue depths say when they were observed. Screenshots go to
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
 from worker.models import QueueStat, SupervisedProcess
-from worker.tests.conftest import CHROMIUM, open_logged_in, screenshot
+from worker.tests.conftest import open_logged_in, require_chromium, screenshot
 from worker.tests.factories import QueueStatFactory, SupervisedProcessFactory
 from worker.tests.processes import Service
 
@@ -31,8 +30,7 @@ CONTROLS = [
     "#send-poison",
 ]
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+require_chromium()
 
 
 def apply_workers(page, count: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,7 @@ from orderpipe.lessons.measure import BUCKETS
 from orderpipe.lessons.models import CheckpointPass
 from orders.models import Order
 from worker.models import ServiceLink, SupervisedProcess, WorkerHeartbeat
-from worker.tests.conftest import CHROMIUM, SCREENSHOTS, open_logged_in
+from worker.tests.conftest import SCREENSHOTS, open_logged_in, require_chromium
 from worker.tests.processes import Service, free_port, service_env, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -35,8 +34,7 @@ CHECKPOINT_MS = 240_000
 # overlap once jittered.
 STACK_RETRY_DELAYS_MS = [4000, 8000, 12000]
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+require_chromium()
 
 
 def shot(page, name: str) -> None:

@@ -9,7 +9,6 @@ import itertools
 import json
 import threading
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,7 @@ from orders.sandbox.faults import Faults
 from orders.steps import STEPS
 from worker.consumer import Worker
 from worker.relay import relay_once
-from worker.tests.conftest import CHROMIUM, open_logged_in, screenshot
+from worker.tests.conftest import open_logged_in, require_chromium, screenshot
 from worker.tests.processes import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -29,8 +28,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transa
 TIMEOUT_MS = 45_000
 SVG = "{http://www.w3.org/2000/svg}"
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+require_chromium()
 
 
 def expected_arrow(event: OrderEvent) -> tuple[str, str]:

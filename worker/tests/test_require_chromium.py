@@ -27,3 +27,16 @@ def test_an_installed_chromium_lets_the_browser_tests_run(monkeypatch, tmp_path)
     chromium = tmp_path / "chromium"
     chromium.touch()
     require_chromium(str(chromium))  # returns: nothing to skip or fail (Playwright is a dev dependency)
+
+
+def test_every_browser_module_asks_require_chromium():
+    """A browser module that skipped on its own when Chromium is missing would pass CI with its tests skipped."""
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    modules = sorted(here.glob("test_browser*.py"))
+    assert len(modules) >= 9, [path.name for path in modules]
+    for path in modules:
+        source = path.read_text()
+        assert "require_chromium()" in source, f"{path.name} does not call require_chromium()"
+        assert 'pytest.skip(f"no Chromium' not in source, f"{path.name} skips on its own"
