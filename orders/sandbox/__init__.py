@@ -187,8 +187,11 @@ def active_faults(values: dict[str, Any]) -> list[str]:
             continue
         if isinstance(value, bool):
             active.append(FAULT_LABELS[name])
-        elif name == "gateway_down_until":
+        elif name == "gateway_down_until" and gateway_down_for(values) > 0:
             active.append(f"{FAULT_LABELS[name]} until {shown_value(value, name)}")
+        elif name == "gateway_down_until":
+            # Over, but still set: the deliveries go one by one, as during the outage, until it is cleared.
+            active.append(f"payment gateway back since {shown_value(value, name)}")
         else:
             unit = {"step_delay_ms": " ms", "queue_max_length": " messages"}.get(name, "")
             active.append(f"{FAULT_LABELS[name]} {value:g}{unit}")

@@ -121,8 +121,12 @@ def test_the_outage_is_a_fault_named_in_the_banner_and_the_gateway_is_back_at_it
     ]
     # Past its end the gateway answers again; the deliveries still go one by one, as they did during the outage,
     # until the setting is cleared.
-    sandbox.sandbox_update(changes={"gateway_down_until": time.time() - 1}, via="test")
+    ended = time.time() - 1
+    sandbox.sandbox_update(changes={"gateway_down_until": ended}, via="test")
     assert not faults.gateway_down() and not faults.batchable()
+    assert sandbox.sandbox_state()["active_faults"] == [
+        f"payment gateway back since {time.strftime('%H:%M:%S', time.gmtime(ended))} UTC"
+    ]
     sandbox.sandbox_update(changes={"gateway_down_until": None}, via="test")
     assert faults.batchable() and sandbox.sandbox_state()["active_faults"] == []
 
