@@ -95,7 +95,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 log.warning("socket slot refresh failed for %s: %s", self.client, exc)
 
     async def refuse(self, code: int, reason: str) -> None:
-        """Accept, then close with `code`, so the browser sees the code (see the module docstring)."""
+        """Accept, then close with `code`, so the browser sees the code (docs/10-design-notes.md, the consumers)."""
         log.warning("socket %s closed %d for %s: %s", self.scope.get("path"), code, self.client, reason)
         await self.release_slot()
         await self.accept()
