@@ -84,8 +84,8 @@ def insert_order_and_lines(
 
 
 def _order_create_without_outbox(*, customer_email: str, items: list[dict[str, Any]], note: str) -> Order:
-    """`order_create` for the sandbox's unsafe publish modes (orders/publishing.py): no outbox row, so nothing but
-    the request itself will ever publish the order."""
+    """`order_create` for the sandbox's unsafe publish modes (orders/sandbox/unsafe_accept.py): no outbox row, so
+    nothing but the request itself will ever publish the order."""
     with transaction.atomic():
         order, lines = insert_order_and_lines(customer_email=customer_email, items=items, note=note)
         record_event_reference(

@@ -8,10 +8,10 @@ class WorkerConfig(AppConfig):
 
     def ready(self) -> None:
         # The seam of the sandbox's unsafe publish modes: orders/ calls it without importing pika or worker/.
-        from orders import publishing
+        from orders.sandbox import unsafe_accept
         from worker.direct_publish import publish_order
 
-        publishing.register_publisher(publish_order)
+        unsafe_accept.register_publisher(publish_order)
 
         # The check behind "a sandbox change answers once it is in effect": which workers run it (heartbeats).
         from orders import sandbox

@@ -1,4 +1,4 @@
-"""The publisher the sandbox's unsafe publish modes call from a web request (orders/publishing.py).
+"""The publisher the sandbox's unsafe publish modes call from a web request (orders/sandbox/unsafe_accept.py).
 
 One short-lived connection per message, with publisher confirms and mandatory routing: slow (a connection handshake
 per order), but these modes exist to be watched failing, not to be fast, and a connection kept between requests
@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from orders.publishing import PublishError
+from orders.sandbox.unsafe_accept import PublishError
 from worker.broker import BROKER_ERRORS, Publisher, PublishFailed, connect, describe_error
 from worker.topology import MESSAGE_TYPE, ROUTING_KEY, topology
 

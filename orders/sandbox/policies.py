@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from django.conf import settings
 from django.utils import timezone
 
-from orders import cache, publishing, sandbox, services
+from orders import cache, sandbox, services
 from orders.models import AckMode, CacheMode, Order, PublishMode, RetryBackoff, StockUpdate
+from orders.sandbox import unsafe_accept
 from orders.serializers import order_representation
 
 if TYPE_CHECKING:
@@ -136,16 +137,17 @@ def count_if_stale(order_id: Any, cached: dict[str, Any]) -> None:
 # (customer_email, items, note, products, key, fingerprint) -> (body, status, replayed), as `services.order_accept`.
 Accept = Callable[..., tuple[dict[str, Any], int, bool]]
 # What an unsafe accept raises when the order was not stored (or, in publish_first, not published): the API's 503.
-ACCEPT_FAILURES = (publishing.AcceptFailed, publishing.PublishError)
+ACCEPT_FAILURES = (unsafe_accept.AcceptFailed, unsafe_accept.PublishError)
 
 
 def accept_policy() -> Accept:
     """How the API accepts an order now (the settings read fresh, so a change is in effect at once): through the
-    outbox (`services.order_accept`), or under the sandbox's publish mode and accept fault (orders/publishing.py)."""
+    outbox (`services.order_accept`), or under the sandbox's publish mode and accept fault
+    (orders/sandbox/unsafe_accept.py)."""
     current = sandbox.modes(fresh=True)
     if current.publish_mode == PublishMode.OUTBOX and not current.accept_failure_rate:
         return services.order_accept
-    return functools.partial(publishing.order_accept, current=current)
+    return functools.partial(unsafe_accept.order_accept, current=current)
 
 
 # ---------------------------------------------------------------- the worker's ack

@@ -20,16 +20,12 @@ pytestmark = pytest.mark.pure
 ROOT = Path(__file__).resolve().parents[2]
 SEAM_COUNT = runpy.run_path(str(ROOT / "bin" / "seam-count"))
 CORE: tuple[str, ...] = SEAM_COUNT["CORE"]
-# The sandbox's unsafe accept (dual write, publish-first): the teaching implementation the accept seam chooses, so
-# its branches are the publish modes themselves.
-TEACHING_IMPLEMENTATIONS = {"orders/publishing.py"}
 # Each core module's teaching sites (bin/seam-count lists them), at most: a new one is a call to a seam, or a
 # branch that belongs in one.
 SITES = {
     "orders/api.py": 7,
     "orders/services.py": 5,
     "orders/selectors.py": 5,
-    "orders/publishing.py": 10,
     "orders/steps.py": 12,
     "orders/runner.py": 9,
     "orders/batch.py": 0,
@@ -44,7 +40,7 @@ def test_every_core_module_is_pinned():
     assert set(SITES) == set(CORE)
 
 
-@pytest.mark.parametrize("path", sorted(set(CORE) - TEACHING_IMPLEMENTATIONS))
+@pytest.mark.parametrize("path", CORE)
 def test_no_core_module_branches_on_a_mode(path):
     _, _, on_modes = SEAM_COUNT["count"](path)
     assert on_modes == [], f"{path} branches on a sandbox mode; choose an implementation in orders/sandbox/policies.py"
